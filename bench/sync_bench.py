@@ -1,0 +1,112 @@
+"""Sync benchmark: N assortment rows from the emulator (20 ms latency) into a fresh store.
+
+Runs the emulator and the sync as separate processes so the sync's peak RSS is its own.
+Prints requests made, wall time, rows/s and peak RSS for each size, and the goals:
+requests <= 2 * ceil(N/1000) + 10 and peak RSS < 150 MB, flat from 10k to 100k rows.
+
+    python bench/sync_bench.py                 # 10,000 and 100,000 rows
+    python bench/sync_bench.py --rows 20000    # one size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from moysklad.client import MoySkladClient
+from moysklad.sync import sync_catalog
+from settings import MoySkladSettings
+from store import CatalogStore
+
+client = MoySkladClient(MoySkladSettings(base_url=sys.argv[2], token="bench-token"))
+store = CatalogStore(sys.argv[3])
+started = time.monotonic()
+result = sync_catalog(client, store, full=True)
+seconds = time.monotonic() - started
+print(json.dumps({"requests": result.requests, "throttled": result.throttled, "retries": result.retries,
+                  "seconds": seconds, "rows": result.counts.get("assortment_rows", 0),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_emulator(rows: int, latency_ms: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "emulator", "run", "--port", str(port),
+         "--products", str(rows), "--seed", "7", "--latency-ms", str(latency_ms), "--token", "bench-token"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}/api/remap/1.2"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process, base_url
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit("the emulator did not start")
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit("the emulator did not start within 5 minutes")
+
+
+def measure(rows: int, latency_ms: int) -> dict:
+    emulator, base_url = start_emulator(rows, latency_ms)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), base_url, str(Path(tmp) / "catalog.sqlite")],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise SystemExit(f"sync failed:\n{done.stderr[-3000:]}")
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=30)
+    figures["budget"] = 2 * math.ceil(rows / 1000) + 10
+    figures["rows_per_s"] = figures["rows"] / figures["seconds"]
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, action="append", help="assortment rows (repeatable)")
+    parser.add_argument("--latency-ms", type=int, default=20)
+    args = parser.parse_args()
+    sizes = args.rows or [10_000, 100_000]
+    print(f"sync benchmark: emulator latency {args.latency_ms} ms, MoySklad limits on (45 units / 3 s)")
+    print(f"{'rows':>8} {'requests':>9} {'budget':>7} {'429s':>5} {'retries':>7} {'wall s':>8} {'rows/s':>8} {'peak RSS MB':>12}")
+    results = []
+    for rows in sizes:
+        f = measure(rows, args.latency_ms)
+        results.append(f)
+        print(f"{f['rows']:>8} {f['requests']:>9} {f['budget']:>7} {f['throttled']:>5} {f['retries']:>7} "
+              f"{f['seconds']:>8.1f} {f['rows_per_s']:>8.0f} {f['peak_rss_mb']:>12.1f}", flush=True)
+    ok_requests = all(f["requests"] <= f["budget"] for f in results)
+    ok_memory = all(f["peak_rss_mb"] < 150 for f in results)
+    print(f"goal requests <= 2*ceil(N/1000)+10: {'met' if ok_requests else 'MISSED'}; "
+          f"goal peak RSS < 150 MB: {'met' if ok_memory else 'MISSED'}")
+    if len(results) > 1:
+        growth = results[-1]["peak_rss_mb"] - results[0]["peak_rss_mb"]
+        print(f"peak RSS growth from {results[0]['rows']} to {results[-1]['rows']} rows: {growth:+.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Blocking runner and the `emulator run` click command (registered in app.py as a Flask CLI group)."""
+
+from __future__ import annotations
+
+import click
+
+from .catalog import generate_catalog
+from .server import EmulatorServer
+
+
+def run(port: int = 8081, products: int = 1000, seed: int = 1, host: str = "127.0.0.1", latency_ms: int = 0,
+        error_rate: float = 0.0, token: str = "emu-token", login: str = "admin@emu", password: str = "emu-pass") -> None:
+    """Serve a generated catalog until interrupted, printing where and how to connect."""
+    server = EmulatorServer(generate_catalog(products=products, seed=seed), host=host, port=port, token=token,
+                            login=login, password=password)
+    server.faults.latency_ms = latency_ms
+    server.faults.error_rate = error_rate
+    print(f"MoySklad emulator: {server.base_url}", flush=True)
+    print(f"  Bearer token: {token}   Basic: {login} / {password}", flush=True)
+    print(f"  {products} assortment rows, seed {seed}; faults/stats at {server.origin}/_emulator/", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+
+
+@click.group("emulator")
+def emulator_cli() -> None:
+    """MoySklad JSON API 1.2 emulator."""
+
+
+@emulator_cli.command("run")
+@click.option("--port", default=8081, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--products", default=1000, show_default=True, type=int, help="Total assortment rows.")
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--latency-ms", default=0, show_default=True, type=int)
+@click.option("--error-rate", default=0.0, show_default=True, type=float)
+@click.option("--token", default="emu-token", show_default=True)
+@click.option("--login", default="admin@emu", show_default=True)
+@click.option("--password", default="emu-pass", show_default=True)
+def run_command(port, host, products, seed, latency_ms, error_rate, token, login, password) -> None:
+    """Serve a seeded catalog until Ctrl+C."""
+    run(port=port, products=products, seed=seed, host=host, latency_ms=latency_ms, error_rate=error_rate,
+        token=token, login=login, password=password)

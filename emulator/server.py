@@ -1,0 +1,863 @@
+"""HTTP server that answers like MoySklad JSON API 1.2, with switchable network faults.
+
+Raw http.server (not a framework) so faults can act on bytes: connection resets,
+truncated bodies, latency. Paths in stats/request_log/fail_after are relative to
+/api/remap/1.2 (e.g. "/entity/assortment"); other paths (/_files/...) are kept whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import random
+import re
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+from .catalog import KIND_BUNDLE, KIND_PRODUCT, KIND_SERVICE, KIND_VARIANT, Catalog, moscow_now
+from .render import JSON, Renderer, image_png, number
+
+API_PREFIX = "/api/remap/1.2"
+MORE_INFO = "https://dev.moysklad.ru/doc/api/remap/1.2/#mojsklad-json-api-oshibki"
+AUTH_ERROR = "Ошибка аутентификации: Неправильный пароль или имя пользователя или ключ авторизации"
+
+RATE_LIMIT = 45  # units per window per credential
+RATE_WINDOW = 3.0  # seconds
+PARALLEL_LIMIT = 5
+STOCK_REPORT_COST = 5
+BASIC_AUTH_COST = 4  # login/password requests, as from 2026-12-01
+DOWNLOAD_LINK_TTL = 60.0  # seconds a /download redirect target stays valid
+CHANGED_SINCE_MAX = timedelta(hours=24)
+MAX_LIMIT = 1000
+EXPAND_LIMIT = 100  # expand/fields are ignored above this limit
+
+ENTITY_KINDS = {"product": KIND_PRODUCT, "variant": KIND_VARIANT, "service": KIND_SERVICE, "bundle": KIND_BUNDLE}
+STOCK_TYPES = ("stock", "freeStock", "quantity", "reserve", "inTransit")
+STOCK_MODES = ("all", "positiveOnly", "negativeOnly", "empty", "nonEmpty")
+FILTER_PATTERN = re.compile(r"^([A-Za-z.]+)(>=|<=|!=|=~|>|<|=)(.*)$")
+PROXY_503 = (b"<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
+             b"<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n<hr><center>nginx</center>\r\n"
+             b"</body>\r\n</html>\r\n")
+
+
+class ApiError(Exception):
+    """An error answered as MoySklad's {"errors": [...]} body."""
+
+    def __init__(self, status: int, code: int, message: str, headers: dict | None = None, **extra):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self) -> dict:
+        more_info = MORE_INFO if self.code == 1056 else f"https://dev.moysklad.ru/doc/api/remap/1.2/#error_{self.code}"
+        error = {"error": self.message, "code": self.code, **self.extra, "moreInfo": more_info}
+        return {"errors": [error]}
+
+
+class Faults:
+    """Fault switches; all randomness comes from one seeded generator so runs are reproducible."""
+
+    FIELDS = ("latency_ms", "error_rate", "reset_rate", "truncate_rate", "fail_after", "seed")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.latency_ms = 0
+        self.error_rate = 0.0
+        self.reset_rate = 0.0
+        self.truncate_rate = 0.0
+        self.fail_after: dict | None = None
+        self._successes = 0
+        self.seed = 0
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._seed = value
+        self._rng = random.Random(value)
+
+    def __setattr__(self, name, value):
+        if name == "fail_after":
+            object.__setattr__(self, "_successes", 0)
+        object.__setattr__(self, name, value)
+
+    def update(self, values: dict) -> None:
+        unknown = set(values) - set(self.FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fault switches: {sorted(unknown)}")
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def draw(self) -> tuple[bool, int | None, bool]:
+        """(reset, injected error status, truncate) for one request."""
+        with self._lock:
+            rng = self._rng
+            reset = rng.random() < self.reset_rate
+            error = rng.choice((500, 502, 503)) if rng.random() < self.error_rate else None
+            truncate = rng.random() < self.truncate_rate
+        return reset, error, truncate
+
+    def outage_status(self, path: str) -> int | None:
+        rule = self.fail_after
+        if rule and path.startswith(rule["path"]) and self._successes >= rule["after"]:
+            return int(rule.get("status", 500))
+        return None
+
+    def count_success(self, path: str, status: int) -> None:
+        rule = self.fail_after
+        if rule and path.startswith(rule["path"]) and 200 <= status < 400:
+            with self._lock:
+                self._successes += 1
+
+
+class RateLimiter:
+    """Sliding-window units and parallel-request counts per credential."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._windows: dict[str, deque] = {}
+        self._in_flight: dict[str, int] = {}
+
+    def _used(self, window: deque, now: float) -> int:
+        while window and window[0][0] <= now - RATE_WINDOW:
+            window.popleft()
+        return sum(cost for _, cost in window)
+
+    def acquire(self, key: str, cost: int) -> dict:
+        """Reserve a parallel slot and `cost` units, or raise the 429 ApiError; returns rate headers."""
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.setdefault(key, deque())
+            used = self._used(window, now)
+            if self._in_flight.get(key, 0) >= PARALLEL_LIMIT:
+                raise ApiError(429, 1073, "Превышено ограничение на количество параллельных запросов",
+                               headers=self._headers(window, used, now, retry_after=1000 * RATE_WINDOW / 3))
+            if used + cost > RATE_LIMIT:
+                freed, retry_after = 0, 0.0
+                for moment, units in window:
+                    freed += units
+                    if used - freed + cost <= RATE_LIMIT:
+                        retry_after = (moment + RATE_WINDOW - now) * 1000
+                        break
+                raise ApiError(429, 1049, "Превышено ограничение на количество запросов в единицу времени",
+                               headers=self._headers(window, used, now, retry_after=retry_after))
+            window.append((now, cost))
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+            return self._headers(window, used + cost, now)
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            self._in_flight[key] -= 1
+
+    def _headers(self, window: deque, used: int, now: float, retry_after: float | None = None) -> dict:
+        reset = max(0.0, (window[-1][0] + RATE_WINDOW - now) * 1000) if window else 0.0
+        headers = {"X-RateLimit-Limit": str(RATE_LIMIT),
+                   "X-RateLimit-Remaining": str(0 if retry_after is not None else max(0, RATE_LIMIT - used)),
+                   "X-Lognex-Retry-TimeInterval": str(int(RATE_WINDOW * 1000)), "X-Lognex-Reset": str(int(reset))}
+        if retry_after is not None:
+            headers["X-Lognex-Retry-After"] = str(max(1, int(retry_after)))
+        return headers
+
+
+def parse_moment(text: str, parameter: str) -> datetime:
+    for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text.strip(), fmt)
+        except ValueError:
+            continue
+    raise ApiError(400, 1035, "Ошибка фильтрации: неверный формат даты параметра фильтрации", parameter=parameter)
+
+
+class Query:
+    """Parsed query string: paging, filter conditions, expand/fields."""
+
+    def __init__(self, raw: str):
+        self.pairs = parse_qsl(raw, keep_blank_values=True)
+        self.params = {}
+        for key, value in self.pairs:
+            self.params.setdefault(key, value)
+        self.filters: list[tuple[str, str, str]] = []
+        for condition in self.params.get("filter", "").split(";"):
+            if not condition.strip():
+                continue
+            match = FILTER_PATTERN.match(condition.strip())
+            if not match:
+                raise ApiError(400, 1034, f"Ошибка фильтрации: некорректное условие фильтрации '{condition}'",
+                               parameter="filter")
+            self.filters.append(match.groups())
+
+    def paging(self) -> tuple[int, int]:
+        try:
+            limit = int(self.params.get("limit", MAX_LIMIT))
+            offset = int(self.params.get("offset", 0))
+        except ValueError:
+            raise ApiError(400, 1040, "Неверно заданы параметры запроса: limit и offset должны быть целыми числами")
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ApiError(400, 1040, f"Неверно заданы параметры запроса: значение параметра 'limit' должно быть "
+                                      f"в диапазоне от 1 до {MAX_LIMIT}", parameter="limit")
+        if offset < 0:
+            raise ApiError(400, 1040, "Неверно заданы параметры запроса: значение параметра 'offset' должно быть "
+                                      "неотрицательным", parameter="offset")
+        return limit, offset
+
+    def check_filter_keys(self, allowed: tuple) -> None:
+        for key, _, _ in self.filters:
+            if key not in allowed:
+                raise ApiError(400, 1034, f"Ошибка фильтрации: неизвестный параметр фильтрации '{key}'",
+                               parameter="filter")
+
+    def values(self, key: str) -> list[str]:
+        result = []
+        for name, op, value in self.filters:
+            if name == key and op == "=":
+                result += [part for part in value.split(",") if part]
+        return result
+
+
+class EmulatorServer:
+    """A MoySklad look-alike on a real socket; see the module docstring of emulator for the API."""
+
+    def __init__(self, catalog: Catalog, host: str = "127.0.0.1", port: int = 0, token: str = "emu-token",
+                 login: str = "admin@emu", password: str = "emu-pass"):
+        self.catalog = catalog
+        self.token, self.login, self.password = token, login, password
+        self.faults = Faults()
+        self.rate_limiter = RateLimiter()
+        self.started = moscow_now()
+        self._lock = threading.Lock()
+        self._list_cache: dict = {}
+        self._download_links: dict[str, tuple[str, float]] = {}
+        self._in_flight = 0
+        self.reset_stats()
+        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.emulator = self
+        bound_host, bound_port = self.httpd.server_address[:2]
+        self.origin = f"http://{bound_host}:{bound_port}"
+        self.base_url = self.origin + API_PREFIX
+        self.renderer = Renderer(catalog, self.origin)
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> "EmulatorServer":
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="moysklad-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def set_credentials(self, token: str | None = None, login: str | None = None, password: str | None = None) -> None:
+        """Change accepted credentials at runtime (a running client then gets 401)."""
+        with self._lock:
+            if token is not None:
+                self.token = token
+            if login is not None:
+                self.login = login
+            if password is not None:
+                self.password = password
+
+    # -- stats --------------------------------------------------------------------------------
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.stats = {"requests": 0, "by_path": {}, "status": {}, "throttled": 0, "max_in_flight": 0}
+            self.request_log: list[dict] = []
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self._in_flight)
+
+    def _leave(self, entry: dict) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            stats = self.stats
+            stats["requests"] += 1
+            stats["by_path"][entry["path"]] = stats["by_path"].get(entry["path"], 0) + 1
+            stats["status"][entry["status"]] = stats["status"].get(entry["status"], 0) + 1
+            if entry["status"] == 429:
+                stats["throttled"] += 1
+            self.request_log.append(entry)
+
+    def stats_snapshot(self) -> dict:
+        with self._lock:
+            return json.loads(json.dumps(self.stats))
+
+    # -- auth ---------------------------------------------------------------------------------
+
+    def authenticate(self, header: str | None) -> tuple[str, str]:
+        """(auth kind, rate-limit key) or 401."""
+        scheme, _, value = (header or "").partition(" ")
+        if scheme.lower() == "bearer" and value.strip() == self.token:
+            return "bearer", "bearer:" + self.token
+        if scheme.lower() == "basic":
+            try:
+                login, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")
+            except (ValueError, UnicodeDecodeError):
+                login, password = "", None
+            if login == self.login and password == self.password:
+                return "basic", "basic:" + login
+        raise ApiError(401, 1056, AUTH_ERROR, headers={
+            "X-Lognex-Auth": "-1056",
+            "X-Lognex-Auth-Message": quote("Неправильный пароль или имя пользователя или ключ авторизации")})
+
+    # -- downloads ----------------------------------------------------------------------------
+
+    def issue_download_link(self, image_id: str) -> str:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._download_links) > 10000:
+                self._download_links = {k: v for k, v in self._download_links.items() if v[1] > now}
+            link = secrets.token_urlsafe(16)
+            self._download_links[link] = (image_id, now + DOWNLOAD_LINK_TTL)
+        return f"{self.origin}/_files/{link}"
+
+    def resolve_download_link(self, link: str) -> str | None:
+        with self._lock:
+            image_id, expires = self._download_links.get(link, (None, 0.0))
+        return image_id if expires > time.monotonic() else None
+
+    # -- list caching ---------------------------------------------------------------------------
+
+    def cached(self, key: tuple, build) -> list:
+        """Filtered row lists keyed by the query and the catalog version, so paging stays O(page)."""
+        key = key + (self.catalog.version,)
+        with self._lock:
+            rows = self._list_cache.get(key)
+        if rows is None:
+            with self.catalog.lock:
+                rows = build()
+            with self._lock:
+                if len(self._list_cache) > 32:
+                    self._list_cache.clear()
+                self._list_cache[key] = rows
+        return rows
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "nginx"
+    sys_version = ""
+    timeout = 60
+    delay_ms = 0
+    entry: dict | None = None
+    rate_key: str | None = None
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet server
+        pass
+
+    def do_GET(self):
+        self.dispatch("GET")
+
+    def do_POST(self):
+        self.dispatch("POST")
+
+    def do_PUT(self):
+        self.dispatch("PUT")
+
+    def do_DELETE(self):
+        self.dispatch("DELETE")
+
+    def do_PATCH(self):
+        self.dispatch("PATCH")
+
+    def finish(self):
+        try:
+            super().finish()
+        except (OSError, ValueError):
+            pass
+
+    @property
+    def emulator(self) -> EmulatorServer:
+        return self.server.emulator
+
+    # -- entry point ----------------------------------------------------------------------------
+
+    def dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method in ("POST", "PUT", "PATCH") else b""
+        if url.path.startswith("/_emulator/"):
+            return self.control(method, url.path, body)
+        emulator = self.emulator
+        is_api = url.path.startswith(API_PREFIX + "/") or url.path == API_PREFIX
+        path = url.path[len(API_PREFIX):] if is_api else url.path
+        entry = {"t": time.monotonic(), "method": method, "path": path,
+                 "query": dict(parse_qsl(url.query, keep_blank_values=True)), "status": None, "cost": 0, "auth": None}
+        self.entry, self.rate_key = entry, None
+        emulator._enter()
+        try:
+            if not is_api:
+                self.serve_file(path, entry)
+            else:
+                self.api(method, path, url.query, body, entry)
+        finally:
+            self.settle()
+
+    def settle(self) -> None:
+        """Account for the request once, before its response bytes leave: stats, log, parallel slot."""
+        if self.entry is not None:
+            self.emulator._leave(self.entry)
+            self.entry = None
+        if self.rate_key is not None:
+            self.emulator.rate_limiter.release(self.rate_key)
+            self.rate_key = None
+
+    def api(self, method: str, path: str, raw_query: str, body: bytes, entry: dict) -> None:
+        emulator = self.emulator
+        faults = emulator.faults
+        reset, injected, truncate = faults.draw()
+        self.delay_ms = faults.latency_ms
+        if reset:
+            entry["status"] = 0
+            return self.reset_connection()
+        outage = faults.outage_status(path)
+        if injected or outage:
+            entry["status"] = injected or outage
+            return self.send_fault(injected or outage)
+        if "gzip" not in (self.headers.get("Accept-Encoding") or "").lower():
+            entry["status"] = 415
+            return self.send_bytes(415, b"", {"Content-Type": "application/json;charset=utf-8"})
+        try:
+            entry["auth"], key = emulator.authenticate(self.headers.get("Authorization"))
+            if path == "/security/token":
+                if method != "POST":
+                    raise ApiError(405, 1039, f"Операция {method} не поддерживается для данного ресурса")
+                if entry["auth"] != "basic":
+                    raise ApiError(401, 1056, AUTH_ERROR, headers={"X-Lognex-Auth": "-1056"})
+            cost = STOCK_REPORT_COST if path.startswith("/report/stock/") else 1
+            if entry["auth"] == "basic":
+                cost = max(cost, BASIC_AUTH_COST)
+            rate_headers = emulator.rate_limiter.acquire(key, cost)
+            self.rate_key = key
+        except ApiError as error:
+            entry["status"] = error.status
+            return self.send_json(error.status, error.body(), error.headers, truncate)
+        entry["cost"] = cost
+        try:
+            status, payload, headers = self.route(method, path, raw_query)
+        except ApiError as error:
+            status, payload, headers = error.status, error.body(), error.headers
+        entry["status"] = status
+        faults.count_success(path, status)
+        headers = {**rate_headers, **headers}
+        if status == 302:
+            self.send_bytes(status, b"", headers, truncate)
+        else:
+            self.send_json(status, payload, headers, truncate)
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def reset_connection(self) -> None:
+        """Abort with RST: SO_LINGER 0 then close, before any response byte."""
+        self.close_connection = True
+        self.settle()
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+
+    def send_fault(self, status: int) -> None:
+        if status == 503:
+            return self.send_bytes(503, PROXY_503, {"Content-Type": "text/html"})
+        messages = {502: (1095, "Пожалуйста, повторите попытку через некоторое время. Приложение временно недоступно")}
+        code, message = messages.get(status, (1999, "Неизвестная ошибка"))
+        self.send_json(status, ApiError(status, code, message).body(), {})
+
+    def send_json(self, status: int, payload, headers: dict, truncate: bool = False) -> None:
+        data = gzip.compress(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+                             compresslevel=5, mtime=0)
+        self.send_bytes(status, data, {"Content-Type": "application/json;charset=utf-8",
+                                       "Content-Encoding": "gzip", **headers}, truncate)
+
+    def send_bytes(self, status: int, data: bytes, headers: dict, truncate: bool = False) -> None:
+        if self.delay_ms:
+            # injected latency is spent while the request still holds its parallel slot
+            time.sleep(self.delay_ms / 1000)
+            self.delay_ms = 0
+        self.settle()
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        if truncate:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            self.wfile.write(data[: len(data) // 2] if truncate else data)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+        if truncate:
+            self.close_connection = True
+
+    def serve_file(self, path: str, entry: dict) -> None:
+        """Temporary download links, miniatures, tiny images and the permanent CDN copy: no auth."""
+        emulator = self.emulator
+        parts = path.strip("/").split("/")
+        image_id = None
+        if len(parts) == 3 and parts[0] == "_files" and parts[1] in ("cdn", "miniature", "tiny"):
+            image_id = parts[2].removesuffix(".png")
+        elif len(parts) == 2 and parts[0] == "_files":
+            image_id = emulator.resolve_download_link(parts[1])
+            if image_id is None and parts[1]:
+                entry["status"] = 403
+                return self.send_bytes(403, b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied"
+                                            b"</Code><Message>Request has expired</Message></Error>",
+                                       {"Content-Type": "application/xml"})
+        if image_id is None or emulator.catalog.find_image(image_id) is None:
+            entry["status"] = 404
+            return self.send_bytes(404, b"Not Found", {"Content-Type": "text/plain"})
+        entry["status"] = 200
+        self.send_bytes(200, image_png(image_id), {"Content-Type": "image/png"})
+
+    def control(self, method: str, path: str, body: bytes) -> None:
+        """/_emulator/*: fault switches and stats for out-of-process use (no auth)."""
+        emulator = self.emulator
+        try:
+            if path == "/_emulator/stats" and method == "GET":
+                payload = emulator.stats_snapshot()
+            elif path == "/_emulator/faults" and method == "POST":
+                emulator.faults.update(json.loads(body or b"{}"))
+                payload = emulator.faults.as_dict()
+            elif path == "/_emulator/faults" and method == "GET":
+                payload = emulator.faults.as_dict()
+            elif path == "/_emulator/reset-stats" and method == "POST":
+                emulator.reset_stats()
+                payload = {"ok": True}
+            else:
+                return self.send_bytes(404, b'{"error":"not found"}', {"Content-Type": "application/json"})
+        except (ValueError, TypeError) as error:
+            return self.send_bytes(400, json.dumps({"error": str(error)}).encode(), {"Content-Type": "application/json"})
+        self.send_bytes(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def route(self, method: str, path: str, raw_query: str):
+        """(status, payload, extra headers) for an authenticated API request."""
+        accept = self.headers.get("Accept")
+        if accept and "json" not in accept and "*/*" not in accept and not path.startswith("/download/"):
+            raise ApiError(400, 1062, "Неверное значение заголовка 'Accept'. Поддерживается только значение "
+                                      "'application/json;charset=utf-8'")
+        query = Query(raw_query)
+        parts = [p for p in path.split("/") if p]
+        handler, args = self.resolve(parts)
+        if handler is None:
+            raise ApiError(404, 1002, f"Неопознанный путь: {API_PREFIX}{path}")
+        allowed = "POST" if handler == self.security_token else "GET"
+        if method != allowed:
+            raise ApiError(405, 1039, f"Операция {method} не поддерживается для данного ресурса")
+        result = handler(query, path, *args)
+        return result if isinstance(result, tuple) else (200, result, {})
+
+    def resolve(self, parts: list[str]):
+        fixed = {
+            ("context", "companysettings"): self.company_settings,
+            ("context", "companysettings", "pricetype"): self.price_types,
+            ("context", "companysettings", "pricetype", "default"): self.default_price_type,
+            ("context", "employee"): self.current_employee,
+            ("entity", "organization"): self.organizations,
+            ("entity", "currency"): self.currencies,
+            ("entity", "store"): self.stores,
+            ("entity", "uom"): self.uoms,
+            ("entity", "productfolder"): self.folders,
+            ("entity", "assortment"): self.assortment,
+            ("report", "stock", "all"): self.stock_all,
+            ("report", "stock", "bystore"): self.stock_bystore,
+            ("report", "stock", "all", "current"): self.stock_current,
+            ("report", "stock", "bystore", "current"): self.stock_current,
+            ("security", "token"): self.security_token,
+        }
+        key = tuple(parts)
+        if key in fixed:
+            return fixed[key], ()
+        if len(parts) >= 2 and parts[0] == "entity" and parts[1] in ENTITY_KINDS:
+            kind = ENTITY_KINDS[parts[1]]
+            if len(parts) == 2:
+                return self.entity_list, (kind,)
+            if len(parts) == 3:
+                return self.entity_by_id, (kind, parts[2])
+            if len(parts) == 4 and parts[3] == "images":
+                return self.images, (kind, parts[2])
+        if len(parts) == 3 and parts[0] == "entity" and parts[1] == "productfolder":
+            return self.folder_by_id, (parts[2],)
+        if len(parts) == 2 and parts[0] == "download":
+            return self.download, (parts[1],)
+        return None, ()
+
+    # -- list helpers ---------------------------------------------------------------------------
+
+    def href(self, path: str, query: Query) -> str:
+        base = self.emulator.base_url + path
+        return f"{base}?{self.encode(query.pairs)}" if query.pairs else base
+
+    @staticmethod
+    def encode(pairs) -> str:
+        return urlencode(pairs, quote_via=quote, safe=";,:=")
+
+    def page(self, path: str, query: Query, kind: str, rows: list, render, metadata: bool = True,
+             context: dict | None = None) -> dict:
+        limit, offset = query.paging()
+        renderer = self.emulator.renderer
+        meta = renderer.list_meta(self.href(path, query), kind, len(rows), limit, offset, metadata)
+
+        def link(new_offset: int) -> str:
+            pairs = [(k, v) for k, v in query.pairs if k not in ("limit", "offset")]
+            pairs += [("limit", str(limit)), ("offset", str(new_offset))]
+            return f"{self.emulator.base_url}{path}?{self.encode(pairs)}"
+
+        if offset + limit < len(rows):
+            meta["nextHref"] = link(offset + limit)
+        if offset > 0:
+            meta["previousHref"] = link(max(0, offset - limit))
+        body = dict(context if context is not None else renderer.context)
+        body["meta"] = meta
+        body["rows"] = [render(row) for row in rows[offset:offset + limit]]
+        return body
+
+    def entity_filter(self, query: Query, extra_keys: tuple = ()):
+        """Predicate for archived/updated/id (+extra) filters; default hides archived rows."""
+        query.check_filter_keys(("archived", "updated", "id") + extra_keys)
+        archived_values = set()
+        for value in query.values("archived"):
+            if value not in ("true", "false"):
+                raise ApiError(400, 1014, f"Неверное значение '{value}' параметра фильтрации 'archived'",
+                               parameter="filter")
+            archived_values.add(value == "true")
+        archived_values = archived_values or {False}
+        bounds = [(op, parse_moment(value, "updated")) for key, op, value in query.filters if key == "updated"]
+        ids = set(query.values("id"))
+        comparisons = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
+                       "<": lambda a, b: a < b, "=": lambda a, b: a == b, "!=": lambda a, b: a != b}
+        for op, _ in bounds:
+            if op not in comparisons:
+                raise ApiError(400, 1034, f"Ошибка фильтрации: оператор '{op}' не поддерживается для поля 'updated'",
+                               parameter="filter")
+
+        def accept(record) -> bool:
+            if record.archived not in archived_values:
+                return False
+            if ids and record.id not in ids:
+                return False
+            # compare at millisecond precision, as the rendered `updated` string shows it
+            moment = record.updated.replace(microsecond=record.updated.microsecond // 1000 * 1000)
+            return all(comparisons[op](moment, bound) for op, bound in bounds)
+
+        key = (tuple(sorted(archived_values)), tuple(bounds), tuple(sorted(ids)))
+        return accept, key
+
+    # -- dictionaries ---------------------------------------------------------------------------
+
+    def company_settings(self, query, path):
+        return self.emulator.renderer.company_settings()
+
+    def price_types(self, query, path):
+        return self.emulator.renderer.price_type_refs
+
+    def default_price_type(self, query, path):
+        return self.emulator.renderer.price_type_refs[0]
+
+    def current_employee(self, query, path):
+        return self.emulator.renderer.employee(self.emulator.login, self.emulator.started)
+
+    def organizations(self, query, path):
+        renderer = self.emulator.renderer
+        rows = list(range(len(self.emulator.catalog.ids.organizations)))
+        return self.page(path, query, "organization", rows, lambda i: renderer.organization(i, self.emulator.started))
+
+    def currencies(self, query, path):
+        return self.page(path, query, "currency", [0], lambda _: self.emulator.renderer.currency())
+
+    def stores(self, query, path):
+        rows = list(range(len(self.emulator.catalog.stores)))
+        return self.page(path, query, "store", rows, self.emulator.renderer.store)
+
+    def uoms(self, query, path):
+        rows = list(range(len(self.emulator.catalog.uoms)))
+        return self.page(path, query, "uom", rows, self.emulator.renderer.uom)
+
+    def folders(self, query, path):
+        accept, key = self.entity_filter(query)
+        rows = self.emulator.cached(("productfolder",) + key,
+                                    lambda: [f for f in self.emulator.catalog.folders.values() if accept(f)])
+        return self.page(path, query, "productfolder", rows, self.emulator.renderer.folder)
+
+    def folder_by_id(self, query, path, folder_id):
+        folder = self.emulator.catalog.folders.get(folder_id)
+        if folder is None:
+            raise ApiError(404, 1021, f"Объект с типом 'productfolder' и идентификатором '{folder_id}' не найден")
+        return self.emulator.renderer.folder(folder)
+
+    # -- assortment -----------------------------------------------------------------------------
+
+    def items(self, kinds: tuple, query: Query, extra_keys: tuple = ()) -> list:
+        accept, key = self.entity_filter(query, extra_keys)
+        parents = set(query.values("productid"))
+        catalog = self.emulator.catalog
+
+        def build():
+            return [item for item in catalog.items.values()
+                    if item.kind in kinds and accept(item) and (not parents or item.parent_id in parents)]
+
+        return self.emulator.cached((kinds, tuple(sorted(parents))) + key, build)
+
+    def assortment(self, query, path):
+        rows = self.items((KIND_PRODUCT, KIND_VARIANT, KIND_SERVICE, KIND_BUNDLE), query)
+        beta = self.headers.get("X-Lognex-Remap-Beta-Feature") or ""
+        with_stock = "assortmentWithoutStock" not in beta
+        renderer = self.emulator.renderer
+        return self.page(path, query, "assortment", rows, lambda item: renderer.item(item, with_stock))
+
+    def entity_list(self, query, path, kind):
+        rows = self.items((kind,), query, ("productid",) if kind == KIND_VARIANT else ())
+        return self.page(path, query, kind, rows, self.emulator.renderer.item)
+
+    def find(self, kind: str, item_id: str):
+        item = self.emulator.catalog.items.get(item_id)
+        if item is None or item.kind != kind:
+            raise ApiError(404, 1021, f"Объект с типом '{kind}' и идентификатором '{item_id}' не найден")
+        return item
+
+    def entity_by_id(self, query, path, kind, item_id):
+        return self.emulator.renderer.item(self.find(kind, item_id))
+
+    def images(self, query, path, kind, item_id):
+        item = self.find(kind, item_id)
+        limit, _ = query.paging()
+        permanent = limit <= EXPAND_LIMIT and "downloadPermanentHref" in query.params.get("fields", "").split(",")
+        catalog, renderer = self.emulator.catalog, self.emulator.renderer
+        rows = list(enumerate(catalog.image_ids(item)))
+        return self.page(path, query, "image", rows,
+                         lambda row: renderer.image_row(item, row[0], row[1], permanent), metadata=False)
+
+    def download(self, query, path, image_id):
+        if self.emulator.catalog.find_image(image_id) is None:
+            raise ApiError(404, 1021, f"Объект с типом 'image' и идентификатором '{image_id}' не найден")
+        return 302, None, {"Location": self.emulator.issue_download_link(image_id)}
+
+    def security_token(self, query, path):
+        token = secrets.token_hex(20)
+        self.emulator.set_credentials(token=token)  # a new token revokes the earlier ones
+        return 201, {"access_token": token}, {}
+
+    # -- stock reports --------------------------------------------------------------------------
+
+    def store_indexes(self, store_refs: list[str]) -> list[int]:
+        catalog = self.emulator.catalog
+        if not store_refs:
+            return list(range(len(catalog.stores)))
+        indexes = []
+        for ref in store_refs:
+            store_id = ref.rstrip("/").rsplit("/", 1)[-1]
+            try:
+                indexes.append(catalog.store_index(store_id))
+            except KeyError:
+                raise ApiError(400, 1014, f"Неверное значение '{ref}' параметра фильтрации 'store'", parameter="filter")
+        return indexes
+
+    def report_rows(self, query: Query, store_indexes: list[int]) -> list:
+        query.check_filter_keys(("stockMode", "store"))
+        mode = (query.values("stockMode") or ["nonEmpty"])[0]
+        if mode not in STOCK_MODES:
+            raise ApiError(400, 1041, f"Неверное значение '{mode}' параметра фильтрации 'stockMode', допустимые "
+                                      f"значения: '{', '.join(STOCK_MODES)}'", parameter="filter")
+        catalog = self.emulator.catalog
+
+        def keep(item) -> bool:
+            if item.stock is None or item.archived:
+                return False
+            stock = sum(item.stock[3 * i] for i in store_indexes)
+            return {"all": True, "positiveOnly": stock > 0, "negativeOnly": stock < 0,
+                    "empty": stock == 0, "nonEmpty": stock != 0}[mode]
+
+        return self.emulator.cached(("report", mode, tuple(store_indexes)),
+                                    lambda: [item for item in catalog.items.values() if keep(item)])
+
+    def report_context(self) -> dict:
+        base = self.emulator.base_url
+        return {"context": {"employee": {"href": f"{base}/context/employee", "type": "employee", "mediaType": JSON}}}
+
+    def stock_all(self, query, path):
+        stores = self.store_indexes(query.values("store"))
+        rows = self.report_rows(query, stores)
+        catalog, renderer = self.emulator.catalog, self.emulator.renderer
+        return self.page(path, query, "stock", rows,
+                         lambda item: renderer.stock_all_row(item, catalog.parent_of(item), stores),
+                         metadata=False, context=self.report_context())
+
+    def stock_bystore(self, query, path):
+        stores = self.store_indexes(query.values("store"))
+        rows = self.report_rows(query, stores)
+        renderer = self.emulator.renderer
+        return self.page(path, query, "stockbystore", rows, lambda item: renderer.stock_bystore_row(item, stores),
+                         metadata=False, context=self.report_context())
+
+    def stock_current(self, query, path):
+        """Bare array of {assortmentId[, storeId], <stockType>} rows, one stock type per request."""
+        by_store = "/bystore/" in path
+        query.check_filter_keys(("assortmentId", "storeId"))
+        stock_type = query.params.get("stockType", "stock")
+        if stock_type not in STOCK_TYPES:
+            raise ApiError(400, 1084, f"Неверное значение '{stock_type}' параметра запроса 'stockType', допустимые "
+                                      f"значения: '{', '.join(STOCK_TYPES)}'", parameter="stockType")
+        changed_since = None
+        if "changedSince" in query.params:
+            changed_since = parse_moment(query.params["changedSince"], "changedSince")
+            if changed_since < moscow_now() - CHANGED_SINCE_MAX:
+                raise ApiError(400, 1040, "Неверно заданы параметры запроса: значение параметра 'changedSince' не "
+                                          "может быть раньше, чем за 24 часа до текущего момента",
+                               parameter="changedSince")
+        zero_lines = "zeroLines" in query.params.get("include", "").split(",") or changed_since is not None
+        wanted = set(query.values("assortmentId"))
+        catalog = self.emulator.catalog
+        store_ids = [s.id for s in catalog.stores]
+        store_filter = set(query.values("storeId"))
+        indexes = [i for i, sid in enumerate(store_ids) if not store_filter or sid in store_filter]
+
+        def value(stock, reserve, in_transit):
+            return {"stock": stock, "freeStock": stock - reserve, "quantity": stock - reserve + in_transit,
+                    "reserve": reserve, "inTransit": in_transit}[stock_type]
+
+        rows = []
+        with catalog.lock:
+            items = list(catalog.items.values())
+        for item in items:
+            if item.stock is None or (wanted and item.id not in wanted):
+                continue
+            if changed_since is not None and (item.stock_changed is None or item.stock_changed < changed_since):
+                continue
+            figures = [(store_ids[i], value(*item.stock[3 * i:3 * i + 3])) for i in indexes]
+            if by_store:
+                rows += [{"assortmentId": item.id, "storeId": sid, stock_type: number(v)}
+                         for sid, v in figures if v or zero_lines]
+            else:
+                total = sum(v for _, v in figures)
+                if total or zero_lines:
+                    rows.append({"assortmentId": item.id, stock_type: number(total)})
+        return rows

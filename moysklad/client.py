@@ -1,0 +1,356 @@
+"""HTTP client for the MoySklad JSON API 1.2: auth, gzip, paging, rate pacing and retries.
+
+Retries wrap the send only: a request is retried on 5xx, timeouts, resets and truncated bodies
+with bounded exponential backoff, waits as told on 429, and never repeats other 4xx.
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import json
+import logging
+import random
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from moysklad.errors import MoySkladError, RateLimited, TransportFailure, classify
+from settings import MoySkladSettings
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "skladbridge/0.1 (+catalog sync)"
+WINDOW_SECONDS = 3.0
+DEFAULT_UNIT_LIMIT = 45
+# Units kept free for other users of the same account and for clock jitter between us and the server.
+UNIT_RESERVE = 5
+MAX_THROTTLED_IN_A_ROW = 12
+
+
+def request_cost(path: str, auth_kind: str) -> int:
+    """Units MoySklad charges: 5 for stock reports, 4 for anything sent with login/password."""
+    cost = 5 if path.startswith("/report/stock") else 1
+    return max(cost, 4) if auth_kind == "basic" else cost
+
+
+class RateGate:
+    """Keeps this process inside MoySklad's unit budget (45 units / 3 s) and honours its headers.
+
+    A local sliding window stops us from overspending on our own; the server's
+    ``X-RateLimit-Remaining`` and 429 answers pause us when someone else shares the account.
+    """
+
+    def __init__(self, limit: int = DEFAULT_UNIT_LIMIT, window: float = WINDOW_SECONDS, clock=time.monotonic, sleep=time.sleep):
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self.sleep = sleep
+        self.spent: deque[tuple[float, int]] = deque()
+        self.paused_until = 0.0
+        self.lock = threading.Lock()
+
+    def acquire(self, cost: int) -> float:
+        """Block until ``cost`` units may be spent; return the seconds waited."""
+        waited = 0.0
+        while True:
+            with self.lock:
+                now = self.clock()
+                while self.spent and self.spent[0][0] + self.window <= now:
+                    self.spent.popleft()
+                used = sum(units for _, units in self.spent)
+                budget = max(cost, self.limit - UNIT_RESERVE)
+                if now >= self.paused_until and used + cost <= budget:
+                    self.spent.append((now, cost))
+                    return waited
+                delay = self.paused_until - now if now < self.paused_until else self.spent[0][0] + self.window - now
+            delay = max(delay, 0.005)
+            self.sleep(delay)
+            waited += delay
+
+    def observe(self, headers) -> None:
+        """Adopt the server's view after each answer."""
+        limit = _int(headers.get("X-RateLimit-Limit"))
+        remaining = _int(headers.get("X-RateLimit-Remaining"))
+        with self.lock:
+            if limit:
+                self.limit = limit
+            if remaining is not None and remaining < UNIT_RESERVE:
+                reset = _int(headers.get("X-Lognex-Reset"))
+                pause = (reset / 1000.0) if reset is not None else self.window
+                self.paused_until = max(self.paused_until, self.clock() + min(pause, self.window))
+
+    def pause(self, seconds: float) -> None:
+        """The server said 429: nobody sends until it said we may."""
+        with self.lock:
+            self.paused_until = max(self.paused_until, self.clock() + seconds)
+
+
+class MoySkladClient:
+    """One authenticated, paced, keep-alive connection pool to one MoySklad account."""
+
+    def __init__(self, settings: MoySkladSettings, base_url: str | None = None):
+        self.settings = settings
+        self.base_url = (base_url or settings.base_url).rstrip("/")
+        self.base_path = urlsplit(self.base_url).path
+        self.gate = RateGate()
+        self.in_flight = threading.BoundedSemaphore(settings.max_in_flight)
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.max_in_flight, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({
+            "Accept": "application/json;charset=utf-8",
+            "Accept-Encoding": "gzip",
+            "User-Agent": USER_AGENT,
+        })
+        if settings.token:
+            self.session.headers["Authorization"] = f"Bearer {settings.token}"
+        else:
+            self.session.auth = (settings.login, settings.password)
+        self.auth_kind = settings.auth_kind
+        self.stats_lock = threading.Lock()
+        self.requests = 0
+        self.throttled = 0
+        self.retries = 0
+        self.server_date = None  # the Date header of the latest answer: MoySklad's clock, not ours
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- single requests --------------------------------------------------------------------
+
+    def get(self, path: str, params: dict | None = None, headers: dict | None = None):
+        """GET one JSON document (object or array)."""
+        return _decode(self._send(path, params, headers).content, path)
+
+    def get_page(self, path: str, params: dict, headers: dict | None) -> dict:
+        """GET one page of a list and check it has the list shape."""
+        return _as_page(self.get(path, params, headers), path)
+
+    def _fetch(self, path: str, params: dict, headers: dict | None) -> bytes:
+        return self._send(path, params, headers).content
+
+    def _send(self, path: str, params: dict | None, headers: dict | None, stream: bool = False) -> requests.Response:
+        """Send with pacing and retries; return a 2xx response (body read unless ``stream``)."""
+        url = self.base_url + path if path.startswith("/") else path
+        api_path = _api_path(url, self.base_path)
+        cost = request_cost(api_path, self.auth_kind)
+        attempt = 0
+        throttled_in_a_row = 0
+        while True:
+            self.gate.acquire(cost)
+            try:
+                with self.in_flight:
+                    self._count("requests")
+                    response = self.session.get(
+                        url, params=params, headers=headers, stream=stream,
+                        timeout=(self.settings.connect_timeout, self.settings.read_timeout), allow_redirects=False,
+                    )
+                    self.gate.observe(response.headers)
+                    if not stream or response.status_code >= 300:
+                        _ = response.content  # read the body inside the try: truncation shows up here
+                if response.status_code < 300:
+                    self._note_date(response)
+                    return response
+                error = classify(response.status_code, response.content, response.headers, api_path, url)
+            except requests.RequestException as exc:
+                error = TransportFailure(f"no complete answer from MoySklad for {api_path}: {_reason(exc)}", url=url)
+            if isinstance(error, RateLimited):
+                throttled_in_a_row += 1
+                self._count("throttled")
+                if throttled_in_a_row > MAX_THROTTLED_IN_A_ROW:
+                    raise MoySkladError(
+                        f"MoySklad kept throttling {api_path} ({throttled_in_a_row} times in a row): another "
+                        f"program is probably using up this account's API budget; stopped to avoid an API ban"
+                    ) from error
+                wait = error.retry_after + random.uniform(0, 0.05)
+                log.warning("throttled by MoySklad on %s, waiting %.2fs as told", api_path, wait)
+                self.gate.pause(wait)
+                continue
+            if not error.retriable or attempt >= self.settings.max_retries:
+                if error.retriable:
+                    error.args = (f"{error.args[0]} (gave up after {attempt + 1} attempts)",)
+                raise error
+            attempt += 1
+            self._count("retries")
+            delay = min(self.settings.retry_max_delay, self.settings.retry_base_delay * 2 ** (attempt - 1))
+            delay *= random.uniform(0.5, 1.0)
+            log.warning("%s; retry %d/%d in %.1fs", error, attempt, self.settings.max_retries, delay)
+            time.sleep(delay)
+
+    # --- lists ------------------------------------------------------------------------------
+
+    def iter_pages(self, path: str, params: dict | None = None, headers: dict | None = None) -> Iterator[dict]:
+        """Yield every page of a list in order, fetching up to ``max_in_flight`` pages ahead.
+
+        The first page tells the size; the remaining offsets are then requested in parallel and
+        handed out in order, so at most a few pages are in memory at once.
+        """
+        limit = self.settings.page_size
+        base = dict(params or {}, limit=limit)
+        first = self.get_page(path, dict(base, offset=0), headers)
+        yield first
+        size = int(first["meta"].get("size") or 0)
+        if size <= limit:
+            return
+        offsets = iter(range(limit, size, limit))
+        depth = self.settings.max_in_flight
+        # Workers only download (a few MB of bytes each); pages are parsed here, one at a time,
+        # because a parsed page of 1000 rows weighs several times its JSON text.
+        with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="moysklad-page") as pool:
+            pending = deque()
+
+            def submit(offset):
+                pending.append(pool.submit(self._fetch, path, dict(base, offset=offset), headers))
+
+            for offset in itertools.islice(offsets, depth):
+                submit(offset)
+            try:
+                while pending:
+                    body = pending.popleft().result()
+                    next_offset = next(offsets, None)
+                    if next_offset is not None:
+                        submit(next_offset)
+                    page = _as_page(_decode(body, path), path)
+                    del body
+                    yield page
+                    del page
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def iter_rows(self, path: str, params: dict | None = None, headers: dict | None = None) -> Iterator[dict]:
+        for page in self.iter_pages(path, params, headers):
+            yield from page["rows"]
+
+    def iter_array(self, path: str, params: dict | None = None) -> Iterator[dict]:
+        """Yield the objects of a bare JSON array answer (the current-stock reports) one by one.
+
+        Those answers are not paged and can hold hundreds of thousands of rows, so the body is
+        first downloaded whole to a temporary file (retrying as needed), then parsed
+        incrementally: memory stays flat whatever the catalog size.
+        """
+        for attempt in range(self.settings.max_retries + 1):
+            response = self._send(path, params, None, stream=True)
+            spool = tempfile.TemporaryFile()
+            try:
+                try:
+                    for chunk in response.iter_content(chunk_size=1 << 16):
+                        spool.write(chunk)
+                except requests.RequestException as exc:
+                    if attempt >= self.settings.max_retries:
+                        raise TransportFailure(f"the answer for {path} broke off: {_reason(exc)}") from exc
+                    self._count("retries")
+                    log.warning("answer for %s broke off (%s); retrying", path, _reason(exc))
+                    continue
+                finally:
+                    response.close()
+                spool.seek(0)
+                yield from _parse_array(spool, path)
+                return
+            finally:
+                spool.close()
+
+    # --- bookkeeping ------------------------------------------------------------------------
+
+    def _count(self, name: str) -> None:
+        with self.stats_lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+    def _note_date(self, response: requests.Response) -> None:
+        value = response.headers.get("Date")
+        if value:
+            try:
+                self.server_date = parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                pass
+
+
+def _decode(body: bytes, path: str):
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise TransportFailure(f"MoySklad sent an unreadable answer for {path}: {exc}") from exc
+
+
+def _as_page(data, path: str) -> dict:
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not isinstance(data.get("meta"), dict):
+        raise TransportFailure(f"MoySklad answered {path} without meta/rows: not a list answer")
+    return data
+
+
+def _parse_array(stream, path: str) -> Iterator[dict]:
+    """Incrementally decode ``[ {...}, {...} ]`` from a binary file."""
+    decoder = json.JSONDecoder()
+    text = codecs.getincrementaldecoder("utf-8")()
+    buffer = ""
+    position = 0
+    started = False
+    finished = False
+    while True:
+        chunk = stream.read(1 << 16)
+        buffer = buffer[position:] + text.decode(chunk, final=not chunk)
+        position = 0
+        while True:
+            while position < len(buffer) and buffer[position] in " \t\r\n,":
+                position += 1
+            if position >= len(buffer):
+                break
+            if not started:
+                if buffer[position] != "[":
+                    raise TransportFailure(f"MoySklad answered {path} with something other than a JSON array")
+                started = True
+                position += 1
+                continue
+            if buffer[position] == "]":
+                finished = True
+                position += 1
+                break
+            try:
+                item, end = decoder.raw_decode(buffer, position)
+            except ValueError:
+                if not chunk:
+                    raise TransportFailure(f"the JSON array from {path} is malformed near character {position}") from None
+                break  # the object continues in the next chunk
+            position = end
+            yield item
+        if finished:
+            return
+        if not chunk:
+            raise TransportFailure(f"the JSON array from {path} ended early (truncated answer)")
+
+
+def _api_path(url: str, base_path: str) -> str:
+    path = urlsplit(url).path
+    return path[len(base_path):] if path.startswith(base_path) else path
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        text = str(exc)
+        if "reset" in text.lower():
+            return "connection reset"
+        return "connection failed" if "Max retries" in text or "refused" in text.lower() else f"connection error ({text[:200]})"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "answer truncated"
+    if isinstance(exc, requests.exceptions.ContentDecodingError):
+        return "compressed answer is corrupt or truncated"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

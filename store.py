@@ -1,0 +1,357 @@
+"""The catalog store: one SQLite file shared by every source (MoySklad sync, CommerceML exchange).
+
+Tables are source-neutral: each row carries the ``source`` it came from, so a full MoySklad sync
+only reconciles what MoySklad owns. Money is kept in kopecks (integers), quantities as reals.
+Writers work inside :meth:`CatalogStore.run`, one transaction per run: a run that fails leaves
+the previous state untouched, and readers (WAL) keep seeing that state until the commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS categories (
+    source TEXT NOT NULL, id TEXT NOT NULL, parent_id TEXT, name TEXT NOT NULL,
+    code TEXT, external_code TEXT, archived INTEGER NOT NULL DEFAULT 0,
+    removed INTEGER NOT NULL DEFAULT 0, removed_at TEXT, updated TEXT, seen_run INTEGER,
+    PRIMARY KEY (source, id));
+CREATE TABLE IF NOT EXISTS products (
+    source TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+    code TEXT, article TEXT, external_code TEXT, category_id TEXT, description TEXT,
+    unit_id TEXT, vat REAL, vat_enabled INTEGER, weight REAL, volume REAL,
+    variants_count INTEGER NOT NULL DEFAULT 0, archived INTEGER NOT NULL DEFAULT 0,
+    removed INTEGER NOT NULL DEFAULT 0, removed_at TEXT, updated TEXT, seen_run INTEGER,
+    PRIMARY KEY (source, id));
+CREATE TABLE IF NOT EXISTS offers (
+    source TEXT NOT NULL, id TEXT NOT NULL, product_id TEXT NOT NULL, kind TEXT NOT NULL,
+    name TEXT NOT NULL, code TEXT, article TEXT, external_code TEXT,
+    barcodes TEXT, characteristics TEXT, buy_price INTEGER, cost INTEGER,
+    image_count INTEGER NOT NULL DEFAULT 0, archived INTEGER NOT NULL DEFAULT 0,
+    removed INTEGER NOT NULL DEFAULT 0, removed_at TEXT, updated TEXT, seen_run INTEGER,
+    PRIMARY KEY (source, id));
+CREATE INDEX IF NOT EXISTS offers_by_product ON offers (source, product_id);
+CREATE TABLE IF NOT EXISTS price_types (
+    source TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, external_code TEXT,
+    position INTEGER NOT NULL, PRIMARY KEY (source, id));
+CREATE TABLE IF NOT EXISTS prices (
+    source TEXT NOT NULL, offer_id TEXT NOT NULL, price_type_id TEXT NOT NULL,
+    value INTEGER NOT NULL, PRIMARY KEY (source, offer_id, price_type_id));
+CREATE TABLE IF NOT EXISTS warehouses (
+    source TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, external_code TEXT,
+    archived INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (source, id));
+CREATE TABLE IF NOT EXISTS stock (
+    source TEXT NOT NULL, offer_id TEXT NOT NULL, warehouse_id TEXT NOT NULL,
+    stock REAL NOT NULL DEFAULT 0, reserve REAL NOT NULL DEFAULT 0,
+    in_transit REAL NOT NULL DEFAULT 0, PRIMARY KEY (source, offer_id, warehouse_id));
+CREATE TABLE IF NOT EXISTS units (
+    source TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, code TEXT, description TEXT,
+    PRIMARY KEY (source, id));
+CREATE TABLE IF NOT EXISTS images (
+    source TEXT NOT NULL, owner_id TEXT NOT NULL, position INTEGER NOT NULL,
+    filename TEXT, title TEXT, size INTEGER, updated TEXT, href TEXT, permanent_href TEXT,
+    PRIMARY KEY (source, owner_id, position));
+CREATE TABLE IF NOT EXISTS attributes (
+    source TEXT NOT NULL, owner_id TEXT NOT NULL, attribute_id TEXT NOT NULL, name TEXT NOT NULL,
+    type TEXT, value TEXT, PRIMARY KEY (source, owner_id, attribute_id));
+CREATE TABLE IF NOT EXISTS source_settings (
+    source TEXT NOT NULL, key TEXT NOT NULL, value TEXT, PRIMARY KEY (source, key));
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, kind TEXT NOT NULL,
+    mode TEXT, status TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
+    counts TEXT, requests INTEGER, throttled INTEGER, retries INTEGER, error TEXT,
+    bookmark TEXT, pid INTEGER);
+CREATE TABLE IF NOT EXISTS skipped (
+    run_id INTEGER NOT NULL, source TEXT NOT NULL, item_type TEXT, item_id TEXT,
+    name TEXT, reason TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS skipped_by_run ON skipped (run_id);
+"""
+
+# Tables whose rows a full run of a source marks removed when the source no longer returns them.
+RECONCILED_TABLES = ("categories", "products", "offers")
+
+
+class StoreError(Exception):
+    """The catalog store cannot be opened or written."""
+
+
+class StoreBusy(StoreError):
+    """Another run holds the writer lock of this store."""
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunStats:
+    """What a run did; saved in the runs table when the run ends, successful or not."""
+
+    counts: dict = field(default_factory=dict)
+    requests: int = 0
+    throttled: int = 0
+    retries: int = 0
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+
+class CatalogStore:
+    """Opens the store file, creates the schema and hands out run transactions."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+            self.db = sqlite_utils.Database(conn)
+            self.db.enable_wal()
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=OFF")
+            self.db.conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the catalog store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- runs -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def run(self, source: str, kind: str, mode: str | None = None) -> Iterator["Run"]:
+        """One writer run: an exclusive lock, a row in ``runs`` and one data transaction.
+
+        The data is committed only when the block ends without an exception; the run row then
+        says ``ok``. On an exception the data rolls back, the row says ``failed`` with the
+        error, and the exception propagates.
+        """
+        with self._writer_lock(source):
+            self._close_interrupted_runs(source)
+            with self.db.atomic():
+                run_id = self.db["runs"].insert(
+                    {"source": source, "kind": kind, "mode": mode, "status": "running",
+                     "started_at": utc_now(), "pid": os.getpid()}
+                ).last_pk
+            run = Run(self, run_id, source)
+            try:
+                with self.db.atomic():
+                    yield run
+                    self._finish(run, "ok", None)
+            except BaseException as exc:
+                with self.db.atomic():
+                    self._finish(run, "failed", _describe(exc))
+                    self._save_skipped(run)
+                raise
+
+    def _finish(self, run: "Run", status: str, error: str | None) -> None:
+        self.db["runs"].update(
+            run.id,
+            {"status": status, "finished_at": utc_now(), "counts": json.dumps(run.stats.counts, ensure_ascii=False),
+             "requests": run.stats.requests, "throttled": run.stats.throttled, "retries": run.stats.retries,
+             "error": error, "mode": run.mode, "bookmark": run.bookmark},
+        )
+        if status == "ok":
+            self._save_skipped(run)
+
+    def _save_skipped(self, run: "Run") -> None:
+        if run.skipped:
+            self.db["skipped"].insert_all(run.skipped)
+            run.skipped = []
+
+    @contextlib.contextmanager
+    def _writer_lock(self, source: str):
+        lock_path = self.path.with_name(f"{self.path.name}.{source}.lock")
+        with open(lock_path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise StoreBusy(f"another {source} run is in progress on {self.path} (process {holder})") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _close_interrupted_runs(self, source: str) -> None:
+        """Runs still 'running' while we hold the lock died without finishing (kill -9, power loss)."""
+        with self.db.atomic():
+            self.db.execute(
+                "UPDATE runs SET status='interrupted', finished_at=?, "
+                "error='the run stopped without finishing (process killed or machine restarted); nothing of it was saved' "
+                "WHERE source=? AND status='running'",
+                [utc_now(), source],
+            )
+
+    def last_run(self, source: str, kind: str | None = None, status: str | None = None) -> dict | None:
+        where, params = ["source = ?"], [source]
+        if kind:
+            where.append("kind = ?")
+            params.append(kind)
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        rows = list(self.db.query(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT 1", params))
+        return _decode_run(rows[0]) if rows else None
+
+    def recent_runs(self, limit: int = 30) -> list[dict]:
+        return [_decode_run(r) for r in self.db.query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit])]
+
+    def skipped_items(self, run_id: int) -> list[dict]:
+        return list(self.db.query("SELECT item_type, item_id, name, reason FROM skipped WHERE run_id = ?", [run_id]))
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def setting(self, source: str, key: str) -> str | None:
+        rows = list(self.db.query("SELECT value FROM source_settings WHERE source=? AND key=?", [source, key]))
+        return rows[0]["value"] if rows else None
+
+    def counts(self, source: str) -> dict:
+        """How many live (not removed) rows each table holds for a source."""
+        result = {}
+        for table in ("categories", "products", "offers"):
+            result[table] = self.db.execute(
+                f"SELECT count(*) FROM {table} WHERE source=? AND removed=0", [source]
+            ).fetchone()[0]
+        for table in ("price_types", "prices", "warehouses", "stock", "units", "images", "attributes"):
+            result[table] = self.db.execute(f"SELECT count(*) FROM {table} WHERE source=?", [source]).fetchone()[0]
+        return result
+
+
+class Run:
+    """Writes of one run; every method streams its records and touches only this source's rows."""
+
+    def __init__(self, store: CatalogStore, run_id: int, source: str):
+        self.store = store
+        self.db = store.db
+        self.id = run_id
+        self.source = source
+        self.stats = RunStats()
+        self.skipped: list[dict] = []
+        self.mode: str | None = None
+        self.bookmark: str | None = None
+
+    def skip(self, item_type: str, item_id: str | None, name: str | None, reason: str) -> None:
+        """Record an item left out of the store and why, for the operator."""
+        self.skipped.append({"run_id": self.id, "source": self.source, "item_type": item_type,
+                             "item_id": item_id, "name": name, "reason": reason})
+        self.stats.add("skipped")
+        if item_id:  # keep its last good version: a full run must not take it for deleted
+            for table in RECONCILED_TABLES:
+                self.db.execute(f"UPDATE {table} SET seen_run = ? WHERE source = ? AND id = ?", [self.id, self.source, item_id])
+
+    def set_setting(self, key: str, value) -> None:
+        self.upsert("source_settings", [{"key": key, "value": value if isinstance(value, str) or value is None else json.dumps(value, ensure_ascii=False)}], ("source", "key"))
+
+    def replace_all(self, table: str, rows: Iterable[dict], pk: tuple[str, ...]) -> int:
+        """Replace every row of a small reference table (price types, warehouses, units)."""
+        self.db.execute(f"DELETE FROM {table} WHERE source = ?", [self.source])
+        return self.upsert(table, rows, pk)
+
+    def upsert_categories(self, rows: Iterable[dict]) -> int:
+        return self.upsert("categories", self._seen(rows), ("source", "id"))
+
+    def upsert_products(self, rows: Iterable[dict]) -> int:
+        return self.upsert("products", self._seen(rows), ("source", "id"))
+
+    def upsert_offers(self, rows: Iterable[dict]) -> int:
+        return self.upsert("offers", self._seen(rows), ("source", "id"))
+
+    def replace_children(self, table: str, owner_column: str, owner_ids: list[str], rows: Iterable[dict], pk: tuple[str, ...]) -> int:
+        """Replace the prices / attributes / images of the given owners with ``rows``."""
+        for chunk in _chunks(owner_ids, 500):
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(f"DELETE FROM {table} WHERE source = ? AND {owner_column} IN ({marks})", [self.source, *chunk])
+        return self.upsert(table, rows, pk)
+
+    def clear(self, table: str) -> None:
+        self.db.execute(f"DELETE FROM {table} WHERE source = ?", [self.source])
+
+    def merge_stock(self, rows: Iterable[tuple[str, str, float]], column: str) -> int:
+        """Set one stock column (stock, reserve, in_transit) per (offer, warehouse), adding rows as needed."""
+        if column not in ("stock", "reserve", "in_transit"):
+            raise ValueError(column)
+        sql = (f"INSERT INTO stock (source, offer_id, warehouse_id, {column}) VALUES (?, ?, ?, ?) "
+               f"ON CONFLICT (source, offer_id, warehouse_id) DO UPDATE SET {column} = excluded.{column}")
+        count = 0
+        for chunk in _chunks(((self.source, o, w, q) for o, w, q in rows), 2000):
+            self.db.conn.executemany(sql, chunk)
+            count += len(chunk)
+        return count
+
+    def update_offers(self, column: str, values: Iterable[tuple[str, object]]) -> None:
+        """Set one column of existing offers, e.g. the unit cost from the stock report."""
+        sql = f"UPDATE offers SET {column} = ? WHERE source = ? AND id = ?"
+        for chunk in _chunks(((v, self.source, i) for i, v in values), 2000):
+            self.db.conn.executemany(sql, chunk)
+
+    def mark_unseen_removed(self) -> dict[str, int]:
+        """After a full run: what the source no longer returns is marked removed, never deleted."""
+        removed = {}
+        now = utc_now()
+        for table in RECONCILED_TABLES:
+            cursor = self.db.execute(
+                f"UPDATE {table} SET removed = 1, removed_at = ? "
+                f"WHERE source = ? AND removed = 0 AND (seen_run IS NULL OR seen_run != ?)",
+                [now, self.source, self.id],
+            )
+            removed[table] = cursor.rowcount
+        return removed
+
+    def _seen(self, rows: Iterable[dict]) -> Iterator[dict]:
+        for row in rows:
+            row["seen_run"] = self.id
+            row.setdefault("removed", 0)
+            row.setdefault("removed_at", None)
+            yield row
+
+    def upsert(self, table: str, rows: Iterable[dict], pk: tuple[str, ...]) -> int:
+        """Insert or update rows of this source, streaming them in chunks."""
+        count = 0
+        for chunk in _chunks(rows, 1000):
+            for row in chunk:
+                row["source"] = self.source
+            columns = list(chunk[0])
+            updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in pk)
+            sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+                   f"ON CONFLICT ({', '.join(pk)}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING"))
+            self.db.conn.executemany(sql, [[row.get(c) for c in columns] for row in chunk])
+            count += len(chunk)
+        return count
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "the run was interrupted (Ctrl+C or shutdown); nothing of it was saved"
+    return str(exc) or type(exc).__name__
+
+
+def _decode_run(row: dict) -> dict:
+    row = dict(row)
+    row["counts"] = json.loads(row["counts"]) if row.get("counts") else {}
+    return row
