@@ -14,6 +14,7 @@ import random
 import tempfile
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from moysklad.errors import MoySkladError, RateLimited, TransportFailure, classify
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "skladbridge/0.1 (+catalog sync)"
 WINDOW_SECONDS = 3.0
+# The server counts a request from when it arrives, we from when we send it: stretch our window.
+WINDOW_MARGIN = 0.25
 DEFAULT_UNIT_LIMIT = 45
 # Units kept free for other users of the same account and for clock jitter between us and the server.
 UNIT_RESERVE = 5
@@ -49,7 +53,8 @@ class RateGate:
     ``X-RateLimit-Remaining`` and 429 answers pause us when someone else shares the account.
     """
 
-    def __init__(self, limit: int = DEFAULT_UNIT_LIMIT, window: float = WINDOW_SECONDS, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, limit: int = DEFAULT_UNIT_LIMIT, window: float = WINDOW_SECONDS + WINDOW_MARGIN,
+                 clock=time.monotonic, sleep=time.sleep):
         self.limit = limit
         self.window = window
         self.clock = clock
@@ -136,11 +141,31 @@ class MoySkladClient:
         """GET one page of a list and check it has the list shape."""
         return _as_page(self.get(path, params, headers), path)
 
-    def _fetch(self, path: str, params: dict, headers: dict | None) -> bytes:
-        return self._send(path, params, headers).content
+    def _fetch_compressed(self, path: str, params: dict, headers: dict | None) -> tuple[bytes, str]:
+        """The body as it came over the wire (gzip), and its Content-Encoding."""
+        response = self._send(path, params, headers, read="raw")
+        return response.wire_body, response.headers.get("Content-Encoding", "")
 
-    def _send(self, path: str, params: dict | None, headers: dict | None, stream: bool = False) -> requests.Response:
-        """Send with pacing and retries; return a 2xx response (body read unless ``stream``)."""
+    def _page_from_wire(self, wire: tuple[bytes, str], path: str, params: dict, headers: dict | None) -> dict:
+        """Unpack and parse a prefetched page; a corrupt one is fetched again (with its own retries)."""
+        body, encoding = wire
+        try:
+            if "gzip" in encoding:
+                body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+            return _as_page(_decode(body, path), path)
+        except (zlib.error, TransportFailure) as exc:
+            self._count("retries")
+            log.warning("page of %s arrived corrupt (%s); fetching it again", path, exc)
+            return self.get_page(path, params, headers)
+
+    def _send(self, path: str, params: dict | None, headers: dict | None, read: str = "decoded") -> requests.Response:
+        """Send with pacing and retries; return a 2xx response.
+
+        ``read`` says what happens to a 2xx body inside the retry loop: ``decoded`` (``.content``),
+        ``raw`` (``.wire_body``: the compressed bytes, a tenth of the size) or ``stream`` (left
+        unread for the caller).
+        """
+        stream = read != "decoded"
         url = self.base_url + path if path.startswith("/") else path
         api_path = _api_path(url, self.base_path)
         cost = request_cost(api_path, self.auth_kind)
@@ -156,13 +181,17 @@ class MoySkladClient:
                         timeout=(self.settings.connect_timeout, self.settings.read_timeout), allow_redirects=False,
                     )
                     self.gate.observe(response.headers)
-                    if not stream or response.status_code >= 300:
-                        _ = response.content  # read the body inside the try: truncation shows up here
+                    # read the body inside the try: truncation shows up here
+                    if response.status_code >= 300 or read == "decoded":
+                        _ = response.content
+                    elif read == "raw":
+                        response.wire_body = response.raw.read(decode_content=False)
+                        response.raw.release_conn()  # read to the end: the connection stays alive
                 if response.status_code < 300:
                     self._note_date(response)
                     return response
                 error = classify(response.status_code, response.content, response.headers, api_path, url)
-            except requests.RequestException as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
                 error = TransportFailure(f"no complete answer from MoySklad for {api_path}: {_reason(exc)}", url=url)
             if isinstance(error, RateLimited):
                 throttled_in_a_row += 1
@@ -204,28 +233,30 @@ class MoySkladClient:
             return
         offsets = iter(range(limit, size, limit))
         depth = self.settings.max_in_flight
-        # Workers only download (a few MB of bytes each); pages are parsed here, one at a time,
-        # because a parsed page of 1000 rows weighs several times its JSON text.
+        # Workers only download the compressed bytes (a few hundred KB a page); pages are unpacked
+        # and parsed here, one at a time, because a parsed page of 1000 rows weighs ~25 MB.
         with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="moysklad-page") as pool:
             pending = deque()
 
             def submit(offset):
-                pending.append(pool.submit(self._fetch, path, dict(base, offset=offset), headers))
+                page_params = dict(base, offset=offset)
+                pending.append((pool.submit(self._fetch_compressed, path, page_params, headers), page_params))
 
             for offset in itertools.islice(offsets, depth):
                 submit(offset)
             try:
                 while pending:
-                    body = pending.popleft().result()
+                    future, page_params = pending.popleft()
+                    wire = future.result()
                     next_offset = next(offsets, None)
                     if next_offset is not None:
                         submit(next_offset)
-                    page = _as_page(_decode(body, path), path)
-                    del body
+                    page = self._page_from_wire(wire, path, page_params, headers)
+                    del wire
                     yield page
                     del page
             finally:
-                for future in pending:
+                for future, _ in pending:
                     future.cancel()
 
     def iter_rows(self, path: str, params: dict | None = None, headers: dict | None = None) -> Iterator[dict]:
@@ -240,7 +271,7 @@ class MoySkladClient:
         incrementally: memory stays flat whatever the catalog size.
         """
         for attempt in range(self.settings.max_retries + 1):
-            response = self._send(path, params, None, stream=True)
+            response = self._send(path, params, None, read="stream")
             spool = tempfile.TemporaryFile()
             try:
                 try:
@@ -342,8 +373,8 @@ def _reason(exc: Exception) -> str:
         if "reset" in text.lower():
             return "connection reset"
         return "connection failed" if "Max retries" in text or "refused" in text.lower() else f"connection error ({text[:200]})"
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-        return "answer truncated"
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
+        return "answer truncated" if "IncompleteRead" in repr(exc) or "ncomplete" in str(exc) else f"connection broken ({str(exc)[:200]})"
     if isinstance(exc, requests.exceptions.ContentDecodingError):
         return "compressed answer is corrupt or truncated"
     return f"{type(exc).__name__}: {str(exc)[:200]}"

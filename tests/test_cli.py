@@ -122,3 +122,12 @@ def test_the_status_page_reports_the_last_sync(live_app, app_settings, emulator)
     assert body["moysklad"]["catalog"]["offers"] == len(emulator.catalog.items)
     assert body["settings"]["moysklad"]["token"] == "***"
     assert EMULATOR_TOKEN not in requests.get(live_app + "/status.json", timeout=5).text
+
+
+def test_check_names_a_missing_permission(tmp_path, emulator):
+    emulator.faults.fail_after = {"path": "/report/stock", "after": 0, "status": 403}
+    _, env = write_config(tmp_path, emulator)
+    result = flask(env, "moysklad", "check")
+    assert result.returncode == 1
+    assert "lacks the permission to view the stock report (Остатки → Просматривать)" in result.stderr
+    assert "credentials" in result.stdout  # what did work is still shown

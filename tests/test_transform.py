@@ -105,3 +105,24 @@ def test_price_types_keep_their_order(shared_fixtures):
     records = price_type_records(settings)
     assert [r["name"] for r in records] == ["Цена для друзей", "Цена для конкурентов"]
     assert [r["position"] for r in records] == [0, 1]
+
+
+def test_errors_are_classified_once_with_words_a_person_can_act_on():
+    from moysklad.errors import CredentialsRejected, PermissionMissing, RateLimited, RequestRejected, ServerFailure, classify
+
+    body = '{"errors":[{"error":"Ошибка аутентификации","code":1056}]}'.encode()
+    error = classify(401, body, {}, "/entity/assortment", "u")
+    assert isinstance(error, CredentialsRejected) and not error.retriable
+    assert str(error).startswith("MoySklad rejected the credentials: Ошибка аутентификации")
+
+    error = classify(403, b"", {}, "/report/stock/all", "u")
+    assert isinstance(error, PermissionMissing) and "Остатки → Просматривать" in str(error)
+
+    error = classify(429, '{"errors":[{"error":"Превышено","code":1073}]}'.encode(), {"X-Lognex-Retry-After": "1500"}, "/x", "u")
+    assert isinstance(error, RateLimited) and error.retriable and error.retry_after == 1.5
+    assert "too many parallel requests" in str(error)
+
+    assert isinstance(classify(502, b"<html>Bad gateway</html>", {}, "/x", "u"), ServerFailure)
+    error = classify(412, b'{"errors":[{"error":"first"},{"error":"second","code":3000}]}', {}, "/x", "u")
+    assert isinstance(error, RequestRejected) and not error.retriable
+    assert "first; second" in str(error) and error.codes == (3000,)
