@@ -1,59 +1,222 @@
-"""Background jobs: the periodic MoySklad sync, run by exactly one process per data directory."""
+"""Background jobs: each feed built on its schedule and after MoySklad webhooks.
+
+Exactly one process per data directory runs them: the one holding an flock on
+``<data_dir>/scheduler.lock`` (which names its pid). The others (the other gunicorn workers) try
+again every 30 s, so when the owner dies another worker takes over. Builds run one at a time on
+a single thread: they share the store's lock and the MoySklad request budget.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import fcntl
 import logging
+import os
+import re
+import threading
+import time
+from typing import IO
 
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
-from moysklad.connect import open_client
+from feeds.build import BuildFailed, build_feed
 from moysklad.errors import MoySkladError
-from moysklad.sync import sync_catalog
-from settings import Settings
-from store import CatalogStore, StoreError
+from settings import FeedSettings, Settings
+from store import StoreError
+from webhooks import pending_rebuild, take_rebuild_request
 
 log = logging.getLogger(__name__)
 
-_lock_handle = None  # held open for the life of the process that owns the scheduler
+LOCK_FILE = "scheduler.lock"
+LOCK_RETRY_SECONDS = 30.0
+WEBHOOK_POLL_SECONDS = 2.0
+MISFIRE_GRACE_SECONDS = 3600  # a run missed by up to an hour (a stalled process, a suspend) still happens, once
+MAX_DEBOUNCE_FACTOR = 5  # a steady stream of webhooks still rebuilds after this many debounce periods
+CRONTAB_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab's numbering
+WEEKDAY_PART = re.compile(r"(?:(\*)|(\w+)(?:-(\w+))?)(?:/(\d+))?")
 
 
-def start_scheduler(app) -> BackgroundScheduler | None:
-    """Start the jobs unless another process (another gunicorn worker) already runs them."""
-    global _lock_handle
+def start_scheduler(app, *, retry_seconds: float | None = LOCK_RETRY_SECONDS) -> BackgroundScheduler | None:
+    """Run the jobs here unless another process does; then wait in the background to take over."""
     settings: Settings = app.config["SETTINGS"]
-    handle = open(settings.data_dir / "scheduler.lock", "a+")
+    lock = _acquire_lock(settings)
+    if lock is not None:
+        return _run_jobs(app, settings, lock)
+    log.info("process %d leaves the scheduler to process %s (holder of %s)", os.getpid(),
+             _lock_holder(settings), settings.data_dir / LOCK_FILE)
+    if retry_seconds:
+        threading.Thread(target=_take_over_when_free, args=(app, settings, retry_seconds),
+                         name="scheduler-takeover", daemon=True).start()
+    return None
+
+
+def _take_over_when_free(app, settings: Settings, retry_seconds: float) -> None:
+    """Retry the lock until its holder exits (a gunicorn worker killed or recycled), then run the jobs."""
+    while True:
+        time.sleep(retry_seconds)
+        lock = _acquire_lock(settings)
+        if lock is not None:
+            log.info("process %d takes over the scheduler", os.getpid())
+            _run_jobs(app, settings, lock)
+            return
+
+
+def _acquire_lock(settings: Settings) -> IO | None:
+    """The scheduler lock, held for as long as the returned file stays open; None when taken."""
+    handle = open(settings.data_dir / LOCK_FILE, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        log.info("another process runs the scheduler for %s", settings.data_dir)
         return None
-    _lock_handle = handle
-    scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
-    scheduler.add_job(
-        run_sync, "interval", minutes=settings.moysklad.sync_interval_minutes, args=[settings],
-        id="moysklad-sync", next_run_time=dt.datetime.now(dt.timezone.utc), max_instances=1, coalesce=True,
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _lock_holder(settings: Settings) -> str:
+    """The pid written by the process that holds the lock, for the operator."""
+    try:
+        return (settings.data_dir / LOCK_FILE).read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _run_jobs(app, settings: Settings, lock: IO) -> BackgroundScheduler:
+    """Schedule every feed (first build at once) and the webhook poll; shutting down frees the lock."""
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)  # our one line per build is enough
+    scheduler = BackgroundScheduler(
+        executors={"builds": ThreadPoolExecutor(1), "default": ThreadPoolExecutor(1)},
+        job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": MISFIRE_GRACE_SECONDS},
     )
+    now = dt.datetime.now(dt.timezone.utc)
+    for feed in settings.feeds:
+        scheduler.add_job(run_build, _trigger(feed), args=[settings, feed], id=f"feed:{feed.name}",
+                          name=f"build feed {feed.name}", executor="builds", next_run_time=now)
+    plan = [_describe(feed) for feed in settings.feeds]
+    if settings.webhooks.secret and _moysklad_feeds(settings):
+        poller = RebuildPoller(scheduler, settings)
+        scheduler.add_job(poller.poll, "interval", seconds=WEBHOOK_POLL_SECONDS, id="webhook-poll",
+                          name="poll webhook rebuild requests")
+        plan.append(f"webhook rebuilds after {settings.webhooks.debounce_seconds} s without changes")
+    scheduler.add_listener(lambda event: _release(lock), EVENT_SCHEDULER_SHUTDOWN)
     scheduler.start()
-    log.info("scheduler started: MoySklad sync every %d min", settings.moysklad.sync_interval_minutes)
+    app.extensions["scheduler"] = scheduler
+    log.info("scheduler started in process %d: %s", os.getpid(), "; ".join(plan) or "no feeds")
     return scheduler
 
 
-def run_sync(settings: Settings) -> None:
-    """One scheduled sync; a failure is recorded in the runs table and logged, never raised."""
-    ms = settings.moysklad
-    client = open_client(ms)
+def _release(lock: IO) -> None:
+    """Let another process take the jobs over once this scheduler is shut down."""
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+
+
+def _trigger(feed: FeedSettings):
+    """The feed's crontab (in the server's local time) when set, else its interval."""
+    if feed.cron:
+        return crontab_trigger(feed.cron)
+    return IntervalTrigger(minutes=feed.interval_minutes)
+
+
+def crontab_trigger(expr: str) -> CronTrigger:
+    """A crontab expression read as cron does: APScheduler 3's from_crontab takes weekday 0 for Monday."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"{expr!r}: expected 5 fields (minute hour day month weekday), got {len(fields)}")
+    minute, hour, day, month, weekdays = fields
+    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=_crontab_weekdays(weekdays))
+
+
+def _crontab_weekdays(field: str) -> str:
+    """Crontab's weekday field (0 or 7 = Sunday, names, ranges, steps) as day names APScheduler reads alike."""
+    if field == "*":
+        return field
+    days = set()
+    for part in field.split(","):
+        match = WEEKDAY_PART.fullmatch(part)
+        if not match:
+            raise ValueError(f"weekday {field!r}: cannot read {part!r}")
+        every, first, last, step = match.groups()
+        low = 0 if every else _weekday_number(first)
+        high = _weekday_number(last) if last else 6 if every or step else low
+        if low > high:
+            raise ValueError(f"weekday {field!r}: the range {part!r} runs backwards")
+        days |= {number % 7 for number in range(low, high + 1, int(step or 1))}
+    return ",".join(CRONTAB_WEEKDAYS[number] for number in sorted(days))
+
+
+def _weekday_number(text: str) -> int:
+    """0-7 (0 and 7 are Sunday) or a three-letter English name."""
+    if text.isdigit() and int(text) <= 7:
+        return int(text)
+    if text.lower() in CRONTAB_WEEKDAYS:
+        return CRONTAB_WEEKDAYS.index(text.lower())
+    raise ValueError(f"weekday {text!r}: use 0-7 or sun..sat")
+
+
+def _describe(feed: FeedSettings) -> str:
+    """The feed's schedule, for the start-up log line."""
+    return f"feed {feed.name} cron '{feed.cron}'" if feed.cron else f"feed {feed.name} every {feed.interval_minutes:g} min"
+
+
+def _moysklad_feeds(settings: Settings) -> list[FeedSettings]:
+    """The feeds a MoySklad webhook makes stale."""
+    return [feed for feed in settings.feeds if feed.source == "moysklad"]
+
+
+def run_build(settings: Settings, feed: FeedSettings, sync: bool = True) -> None:
+    """One build, logged in one line; a failure leaves the previous file published and is never raised."""
+    started = time.monotonic()
     try:
-        store = CatalogStore(settings.store_path)
-        try:
-            result = sync_catalog(client, store, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours)
-        finally:
-            store.close()
-        log.info("sync #%d (%s) ok in %.1fs: %s; %d requests, %d throttled",
-                 result.run_id, result.mode, result.seconds, result.counts, result.requests, result.throttled)
-    except (MoySkladError, StoreError) as exc:
-        log.error("sync failed, the catalog store is unchanged: %s", exc)
-    finally:
-        client.close()
+        result = build_feed(settings, feed, sync=sync)
+    except (BuildFailed, MoySkladError, StoreError) as exc:
+        log.error("feed %s: build failed in %.1f s, the previous file stays published: %s",
+                  feed.name, time.monotonic() - started, exc)
+    except Exception:  # a bug must not stop the other feeds' builds
+        log.exception("feed %s: build crashed in %.1f s, the previous file stays published",
+                      feed.name, time.monotonic() - started)
+    else:
+        outcome = "published" if result.published else f"not published ({result.guard})"
+        log.info("feed %s: build #%d %s in %.1f s, %d offers", feed.name, result.run_id, outcome,
+                 result.seconds, result.offers)
+
+
+class RebuildPoller:
+    """Turns webhook rebuild requests (left by any worker) into one build of the moysklad feeds."""
+
+    def __init__(self, scheduler: BackgroundScheduler, settings: Settings):
+        self.scheduler = scheduler
+        self.settings = settings
+        self.debounce = settings.webhooks.debounce_seconds
+        self.first_seen: float | None = None
+        self.queued = threading.Event()  # a rebuild waits for the build thread; later requests join it
+
+    def poll(self) -> None:
+        """Queue a rebuild once requests stopped for the debounce time, or have kept coming too long."""
+        latest = pending_rebuild(self.settings.data_dir)
+        if latest is None:
+            return
+        now = time.time()
+        self.first_seen = self.first_seen or latest
+        if now - latest < self.debounce and now - self.first_seen < MAX_DEBOUNCE_FACTOR * self.debounce:
+            return
+        take_rebuild_request(self.settings.data_dir)
+        self.first_seen = None
+        if self.queued.is_set():
+            return
+        self.queued.set()
+        self.scheduler.add_job(self.rebuild, executor="builds", id="webhook-rebuild", name="webhook rebuild",
+                               max_instances=2, misfire_grace_time=None)  # one running, one waiting
+
+    def rebuild(self) -> None:
+        """Build every moysklad feed; the first build's incremental sync serves them all."""
+        self.queued.clear()
+        for index, feed in enumerate(_moysklad_feeds(self.settings)):
+            run_build(self.settings, feed, sync=index == 0)

@@ -30,7 +30,12 @@ ENVIRONMENT = {
     "MOYSKLAD_TOKEN": ("moysklad", "token"),
     "MOYSKLAD_LOGIN": ("moysklad", "login"),
     "MOYSKLAD_PASSWORD": ("moysklad", "password"),
+    "SKLADBRIDGE_PUBLIC_URL": ("public_url",),
+    "SKLADBRIDGE_WEBHOOK_SECRET": ("webhooks", "secret"),
 }
+PURCHASE_PRICE_RULES = ("cost", "buyPrice", "none")
+QUANTITY_RULES = ("free", "stock", "quantity")
+PICTURE_RULES = ("cache", "permanent", "none")
 
 
 class ConfigError(ValueError):
@@ -63,7 +68,6 @@ class MoySkladSettings:
     page_size: int = 1000
     overlap_minutes: int = 10
     full_sync_hours: int = 24
-    sync_interval_minutes: int = 15
     emulator: EmulatorSettings | None = None
 
     @property
@@ -72,11 +76,47 @@ class MoySkladSettings:
 
 
 @dataclass(frozen=True)
+class ParamMapping:
+    """A custom attribute published as ``<param name=… code=…>``."""
+
+    attribute: str
+    code: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class FeedSettings:
-    """One published catalog file; the renderer options arrive with the ICML feed."""
+    """One published ICML catalog file and the rules that turn the store into it."""
 
     name: str
     source: str = "moysklad"
+    token: str = ""
+    shop_name: str = ""
+    company: str = ""
+    price_type: str = ""
+    purchase_price: str = "cost"
+    quantity: str = "free"
+    stores: tuple[str, ...] = ()
+    uncategorized: str = "Без категории"
+    include_bundles: bool = True
+    inactive_days: int = 30
+    xml_id: str = "{externalCode}"
+    url: str = ""
+    vendor_attribute: str = ""
+    params: tuple[ParamMapping, ...] = ()
+    dimension_attributes: tuple[str, ...] = ()
+    pictures: str = "cache"
+    min_ratio: float = 0.7
+    interval_minutes: float = 60
+    cron: str = ""
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """MoySklad webhooks that trigger a debounced rebuild of the moysklad feeds."""
+
+    secret: str = ""
+    debounce_seconds: int = 30
 
 
 @dataclass(frozen=True)
@@ -85,8 +125,10 @@ class Settings:
 
     data_dir: Path = Path("data")
     log_level: str = "INFO"
+    public_url: str = "http://127.0.0.1:8080"
     moysklad: MoySkladSettings = field(default_factory=MoySkladSettings)
     feeds: tuple[FeedSettings, ...] = ()
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     source_path: Path | None = None  # the file it was read from; None for the demo defaults
 
     @property
@@ -156,8 +198,30 @@ def _check(settings: Settings) -> None:
         if feed.name in seen:
             raise ConfigError(f"{where}.name: {feed.name!r} is used by another feed")
         seen.add(feed.name)
-        if feed.source not in FEED_SOURCES:
-            raise ConfigError(f"{where}.source: must be one of {', '.join(FEED_SOURCES)}, got {feed.source!r}")
+        for key, allowed in (("source", FEED_SOURCES), ("purchase_price", PURCHASE_PRICE_RULES),
+                             ("quantity", QUANTITY_RULES), ("pictures", PICTURE_RULES)):
+            if getattr(feed, key) not in allowed:
+                raise ConfigError(f"{where}.{key}: must be one of {', '.join(allowed)}, got {getattr(feed, key)!r}")
+        if feed.token and not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", feed.token):
+            raise ConfigError(f"{where}.token: use 16-128 letters, digits, '-' or '_' (it is a secret part of the URL)")
+        if not 0 <= feed.min_ratio <= 1:
+            raise ConfigError(f"{where}.min_ratio: must be between 0 and 1, got {feed.min_ratio}")
+        if feed.dimension_attributes and len(feed.dimension_attributes) != 3:
+            raise ConfigError(f"{where}.dimension_attributes: name three attributes (length, width, height in cm)")
+        if feed.cron:
+            try:
+                from scheduler import crontab_trigger  # read as the scheduler reads it (Sunday is 0)
+
+                crontab_trigger(feed.cron)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.cron: {feed.cron!r} is not a crontab expression: {exc}") from None
+        elif feed.interval_minutes < 0.01:
+            raise ConfigError(f"{where}.interval_minutes: must be at least 0.01 (1 or more in production), or set cron")
+        for param_index, param in enumerate(feed.params):
+            if not param.attribute:
+                raise ConfigError(f"{where}.params[{param_index}].attribute: name the MoySklad attribute")
+    if not settings.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"public_url: must be the http(s) address retailCRM reaches this service at, got {settings.public_url!r}")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
 
@@ -240,7 +304,8 @@ def setting_keys(cls=Settings, prefix: str = "") -> set[str]:
         target = inner[0]
         if typing.get_origin(hint) is tuple:
             keys.add(key)
-            keys |= setting_keys(typing.get_args(hint)[0], key + "[]")
+            if dataclasses.is_dataclass(typing.get_args(hint)[0]):
+                keys |= setting_keys(typing.get_args(hint)[0], key + "[]")
         elif dataclasses.is_dataclass(target):
             keys.add(key)
             keys |= setting_keys(target, key)
@@ -259,7 +324,7 @@ def redacted(settings: Settings) -> dict:
             return [walk(v) for v in value]
         if isinstance(value, Path):
             return str(value)
-        if name in ("token", "password") and value:
+        if name in ("token", "password", "secret") and value:
             return "***"
         return value
 

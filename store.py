@@ -25,14 +25,14 @@ CREATE TABLE IF NOT EXISTS categories (
     source TEXT NOT NULL, id TEXT NOT NULL, parent_id TEXT, name TEXT NOT NULL,
     code TEXT, external_code TEXT, archived INTEGER NOT NULL DEFAULT 0,
     removed INTEGER NOT NULL DEFAULT 0, removed_at TEXT, updated TEXT, seen_run INTEGER,
-    PRIMARY KEY (source, id));
+    PRIMARY KEY (source, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS products (
     source TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
     code TEXT, article TEXT, external_code TEXT, category_id TEXT, description TEXT,
     unit_id TEXT, vat REAL, vat_enabled INTEGER, weight REAL, volume REAL,
     variants_count INTEGER NOT NULL DEFAULT 0, archived INTEGER NOT NULL DEFAULT 0,
     removed INTEGER NOT NULL DEFAULT 0, removed_at TEXT, updated TEXT, seen_run INTEGER,
-    PRIMARY KEY (source, id));
+    PRIMARY KEY (source, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offers (
     source TEXT NOT NULL, id TEXT NOT NULL, product_id TEXT NOT NULL, kind TEXT NOT NULL,
     name TEXT NOT NULL, code TEXT, article TEXT, external_code TEXT,
@@ -43,29 +43,29 @@ CREATE TABLE IF NOT EXISTS offers (
 CREATE INDEX IF NOT EXISTS offers_by_product ON offers (source, product_id);
 CREATE TABLE IF NOT EXISTS price_types (
     source TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, external_code TEXT,
-    position INTEGER NOT NULL, PRIMARY KEY (source, id));
+    position INTEGER NOT NULL, PRIMARY KEY (source, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS prices (
     source TEXT NOT NULL, offer_id TEXT NOT NULL, price_type_id TEXT NOT NULL,
-    value INTEGER NOT NULL, PRIMARY KEY (source, offer_id, price_type_id));
+    value INTEGER NOT NULL, PRIMARY KEY (source, offer_id, price_type_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS warehouses (
     source TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, external_code TEXT,
-    archived INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (source, id));
+    archived INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (source, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stock (
     source TEXT NOT NULL, offer_id TEXT NOT NULL, warehouse_id TEXT NOT NULL,
     stock REAL NOT NULL DEFAULT 0, reserve REAL NOT NULL DEFAULT 0,
-    in_transit REAL NOT NULL DEFAULT 0, PRIMARY KEY (source, offer_id, warehouse_id));
+    in_transit REAL NOT NULL DEFAULT 0, PRIMARY KEY (source, offer_id, warehouse_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS units (
     source TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, code TEXT, description TEXT,
-    PRIMARY KEY (source, id));
+    PRIMARY KEY (source, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS images (
     source TEXT NOT NULL, owner_id TEXT NOT NULL, position INTEGER NOT NULL,
     filename TEXT, title TEXT, size INTEGER, updated TEXT, href TEXT, permanent_href TEXT,
-    PRIMARY KEY (source, owner_id, position));
+    PRIMARY KEY (source, owner_id, position)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attributes (
     source TEXT NOT NULL, owner_id TEXT NOT NULL, attribute_id TEXT NOT NULL, name TEXT NOT NULL,
-    type TEXT, value TEXT, PRIMARY KEY (source, owner_id, attribute_id));
+    type TEXT, value TEXT, PRIMARY KEY (source, owner_id, attribute_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS source_settings (
-    source TEXT NOT NULL, key TEXT NOT NULL, value TEXT, PRIMARY KEY (source, key));
+    source TEXT NOT NULL, key TEXT NOT NULL, value TEXT, PRIMARY KEY (source, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, kind TEXT NOT NULL,
     mode TEXT, status TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
@@ -75,7 +75,23 @@ CREATE TABLE IF NOT EXISTS skipped (
     run_id INTEGER NOT NULL, source TEXT NOT NULL, item_type TEXT, item_id TEXT,
     name TEXT, reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS skipped_by_run ON skipped (run_id);
+CREATE TABLE IF NOT EXISTS image_cache (
+    source TEXT NOT NULL, image_id TEXT NOT NULL, owner_id TEXT, position INTEGER, updated TEXT,
+    size INTEGER, local_file TEXT, permanent_href TEXT, error TEXT, fetched_at TEXT,
+    PRIMARY KEY (source, image_id)) WITHOUT ROWID;
 """
+
+ATTRIBUTES = """(SELECT json_group_array(json_array(name, value)) FROM attributes
+    WHERE source = :source AND owner_id = o.product_id)"""
+
+# Pictures of one owner as JSON [[cached file, permanent link], ...] in position order.
+PICTURES = """SELECT json_group_array(json_array(c.local_file, coalesce(c.permanent_href, i.permanent_href)))
+    FROM (SELECT * FROM images WHERE source = :source AND owner_id = {owner} ORDER BY position) i
+    LEFT JOIN image_cache c ON c.source = i.source
+     AND c.image_id = substr(i.href, instr(i.href, '/download/') + 10)"""
+
+# Keyed tables are WITHOUT ROWID: a feed looks each row up by its key, one B-tree search instead of two.
+# `offers` keeps its rowid, which splits a feed into shares for parallel rendering.
 
 # Tables whose rows a full run of a source marks removed when the source no longer returns them.
 RECONCILED_TABLES = ("categories", "products", "offers")
@@ -117,6 +133,7 @@ class CatalogStore:
             self.db = sqlite_utils.Database(conn)
             self.db.enable_wal()
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA journal_size_limit=67108864")  # a big run's WAL shrinks back after it
             self.db.execute("PRAGMA foreign_keys=OFF")
             self.db.conn.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
@@ -144,14 +161,29 @@ class CatalogStore:
                 ).last_pk
             run = Run(self, run_id, source)
             try:
-                with self.db.atomic():
+                with self._immediate():
                     yield run
                     self._finish(run, "ok", None)
             except BaseException as exc:
                 with self.db.atomic():
-                    self._finish(run, "failed", _describe(exc))
+                    self._finish(run, "interrupted" if _is_shutdown(exc) else "failed", _describe(exc))
                     self._save_skipped(run)
                 raise
+
+    @contextlib.contextmanager
+    def _immediate(self):
+        """A transaction that takes the write lock at once (waiting up to the busy timeout).
+
+        A deferred one that reads first and writes later fails outright with "database is
+        locked" when another writer committed in between; a run reads its bookmark before writing.
+        """
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.commit()
 
     def _finish(self, run: "Run", status: str, error: str | None) -> None:
         self.db["runs"].update(
@@ -230,6 +262,102 @@ class CatalogStore:
         for table in ("price_types", "prices", "warehouses", "stock", "units", "images", "attributes"):
             result[table] = self.db.execute(f"SELECT count(*) FROM {table} WHERE source=?", [source]).fetchone()[0]
         return result
+
+
+class CatalogReader:
+    """A read-only connection for building feeds: one consistent snapshot, never blocks writers."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        try:
+            self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the catalog store {path} for reading: {exc}") from exc
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("BEGIN")  # one snapshot for the whole feed
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def offer_count(self, source: str) -> int:
+        return self.conn.execute("SELECT count(*) FROM offers WHERE source = ?", [source]).fetchone()[0]
+
+    def setting(self, source: str, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM source_settings WHERE source=? AND key=?", [source, key]).fetchone()
+        return row[0] if row else None
+
+    def price_types(self, source: str) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM price_types WHERE source=? ORDER BY position", [source]).fetchall()
+
+    def warehouses(self, source: str) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM warehouses WHERE source=? ORDER BY name", [source]).fetchall()
+
+    def units(self, source: str) -> dict[str, sqlite3.Row]:
+        return {r["id"]: r for r in self.conn.execute("SELECT * FROM units WHERE source=?", [source])}
+
+    def categories(self, source: str) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT id, parent_id, name, archived FROM categories WHERE source=? AND removed=0 ORDER BY name, id", [source]
+        ).fetchall()
+
+    def offers(self, source: str, *, price_type_id: str | None, warehouse_ids: list[str] | None,
+               include_bundles: bool, removed_before: str, with_attributes: bool = True,
+               with_pictures: bool = True, with_product_buy_price: bool = True, part: int = 0,
+               parts: int = 1) -> Iterator[dict]:
+        """Every offer a feed may publish, joined with its product card, price, stock and attributes.
+
+        A product with variants is left out (its variants are the offers), unless all of them were
+        removed before ``removed_before``. Rows come grouped by product.
+        """
+        params = {"source": source, "price_type": price_type_id, "removed_before": removed_before}
+        stock_filter = ""
+        if warehouse_ids is not None:
+            names = [f"w{i}" for i in range(len(warehouse_ids))]
+            params.update(zip(names, warehouse_ids))
+            stock_filter = f" AND warehouse_id IN ({', '.join(':' + n for n in names)})"
+        bundles = "" if include_bundles else " AND o.kind != 'bundle'"
+        if parts > 1:  # one share of the catalog for one of several rendering processes
+            bundles += " AND o.rowid % :parts = :part"
+            params.update(parts=parts, part=part)
+        sql = f"""
+            SELECT o.id, o.product_id, o.kind, o.name, o.code, o.article, o.external_code, o.barcodes,
+                   o.characteristics, o.buy_price, o.cost, o.archived, o.removed, o.removed_at, o.updated,
+                   p.name AS product_name, p.category_id, p.unit_id, p.vat, p.vat_enabled, p.weight,
+                   p.code AS product_code, p.external_code AS product_external_code,
+                   p.article AS product_article, p.archived AS product_archived, p.removed AS product_removed,
+                   p.removed_at AS product_removed_at, p.updated AS product_updated, p.id IS NOT NULL AS has_product,
+                   {"po.buy_price" if with_product_buy_price else "NULL"} AS product_buy_price,
+                   st.stock AS stock_total, st.reserve AS reserve_total, st.in_transit AS in_transit_total,
+                   (SELECT value FROM prices WHERE source = :source AND offer_id = o.id
+                       AND price_type_id = :price_type) AS own_price,
+                   (SELECT value FROM prices WHERE source = :source AND offer_id = o.product_id
+                       AND price_type_id = :price_type) AS product_price,
+                   {ATTRIBUTES if with_attributes else "NULL"} AS attributes_json,
+                   {"(" + PICTURES.format(owner="o.id") + ")" if with_pictures else "NULL"} AS pictures_json,
+                   {"(" + PICTURES.format(owner="o.product_id") + ")" if with_pictures else "NULL"} AS product_pictures_json
+            FROM offers o
+            LEFT JOIN products p ON p.source = :source AND p.id = o.product_id
+            {"LEFT JOIN offers po ON po.source = :source AND po.id = o.product_id" if with_product_buy_price else ""}
+            LEFT JOIN (SELECT offer_id, sum(stock) AS stock, sum(reserve) AS reserve, sum(in_transit) AS in_transit
+                       FROM stock WHERE source = :source{stock_filter} GROUP BY offer_id) st ON st.offer_id = o.id
+            WHERE o.source = :source{bundles}
+              AND NOT (o.kind = 'product' AND EXISTS (
+                    SELECT 1 FROM offers v WHERE v.source = :source AND v.product_id = o.id AND v.kind = 'variant'
+                      AND (v.removed = 0 OR v.removed_at >= :removed_before)))
+            ORDER BY o.product_id
+        """
+        cursor = self.conn.cursor()
+        cursor.row_factory = None  # plain tuples turned into dicts: sqlite3.Row looks names up one by one
+        cursor.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return (dict(zip(names, row)) for row in cursor)
 
 
 class Run:
@@ -345,9 +473,14 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+def _is_shutdown(exc: BaseException) -> bool:
+    """The process is stopping (Ctrl+C, or a service restart caught the run mid-way)."""
+    return isinstance(exc, KeyboardInterrupt) or (isinstance(exc, RuntimeError) and "interpreter shutdown" in str(exc))
+
+
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, KeyboardInterrupt):
-        return "the run was interrupted (Ctrl+C or shutdown); nothing of it was saved"
+    if _is_shutdown(exc):
+        return "the run was interrupted because the service was stopping; nothing of it was saved, the next run redoes it"
     return str(exc) or type(exc).__name__
 
 

@@ -231,6 +231,8 @@ class Catalog:
         self.as_of = as_of
         self.version = 0
         self.raw_overrides: dict[str, dict] = {}  # item id -> JSON fields sent verbatim (see corrupt_item)
+        # image id -> bytes served (and size reported) instead of the generated PNG, e.g. a non-image or an oversize file
+        self.image_bytes_override: dict[str, bytes] = {}
         self.lock = threading.RLock()
         self._next_code = len(items) + 1
 

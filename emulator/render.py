@@ -207,10 +207,14 @@ class Renderer:
 
     # -- images -------------------------------------------------------------------------------
 
+    def image_bytes(self, image_id: str) -> bytes:
+        """The file of an image: the generated PNG unless a test put other bytes in its place."""
+        return self.catalog.image_bytes_override.get(image_id) or image_png(image_id)
+
     def image_file(self, item: Item, index: int, image_id: str) -> dict:
         """Fields shared by an images row and the report's `image` object."""
         return {"title": f"{item.code}-{index + 1}", "filename": f"{item.code}-{index + 1}.png",
-                "size": len(image_png(image_id)), "updated": format_moment(item.updated)}
+                "size": len(self.image_bytes(image_id)), "updated": format_moment(item.updated)}
 
     def image_row(self, item: Item, index: int, image_id: str, permanent: bool) -> dict:
         meta = {"href": f"{self.item_href(item)}/images/{image_id}", "type": "image", "mediaType": JSON,

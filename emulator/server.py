@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from .catalog import KIND_BUNDLE, KIND_PRODUCT, KIND_SERVICE, KIND_VARIANT, Catalog, moscow_now
-from .render import JSON, Renderer, image_png, number
+from .render import JSON, Renderer, number
 
 API_PREFIX = "/api/remap/1.2"
 MORE_INFO = "https://dev.moysklad.ru/doc/api/remap/1.2/#mojsklad-json-api-oshibki"
@@ -518,8 +518,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def serve_file(self, path: str, entry: dict) -> None:
-        """Temporary download links, miniatures, tiny images and the permanent CDN copy: no auth."""
+        """Temporary download links, miniatures, tiny images and the permanent CDN copy: no auth.
+
+        The log's ``auth`` of these requests is the scheme of any Authorization header received
+        (a client must send none to the file host), else None.
+        """
         emulator = self.emulator
+        entry["auth"] = (self.headers.get("Authorization") or "").partition(" ")[0].lower() or None
         parts = path.strip("/").split("/")
         image_id = None
         if len(parts) == 3 and parts[0] == "_files" and parts[1] in ("cdn", "miniature", "tiny"):
@@ -535,7 +540,7 @@ class _Handler(BaseHTTPRequestHandler):
             entry["status"] = 404
             return self.send_bytes(404, b"Not Found", {"Content-Type": "text/plain"})
         entry["status"] = 200
-        self.send_bytes(200, image_png(image_id), {"Content-Type": "image/png"})
+        self.send_bytes(200, emulator.renderer.image_bytes(image_id), {"Content-Type": "image/png"})
 
     def control(self, method: str, path: str, body: bytes) -> None:
         """/_emulator/*: fault switches and stats for out-of-process use (no auth)."""

@@ -16,10 +16,11 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
+from typing import TypeVar
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -38,6 +39,9 @@ DEFAULT_UNIT_LIMIT = 45
 # Units kept free for other users of the same account and for clock jitter between us and the server.
 UNIT_RESERVE = 5
 MAX_THROTTLED_IN_A_ROW = 12
+DOWNLOAD_CHUNK = 1 << 16
+
+T = TypeVar("T")
 
 
 def request_cost(path: str, auth_kind: str) -> int:
@@ -127,9 +131,16 @@ class MoySkladClient:
         self.throttled = 0
         self.retries = 0
         self.server_date = None  # the Date header of the latest answer: MoySklad's clock, not ours
+        # Download links lead to another host: a separate session that never holds our credentials.
+        self.links = requests.Session()
+        link_adapter = HTTPAdapter(pool_maxsize=settings.max_in_flight, max_retries=0)
+        self.links.mount("http://", link_adapter)
+        self.links.mount("https://", link_adapter)
+        self.links.headers["User-Agent"] = USER_AGENT
 
     def close(self) -> None:
         self.session.close()
+        self.links.close()
 
     # --- single requests --------------------------------------------------------------------
 
@@ -158,8 +169,9 @@ class MoySkladClient:
             log.warning("page of %s arrived corrupt (%s); fetching it again", path, exc)
             return self.get_page(path, params, headers)
 
-    def _send(self, path: str, params: dict | None, headers: dict | None, read: str = "decoded") -> requests.Response:
-        """Send with pacing and retries; return a 2xx response.
+    def _send(self, path: str, params: dict | None, headers: dict | None, read: str = "decoded",
+              redirect: bool = False) -> requests.Response:
+        """Send with pacing and retries; return a 2xx response (or a 3xx one when ``redirect``).
 
         ``read`` says what happens to a 2xx body inside the retry loop: ``decoded`` (``.content``),
         ``raw`` (``.wire_body``: the compressed bytes, a tenth of the size) or ``stream`` (left
@@ -187,7 +199,7 @@ class MoySkladClient:
                     elif read == "raw":
                         response.wire_body = response.raw.read(decode_content=False)
                         response.raw.release_conn()  # read to the end: the connection stays alive
-                if response.status_code < 300:
+                if response.status_code < 300 or (redirect and response.is_redirect):
                     self._note_date(response)
                     return response
                 error = classify(response.status_code, response.content, response.headers, api_path, url)
@@ -290,6 +302,42 @@ class MoySkladClient:
                 return
             finally:
                 spool.close()
+
+    # --- files ------------------------------------------------------------------------------
+
+    def download_location(self, path: str) -> str:
+        """The short-lived file link that ``/download/<id>`` redirects to, asked with our credentials."""
+        response = self._send(path, None, None, redirect=True)
+        location = response.headers.get("Location")
+        if not response.is_redirect or not location:
+            raise TransportFailure(f"MoySklad answered {path} without a file link")
+        return urljoin(response.url, location)
+
+    def download(self, path: str, consume: Callable[[Iterator[bytes]], T]) -> T:
+        """Stream a ``/download/<id>`` file into ``consume`` and return what it returns.
+
+        The file link is fetched without credentials (it is on another host) and lives about a
+        minute, so each retry asks MoySklad for a fresh one and calls ``consume`` from the start.
+        """
+        timeout = (self.settings.connect_timeout, self.settings.read_timeout)
+        for attempt in itertools.count():
+            link = self.download_location(path)
+            try:
+                with self.links.get(link, stream=True, timeout=timeout) as response:
+                    if response.status_code != 200:
+                        raise TransportFailure(f"the file link of {path} answered HTTP {response.status_code}")
+                    return consume(response.iter_content(chunk_size=DOWNLOAD_CHUNK))
+            except TransportFailure as exc:
+                reason = str(exc)
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                reason = f"the file of {path} did not arrive: {_reason(exc)}"
+            if attempt >= self.settings.max_retries:
+                raise TransportFailure(f"{reason} (gave up after {attempt + 1} attempts)")
+            self._count("retries")
+            delay = min(self.settings.retry_max_delay, self.settings.retry_base_delay * 2 ** attempt)
+            delay *= random.uniform(0.5, 1.0)
+            log.warning("%s; retry %d/%d in %.1fs", reason, attempt + 1, self.settings.max_retries, delay)
+            time.sleep(delay)
 
     # --- bookkeeping ------------------------------------------------------------------------
 

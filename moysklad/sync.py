@@ -47,6 +47,7 @@ class SyncResult:
     retries: int
     seconds: float
     bookmark: str
+    changed_since: str | None = None  # what this run asked for (None: everything)
 
 
 def sync_catalog(
@@ -94,7 +95,7 @@ def sync_catalog(
     return SyncResult(
         run_id=run.id, mode=mode, counts=dict(run.stats.counts), requests=run.stats.requests,
         throttled=run.stats.throttled, retries=run.stats.retries,
-        seconds=time.monotonic() - started, bookmark=bookmark,
+        seconds=time.monotonic() - started, bookmark=bookmark, changed_since=changed_since,
     )
 
 
@@ -127,7 +128,10 @@ def _save_company(run: Run, company: dict) -> None:
 
 
 def _save_references(client: MoySkladClient, run: Run) -> None:
-    """Warehouses and units: small lists, replaced whole on every run."""
+    """Legal entity name, warehouses and units: small lists, replaced whole on every run."""
+    organizations = client.get("/entity/organization", {"limit": 1}).get("rows") or []
+    if organizations and isinstance(organizations[0].get("name"), str):
+        run.set_setting("company", organizations[0]["name"])
     warehouses = _valid(run, "warehouse", client.iter_rows("/entity/store", {"filter": ALL_ITEMS}),
                         lambda row: reference_record(row, "warehouse", ("external_code", "externalCode"), ("archived", "archived")))
     run.stats.add("warehouses", run.replace_all("warehouses", warehouses, ("source", "id")))

@@ -1,22 +1,259 @@
-"""The scheduler runs in exactly one process per data directory and syncs at once on start."""
+"""Feed builds on schedule: one scheduler per data directory however many workers, builds never overlap."""
 
+import dataclasses
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
 import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
-from scheduler import start_scheduler
-from store import CatalogStore
+import pytest
+import requests
+
+import scheduler as scheduler_module
+from conftest import EMULATOR_TOKEN, client_settings
+from feeds.build import BuildResult
+from scheduler import crontab_trigger, start_scheduler
+from settings import FeedSettings, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TICK_SECONDS = 3  # interval_minutes 0.05
 
 
-def test_only_the_first_process_gets_the_scheduler_and_it_syncs_at_once(app, app_settings, emulator):
-    first = start_scheduler(app)
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def runs(data_dir: Path, source: str | None = None, kind: str | None = None) -> list[dict]:
+    """Rows of the runs table in start order (times have a resolution of one second)."""
+    conn = sqlite3.connect(data_dir / "catalog.sqlite")
+    conn.row_factory = sqlite3.Row
     try:
-        assert first is not None
-        assert start_scheduler(app) is None  # a second gunicorn worker on the same data dir
-        store = CatalogStore(app_settings.store_path)
-        deadline = time.monotonic() + 30
-        while not (store.last_run("moysklad", "sync", "ok")) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert store.last_run("moysklad", "sync", "ok")["mode"] == "full"
-        assert store.counts("moysklad")["offers"] == len(emulator.catalog.items)
-        store.close()
+        rows = conn.execute("SELECT * FROM runs WHERE coalesce(?, source) = source AND coalesce(?, kind) = kind "
+                            "ORDER BY id", [source, kind]).fetchall()
+    except sqlite3.OperationalError:  # no store yet
+        rows = []
+    conn.close()
+    return [dict(row) for row in rows]
+
+
+def seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+class Gunicorn:
+    """``gunicorn --workers N wsgi:app`` on a temp config, its log in a file."""
+
+    def __init__(self, tmp_path: Path, server, workers: int = 3):
+        self.data_dir = tmp_path / "data"
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"data_dir: data\nmoysklad:\n  base_url: {server.base_url}\n  token: {EMULATOR_TOKEN}\n"
+            f"  retry_base_delay: 0.05\nfeeds:\n  - name: main\n    pictures: none\n    interval_minutes: 0.05\n",
+            encoding="utf-8",
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MOYSKLAD_", "SKLADBRIDGE_"))}
+        env["SKLADBRIDGE_CONFIG"] = str(config)
+        self.port = free_port()
+        self.log_path = tmp_path / "gunicorn.log"
+        self.log_file = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
+        )
+        self.started = time.monotonic()
+
+    def wait_ready(self) -> None:
+        def answers():
+            try:
+                return requests.get(f"http://127.0.0.1:{self.port}/status.json", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                assert self.process.poll() is None, self.log()
+                return False
+
+        wait_for(answers, 30, "gunicorn to answer")
+
+    def stop(self) -> float:
+        """Stop gracefully (a build in progress finishes); the seconds it ran."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log_file.close()
+        return time.monotonic() - self.started
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def scheduler_pids(self) -> list[str]:
+        return re.findall(r"scheduler started in process (\d+)", self.log())
+
+    def build_lines(self, feed: str = "main") -> list[str]:
+        return re.findall(rf"feed {feed}: build .*", self.log())
+
+
+@pytest.fixture
+def gunicorn(tmp_path, emulator_factory):
+    instances = []
+
+    def start(workers=3):
+        instance = Gunicorn(tmp_path, emulator_factory(products=60), workers)
+        instances.append(instance)
+        return instance
+
+    yield start
+    for instance in instances:
+        if instance.process.poll() is None:
+            instance.stop()
+
+
+def test_three_gunicorn_workers_build_once_per_tick(gunicorn):
+    server = gunicorn(workers=3)
+    server.wait_ready()
+    time.sleep(12)
+    elapsed = server.stop()
+
+    assert len(server.scheduler_pids()) == 1, server.log()
+    attempts = server.build_lines()  # each scheduler logs every attempt, failed ones too
+    assert 2 <= len(attempts) <= elapsed / TICK_SECONDS + 2, attempts
+    builds = runs(server.data_dir, "feed:main", "build")
+    assert len(builds) == len(attempts), server.log()
+    assert {row["status"] for row in builds} == {"ok"}, builds
+    starts = [seconds(row["started_at"]) for row in runs(server.data_dir, "moysklad", "sync")]
+    assert len(starts) == len(builds)
+    assert all(later - earlier >= TICK_SECONDS - 1 for earlier, later in zip(starts, starts[1:])), starts
+
+
+def test_when_the_scheduling_worker_dies_another_takes_over(gunicorn):
+    server = gunicorn(workers=3)
+    lock = server.data_dir / "scheduler.lock"
+    first = wait_for(lambda: server.scheduler_pids(), 30, "the scheduler to start")[0]
+    assert lock.read_text().strip() == first
+    wait_for(lambda: runs(server.data_dir, "feed:main", "build"), 30, "the first build")
+    killed_at = time.time()
+    os.kill(int(first), signal.SIGKILL)
+
+    pids = wait_for(lambda: server.scheduler_pids()[1:], 35, "another worker to take the scheduler over")
+    assert pids[0] != first and lock.read_text().strip() == pids[0]
+    wait_for(lambda: any(seconds(row["started_at"]) >= int(killed_at) + 1 and row["status"] == "ok"
+                         for row in runs(server.data_dir, "feed:main", "build")), 30, "a build by the new scheduler")
+    server.stop()
+    assert len(server.scheduler_pids()) == 2, server.log()
+
+
+@pytest.fixture
+def two_feeds(tmp_path, emulator_factory) -> Settings:
+    server = emulator_factory(products=60)
+    return Settings(data_dir=tmp_path / "data", moysklad=client_settings(server),
+                    feeds=(FeedSettings(name="a", pictures="none", interval_minutes=0.05),
+                           FeedSettings(name="b", pictures="none", interval_minutes=0.05)))
+
+
+def test_feeds_due_at_the_same_tick_never_build_at_once(two_feeds, monkeypatch):
+    from app import create_app
+
+    spans = []
+    real_build = scheduler_module.build_feed
+
+    def timed_build(settings, feed, **kwargs):
+        started = time.monotonic()
+        try:
+            return real_build(settings, feed, **kwargs)
+        finally:
+            spans.append((started, time.monotonic(), feed.name))
+
+    monkeypatch.setattr(scheduler_module, "build_feed", timed_build)
+    running = start_scheduler(create_app(two_feeds), retry_seconds=None)
+    try:
+        wait_for(lambda: {name for _, _, name in spans} == {"a", "b"} and len(spans) >= 4, 30, "both feeds built twice")
     finally:
-        first.shutdown(wait=True)
+        running.shutdown(wait=True)
+
+    spans.sort()
+    assert all(end <= next_start for (_, end, _), (next_start, _, _) in zip(spans, spans[1:])), spans
+    rows = runs(two_feeds.data_dir)  # syncs and builds alike run one at a time
+    assert {row["status"] for row in rows} == {"ok"}
+    assert all(row["finished_at"] <= later["started_at"] for row, later in zip(rows, rows[1:])), rows
+
+
+def test_a_second_process_waits_and_takes_over_when_the_first_stops(two_feeds):
+    from app import create_app
+
+    owner_app, waiting_app = create_app(two_feeds), create_app(two_feeds)
+    owner = start_scheduler(owner_app, retry_seconds=None)
+    assert owner is not None and owner_app.extensions["scheduler"] is owner
+    assert start_scheduler(waiting_app, retry_seconds=0.2) is None  # another gunicorn worker
+    time.sleep(0.5)
+    assert "scheduler" not in waiting_app.extensions
+    owner.shutdown(wait=True)  # frees the lock, as the death of the owning process does
+
+    successor = wait_for(lambda: waiting_app.extensions.get("scheduler"), 5, "the waiting process to take over")
+    try:
+        assert successor.running
+        assert {job.id for job in successor.get_jobs()} == {"feed:a", "feed:b"}
+    finally:
+        successor.shutdown(wait=True)
+
+
+def test_a_failed_build_is_logged_and_the_next_tick_still_builds(two_feeds, caplog, monkeypatch):
+    from app import create_app
+    from feeds.build import BuildFailed
+
+    attempts = []
+
+    def failing_build(settings, feed, **kwargs):
+        attempts.append(feed.name)
+        raise BuildFailed("the new feed has 3 offers, the published one 300")
+
+    monkeypatch.setattr(scheduler_module, "build_feed", failing_build)
+    running = start_scheduler(create_app(two_feeds), retry_seconds=None)
+    try:
+        wait_for(lambda: attempts.count("a") >= 2, 10, "a second attempt after a failure")
+    finally:
+        running.shutdown(wait=True)
+    assert "feed a: build failed in" in caplog.text and "the published one 300" in caplog.text
+
+
+@pytest.mark.parametrize("weekdays, expected", [
+    ("1-5", ["Mon", "Tue", "Wed", "Thu", "Fri"]), ("0", ["Sun"]), ("7", ["Sun"]), ("*/2", ["Sun", "Tue", "Thu", "Sat"]),
+    ("sat,sun", ["Sat", "Sun"]), ("mon-wed", ["Mon", "Tue", "Wed"]),
+])
+def test_crontab_weekdays_count_from_sunday_as_cron_does(weekdays, expected):
+    trigger = crontab_trigger(f"15 6 * * {weekdays}")
+    moment, fired = datetime(2024, 1, 1, tzinfo=timezone.utc), set()  # a Monday
+    for _ in range(7):
+        moment = trigger.get_next_fire_time(None, moment + timedelta(minutes=1))
+        fired.add(moment.strftime("%a"))
+    assert fired == set(expected) and (moment.hour, moment.minute) == (6, 15)
+
+
+def test_a_cron_feed_is_scheduled_by_its_crontab(two_feeds, monkeypatch):
+    from app import create_app
+
+    monkeypatch.setattr(scheduler_module, "build_feed",
+                        lambda settings, feed, **kwargs: BuildResult(run_id=1, feed=feed.name, published=True, offers=0))
+    settings = dataclasses.replace(two_feeds, feeds=(dataclasses.replace(two_feeds.feeds[0], cron="*/30 6-22 * * 1-5"),))
+    running = start_scheduler(create_app(settings), retry_seconds=None)
+    try:
+        assert str(running.get_job("feed:a").trigger) == str(crontab_trigger("*/30 6-22 * * 1-5"))
+    finally:
+        running.shutdown(wait=True)

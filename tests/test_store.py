@@ -3,6 +3,8 @@
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -58,14 +60,28 @@ def test_readers_see_the_previous_state_until_the_run_commits(store, tmp_path):
     assert reader.execute("SELECT name FROM offers").fetchall() == [("Новое имя",)]
 
 
-def test_two_runs_of_one_source_cannot_overlap(store, tmp_path):
+def test_two_runs_of_one_source_cannot_overlap_and_other_sources_wait_their_turn(store, tmp_path):
     other = CatalogStore(tmp_path / "catalog.sqlite")
-    with store.run("moysklad", "sync"):
+    finished = []
+
+    def exchange_import():
+        with other.run("exchange", "import") as run:  # SQLite has one writer: this waits for the sync
+            run.upsert_offers([offer("e")])
+        finished.append(time.monotonic())
+
+    with store.run("moysklad", "sync") as run:
         with pytest.raises(StoreBusy, match="another moysklad run is in progress"):
             with other.run("moysklad", "sync"):
                 pass
-        with other.run("exchange", "import") as run:  # another source is independent
-            run.upsert_offers([offer("e")])
+        waiting = threading.Thread(target=exchange_import)
+        waiting.start()
+        time.sleep(0.5)
+        run.upsert_offers([offer("a")])
+        assert not finished
+        committed = time.monotonic()
+    waiting.join(timeout=30)
+    assert finished and finished[0] >= committed
+    assert set(names(store)) == {"a", "e"}
     other.close()
 
 

@@ -1,0 +1,86 @@
+"""Feed benchmark: a full build (sync + render + publish) from the emulator, and a render alone.
+
+For each size: the emulator runs in its own process (20 ms latency, MoySklad's limits on); a child
+process does the full build and reports wall time and peak RSS; a second child renders and
+publishes again from the synced store without syncing (render alone). Goals: render >= 50,000
+offers/s, peak RSS < 150 MB and flat from 10k to 100k.
+
+    python bench/feed_bench.py                  # 10,000 and 100,000 assortment rows
+    python bench/feed_bench.py --rows 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sync_bench import start_emulator  # noqa: E402  (bench scripts live side by side)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from feeds.build import build_feed
+from settings import FeedSettings, MoySkladSettings, Settings
+
+settings = Settings(data_dir=Path(sys.argv[3]), moysklad=MoySkladSettings(base_url=sys.argv[2], token="bench-token"),
+                    feeds=(FeedSettings(name="bench", pictures="none", min_ratio=0),))
+started = time.monotonic()
+result = build_feed(settings, settings.feeds[0], sync=sys.argv[4] == "sync")
+seconds = time.monotonic() - started
+print(json.dumps({"offers": result.offers, "seconds": seconds, "size": result.size,
+                  "render_seconds": result.render_seconds,
+                  "requests": result.sync.requests if result.sync else 0,
+                  "peak_rss_mb": max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024}))
+"""
+
+
+def child(base_url: str, data_dir: str, mode: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), base_url, data_dir, mode],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"build failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, action="append", help="assortment rows (repeatable)")
+    parser.add_argument("--latency-ms", type=int, default=20)
+    args = parser.parse_args()
+    sizes = args.rows or [10_000, 100_000]
+    print(f"feed benchmark: emulator latency {args.latency_ms} ms")
+    print(f"{'rows':>8} {'offers':>8} {'MB':>6} | {'full build s':>12} {'requests':>8} {'RSS MB':>7} | "
+          f"{'render s':>8} {'offers/s':>9} {'+publish s':>10} {'RSS MB':>7}")
+    results = []
+    for rows in sizes:
+        emulator, base_url = start_emulator(rows, args.latency_ms)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                full = child(base_url, tmp, "sync")
+                render = child(base_url, tmp, "render")
+        finally:
+            emulator.terminate()
+            emulator.wait(timeout=30)
+        rate = render["offers"] / render["render_seconds"]
+        results.append((full, render, rate))
+        print(f"{rows:>8} {render['offers']:>8} {render['size'] / 1e6:>6.1f} | {full['seconds']:>12.1f} "
+              f"{full['requests']:>8} {full['peak_rss_mb']:>7.1f} | {render['render_seconds']:>8.2f} {rate:>9.0f} "
+              f"{render['seconds']:>10.2f} {render['peak_rss_mb']:>7.1f}", flush=True)
+    fast = all(rate >= 50_000 for _, _, rate in results)
+    small = all(max(full["peak_rss_mb"], render["peak_rss_mb"]) < 150 for full, render, _ in results)
+    print(f"goal render >= 50,000 offers/s: {'met' if fast else 'MISSED'}; goal peak RSS < 150 MB: {'met' if small else 'MISSED'}")
+    if len(results) > 1:
+        growth = results[-1][1]["peak_rss_mb"] - results[0][1]["peak_rss_mb"]
+        print(f"render peak RSS growth from {sizes[0]} to {sizes[-1]} rows: {growth:+.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""``flask --app app feeds build [NAME] [--force]``: sync, render and publish from the command line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from feeds.build import BuildFailed, build_feed
+from moysklad.errors import MoySkladError
+from store import StoreError
+
+feeds_cli = AppGroup("feeds", help="Build and publish the ICML feeds.")
+
+
+@feeds_cli.command("build")
+@click.argument("name", required=False)
+@click.option("--force", is_flag=True, help="Publish even if the feed lost more offers than min_ratio allows.")
+@click.option("--no-sync", is_flag=True, help="Render from the store as it is, without syncing MoySklad first.")
+def build_command(name: str | None, force: bool, no_sync: bool):
+    """Sync (source moysklad), render and publish NAME, or every feed."""
+    settings = current_app.config["SETTINGS"]
+    feeds = [f for f in settings.feeds if name in (None, f.name)]
+    if not feeds:
+        known = ", ".join(f.name for f in settings.feeds) or "none configured"
+        click.echo(f"No feed named {name!r} (feeds: {known})", err=True)
+        sys.exit(2)
+    failed = False
+    for feed in feeds:
+        click.echo(f"feed {feed.name} ({feed.source}):", err=True)
+        try:
+            result = build_feed(settings, feed, force=force, sync=not no_sync,
+                                progress=lambda stage, count: click.echo(f"  {stage}: {count}", err=True))
+        except (BuildFailed, MoySkladError, StoreError) as exc:
+            click.echo(f"  FAILED, the previous file stays published: {exc}", err=True)
+            failed = True
+            continue
+        skipped = ", ".join(f"{count} {reason}" for reason, count in result.skipped.items()) or "none"
+        click.echo(f"  published {result.offers} offers, {result.size / 1e6:.1f} MB in {result.seconds:.1f}s; "
+                   f"skipped: {skipped}; guard: {result.guard}")
+        click.echo(f"  {settings.public_url}/feeds/{feed.token + '/' if feed.token else ''}{feed.name}.xml")
+    sys.exit(1 if failed else 0)

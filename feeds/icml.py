@@ -1,0 +1,558 @@
+"""ICML rendering: catalog store rows → retailCRM's catalog file, streamed element by element.
+
+The functions turning one row into an ``<offer>`` are pure; :func:`render_icml` drives them over a
+:class:`store.CatalogReader` and writes with ``lxml.etree.xmlfile``, so memory does not grow with
+the catalog. Limits follow retailCRM's ICML rules (see DOMAIN.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import string
+import threading
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from lxml import etree
+
+from settings import FeedSettings
+from store import CatalogReader
+
+MAX_PRICE_KOPECKS = 99_999_999 * 100
+MAX_TEXT = 255
+MAX_LINK = 2000
+UNCATEGORIZED_ID = "uncategorized"
+SKIP_EXAMPLES = 5
+# XML 1.0 forbids these code points; MoySklad happily stores them.
+XML_INVALID_CHARS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0xD800, 0xE000), 0xFFFE, 0xFFFF])
+TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+ATTRIBUTE_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                                   "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
+BARCODE = re.compile(r"^[0-9A-Za-z]{1,255}$")
+# OKEI unit codes MoySklad uses → retailCRM unit codes.
+UNIT_CODES = {"796": "pcs", "166": "kg", "163": "g", "112": "l", "111": "ml", "006": "m", "055": "m2",
+              "113": "m3", "778": "pack", "839": "set", "715": "pair"}
+PARAM_CODES = {"цвет": "color", "размер": "size", "вес": "weight", "артикул": "article", "материал": "material"}
+TRANSLIT = str.maketrans({
+    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z", "и": "i",
+    "й": "y", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s", "т": "t",
+    "у": "u", "ф": "f", "х": "h", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "sch", "ъ": "", "ы": "y", "ь": "",
+    "э": "e", "ю": "yu", "я": "ya",
+})
+
+
+class RenderError(Exception):
+    """The feed cannot be rendered as configured (unknown price type, warehouse, template field)."""
+
+
+@dataclass
+class RenderStats:
+    """What the renderer published and what it left out, by reason, with a few examples each."""
+
+    offers: int = 0
+    inactive: int = 0
+    categories: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+
+    def merge(self, other: "RenderStats") -> None:
+        self.offers += other.offers
+        self.inactive += other.inactive
+        self.skipped.update(other.skipped)
+        for reason, examples in other.examples.items():
+            shown = self.examples.setdefault(reason, [])
+            shown.extend(examples[: SKIP_EXAMPLES - len(shown)])
+
+    def skip(self, reason: str, offer_id: str, name: str | None) -> None:
+        self.skipped[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < SKIP_EXAMPLES:
+            shown.append({"id": offer_id, "name": name})
+
+
+class OfferSkipped(Exception):
+    """This offer cannot be published; the message is the reason the operator sees."""
+
+
+def clean_text(value, limit: int | None = MAX_TEXT) -> str:
+    """Text safe for XML 1.0: invalid characters removed, whitespace trimmed, length capped."""
+    if value is None:
+        return ""
+    cleaned = str(value)
+    if not cleaned.isprintable():  # the rare case; translate() is slow, isprintable() is not
+        cleaned = cleaned.translate(XML_INVALID_CHARS)
+    cleaned = cleaned.strip()
+    return cleaned[:limit] if limit and len(cleaned) > limit else cleaned
+
+
+def text(value: str) -> str:
+    """Escape cleaned text for element content."""
+    if "&" in value or "<" in value or ">" in value:
+        return value.translate(TEXT_ESCAPES)
+    return value
+
+
+def attr(value: str) -> str:
+    """Escape cleaned text for a double-quoted attribute (newlines and tabs kept as references)."""
+    if value.isprintable() and '"' not in value and "&" not in value and "<" not in value and ">" not in value:
+        return value
+    return value.translate(ATTRIBUTE_ESCAPES)
+
+
+def money(kopecks: int) -> str:
+    """Kopecks → roubles with two decimals, as ICML wants."""
+    return f"{kopecks // 100}.{kopecks % 100:02d}"
+
+
+def decimal(value: float, places: int = 3) -> str:
+    """A number without trailing zeros: 12, 0.5, 13.321."""
+    if value == int(value):
+        return str(int(value))
+    formatted = f"{value:.{places}f}".rstrip("0").rstrip(".")
+    return formatted if formatted not in ("", "-0") else "0"
+
+
+def param_code(name: str) -> str:
+    """A stable latin code for a characteristic or attribute name (Цвет → color, Длина рукава → dlina_rukava)."""
+    lowered = name.strip().lower()
+    if lowered in PARAM_CODES:
+        return PARAM_CODES[lowered]
+    slug = re.sub(r"[^a-z0-9]+", "_", lowered.translate(TRANSLIT)).strip("_")
+    return slug[:64] or "param"
+
+
+TEMPLATE_FIELDS = {"id": "id", "code": "code", "externalCode": "external_code", "article": "article", "name": "name"}
+PRODUCT_FIELDS = {"id": "product_id", "code": "product_code", "externalCode": "product_external_code",
+                  "article": "product_article", "name": "product_name"}
+
+
+class _Fields(dict):
+    """Template values of one row: {code}, {externalCode}, ..., and {product.<field>} via ``.product``."""
+
+    def __init__(self, row, columns: dict):
+        super().__init__((key, row[column] or "") for key, column in columns.items())
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def compile_template(template: str, what: str):
+    """A function row → text for an ``xml_id`` / ``url`` template; unknown fields are refused by name."""
+    fields = []
+    try:
+        for literal, field_name, spec, conversion in string.Formatter().parse(template):
+            if field_name is None:
+                continue
+            head, _, tail = field_name.partition(".")
+            if not (head == "product" and tail in PRODUCT_FIELDS or head in TEMPLATE_FIELDS and not tail):
+                raise RenderError(f"{what}: unknown field {{{field_name}}}; use one of "
+                                  + ", ".join("{%s}" % n for n in TEMPLATE_FIELDS) + " or {product.<field>}")
+            fields.append((literal, field_name, spec, conversion))
+    except ValueError as exc:
+        raise RenderError(f"{what}: {exc}") from None
+    if len(fields) == 1 and fields[0][0] == "" and not fields[0][2] and not fields[0][3] and template == "{%s}" % fields[0][1]:
+        head, _, tail = fields[0][1].partition(".")
+        column = PRODUCT_FIELDS[tail] if head == "product" else TEMPLATE_FIELDS[head]
+        return lambda row: row[column] or ""  # the common case, {externalCode}, without formatting
+
+    def fill(row) -> str:
+        values = _Fields(row, TEMPLATE_FIELDS)
+        values["product"] = _Fields(row, PRODUCT_FIELDS)
+        return template.format_map(values)
+
+    return fill
+
+
+@dataclass
+class RenderOptions:
+    """A feed's rules resolved against the store (ids instead of names)."""
+
+    feed: FeedSettings
+    source: str
+    public_url: str
+    price_type_id: str | None
+    warehouse_ids: list[str] | None
+    units: dict
+    now: dt.datetime
+    shop_name: str
+    company: str
+    xml_id_of: object
+    url_of: object | None
+
+    @property
+    def inactive_after(self) -> dt.timedelta:
+        return dt.timedelta(days=self.feed.inactive_days)
+
+    @property
+    def needs_attributes(self) -> bool:
+        return bool(self.feed.vendor_attribute or self.feed.params or self.feed.dimension_attributes)
+
+
+def resolve_options(reader: CatalogReader, feed: FeedSettings, public_url: str, now: dt.datetime | None = None) -> RenderOptions:
+    """Look up the configured price type and warehouses by name; a name that does not exist is an error."""
+    source = feed.source
+    price_types = reader.price_types(source)
+    if feed.price_type:
+        matches = [p["id"] for p in price_types if p["name"] == feed.price_type]
+        if not matches:
+            known = ", ".join(p["name"] for p in price_types) or "none"
+            raise RenderError(f"feed {feed.name}: price type «{feed.price_type}» does not exist (known: {known})")
+        price_type_id = matches[0]
+    else:
+        price_type_id = price_types[0]["id"] if price_types else None
+    warehouse_ids = None
+    if feed.stores:
+        by_name = {w["name"]: w["id"] for w in reader.warehouses(source)}
+        missing = [name for name in feed.stores if name not in by_name]
+        if missing:
+            raise RenderError(f"feed {feed.name}: warehouse «{missing[0]}» does not exist (known: {', '.join(by_name) or 'none'})")
+        warehouse_ids = [by_name[name] for name in feed.stores]
+    company = feed.company or reader.setting(source, "company") or ""
+    return RenderOptions(
+        feed=feed, source=source, public_url=public_url.rstrip("/"), price_type_id=price_type_id,
+        warehouse_ids=warehouse_ids, units={unit_id: unit_xml(u) for unit_id, u in reader.units(source).items()},
+        now=now or dt.datetime.now(dt.timezone.utc), shop_name=feed.shop_name or company or feed.name,
+        company=company, xml_id_of=compile_template(feed.xml_id, f"feeds.{feed.name}.xml_id"),
+        url_of=compile_template(feed.url, f"feeds.{feed.name}.url") if feed.url else None,
+    )
+
+
+def unit_xml(unit) -> str:
+    """``<unit code="pcs" name="Штука" sym="шт"/>`` from a unit of measure (OKEI code mapped)."""
+    code = UNIT_CODES.get(unit["code"] or "", param_code(unit["name"]))
+    name = clean_text(unit["description"] or unit["name"])
+    return f'<unit code="{attr(code)}" name="{attr(name)}" sym="{attr(clean_text(unit["name"]))}"/>'
+
+
+# --- one offer ---------------------------------------------------------------------------------
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    """Store timestamps: ISO with zone (removed_at) or MoySklad's Moscow 'YYYY-MM-DD HH:MM:SS.mmm'."""
+    if not value:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone(dt.timedelta(hours=3)))
+    return moment
+
+
+def activity(row, options: RenderOptions) -> str:
+    """'active', 'inactive' (published with productActivity N) or 'drop' (out of the inactive window)."""
+    removed = row["removed"] or row["product_removed"]
+    archived = row["archived"] or row["product_archived"]
+    if not removed and not archived:
+        return "active"
+    if removed:
+        since = max(filter(None, (_parse_time(row["removed_at"]), _parse_time(row["product_removed_at"]))), default=None)
+    else:
+        since = max(filter(None, (_parse_time(row["updated"]), _parse_time(row["product_updated"]))), default=None)
+    if since is not None and options.now - since > options.inactive_after:
+        return "drop"
+    return "inactive"
+
+
+def quantity(row, rule: str) -> float:
+    stock = row["stock_total"] or 0.0
+    reserve = row["reserve_total"] or 0.0
+    in_transit = row["in_transit_total"] or 0.0
+    value = {"free": stock - reserve, "stock": stock, "quantity": stock - reserve + in_transit}[rule]
+    return max(value, 0.0)
+
+
+def offer_xml(row, options: RenderOptions, category_ids: set[str]) -> str:
+    """One ``<offer>`` as escaped markup; raises :class:`OfferSkipped` when it cannot be published.
+
+    Built as text rather than as lxml elements: creating ~15 elements per offer costs more than
+    everything else in a build. Every value goes through :func:`text` or :func:`attr`, and the
+    finished file is parsed back by lxml before it is published.
+    """
+    feed = options.feed
+    if not row["has_product"]:
+        raise OfferSkipped("its product card is missing from the store")
+    name = clean_text(row["name"])
+    if not name:
+        raise OfferSkipped("empty name")
+    price = row["own_price"] if row["own_price"] is not None else row["product_price"]
+    if price is not None and not 0 <= price <= MAX_PRICE_KOPECKS:
+        raise OfferSkipped("price out of range (0 … 99,999,999)")
+
+    kind = row["kind"]
+    head = f'<offer id="{attr(row["id"])}" productId="{attr(row["product_id"])}"'
+    if kind != "service" and kind != "bundle":
+        head += f' quantity="{decimal(quantity(row, feed.quantity))}"'
+    parts = [head + (' type="service">' if kind == "service" else ' type="product">')]
+    add = parts.append
+
+    if options.url_of:
+        link = clean_text(options.url_of(row), None)
+        if link and len(link) <= MAX_LINK:
+            add(f"<url>{text(link)}</url>")
+    if price is not None:
+        add(f"<price>{money(price)}</price>")
+    purchase = None
+    if feed.purchase_price == "cost":
+        purchase = row["cost"]
+    elif feed.purchase_price == "buyPrice":
+        purchase = row["buy_price"] if row["buy_price"] is not None else row["product_buy_price"]
+    if purchase is not None and 0 <= purchase <= MAX_PRICE_KOPECKS:
+        add(f"<purchasePrice>{money(purchase)}</purchasePrice>")
+    category = row["category_id"]
+    add(f"<categoryId>{attr(category if category in category_ids else UNCATEGORIZED_ID)}</categoryId>")
+    if feed.pictures != "none":
+        for link in _pictures(row, options):
+            add(f"<picture>{text(link)}</picture>")
+    add(f"<name>{text(name)}</name>")
+    add(f"<productName>{text(clean_text(row['product_name']) or name)}</productName>")
+    xml_id = clean_text(options.xml_id_of(row))
+    if xml_id:
+        add(f"<xmlId>{text(xml_id)}</xmlId>")
+
+    attributes = {}
+    if options.needs_attributes:
+        attributes = {n: v for n, v in json.loads(row["attributes_json"] or "[]") if v not in (None, "")}
+    if feed.vendor_attribute and attributes.get(feed.vendor_attribute):
+        add(f"<vendor>{text(clean_text(attributes[feed.vendor_attribute]))}</vendor>")
+    article = clean_text(row["article"] or row["product_article"])
+    if article:
+        add(f'<param name="Артикул" code="article">{text(article)}</param>')
+    if row["characteristics"]:
+        for characteristic in json.loads(row["characteristics"]):
+            value = clean_text(characteristic.get("value"))
+            label = clean_text(characteristic.get("name"))
+            if value and label:
+                add(f'<param name="{attr(label)}" code="{attr(param_code(label))}">{text(value)}</param>')
+    for mapping in feed.params:
+        value = clean_text(attributes.get(mapping.attribute))
+        if value:
+            label = clean_text(mapping.name or mapping.attribute)
+            add(f'<param name="{attr(label)}" code="{attr(mapping.code or param_code(label))}">{text(value)}</param>')
+
+    unit = options.units.get(row["unit_id"]) if row["unit_id"] else None
+    if unit is not None:
+        add(unit)
+    if row["vat_enabled"] == 0:
+        add("<vatRate>none</vatRate>")
+    elif row["vat"] is not None:
+        add(f"<vatRate>{decimal(row['vat'], 2)}</vatRate>")
+    if feed.dimension_attributes:
+        sizes = [_number(attributes.get(a)) for a in feed.dimension_attributes]
+        if None not in sizes:
+            add(f"<dimensions>{'/'.join(decimal(size) for size in sizes)}</dimensions>")
+    if row["weight"]:
+        add(f"<weight>{decimal(row['weight'])}</weight>")
+    barcode = _barcode(row["barcodes"]) if row["barcodes"] else None
+    if barcode:
+        add(f"<barcode>{barcode}</barcode>")
+    add("</offer>")
+    return "".join(parts)
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(str(value).replace(",", "."))
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 0 else None
+
+
+def _barcode(barcodes_json: str) -> str | None:
+    """The first barcode ICML accepts (latin letters and digits), EAN-13 preferred."""
+    fallback = None
+    for entry in json.loads(barcodes_json):
+        for kind, value in entry.items():
+            value = str(value)
+            if BARCODE.match(value):
+                if kind == "ean13":
+                    return value
+                fallback = fallback or value
+    return fallback
+
+
+def _pictures(row, options: RenderOptions) -> list[str]:
+    mode = options.feed.pictures
+    if mode == "none":
+        return []
+    pictures = json.loads(row["pictures_json"] or "[]") or json.loads(row["product_pictures_json"] or "[]")
+    links = []
+    for local_file, permanent in pictures:
+        if mode == "cache" and local_file:
+            link = f"{options.public_url}/images/{local_file}"
+        elif mode == "permanent" and permanent:
+            link = permanent
+        else:
+            continue
+        if len(link) <= MAX_LINK:
+            links.append(link)
+    return links
+
+
+# --- categories ----------------------------------------------------------------------------------
+
+def category_tree(rows) -> list[tuple[str, str | None, str]]:
+    """(id, parent id, name) in parent-before-child order; broken or looping parent links become roots."""
+    by_id = {r["id"]: r for r in rows}
+    order, placed = [], set()
+
+    def place(category_id, trail):
+        if category_id in placed:
+            return
+        row = by_id[category_id]
+        parent = row["parent_id"] if row["parent_id"] in by_id and row["parent_id"] not in trail else None
+        if parent:
+            place(parent, trail | {category_id})
+            if parent not in placed:
+                parent = None
+        placed.add(category_id)
+        order.append((category_id, parent, clean_text(row["name"]) or "Без названия"))
+
+    for category_id in by_id:
+        place(category_id, frozenset())
+    return order
+
+
+# --- the whole file --------------------------------------------------------------------------------
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Below this many offers a second process costs more than it saves.
+PARALLEL_FROM = 20_000
+
+
+def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, progress=None,
+                scratch_dir: Path | None = None) -> RenderStats:
+    """Write the whole ICML document to ``out``.
+
+    Big catalogs are rendered by one process per core, each writing a part of the offers to a
+    file in ``scratch_dir`` (beside the target) that is then copied in; memory stays flat either way.
+    """
+    stats = RenderStats()
+    feed = options.feed
+    categories = category_tree(reader.categories(options.source))
+    category_ids = {c[0] for c in categories}
+    parts = render_processes(reader.offer_count(options.source)) if scratch_dir else 1
+    moscow = options.now.astimezone(dt.timezone(dt.timedelta(hours=3)))
+    with etree.xmlfile(out, encoding="utf-8") as xf:
+        xf.write_declaration()
+        with xf.element("yml_catalog", date=moscow.strftime("%Y-%m-%d %H:%M:%S")):
+            with xf.element("shop"):
+                xf.write(_text_element("name", clean_text(options.shop_name)))
+                xf.write(_text_element("company", clean_text(options.company or options.shop_name)))
+                with xf.element("categories"):
+                    for category_id, parent_id, name in categories:
+                        element = _text_element("category", name, id=category_id)
+                        if parent_id:
+                            element.set("parentId", parent_id)
+                        xf.write(element)
+                    xf.write(_text_element("category", clean_text(feed.uncategorized) or "Без категории", id=UNCATEGORIZED_ID))
+                    stats.categories = len(categories) + 1
+                with xf.element("offers"):
+                    xf.flush()  # offers go straight to the file, after what xmlfile has written so far
+                    if parts == 1:
+                        stats.merge(write_offers(reader, options, category_ids, out, progress=progress))
+                    else:
+                        stats.merge(_render_in_parts(reader.path, options, out, scratch_dir, parts, progress))
+    return stats
+
+
+def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: set[str], out: BinaryIO,
+                 part: int = 0, parts: int = 1, progress=None) -> RenderStats:
+    """Write the ``<offer>`` elements (of one part of the catalog) to ``out``, 1000 at a time."""
+    stats = RenderStats()
+    feed = options.feed
+    removed_before = (options.now - options.inactive_after).isoformat(timespec="seconds")
+    rows = reader.offers(options.source, price_type_id=options.price_type_id, warehouse_ids=options.warehouse_ids,
+                         include_bundles=feed.include_bundles, removed_before=removed_before,
+                         with_attributes=options.needs_attributes, with_pictures=feed.pictures != "none",
+                         with_product_buy_price=feed.purchase_price == "buyPrice", part=part, parts=parts)
+    batch = []
+    for row in rows:
+        state = activity(row, options)
+        if state == "drop":
+            continue
+        try:
+            markup = offer_xml(row, options, category_ids)
+        except OfferSkipped as exc:
+            stats.skip(str(exc), row["id"], row["name"])
+            continue
+        if state == "inactive":
+            markup = markup[:-8] + "<productActivity>N</productActivity></offer>"
+            stats.inactive += 1
+        batch.append(markup)
+        stats.offers += 1
+        if len(batch) >= 1000:
+            out.write("".join(batch).encode())
+            batch.clear()
+            if progress and stats.offers % 10000 == 0:
+                progress(stats.offers)
+    out.write("".join(batch).encode())
+    return stats
+
+
+def render_processes(offers: int) -> int:
+    """How many processes render a catalog of this size: one per core for big ones."""
+    if offers < PARALLEL_FROM:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _die_with_parent() -> None:
+    """A render worker must not outlive a build that was killed (kill -9 leaves no one to stop it)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers then end when their queue breaks
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _render_part(store_path: str, feed: FeedSettings, public_url: str, now: dt.datetime, part: int, parts: int,
+                 path: str) -> RenderStats:
+    """One worker process: its own read-only connection, its share of the offers, its own file."""
+    with CatalogReader(store_path) as reader, open(path, "wb") as out:
+        options = resolve_options(reader, feed, public_url, now)
+        category_ids = {c[0] for c in category_tree(reader.categories(options.source))}
+        return write_offers(reader, options, category_ids, out, part=part, parts=parts)
+
+
+def _render_in_parts(store_path, options: RenderOptions, out: BinaryIO, scratch_dir: Path, parts: int,
+                     progress) -> RenderStats:
+    # fork is instant but unsafe while other threads run (a scheduler in a web worker): then forkserver
+    method = "fork" if threading.active_count() == 1 else "forkserver"
+    paths = [scratch_dir / f".{options.feed.name}.{os.getpid()}.part{n}.tmp" for n in range(parts)]
+    stats = RenderStats()
+    try:
+        with ProcessPoolExecutor(max_workers=parts, mp_context=multiprocessing.get_context(method),
+                                 initializer=_die_with_parent) as pool:
+            futures = [pool.submit(_render_part, str(store_path), options.feed, options.public_url, options.now,
+                                   n, parts, str(path)) for n, path in enumerate(paths)]
+            for future, path in zip(futures, paths):
+                stats.merge(future.result())
+                with open(path, "rb") as part_file:
+                    shutil.copyfileobj(part_file, out, 1 << 20)
+                if progress:
+                    progress(stats.offers)
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+    return stats
+
+
+def _text_element(tag: str, content: str, **attributes) -> etree._Element:
+    element = etree.Element(tag, **attributes)
+    element.text = content
+    return element

@@ -1,0 +1,82 @@
+"""Serving published feeds to retailCRM: whole files only, conditional GETs, gzip when asked."""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from flask import Blueprint, Response, abort, current_app, request
+from werkzeug.wsgi import wrap_file
+
+from feeds.publish import feed_paths
+
+feeds_bp = Blueprint("feeds", __name__)
+
+
+@feeds_bp.route("/feeds/<name>.xml", methods=["GET", "HEAD"])
+def public_feed(name: str):
+    """A feed without a token (the URL itself is public)."""
+    feed = _feed(name)
+    if feed.token:
+        abort(404)
+    return _serve(feed)
+
+
+@feeds_bp.route("/feeds/<token>/<name>.xml", methods=["GET", "HEAD"])
+def protected_feed(token: str, name: str):
+    """A feed whose unguessable token is part of its URL (retailCRM cannot send a password)."""
+    feed = _feed(name)
+    if not feed.token or not hmac.compare_digest(token.encode(), feed.token.encode()):
+        abort(404)
+    return _serve(feed)
+
+
+def _feed(name: str):
+    for feed in current_app.config["SETTINGS"].feeds:
+        if feed.name == name:
+            return feed
+    abort(404)
+
+
+def _serve(feed) -> Response:
+    """Open the file first: a build renaming a new file over it cannot change what this reply sends."""
+    paths = feed_paths(current_app.config["SETTINGS"].data_dir / "feeds", feed.name)
+    wants_gzip = "gzip" in (request.headers.get("Accept-Encoding") or "").lower()
+    handle = None
+    if wants_gzip:
+        handle = _open(paths["gz"])
+        if handle is not None and _open_is_stale(handle, paths["xml"]):
+            handle.close()
+            handle = None
+    gzipped = handle is not None
+    if handle is None:
+        handle = _open(paths["xml"])
+    if handle is None:
+        return Response("Фид ещё не собран: first build has not finished yet\n", status=404, mimetype="text/plain")
+    stat = os.fstat(handle.fileno())
+    etag = f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}" + ("-gz" if gzipped else "")
+    response = Response(wrap_file(request.environ, handle), mimetype="application/xml", direct_passthrough=True)
+    response.headers["Content-Type"] = "application/xml; charset=utf-8"
+    response.content_length = stat.st_size
+    response.set_etag(etag)
+    response.last_modified = stat.st_mtime
+    response.cache_control.no_cache = True  # always revalidate: a cheap 304 when nothing changed
+    response.headers["Vary"] = "Accept-Encoding"
+    if gzipped:
+        response.headers["Content-Encoding"] = "gzip"
+    return response.make_conditional(request, accept_ranges=True, complete_length=stat.st_size)
+
+
+def _open(path):
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        return None
+
+
+def _open_is_stale(handle, xml_path) -> bool:
+    """The .gz is replaced right after the .xml: in that instant serve the plain file instead."""
+    try:
+        return os.fstat(handle.fileno()).st_mtime_ns < os.stat(xml_path).st_mtime_ns
+    except FileNotFoundError:
+        return False
