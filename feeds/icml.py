@@ -1,8 +1,10 @@
-"""ICML rendering: catalog store rows → retailCRM's catalog file, streamed element by element.
+"""ICML rendering: catalog store rows → retailCRM's catalog file, streamed offer by offer.
 
 The functions turning one row into an ``<offer>`` are pure; :func:`render_icml` drives them over a
-:class:`store.CatalogReader` and writes with ``lxml.etree.xmlfile``, so memory does not grow with
-the catalog. Limits follow retailCRM's ICML rules (see DOMAIN.md).
+:class:`store.CatalogReader`. ``lxml.etree.xmlfile`` writes the document around the offers, which
+go to the file in batches of escaped markup, so memory does not grow with the catalog; the build
+parses the finished file back with lxml before publishing it. Limits follow retailCRM's ICML
+rules (see DOMAIN.md).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import json
+import logging
 import multiprocessing
 import os
 import re
@@ -27,6 +30,8 @@ from lxml import etree
 
 from settings import FeedSettings
 from store import CatalogReader
+
+log = logging.getLogger(__name__)
 
 MAX_PRICE_KOPECKS = 99_999_999 * 100
 MAX_TEXT = 255
@@ -163,7 +168,7 @@ def compile_template(template: str, what: str):
             fields.append((literal, field_name, spec, conversion))
     except ValueError as exc:
         raise RenderError(f"{what}: {exc}") from None
-    if len(fields) == 1 and fields[0][0] == "" and not fields[0][2] and not fields[0][3] and template == "{%s}" % fields[0][1]:
+    if len(fields) == 1 and template == "{%s}" % fields[0][1]:
         head, _, tail = fields[0][1].partition(".")
         column = PRODUCT_FIELDS[tail] if head == "product" else TEMPLATE_FIELDS[head]
         return lambda row: row[column] or ""  # the common case, {externalCode}, without formatting
@@ -430,7 +435,7 @@ def category_tree(rows) -> list[tuple[str, str | None, str]]:
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Below this many offers a second process costs more than it saves.
-PARALLEL_FROM = 20_000
+PARALLEL_FROM = 5_000
 
 
 def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, progress=None,
@@ -465,6 +470,7 @@ def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, pr
                     if parts == 1:
                         stats.merge(write_offers(reader, options, category_ids, out, progress=progress))
                     else:
+                        log.info("feed %s: %d processes render the offers", feed.name, parts)
                         stats.merge(_render_in_parts(reader.path, options, out, scratch_dir, parts, progress))
     return stats
 
@@ -504,8 +510,13 @@ def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: se
 
 
 def render_processes(offers: int) -> int:
-    """How many processes render a catalog of this size: one per core for big ones."""
-    if offers < PARALLEL_FROM:
+    """How many processes render a catalog of this size: one per core for big ones.
+
+    Workers are forked, which is only safe while this process runs no other thread (a thread
+    could hold a lock the child then waits on forever): so the command line renders in parallel,
+    while a build inside the web service (scheduler threads) renders in one process.
+    """
+    if offers < PARALLEL_FROM or threading.active_count() > 1:
         return 1
     return max(1, min(os.cpu_count() or 1, 4))
 
@@ -531,12 +542,10 @@ def _render_part(store_path: str, feed: FeedSettings, public_url: str, now: dt.d
 
 def _render_in_parts(store_path, options: RenderOptions, out: BinaryIO, scratch_dir: Path, parts: int,
                      progress) -> RenderStats:
-    # fork is instant but unsafe while other threads run (a scheduler in a web worker): then forkserver
-    method = "fork" if threading.active_count() == 1 else "forkserver"
     paths = [scratch_dir / f".{options.feed.name}.{os.getpid()}.part{n}.tmp" for n in range(parts)]
     stats = RenderStats()
     try:
-        with ProcessPoolExecutor(max_workers=parts, mp_context=multiprocessing.get_context(method),
+        with ProcessPoolExecutor(max_workers=parts, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_die_with_parent) as pool:
             futures = [pool.submit(_render_part, str(store_path), options.feed, options.public_url, options.now,
                                    n, parts, str(path)) for n, path in enumerate(paths)]

@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,3 +159,27 @@ def test_a_build_killed_mid_render_leaves_the_old_feed_served(tmp_path, emulator
     assert again.returncode == 0, again.stderr
     assert not list(feed.parent.glob(".main.*.tmp"))  # ...is swept by the next build
     assert "published" in again.stderr + again.stdout
+
+
+def test_a_big_catalog_rendered_by_several_processes_equals_a_single_process_render(tmp_path, emulator_factory):
+    server = emulator_factory(products=9000, seed=8)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"data_dir: data\nmoysklad:\n  base_url: {server.base_url}\n"
+        f"feeds:\n  - name: main\n    pictures: none\n", encoding="utf-8")
+    env = dict(os.environ, SKLADBRIDGE_CONFIG=str(config), MOYSKLAD_TOKEN=EMULATOR_TOKEN)
+    settings = __import__("settings").load_settings(config, environ=env)
+    single = build_feed(settings, settings.feeds[0])  # in this process: threads run here, so one process renders
+    assert single.offers >= 5000  # large enough for the command line to render in parallel
+    one = etree.parse(str(tmp_path / "data" / "feeds" / "main.xml")).getroot()
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "feeds", "build", "--no-sync"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"feed main: [2-9] processes render the offers", done.stderr)
+    several = etree.parse(str(tmp_path / "data" / "feeds" / "main.xml")).getroot()
+
+    def offers(root):
+        return {o.get("id"): etree.tostring(o) for o in root.iter("offer")}
+
+    assert offers(several) == offers(one)
+    assert [etree.tostring(c) for c in several.iter("category")] == [etree.tostring(c) for c in one.iter("category")]
