@@ -124,3 +124,4 @@ def _record(run, stats: RenderStats) -> None:
     for reason, examples in stats.examples.items():
         for example in examples:
             run.skip("offer", example["id"], example["name"], reason)
+    run.stats.counts["skipped"] = sum(stats.skipped.values())  # all of them, not just the examples kept
