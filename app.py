@@ -29,6 +29,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(feeds_bp)
     app.register_blueprint(pictures_bp)
 
+    from exchange.web import exchange_bp
+
+    app.register_blueprint(exchange_bp)
+
     from emulator.cli import emulator_cli
     from feeds.cli import feeds_cli
     from moysklad.cli import moysklad_cli

@@ -32,6 +32,8 @@ ENVIRONMENT = {
     "MOYSKLAD_PASSWORD": ("moysklad", "password"),
     "SKLADBRIDGE_PUBLIC_URL": ("public_url",),
     "SKLADBRIDGE_WEBHOOK_SECRET": ("webhooks", "secret"),
+    "EXCHANGE_LOGIN": ("exchange", "login"),
+    "EXCHANGE_PASSWORD": ("exchange", "password"),
 }
 PURCHASE_PRICE_RULES = ("cost", "buyPrice", "none")
 QUANTITY_RULES = ("free", "stock", "quantity")
@@ -120,6 +122,18 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class ExchangeSettings:
+    """The CommerceML endpoint 1C and MoySklad push the catalog to; off while no password is set."""
+
+    login: str = ""
+    password: str = ""
+    zip: bool = True
+    file_limit: int = 100 * 1024 * 1024
+    max_session_bytes: int = 2 * 1024 * 1024 * 1024
+    session_minutes: int = 60
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration of one skladbridge instance."""
 
@@ -129,11 +143,17 @@ class Settings:
     moysklad: MoySkladSettings = field(default_factory=MoySkladSettings)
     feeds: tuple[FeedSettings, ...] = ()
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
     source_path: Path | None = None  # the file it was read from; None for the demo defaults
 
     @property
     def store_path(self) -> Path:
         return self.data_dir / "catalog.sqlite"
+
+    @property
+    def exchange_log_path(self) -> Path:
+        """Exchange sessions are logged apart from the catalog, so a login never waits for a catalog write."""
+        return self.data_dir / "exchange.sqlite"
 
     @property
     def is_demo(self) -> bool:
@@ -220,10 +240,24 @@ def _check(settings: Settings) -> None:
         for param_index, param in enumerate(feed.params):
             if not param.attribute:
                 raise ConfigError(f"{where}.params[{param_index}].attribute: name the MoySklad attribute")
+    _check_exchange(settings.exchange)
     if not settings.public_url.startswith(("http://", "https://")):
         raise ConfigError(f"public_url: must be the http(s) address retailCRM reaches this service at, got {settings.public_url!r}")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
+
+
+def _check_exchange(exchange: ExchangeSettings) -> None:
+    """The exchange limits must let 1C send at least one chunk, and a password needs its login."""
+    if exchange.password and not exchange.login:
+        raise ConfigError("exchange.login: set the login 1C sends with exchange.password (or EXCHANGE_LOGIN)")
+    if exchange.file_limit < 1024:
+        raise ConfigError(f"exchange.file_limit: must be at least 1024 bytes, got {exchange.file_limit}")
+    if exchange.max_session_bytes < exchange.file_limit:
+        raise ConfigError(f"exchange.max_session_bytes: must be at least exchange.file_limit ({exchange.file_limit}), "
+                          f"got {exchange.max_session_bytes}")
+    if exchange.session_minutes < 1:
+        raise ConfigError(f"exchange.session_minutes: must be at least 1, got {exchange.session_minutes}")
 
 
 def _build(cls, raw, where: str):

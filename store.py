@@ -79,6 +79,10 @@ CREATE TABLE IF NOT EXISTS image_cache (
     source TEXT NOT NULL, image_id TEXT NOT NULL, owner_id TEXT, position INTEGER, updated TEXT,
     size INTEGER, local_file TEXT, permanent_href TEXT, error TEXT, fetched_at TEXT,
     PRIMARY KEY (source, image_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS exchange_sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, token_hash TEXT NOT NULL UNIQUE, client TEXT,
+    started_at TEXT NOT NULL, finished_at TEXT, files TEXT, bytes INTEGER NOT NULL DEFAULT 0,
+    result TEXT NOT NULL, error TEXT);
 """
 
 ATTRIBUTES = """(SELECT json_group_array(json_array(name, value)) FROM attributes
@@ -125,11 +129,12 @@ class RunStats:
 class CatalogStore:
     """Opens the store file, creates the schema and hands out run transactions."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, wait_seconds: float = 30):
+        """``wait_seconds``: how long a write waits for another run to commit (SQLite has one writer)."""
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+            conn = sqlite3.connect(str(self.path), timeout=wait_seconds, check_same_thread=False)
             self.db = sqlite_utils.Database(conn)
             self.db.enable_wal()
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -245,6 +250,36 @@ class CatalogStore:
 
     def skipped_items(self, run_id: int) -> list[dict]:
         return list(self.db.query("SELECT item_type, item_id, name, reason FROM skipped WHERE run_id = ?", [run_id]))
+
+    # --- CommerceML exchange sessions ---------------------------------------------------------
+
+    def open_exchange_session(self, token_hash: str, client: str | None) -> dict:
+        """Log a new session; the token itself is never stored, only its hash."""
+        with self.db.atomic():
+            session_id = self.db["exchange_sessions"].insert(
+                {"token_hash": token_hash, "client": client, "started_at": utc_now(), "result": "open"}
+            ).last_pk
+        return self.exchange_session(session_id)
+
+    def exchange_session(self, session_id: int) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM exchange_sessions WHERE id = ?", [session_id]))
+        return _decode_session(rows[0]) if rows else None
+
+    def exchange_session_by_token(self, token_hash: str) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM exchange_sessions WHERE token_hash = ?", [token_hash]))
+        return _decode_session(rows[0]) if rows else None
+
+    def update_exchange_session(self, session_id: int, **values) -> None:
+        """Record progress or the outcome of a session (files as a list, saved as JSON)."""
+        if "files" in values:
+            values["files"] = json.dumps(values["files"], ensure_ascii=False)
+        with self.db.atomic():
+            self.db["exchange_sessions"].update(session_id, values)
+
+    def exchange_sessions(self, limit: int = 20) -> list[dict]:
+        """The latest sessions for the health page, newest first, without their token hashes."""
+        rows = self.db.query("SELECT * FROM exchange_sessions ORDER BY id DESC LIMIT ?", [limit])
+        return [{k: v for k, v in _decode_session(r).items() if k != "token_hash"} for r in rows]
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -427,18 +462,56 @@ class Run:
         for chunk in _chunks(((v, self.source, i) for i, v in values), 2000):
             self.db.conn.executemany(sql, chunk)
 
-    def mark_unseen_removed(self) -> dict[str, int]:
-        """After a full run: what the source no longer returns is marked removed, never deleted."""
+    def mark_unseen_removed(self, tables: tuple[str, ...] = RECONCILED_TABLES,
+                            offer_kinds: tuple[str, ...] | None = None) -> dict[str, int]:
+        """After a full run: what the source no longer returns is marked removed, never deleted.
+
+        ``tables`` and ``offer_kinds`` narrow it to what the run was complete for: a CommerceML
+        offers file lists every variant but no categories or product cards.
+        """
         removed = {}
         now = utc_now()
-        for table in RECONCILED_TABLES:
+        for table in tables:
+            kinds = offer_kinds if table == "offers" and offer_kinds else ()
             cursor = self.db.execute(
                 f"UPDATE {table} SET removed = 1, removed_at = ? "
-                f"WHERE source = ? AND removed = 0 AND (seen_run IS NULL OR seen_run != ?)",
-                [now, self.source, self.id],
+                f"WHERE source = ? AND removed = 0 AND (seen_run IS NULL OR seen_run != ?)"
+                + (f" AND kind IN ({', '.join('?' * len(kinds))})" if kinds else ""),
+                [now, self.source, self.id, *kinds],
             )
             removed[table] = cursor.rowcount
         return removed
+
+    def seen_runs(self, table: str, ids: list[str]) -> dict[str, int | None]:
+        """The run that last wrote each of ``ids`` that the table holds (write-once rules of a run)."""
+        seen = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            seen.update(self.db.execute(f"SELECT id, seen_run FROM {table} WHERE source = ? AND id IN ({marks})",
+                                        [self.source, *chunk]).fetchall())
+        return seen
+
+    def mark_seen(self, table: str, ids: list[str]) -> None:
+        """Rows this run refers to without rewriting them count as seen (reconciliation, deactivation)."""
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(f"UPDATE {table} SET seen_run = ? WHERE source = ? AND id IN ({marks})",
+                            [self.id, self.source, *chunk])
+
+    def first_run_since(self, kind: str, since: str) -> int | None:
+        """The first successful run of this source and kind started at or after ``since`` (UTC, as utc_now writes it)."""
+        return self.db.execute("SELECT min(id) FROM runs WHERE source = ? AND kind = ? AND status = 'ok' AND started_at >= ?",
+                               [self.source, kind, since]).fetchone()[0]
+
+    def archive_unseen(self, tables: tuple[str, ...], since_run: int) -> dict[str, int]:
+        """Archive (not remove) live rows that no run from ``since_run`` on has seen."""
+        archived = {}
+        now = utc_now()
+        for table in tables:
+            archived[table] = self.db.execute(
+                f"UPDATE {table} SET archived = 1, updated = ? WHERE source = ? AND removed = 0 AND archived = 0 "
+                f"AND (seen_run IS NULL OR seen_run < ?)", [now, self.source, since_run]).rowcount
+        return archived
 
     def _seen(self, rows: Iterable[dict]) -> Iterator[dict]:
         for row in rows:
@@ -487,4 +560,10 @@ def _describe(exc: BaseException) -> str:
 def _decode_run(row: dict) -> dict:
     row = dict(row)
     row["counts"] = json.loads(row["counts"]) if row.get("counts") else {}
+    return row
+
+
+def _decode_session(row: dict) -> dict:
+    row = dict(row)
+    row["files"] = json.loads(row["files"]) if row.get("files") else []
     return row

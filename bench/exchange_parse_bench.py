@@ -1,0 +1,145 @@
+"""CommerceML import benchmark: a generated import.xml (~110 MB for 100,000 goods) and offers.xml.
+
+The files are written to disk as they are generated (never built in memory), then each is
+imported into a fresh store by its own child process, which reports the time and its peak RSS.
+Goals: >= 20 MB/s and peak RSS < 150 MB.
+
+    python bench/exchange_parse_bench.py                   # 100,000 goods
+    python bench/exchange_parse_bench.py --goods 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "urn:1C.ru:commerceml_2"
+GROUPS = 200
+PROPERTIES = 10
+WAREHOUSES = 3
+
+CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from exchange.commerceml import import_file
+from store import CatalogStore
+
+path = Path(sys.argv[3])
+store = CatalogStore(sys.argv[2])
+started = time.monotonic()
+result = import_file(store, path, upload_dir=path.parent, images_dir=path.parent / "images")
+seconds = time.monotonic() - started
+print(json.dumps({"kind": result.kind, "counts": result.counts, "seconds": seconds, "mb": path.stat().st_size / 1e6,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def ids(prefix: str, count: int) -> list[str]:
+    return [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{prefix}{n}")) for n in range(count)]
+
+
+def header(out, section: str) -> None:
+    out.write("\ufeff<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+              f"<КоммерческаяИнформация xmlns=\"{NAMESPACE}\" ВерсияСхемы=\"2.07\" ДатаФормирования=\"2024-05-01T10:00:00\">\n")
+    out.write(section)
+
+
+def write_import(path: Path, goods: int, rng: random.Random) -> None:
+    groups, properties = ids("group", GROUPS), ids("property", PROPERTIES)
+    values = {p: ids(f"value{p}", 20) for p in properties}
+    with open(path, "w", encoding="utf-8") as out:
+        header(out, "\t<Классификатор>\n\t\t<Ид>bench</Ид>\n\t\t<Наименование>Каталог</Наименование>\n\t\t<Группы>\n")
+        for top in range(0, GROUPS, 10):  # 20 groups of 10 subgroups each
+            out.write(f"\t\t\t<Группа><Ид>{groups[top]}</Ид><Наименование>Раздел {top}</Наименование><Группы>\n")
+            out.writelines(f"\t\t\t\t<Группа><Ид>{groups[g]}</Ид><Наименование>Подраздел {g}</Наименование></Группа>\n"
+                           for g in range(top + 1, top + 10))
+            out.write("\t\t\t</Группы></Группа>\n")
+        out.write("\t\t</Группы>\n\t\t<Свойства>\n")
+        for n, prop in enumerate(properties):
+            options = "".join(f"<Справочник><ИдЗначения>{v}</ИдЗначения><Значение>Значение {i}</Значение></Справочник>"
+                              for i, v in enumerate(values[prop]))
+            out.write(f"\t\t\t<Свойство><Ид>{prop}</Ид><Наименование>Свойство {n}</Наименование>"
+                      f"<ТипЗначений>Справочник</ТипЗначений><ВариантыЗначений>{options}</ВариантыЗначений></Свойство>\n")
+        out.write("\t\t</Свойства>\n\t</Классификатор>\n\t<Каталог СодержитТолькоИзменения=\"false\">\n"
+                  "\t\t<Ид>bench</Ид>\n\t\t<Наименование>Каталог</Наименование>\n\t\t<Товары>\n")
+        for n, good in enumerate(ids("good", goods)):
+            out.write(good_xml(n, good, rng.choice(groups), properties, values, rng))
+        out.write("\t\t</Товары>\n\t</Каталог>\n</КоммерческаяИнформация>\n")
+
+
+def good_xml(n: int, good: str, group: str, properties: list[str], values: dict, rng: random.Random) -> str:
+    """One Товар of about 1.1 KB, shaped like a UT 11 export (a barcode, a property value, a requisite)."""
+    prop = rng.choice(properties)
+    return (f"<Товар><Ид>{good}</Ид><Штрихкод>{4600000000000 + n}</Штрихкод><Артикул>ART-{n:07d}</Артикул>"
+            f"<Наименование>Товар {n} &amp; Ко</Наименование>"
+            "<БазоваяЕдиница Код=\"796\" НаименованиеПолное=\"Штука\">шт</БазоваяЕдиница>"
+            f"<Группы><Ид>{group}</Ид></Группы><ЗначенияСвойств><ЗначенияСвойства><Ид>{prop}</Ид>"
+            f"<Значение>{rng.choice(values[prop])}</Значение></ЗначенияСвойства></ЗначенияСвойств>"
+            "<СтавкиНалогов><СтавкаНалога><Наименование>НДС</Наименование><Ставка>20</Ставка></СтавкаНалога></СтавкиНалогов>"
+            "<ЗначенияРеквизитов><ЗначениеРеквизита><Наименование>Вес</Наименование>"
+            f"<Значение>{rng.randint(1, 5000) / 1000}</Значение></ЗначениеРеквизита></ЗначенияРеквизитов></Товар>\n")
+
+
+def write_offers(path: Path, goods: int, rng: random.Random) -> None:
+    warehouses = ids("warehouse", WAREHOUSES)
+    with open(path, "w", encoding="utf-8") as out:
+        header(out, "\t<ПакетПредложений СодержитТолькоИзменения=\"false\">\n\t\t<Ид>bench#</Ид>\n"
+                    "\t\t<Наименование>Пакет предложений</Наименование>\n\t\t<ТипыЦен>\n"
+                    "\t\t\t<ТипЦены><Ид>retail</Ид><Наименование>Розничная</Наименование><Валюта>RUB</Валюта></ТипЦены>\n"
+                    "\t\t\t<ТипЦены><Ид>wholesale</Ид><Наименование>Оптовая</Наименование><Валюта>RUB</Валюта></ТипЦены>\n"
+                    "\t\t</ТипыЦен>\n\t\t<Склады>\n")
+        out.writelines(f"\t\t\t<Склад><Ид>{w}</Ид><Наименование>Склад {i}</Наименование></Склад>\n" for i, w in enumerate(warehouses))
+        out.write("\t\t</Склады>\n\t\t<Предложения>\n")
+        for n, good in enumerate(ids("good", goods)):
+            price = rng.randint(100, 100000)
+            stock = [rng.randint(0, 50) for _ in warehouses]
+            stores = "".join(f"<Склад ИдСклада=\"{w}\" КоличествоНаСкладе=\"{q}\"/>" for w, q in zip(warehouses, stock))
+            out.write(f"\t\t\t<Предложение>\n\t\t\t\t<Ид>{good}</Ид>\n\t\t\t\t<Наименование>Товар номер {n} &amp; компания</Наименование>\n"
+                      "\t\t\t\t<Цены>"
+                      f"<Цена><Представление>{price} RUB за шт</Представление><ИдТипаЦены>retail</ИдТипаЦены><ЦенаЗаЕдиницу>{price},50</ЦенаЗаЕдиницу><Валюта>RUB</Валюта></Цена>"
+                      f"<Цена><Представление>{price} RUB за шт</Представление><ИдТипаЦены>wholesale</ИдТипаЦены><ЦенаЗаЕдиницу>{price * 9 // 10}</ЦенаЗаЕдиницу><Валюта>RUB</Валюта></Цена>"
+                      f"</Цены>\n\t\t\t\t<Количество>{sum(stock)}</Количество>\n\t\t\t\t{stores}\n\t\t\t</Предложение>\n")
+        out.write("\t\t</Предложения>\n\t</ПакетПредложений>\n</КоммерческаяИнформация>\n")
+
+
+def child(store: Path, path: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(store), str(path)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"import of {path.name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--goods", type=int, default=100_000)
+    args = parser.parse_args()
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_import(tmp / "import.xml", args.goods, rng)
+        write_offers(tmp / "offers.xml", args.goods, rng)
+        print(f"CommerceML import benchmark: {args.goods} goods")
+        print(f"{'file':<12} {'kind':<7} {'MB':>7} {'seconds':>8} {'MB/s':>7} {'RSS MB':>7}  counts")
+        results = []
+        for name in ("import.xml", "offers.xml"):
+            result = child(tmp / "catalog.sqlite", tmp / name)
+            results.append(result)
+            counts = {k: v for k, v in result["counts"].items() if v and k in ("groups", "goods", "offers", "prices", "stock", "attributes")}
+            print(f"{name:<12} {result['kind']:<7} {result['mb']:>7.1f} {result['seconds']:>8.2f} "
+                  f"{result['mb'] / result['seconds']:>7.1f} {result['peak_rss_mb']:>7.1f}  {counts}", flush=True)
+    fast = all(r["mb"] / r["seconds"] >= 20 for r in results)
+    small = all(r["peak_rss_mb"] < 150 for r in results)
+    print(f"goal >= 20 MB/s: {'met' if fast else 'MISSED'}; goal peak RSS < 150 MB: {'met' if small else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

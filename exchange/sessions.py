@@ -1,0 +1,206 @@
+"""Exchange sessions: the token that carries one, its shared state, and the login throttle.
+
+gunicorn runs several workers and 1C's next request may reach any of them, so nothing lives in
+process memory. A session's row (the hash of its token, client, start, outcome) is in the store's
+``exchange_sessions`` table; what changes on every request (last activity, bytes, uploaded files,
+archives, imports in progress) is in ``<data_dir>/exchange/<id>/state.json``, rewritten atomically
+under a file lock. Uploads go to ``<data_dir>/exchange/<id>/upload/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from store import CatalogStore, utc_now
+
+COOKIE_NAME = "skladbridge_exchange"
+# Failed logins from one address: after MAX_FAILURES within FAILURE_WINDOW seconds the address
+# is refused until the oldest of them leaves the window.
+MAX_FAILURES = 5
+FAILURE_WINDOW = 600
+MAX_TRACKED_ADDRESSES = 10_000
+
+
+class Refused(Exception):
+    """A request 1C must be told no; the message (Russian) becomes its ``failure`` text."""
+
+
+def hash_token(token: str) -> str:
+    """Tokens are stored hashed: a copy of the store does not let anyone into a live session."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ExchangeSession:
+    """One logged-in 1C exchange: its row in the store and its folder on disk."""
+
+    def __init__(self, root: Path, row: dict, token: str = ""):
+        self.id: int = row["id"]
+        self.row = row
+        self.token = token
+        self.dir = root / str(self.id)
+        self.upload_dir = self.dir / "upload"
+
+    def read_state(self) -> dict:
+        """A consistent snapshot without the lock (the file is only ever replaced whole)."""
+        try:
+            return json.loads((self.dir / "state.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return new_state()
+
+    @contextlib.contextmanager
+    def state(self):
+        """Read-modify-write of the state, exclusive across threads and worker processes."""
+        with _flock(self.dir / "state.lock"):
+            state = self.read_state()
+            yield state
+            _write_json(self.dir / "state.json", state)
+
+    @contextlib.contextmanager
+    def upload_lock(self):
+        """One upload at a time per session: appends to a file must not interleave."""
+        with _flock(self.dir / "upload.lock"):
+            yield
+
+    def expired(self, state: dict, minutes: int) -> bool:
+        return time.time() - state["last_seen"] > minutes * 60
+
+
+def new_state() -> dict:
+    return {"last_seen": time.time(), "bytes": 0, "files": {}, "zips": {}, "imports": {}, "failure": None}
+
+
+def open_session(store: CatalogStore, root: Path, client: str | None) -> ExchangeSession:
+    """Start a session after a good login; its token is told to 1C once and only its hash is kept."""
+    token = secrets.token_urlsafe(32)
+    session = ExchangeSession(root, store.open_exchange_session(hash_token(token), client), token)
+    session.upload_dir.mkdir(parents=True, exist_ok=True)
+    with session.state() as state:
+        state.update(new_state())
+    return session
+
+
+def find_session(store: CatalogStore, root: Path, tokens: list[str], minutes: int) -> ExchangeSession:
+    """The live session one of the tokens (cookie, then sessid) names, touched as active."""
+    if not tokens:
+        raise Refused("нет сеанса обмена: сначала выполните авторизацию (mode=checkauth)")
+    for token in tokens:
+        row = store.exchange_session_by_token(hash_token(token))
+        if row is None:
+            continue
+        session = ExchangeSession(root, row, token)
+        if row["finished_at"] or not session.dir.is_dir():
+            raise Refused("сеанс обмена уже завершён: выполните авторизацию заново")
+        with session.state() as state:
+            if session.expired(state, minutes):
+                raise Refused(f"сеанс обмена истёк (нет запросов больше {minutes} мин): выполните авторизацию заново")
+            state["last_seen"] = time.time()
+        return session
+    raise Refused("сеанс обмена не найден: выполните авторизацию заново (mode=checkauth)")
+
+
+def prune_sessions(store: CatalogStore, root: Path, minutes: int) -> None:
+    """Remove the folders of sessions that expired (1C never sent complete) and log them as such."""
+    for folder in root.iterdir() if root.is_dir() else ():
+        if not folder.name.isdigit():
+            continue
+        session = ExchangeSession(root, {"id": int(folder.name)})
+        state = session.read_state()
+        running = any(job["status"] == "running" for job in state["imports"].values())
+        if running or not session.expired(state, minutes):
+            continue
+        row = store.exchange_session(session.id)
+        if row and not row["finished_at"]:
+            store.update_exchange_session(session.id, finished_at=utc_now(), result="expired",
+                                          files=files_summary(state), bytes=state["bytes"])
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def files_summary(state: dict) -> list[dict]:
+    """What a session received and what became of it, for the session log."""
+    summary = []
+    for name, entry in state["files"].items():
+        item = {"name": name, **entry}
+        if name in state["zips"]:
+            item["archive"] = state["zips"][name]
+        job = state["imports"].get(name)
+        if job:
+            item["import"] = {k: v for k, v in job.items() if k not in ("beat", "progress")}
+        summary.append(item)
+    for name, job in state["imports"].items():  # files that came inside an archive
+        if name not in state["files"]:
+            summary.append({"name": name, "import": {k: v for k, v in job.items() if k not in ("beat", "progress")}})
+    return summary
+
+
+class LoginThrottle:
+    """Counts failed logins per address in a file, so every worker sees the same count."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def refused_for(self, address: str) -> int:
+        """Seconds this address must still wait, 0 when it may try."""
+        failures = self._recent(self._read()).get(address, [])
+        if len(failures) < MAX_FAILURES:
+            return 0
+        return max(1, int(failures[-MAX_FAILURES] + FAILURE_WINDOW - time.time()))
+
+    def failed(self, address: str) -> None:
+        with self._update() as table:
+            table.setdefault(address, []).append(time.time())
+
+    def succeeded(self, address: str) -> None:
+        with self._update() as table:
+            table.pop(address, None)
+
+    @contextlib.contextmanager
+    def _update(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _flock(self.path.with_suffix(".lock")):
+            table = self._recent(self._read())
+            yield table
+            newest = sorted(table, key=lambda a: table[a][-1], reverse=True)[:MAX_TRACKED_ADDRESSES]
+            _write_json(self.path, {address: table[address] for address in newest})
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    @staticmethod
+    def _recent(table: dict) -> dict:
+        since = time.time() - FAILURE_WINDOW
+        recent = {address: [t for t in times if t > since] for address, times in table.items()}
+        return {address: times for address, times in recent.items() if times}
+
+
+@contextlib.contextmanager
+def _flock(path: Path):
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_json(path: Path, data) -> None:
+    """Replace the file whole, so readers without the lock never see half of it."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(data, out, ensure_ascii=False)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

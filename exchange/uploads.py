@@ -1,0 +1,143 @@
+"""Files 1C uploads: safe names, bounded streaming appends and careful zip extraction.
+
+Every name comes from the client (the ``filename`` parameter or a zip entry), so it is checked
+before it touches the disk: a relative path of plain components under the session's upload
+folder, nothing that could climb out of it or confuse a filesystem. Texts of :class:`UploadError`
+are shown to the 1C operator, hence in Russian.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import zipfile
+from pathlib import Path
+
+CHUNK_BYTES = 1024 * 1024
+MAX_NAME_CHARS = 255
+MAX_COMPONENT_BYTES = 255
+MAX_DEPTH = 8
+# One component: letters, digits and a few punctuation marks 1C and MoySklad use in names;
+# never starting with a dot (hidden files, "." and "..") nor ending with a dot or a space.
+COMPONENT = re.compile(r"[\w()\[\]+@,=#~-]([\w .()\[\]+@,=#~-]*[\w()\[\]+@,=#~-])?")
+# Zip bomb limits: unpacked bytes of one archive, and packing ratio of an entry over 1 MB.
+MAX_UNPACKED_BYTES = 20 * 1024 ** 3
+MAX_RATIO = 200
+RATIO_MIN_BYTES = 1024 * 1024
+MAX_ENTRIES = 1_000_000
+
+
+class UploadError(Exception):
+    """An upload or archive is refused; the message (Russian) goes back to 1C."""
+
+
+def safe_name(filename: str | None) -> str:
+    """The client's file name as a checked relative path, or UploadError saying what is wrong."""
+    if not filename:
+        raise UploadError("не указано имя файла (параметр filename)")
+    shown = repr(filename[:80])
+    if len(filename) > MAX_NAME_CHARS:
+        raise UploadError(f"имя файла длиннее {MAX_NAME_CHARS} символов: {shown}…")
+    if "\\" in filename:
+        raise UploadError(f"обратная косая черта в имени файла: {shown}")
+    if filename.startswith("/"):
+        raise UploadError(f"абсолютный путь в имени файла: {shown}")
+    parts = filename.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise UploadError(f"слишком глубокая вложенность папок в имени файла: {shown}")
+    for part in parts:
+        if part in (".", ".."):
+            raise UploadError(f"переход по папкам («{part}») в имени файла: {shown}")
+        if not COMPONENT.fullmatch(part) or len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+            raise UploadError(f"недопустимые символы или пустая часть в имени файла: {shown}")
+    return filename
+
+
+def target_path(root: Path, name: str) -> Path:
+    """Where a checked name lives under root; refuses any path that still resolves outside it."""
+    path = root / name
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise UploadError(f"файл {name!r} оказался бы вне папки обмена")
+    return path
+
+
+def append_stream(stream, path: Path, limit: int, too_large: str) -> int:
+    """Append the request body to path in chunks; past ``limit`` bytes refuse with ``too_large``.
+
+    Returns the bytes written. On any failure the file is left as it was before this request (or
+    not there at all), so a refused chunk never corrupts what 1C sent earlier.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
+    with os.fdopen(fd, "ab") as handle:
+        start = handle.tell()
+        written = 0
+        try:
+            while chunk := stream.read(CHUNK_BYTES):
+                written += len(chunk)
+                if written > limit:
+                    raise UploadError(too_large)
+                handle.write(chunk)
+        except BaseException:
+            handle.truncate(start)
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise
+    return written
+
+
+def archive_names(archive: Path) -> list[str]:
+    """Names of the files in a zip (to tell whether an archive brings the file 1C asks to import)."""
+    with _open_zip(archive) as zf:
+        return [_entry_name(info) for info in zf.infolist() if not info.is_dir()]
+
+
+def extract_zip(archive: Path, root: Path) -> int:
+    """Extract a complete archive under root after checking every entry; returns the files written.
+
+    Refused as a whole, before anything is written: names that escape root (zip slip, absolute
+    names), symbolic links, and archives that unpack absurdly (zip bombs). The declared sizes
+    are trustworthy upper bounds: zipfile never reads past them and checks each CRC.
+    """
+    with _open_zip(archive) as zf:
+        entries = [info for info in zf.infolist() if not info.is_dir()]
+        _check_bomb(archive.name, entries)
+        targets = [(info, target_path(root, _entry_name(info))) for info in entries]
+        for info, path in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+            with zf.open(info) as source, os.fdopen(fd, "wb") as target:
+                while chunk := source.read(CHUNK_BYTES):
+                    target.write(chunk)
+    return len(targets)
+
+
+def _open_zip(archive: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UploadError(f"архив {archive.name} повреждён или передан не полностью: {exc}") from None
+
+
+def _entry_name(info: zipfile.ZipInfo) -> str:
+    """A zip entry's name, checked like an uploaded one (Windows separators read as folders)."""
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise UploadError(f"архив содержит символическую ссылку {info.filename[:80]!r}: не распакован")
+    try:
+        return safe_name(info.filename.replace("\\", "/"))
+    except UploadError as exc:
+        raise UploadError(f"архив не распакован: {exc}") from None
+
+
+def _check_bomb(name: str, entries: list[zipfile.ZipInfo]) -> None:
+    if len(entries) > MAX_ENTRIES:
+        raise UploadError(f"архив {name}: больше {MAX_ENTRIES} файлов, не распакован")
+    total = sum(info.file_size for info in entries)
+    if total > MAX_UNPACKED_BYTES:
+        raise UploadError(f"архив {name} распаковывается в {total} байт (больше {MAX_UNPACKED_BYTES}): не распакован")
+    for info in entries:
+        if info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise UploadError(f"архив {name}: файл {info.filename[:80]!r} сжат в {info.file_size // max(info.compress_size, 1)} раз "
+                              f"(больше {MAX_RATIO}) — похоже на zip-бомбу, не распакован")
