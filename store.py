@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+import operator
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -523,19 +524,46 @@ class Run:
     def upsert(self, table: str, rows: Iterable[dict], pk: tuple[str, ...]) -> int:
         """Insert or update rows of this source, streaming them in chunks."""
         count = 0
-        for chunk in _chunks(rows, 1000):
-            for row in chunk:
-                row["source"] = self.source
-            columns = list(chunk[0])
-            updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in pk)
-            sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-                   f"ON CONFLICT ({', '.join(pk)}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING"))
-            self.db.conn.executemany(sql, [[row.get(c) for c in columns] for row in chunk])
+        source = self.source
+        statements: dict[tuple, tuple] = {}  # per column set: the SQL and a row → parameters getter
+        for chunk in _chunks(rows, UPSERT_CHUNK):
+            first = chunk[0]
+            columns = tuple(first) if "source" in first else (*first, "source")
+            try:
+                sql, values = statements[columns]
+            except KeyError:
+                sql, values = statements[columns] = _upsert_statement(table, columns, pk)
+            try:
+                params = [(source, *values(row)) for row in chunk]
+            except KeyError:  # a row lacks a column of the first one: it gets NULL there
+                params = [(source, *[row.get(c) for c in columns if c != "source"]) for row in chunk]
+            self.db.conn.executemany(sql, params)
             count += len(chunk)
         return count
 
 
+UPSERT_CHUNK = 2000
+
+
+def _upsert_statement(table: str, columns: tuple[str, ...], pk: tuple[str, ...]):
+    """INSERT … ON CONFLICT for these columns, and a getter of a row's values (``source`` bound first)."""
+    others = [c for c in columns if c != "source"]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in pk)
+    sql = (f"INSERT INTO {table} (source{''.join(', ' + c for c in others)}) VALUES ({', '.join('?' * (len(others) + 1))}) "
+           f"ON CONFLICT ({', '.join(pk)}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING"))
+    if not others:
+        return sql, lambda row: ()
+    if len(others) == 1:
+        getter = operator.itemgetter(others[0])
+        return sql, lambda row: (getter(row),)
+    return sql, operator.itemgetter(*others)
+
+
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    if isinstance(items, list):  # slices, without a Python step per item
+        for start in range(0, len(items), size):
+            yield items[start:start + size]
+        return
     chunk = []
     for item in items:
         chunk.append(item)

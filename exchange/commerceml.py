@@ -35,7 +35,8 @@ SOURCE = "exchange"
 ROOT_TAG = "КоммерческаяИнформация"
 SECTIONS = ("Классификатор", "Каталог", "ПакетПредложений")
 # Only the end tags of these records reach Python; everything inside them stays in lxml until then.
-EVENT_TAGS = (ROOT_TAG, *SECTIONS, "Группа", "Свойство", "ТипЦены", "Склад", "ЕдиницаИзмерения", "Товар", "Предложение")
+# Warehouses are read at the end of their list (Склады): a Склад also sits in every offer, as its stock.
+EVENT_TAGS = (ROOT_TAG, *SECTIONS, "Группа", "Свойство", "ТипЦены", "Склады", "ЕдиницаИзмерения", "Товар", "Предложение")
 PROLOG_BYTES = 65536
 DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 FIRST_ELEMENT = re.compile(rb"<[^?!]")
@@ -147,14 +148,29 @@ def _local(tag) -> str:
 def _children(element) -> dict:
     """The first child of each local name: the fields of one record."""
     fields = {}
+    names = _LOCAL_NAMES
     for child in element:
-        fields.setdefault(_local(child.tag), child)
+        tag = child.tag
+        name = names[tag] if tag in names else _local(tag)
+        if name not in fields:
+            fields[name] = child
     return fields
 
 
 def _all(element, name: str) -> list:
     """Every child with this local name (repeated fields: pictures, barcodes, values)."""
-    return [] if element is None else [child for child in element if _local(child.tag) == name]
+    return [] if element is None else list(element.iterchildren(_ANY_NAMESPACE[name]))
+
+
+class _AnyNamespace(dict):
+    """'{*}name' per local name: lxml matches it in C, in any namespace or none, without making tag strings."""
+
+    def __missing__(self, name: str) -> str:
+        self[name] = f"{{*}}{name}"
+        return self[name]
+
+
+_ANY_NAMESPACE = _AnyNamespace()
 
 
 def _text(element) -> str:
@@ -183,6 +199,9 @@ def _decimal(text: str, what: str) -> Decimal:
 
 
 def _kopecks(text: str) -> int:
+    whole, _, cents = text.partition(",") if "," in text else text.partition(".")
+    if whole.isascii() and whole.isdigit() and len(cents) <= 2 and (not cents or cents.isascii() and cents.isdigit()):
+        return int(whole) * 100 + (int(cents) * (10 if len(cents) == 1 else 1) if cents else 0)  # '1234', '12,5', '99.90'
     value = _decimal(text, "цена")
     if value < 0:
         raise _Malformed(f"цена «{text}» отрицательная")
@@ -193,7 +212,12 @@ def _quantity(text: str) -> float:
     if not text:
         return 0.0
     try:
-        value = float(text.translate(SPACES).replace(",", "."))
+        value = float(text)  # float() takes what the general path makes of a text without inner spaces or commas
+    except ValueError:
+        value = None
+    try:
+        if value is None:
+            value = float(text.translate(SPACES).replace(",", "."))
     except ValueError:
         raise _Malformed(f"остаток «{text}» не число") from None
     if not math.isfinite(value):
@@ -380,7 +404,7 @@ class _Importer:
         self.references: dict[str, list] = {"price_types": [], "warehouses": []}
         self.records = 0
         self.handlers = {
-            "Группа": self._group, "Свойство": self._property, "ТипЦены": self._price_type, "Склад": self._warehouse,
+            "Группа": self._group, "Свойство": self._property, "ТипЦены": self._price_type, "Склады": self._warehouses,
             "ЕдиницаИзмерения": self._unit_of_measure, "Товар": self._good, "Предложение": self._offer,
             "Классификатор": self._section, "Каталог": self._section, "ПакетПредложений": self._section,
         }
@@ -494,8 +518,12 @@ class _Importer:
     def _price_type(self, element) -> bool:
         return self._reference(element, "ТипыЦен", "price_types", "тип цены")
 
-    def _warehouse(self, element) -> bool:
-        return self._reference(element, "Склады", "warehouses", "склад")
+    def _warehouses(self, element) -> bool:
+        """Each Склад of a Склады list; the list itself stays (clearing it would drop its section's fields)."""
+        for child in element:
+            if _local(child.tag) == "Склад":
+                self._reference(child, "Склады", "warehouses", "склад")
+        return False
 
     def _reference(self, element, container: str, table: str, what: str) -> bool:
         """Price types and warehouses: small lists, written once the file is read."""
