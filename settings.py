@@ -8,6 +8,7 @@ test keeps the two in step.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -182,7 +183,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping
     elif explicit:
         raise ConfigError(f"config file {config_path} does not exist (named by SKLADBRIDGE_CONFIG or --config)")
     else:
-        raw, base_dir, config_path = _deep_copy(DEMO), Path.cwd(), None
+        raw, base_dir, config_path = copy.deepcopy(DEMO), Path.cwd(), None
 
     for variable, key_path in ENVIRONMENT.items():
         if environ.get(variable):
@@ -377,11 +378,3 @@ def _set_path(raw: dict, key_path: tuple[str, ...], value: str) -> None:
             child = node[part] = {}
         node = child
     node[key_path[-1]] = value
-
-
-def _deep_copy(value):
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value

@@ -11,7 +11,6 @@ offers/s, peak RSS < 150 MB and flat from 10k to 100k.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sync_bench import start_emulator  # noqa: E402  (bench scripts live side by side)
+from sync_bench import size_arguments, start_emulator  # noqa: E402  (bench scripts live side by side)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,17 +50,13 @@ def child(base_url: str, data_dir: str, mode: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, action="append", help="assortment rows (repeatable)")
-    parser.add_argument("--latency-ms", type=int, default=20)
-    args = parser.parse_args()
-    sizes = args.rows or [10_000, 100_000]
-    print(f"feed benchmark: emulator latency {args.latency_ms} ms")
+    sizes, latency_ms = size_arguments(__doc__)
+    print(f"feed benchmark: emulator latency {latency_ms} ms")
     print(f"{'rows':>8} {'offers':>8} {'MB':>6} | {'full build s':>12} {'requests':>8} {'RSS MB':>7} | "
           f"{'render s':>8} {'offers/s':>9} {'+publish s':>10} {'RSS MB':>7}")
     results = []
     for rows in sizes:
-        emulator, base_url = start_emulator(rows, args.latency_ms)
+        emulator, base_url = start_emulator(rows, latency_ms)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 full = child(base_url, tmp, "sync")

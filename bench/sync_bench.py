@@ -85,17 +85,22 @@ def measure(rows: int, latency_ms: int) -> dict:
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def size_arguments(description: str) -> tuple[list[int], int]:
+    """The catalog sizes (default 10k and 100k rows) and emulator latency a benchmark runs with."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, action="append", help="assortment rows (repeatable)")
     parser.add_argument("--latency-ms", type=int, default=20)
     args = parser.parse_args()
-    sizes = args.rows or [10_000, 100_000]
-    print(f"sync benchmark: emulator latency {args.latency_ms} ms, MoySklad limits on (45 units / 3 s)")
+    return args.rows or [10_000, 100_000], args.latency_ms
+
+
+def main() -> None:
+    sizes, latency_ms = size_arguments(__doc__)
+    print(f"sync benchmark: emulator latency {latency_ms} ms, MoySklad limits on (45 units / 3 s)")
     print(f"{'rows':>8} {'requests':>9} {'budget':>7} {'429s':>5} {'retries':>7} {'wall s':>8} {'rows/s':>8} {'peak RSS MB':>12}")
     results = []
     for rows in sizes:
-        f = measure(rows, args.latency_ms)
+        f = measure(rows, latency_ms)
         results.append(f)
         print(f"{f['rows']:>8} {f['requests']:>9} {f['budget']:>7} {f['throttled']:>5} {f['retries']:>7} "
               f"{f['seconds']:>8.1f} {f['rows_per_s']:>8.0f} {f['peak_rss_mb']:>12.1f}", flush=True)

@@ -25,7 +25,6 @@ KIND_PRODUCT = "product"
 KIND_VARIANT = "variant"
 KIND_SERVICE = "service"
 KIND_BUNDLE = "bundle"
-STOCK_KINDS = (KIND_PRODUCT, KIND_VARIANT)
 
 MAX_IMAGES = 10
 # XOR masks over the node part of an item UUID give its image ids, reversibly, without a table.

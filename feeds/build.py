@@ -80,17 +80,17 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
         try:
             with store.run(feed_source(feed), "build", "forced" if force else None) as run:
                 remove_leftovers(feeds_dir, feed.name)
-                stats = RenderStats()
+                rendered: list[RenderStats] = []  # filled by write(), which publish() calls
 
                 def write(out) -> tuple[int, int]:
                     render_started = time.monotonic()
                     with CatalogReader(settings.store_path) as reader:
                         options = resolve_options(reader, feed, settings.public_url)
-                        rendered = render_icml(reader, options, out, scratch_dir=feeds_dir,
-                                               progress=(lambda n: progress("render", n)) if progress else None)
-                    stats.__dict__.update(rendered.__dict__)
+                        result = render_icml(reader, options, out, scratch_dir=feeds_dir,
+                                             progress=(lambda n: progress("render", n)) if progress else None)
+                    rendered.append(result)
                     run.stats.counts["render_seconds"] = round(time.monotonic() - render_started, 3)
-                    return rendered.offers, rendered.offers - rendered.inactive
+                    return result.offers, result.offers - result.inactive
 
                 try:
                     published = publish(feeds_dir, feed.name, write, previous_active=previous_active,
@@ -99,6 +99,7 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
                     run.stats.counts["guard"] = "refused"
                     raise
                 finally:
+                    stats = rendered[0] if rendered else RenderStats()
                     _record(run, stats)
                 run.stats.counts.update(size=published.size, published=True,
                                         guard="forced" if force else "passed",

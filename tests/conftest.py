@@ -75,3 +75,21 @@ def live_app(app):
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+
+
+@pytest.fixture
+def serve():
+    """Serve an app built from settings on loopback (threaded); yields a function returning its base URL."""
+    from app import create_app
+
+    servers = []
+
+    def start(settings: Settings) -> str:
+        server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()

@@ -3,8 +3,6 @@
 import gzip
 import http.client
 import json
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta

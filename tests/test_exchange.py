@@ -17,9 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
-from app import create_app
 from exchange import commerceml
 from settings import ConfigError, ExchangeSettings, MoySkladSettings, Settings, load_settings, redacted
 from store import CatalogStore
@@ -104,22 +102,6 @@ def exchange_settings(tmp_path: Path, **overrides) -> Settings:
     values.update(overrides)
     return Settings(data_dir=tmp_path / "data", moysklad=MoySkladSettings(token="unused"),
                     exchange=ExchangeSettings(**values))
-
-
-@pytest.fixture
-def serve():
-    """Serve an app built from settings on loopback (threaded); yields a function returning its base URL."""
-    servers = []
-
-    def start(settings: Settings) -> str:
-        server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
 
 
 def catalog(settings: Settings) -> dict:

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from exchange import sessions as exchange_sessions
-from test_exchange import FILE_LIMIT, LOGIN, PASSWORD, OneC, catalog, exchange_settings, fixture, make_zip, serve, sessions  # noqa: F401
+from test_exchange import FILE_LIMIT, LOGIN, PASSWORD, OneC, catalog, exchange_settings, fixture, make_zip, sessions
 
 GOOD_IMPORT = ("1c-official-2.04", "import.xml")
 

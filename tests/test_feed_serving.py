@@ -7,37 +7,26 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import pytest
 import requests
 from lxml import etree
-from werkzeug.serving import make_server
 
-from app import create_app
 from conftest import EMULATOR_TOKEN
 from feeds.build import build_feed
+from settings import load_settings
 from test_feeds import feed_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cr3t-Feed-Token-0123456789"
 
 
-@pytest.fixture
-def serve():
-    """Serve an app built from settings on loopback; yields a function returning its base URL."""
-    servers = []
-
-    def start(settings):
-        server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
+def cli_config(tmp_path, server, extra: str = "") -> tuple[Path, dict]:
+    """A config file for ``flask feeds build`` against an emulator, and the environment with its token."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: data\n{extra}moysklad:\n  base_url: {server.base_url}\n"
+                      f"feeds:\n  - name: main\n    pictures: none\n", encoding="utf-8")
+    return config, dict(os.environ, SKLADBRIDGE_CONFIG=str(config), MOYSKLAD_TOKEN=EMULATOR_TOKEN)
 
 
 def offer_count(body: bytes) -> int:
@@ -130,11 +119,7 @@ def test_readers_get_whole_files_while_the_feed_is_rebuilt(tmp_path, emulator_fa
 
 def test_a_build_killed_mid_render_leaves_the_old_feed_served(tmp_path, emulator_factory, serve):
     server = emulator_factory(products=30000, seed=6)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"data_dir: data\npublic_url: http://127.0.0.1\nmoysklad:\n  base_url: {server.base_url}\n"
-        f"feeds:\n  - name: main\n    pictures: none\n", encoding="utf-8")
-    env = dict(os.environ, SKLADBRIDGE_CONFIG=str(config), MOYSKLAD_TOKEN=EMULATOR_TOKEN)
+    config, env = cli_config(tmp_path, server, extra="public_url: http://127.0.0.1\n")
     flask = [sys.executable, "-m", "flask", "--app", "app", "feeds", "build"]
     first = subprocess.run(flask, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
@@ -150,7 +135,7 @@ def test_a_build_killed_mid_render_leaves_the_old_feed_served(tmp_path, emulator
     process.wait()
     assert process.returncode == -signal.SIGKILL
     assert feed.read_bytes() == before
-    base = serve(__import__("settings").load_settings(config, environ=env))
+    base = serve(load_settings(config, environ=env))
     served = requests.get(base + "/feeds/main.xml", headers={"Accept-Encoding": "identity"}, timeout=10)
     assert served.content == before
     assert list(feed.parent.glob(".main.*.tmp"))  # what the killed build left behind...
@@ -163,12 +148,8 @@ def test_a_build_killed_mid_render_leaves_the_old_feed_served(tmp_path, emulator
 
 def test_a_big_catalog_rendered_by_several_processes_equals_a_single_process_render(tmp_path, emulator_factory):
     server = emulator_factory(products=9000, seed=8)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"data_dir: data\nmoysklad:\n  base_url: {server.base_url}\n"
-        f"feeds:\n  - name: main\n    pictures: none\n", encoding="utf-8")
-    env = dict(os.environ, SKLADBRIDGE_CONFIG=str(config), MOYSKLAD_TOKEN=EMULATOR_TOKEN)
-    settings = __import__("settings").load_settings(config, environ=env)
+    config, env = cli_config(tmp_path, server)
+    settings = load_settings(config, environ=env)
     single = build_feed(settings, settings.feeds[0])  # in this process: threads run here, so one process renders
     assert single.offers >= 5000  # large enough for the command line to render in parallel
     one = etree.parse(str(tmp_path / "data" / "feeds" / "main.xml")).getroot()

@@ -3,7 +3,6 @@
 import collections
 import json
 import math
-import threading
 import time
 
 import pytest
