@@ -3,7 +3,7 @@
 Generates import.xml and offers.xml for N goods (streamed to disk, ~1 KB per good in all), starts
 gunicorn (one worker) on loopback, then runs checkauth, init, the upload in 1 MB chunks and the
 import polling loop. Prints MB/s of the upload and of parse+store, goods/s, and the peak RSS of the
-server's worker process (its VmHWM, read from /proc).
+server's worker (which writes the store) and of the parser process an import starts (VmHWM, /proc).
 
     python bench/exchange_bench.py                 # 100,000 goods (~100 MB)
     python bench/exchange_bench.py --goods 20000
@@ -93,15 +93,43 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("gunicorn did not start")
 
 
-def peak_rss_mb(master_pid: int) -> float:
-    """The largest VmHWM among the master's children (the workers)."""
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    peaks = []
-    for pid in children:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peaks.append(int(line.split()[1]) / 1024)
-    return max(peaks)
+class PeakRss:
+    """Peak RSS (VmHWM from /proc) of every process under the gunicorn master, sampled while they live:
+    the worker that writes the store, and the parser processes each import starts (via a fork server)."""
+
+    def __init__(self, master_pid: int):
+        self.master_pid = master_pid
+        self.peaks: dict[int, tuple[str, float]] = {}
+
+    def sample(self) -> None:
+        for pid in self._descendants(self.master_pid):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue  # ended meanwhile
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+            if "VmHWM" in fields:
+                self.peaks[pid] = (self._role(pid), int(fields["VmHWM"].split()[0]) / 1024)
+
+    def largest(self, role: str) -> float:
+        return max((mb for r, mb in self.peaks.values() if r == role), default=0.0)
+
+    def _role(self, pid: int) -> str:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return "gone"
+        if b"gunicorn" in command:
+            return "worker"
+        return "fork server" if b"forkserver" in command else "parser"
+
+    @classmethod
+    def _descendants(cls, pid: int) -> list[int]:
+        try:
+            children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+        return children + [d for child in children for d in cls._descendants(child)]
 
 
 def call(base: str, cookie: str, mode: str, **kwargs) -> list[str]:
@@ -133,16 +161,19 @@ def run(goods: int, workdir: Path) -> None:
                     assert call(base, cookie, "file", filename=path.name, data=chunk) == ["success"]
         upload = time.monotonic() - started
         print(f"upload:       {upload:6.1f} s  {total_mb / upload:7.1f} MB/s  (1 MB chunks, {int(total_mb) + 2} requests)")
-        started, polls = time.monotonic(), 0
+        started, polls, rss = time.monotonic(), 0, PeakRss(server.pid)
         for path in files:
             while (answer := call(base, cookie, "import", filename=path.name))[0] == "progress":
                 polls += 1
+                rss.sample()
                 time.sleep(0.5)
             assert answer == ["success"], answer
         parse = time.monotonic() - started
         print(f"parse+store:  {parse:6.1f} s  {total_mb / parse:7.1f} MB/s  {goods / parse:8.0f} goods/s  ({polls} progress polls)")
         assert call(base, cookie, "complete") == ["success"]
-        print(f"server peak RSS (worker VmHWM): {peak_rss_mb(server.pid):.0f} MB")
+        rss.sample()
+        worker, parser = rss.largest("worker"), rss.largest("parser")
+        print(f"server peak RSS (VmHWM): worker {worker:.0f} MB + parser {parser:.0f} MB = {worker + parser:.0f} MB")
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -1,8 +1,9 @@
 """CommerceML import benchmark: a generated import.xml (~110 MB for 100,000 goods) and offers.xml.
 
 The files are written to disk as they are generated (never built in memory), then each is
-imported into a fresh store by its own child process, which reports the time and its peak RSS.
-Goals: >= 20 MB/s and peak RSS < 150 MB.
+imported into a fresh store by its own child process, which reports the time and the peak RSS of
+both processes an import runs in: the writer (the store) and the parser it starts. Goals: >= 20 MB/s
+and peak RSS < 150 MB, counted as the sum of the two.
 
     python bench/exchange_parse_bench.py                   # 100,000 goods
     python bench/exchange_parse_bench.py --goods 20000
@@ -38,7 +39,8 @@ started = time.monotonic()
 result = import_file(store, path, upload_dir=path.parent, images_dir=path.parent / "images")
 seconds = time.monotonic() - started
 print(json.dumps({"kind": result.kind, "counts": result.counts, "seconds": seconds, "mb": path.stat().st_size / 1e6,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "parser_rss_mb": result.parser_peak_rss_mb}))
 """
 
 
@@ -128,16 +130,17 @@ def main() -> None:
         write_import(tmp / "import.xml", args.goods, rng)
         write_offers(tmp / "offers.xml", args.goods, rng)
         print(f"CommerceML import benchmark: {args.goods} goods")
-        print(f"{'file':<12} {'kind':<7} {'MB':>7} {'seconds':>8} {'MB/s':>7} {'RSS MB':>7}  counts")
+        print(f"{'file':<12} {'kind':<7} {'MB':>7} {'seconds':>8} {'MB/s':>7} {'writer MB':>9} {'parser MB':>9} {'sum MB':>7}  counts")
         results = []
         for name in ("import.xml", "offers.xml"):
             result = child(tmp / "catalog.sqlite", tmp / name)
             results.append(result)
             counts = {k: v for k, v in result["counts"].items() if v and k in ("groups", "goods", "offers", "prices", "stock", "attributes")}
             print(f"{name:<12} {result['kind']:<7} {result['mb']:>7.1f} {result['seconds']:>8.2f} "
-                  f"{result['mb'] / result['seconds']:>7.1f} {result['peak_rss_mb']:>7.1f}  {counts}", flush=True)
+                  f"{result['mb'] / result['seconds']:>7.1f} {result['peak_rss_mb']:>9.1f} {result['parser_rss_mb']:>9.1f} "
+                  f"{result['peak_rss_mb'] + result['parser_rss_mb']:>7.1f}  {counts}", flush=True)
     fast = all(r["mb"] / r["seconds"] >= 20 for r in results)
-    small = all(r["peak_rss_mb"] < 150 for r in results)
+    small = all(r["peak_rss_mb"] + r["parser_rss_mb"] < 150 for r in results)
     print(f"goal >= 20 MB/s: {'met' if fast else 'MISSED'}; goal peak RSS < 150 MB: {'met' if small else 'MISSED'}")
 
 

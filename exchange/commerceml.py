@@ -15,12 +15,16 @@ import functools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
+import resource
 import shutil
+import traceback
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from json.encoder import encode_basestring
 from pathlib import Path
@@ -47,7 +51,7 @@ PICTURE_TYPES = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
 TECHNICAL_REQUISITES = {"ОписаниеФайла", "Вес"}
 # SQLite page cache during an import (KiB): random ids touch pages all over the tables, and the
 # default 2 MB cache makes a 100,000-goods file spend twice as long in SQLite.
-IMPORT_CACHE_KIB = 65536
+IMPORT_CACHE_KIB = 49152
 SPACES = str.maketrans("", "", " \xa0\u202f\t\r\n")
 DOCTYPE_REFUSED = ("объявление DOCTYPE в файле обмена не допускается (в CommerceML его не бывает, а сущности "
                    "в нём могут читать файлы сервера); файл отклонён")
@@ -72,6 +76,7 @@ class ImportResult:
     kind: str
     counts: dict
     run_id: int
+    parser_peak_rss_mb: float = 0.0  # of the parser process; the writer's is the caller's own
 
 
 def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir: Path,
@@ -80,12 +85,89 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
     path = Path(path)
     if not path.is_file():
         raise CommerceMLError(f"Файл {path.name} не найден среди загруженных файлов")
-    with store.run(SOURCE, "import") as run, _page_cache(run.db.conn, IMPORT_CACHE_KIB):
-        importer = _Importer(run, path, Path(upload_dir), Path(images_dir), progress)
+    with store.run(SOURCE, "import") as run, _page_cache(run.db.conn, IMPORT_CACHE_KIB), \
+            _parser_process(path, Path(upload_dir), Path(images_dir)) as messages:
+        for message in messages:
+            if message[0] == "batch":
+                _, batch, records = message
+                for table, count in batch.write(run).items():
+                    run.stats.add(table, count)
+                if progress:
+                    progress(records)
+            elif message[0] == "skip":
+                item_type, item_id, name, reason = message[1]
+                log.info("exchange: skipped %s %s (%s) in %s: %s", item_type, item_id, name, path.name, reason)
+                run.skip(item_type, item_id or None, name or None, reason)
+            elif message[0] == "setting":
+                run.set_setting(*message[1])
+            else:
+                summary = message[1]
+        summary.apply(run)
+        log.info("exchange: %s imported as %s: %s", path.name, summary.kind, run.stats.counts)
+    return ImportResult(kind=summary.kind, counts=dict(run.stats.counts), run_id=run.id,
+                        parser_peak_rss_mb=summary.peak_rss_mb)
+
+
+class ParserCrashed(RuntimeError):
+    """The parser process failed unexpectedly; the message is its traceback, for the server log."""
+
+
+# The parser runs in a process of its own while this one writes the store: lxml and the Python of
+# reading records on one core, SQLite on the other. The fork server is a clean process (no threads
+# of gunicorn or the scheduler), so forking it is safe; batches travel pickled through a pipe, whose
+# small buffer keeps about one batch in flight, so memory stays flat.
+_PROCESSES = multiprocessing.get_context("forkserver")
+_PROCESSES.set_forkserver_preload([__name__])
+
+
+@contextlib.contextmanager
+def _parser_process(path: Path, upload_dir: Path, images_dir: Path):
+    """The parser's messages, in order; the process is stopped whatever happens to the run."""
+    receiver, sender = _PROCESSES.Pipe(duplex=False)
+    process = _PROCESSES.Process(target=_parse_in_child, args=(sender, path, upload_dir, images_dir),
+                                 name=f"commerceml-parser {path.name}", daemon=True)
+    process.start()
+    sender.close()
+    try:
+        yield _messages(receiver, path)
+    finally:
+        receiver.close()  # a parser still sending gets a broken pipe and exits
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _messages(receiver, path: Path) -> Iterator[tuple]:
+    while True:
+        try:
+            message = receiver.recv()
+        except (EOFError, OSError):  # OSError: the pipe ended in the middle of a message
+            raise CommerceMLError(f"Файл {path.name}: процесс разбора файла неожиданно остановился; "
+                                  "ничего из файла не сохранено, повторите обмен") from None
+        if message[0] == "error":
+            raise CommerceMLError(message[1])
+        if message[0] == "crash":
+            raise ParserCrashed(message[1])
+        yield message
+        if message[0] == "done":
+            return
+
+
+def _parse_in_child(sender, path: Path, upload_dir: Path, images_dir: Path) -> None:
+    """The parser process: every outcome, even a crash, reaches the writer as a message."""
+    try:
+        importer = _Importer(sender, path, upload_dir, images_dir)
         importer.parse()
-        kind = importer.finish()
-        log.info("exchange: %s imported as %s: %s", path.name, kind, run.stats.counts)
-    return ImportResult(kind=kind, counts=dict(run.stats.counts), run_id=run.id)
+        sender.send(("done", importer.finish()))
+    except CommerceMLError as exc:
+        sender.send(("error", str(exc)))
+    except BrokenPipeError:
+        pass  # the writer gave up (its run failed or its process stopped): nothing to tell
+    except BaseException:  # noqa: BLE001 — the writer must hear of it rather than wait forever
+        sender.send(("crash", f"CommerceML parser process failed on {path.name}:\n{traceback.format_exc()}"))
+    finally:
+        sender.close()
 
 
 @contextlib.contextmanager
@@ -327,14 +409,10 @@ def _requisites(element) -> list[tuple[str, str]]:
 
 # --- writing ----------------------------------------------------------------------------------------
 
-class _Writer:
-    """Rows of one file, buffered and written every BATCH records so memory stays flat."""
+class _Batch:
+    """Rows of BATCH records, sent to the writing process together and written there."""
 
-    def __init__(self, run: Run):
-        self.run = run
-        self.reset()
-
-    def reset(self) -> None:
+    def __init__(self):
         self.categories: list[dict] = []
         self.products: list[dict] = []
         self.variant_cards: list[dict] = []  # written unless this run already wrote the card
@@ -353,11 +431,12 @@ class _Writer:
         owners.append(owner_id)
         all_rows.extend(rows)
 
-    def flush(self) -> None:
-        run = self.run
+    def write(self, run: Run) -> dict[str, int]:
+        """Write every row; returns the rows written per child table."""
+        counts = {}
         run.upsert_categories(self.categories)
         run.upsert_products(self.products)
-        self._write_cards()
+        self._write_cards(run)
         for rows in self.offers.values():
             run.upsert_offers(rows)
         run.mark_seen("offers", self.touched)
@@ -365,14 +444,13 @@ class _Writer:
                            ("stock", "warehouse_id")):
             owners, rows = self.children[table]
             owner_column = "offer_id" if table in ("prices", "stock") else "owner_id"
-            run.stats.add(table, run.replace_children(table, owner_column, owners, rows, ("source", owner_column, key)))
+            counts[table] = run.replace_children(table, owner_column, owners, rows, ("source", owner_column, key))
         run.upsert("image_cache", self.image_cache, ("source", "image_id"))
-        self.reset()
+        return counts
 
-    def _write_cards(self) -> None:
+    def _write_cards(self, run: Run) -> None:
         """Cards made up from a variant Товар (kept fresh, but a real Товар of this run wins) or from an
         offer (only when the store has no card; an existing one just counts as seen)."""
-        run = self.run
         variants = {card["id"]: card for card in reversed(self.variant_cards)}  # the first of each product wins
         seen = run.seen_runs("products", list(variants))
         run.upsert_products(card for card_id, card in variants.items() if seen.get(card_id, -1) != run.id)
@@ -382,18 +460,62 @@ class _Writer:
         run.mark_seen("products", [card_id for card_id, seen_run in seen.items() if seen_run != run.id])
 
 
+@dataclass
+class _Summary:
+    """What the whole file says once read: its kind, sections, reference lists and units."""
+
+    kind: str
+    full: dict[str, bool]
+    listed: set[str]
+    references: dict[str, list]
+    units: dict[str, dict]
+    counts: Counter = field(default_factory=Counter)
+    peak_rss_mb: float = 0.0
+
+    def apply(self, run: Run) -> None:
+        """Write the reference lists and units, and reconcile a full file."""
+        for key, count in self.counts.items():
+            run.stats.add(key, count)
+        for table, rows in self.references.items():
+            if rows:
+                full = all([row.pop("full") for row in rows])
+                write = run.replace_all if full else run.upsert
+                run.stats.add(table, write(table, rows, ("source", "id")))
+        if self.units:
+            run.stats.add("units", run.upsert("units", list(self.units.values()), ("source", "id")))
+        self._reconcile(run)
+        run.mode = "full" if any(self.full.values()) else "changes"
+
+    def _reconcile(self, run: Run) -> None:
+        """A full file: what it lacks is marked removed (never deleted), each file only for what it lists."""
+        tables = []
+        if self.kind == "import":
+            if self.full.get("Классификатор") and run.stats.counts.get("groups"):
+                tables.append("categories")
+            if self.full.get("Каталог") and "Товары" in self.listed:
+                tables += ["products", "offers"]
+            offer_kinds = ("product",)
+        else:
+            if self.kind == "offers" and self.full.get("ПакетПредложений") and "Предложения" in self.listed:
+                tables.append("offers")
+            offer_kinds = ("variant",)
+        if tables:
+            for table, count in run.mark_unseen_removed(tuple(tables), offer_kinds).items():
+                run.stats.add(f"removed_{table}", count)
+
+
 # --- the document -----------------------------------------------------------------------------------
 
 class _Importer:
-    """Reads one document record by record and hands the rows to a :class:`_Writer`."""
+    """Reads one document record by record and sends its rows, a :class:`_Batch` at a time, to the writer."""
 
-    def __init__(self, run: Run, path: Path, upload_dir: Path, images_dir: Path, progress):
-        self.run = run
+    def __init__(self, sender, path: Path, upload_dir: Path, images_dir: Path):
+        self.sender = sender  # the pipe to the process that writes the store
         self.path = path
         self.upload_dir = upload_dir.resolve()
         self.images_dir = images_dir
-        self.progress = progress
-        self.writer = _Writer(run)
+        self.batch = _Batch()
+        self.counts: Counter = Counter()
         self.checked = False
         self.updated: str | None = None
         self.full: dict[str, bool] = {}  # the sections the file has: lists everything (True) or changes
@@ -458,16 +580,17 @@ class _Importer:
 
     def _counted(self, key: str) -> None:
         """One record read: count it, and every BATCH records write the buffers and report progress."""
-        self.run.stats.add(key)
+        self.counts[key] += 1
         self.records += 1
         if self.records % BATCH == 0:
-            self.writer.flush()
-            if self.progress:
-                self.progress(self.records)
+            self._send_batch()
+
+    def _send_batch(self) -> None:
+        self.sender.send(("batch", self.batch, self.records))
+        self.batch = _Batch()
 
     def _skip(self, item_type: str, item_id: str | None, name: str | None, reason: str) -> None:
-        log.info("exchange: skipped %s %s (%s) in %s: %s", item_type, item_id, name, self.path.name, reason)
-        self.run.skip(item_type, item_id or None, name or None, reason)
+        self.sender.send(("skip", (item_type, item_id, name, reason)))
 
     # records
 
@@ -480,7 +603,7 @@ class _Importer:
         self.listed.update(name for name in ("Товары", "Предложения") if name in fields)
         owner = _text(_children(fields["Владелец"]).get("Наименование")) if "Владелец" in fields else ""
         if owner:
-            self.run.set_setting("company", owner)
+            self.sender.send(("setting", ("company", owner)))
         return True
 
     def _group(self, element) -> bool:
@@ -493,7 +616,7 @@ class _Importer:
             self._skip("group", group_id, name, "у группы нет Ид" if not group_id else "у группы нет наименования")
             return True
         above = parent.getparent()
-        self.writer.categories.append({
+        self.batch.categories.append({
             "id": group_id, "name": name, "external_code": group_id, "archived": _deleted(fields),
             "parent_id": _text(_children(above).get("Ид")) or None if _local(above.tag) == "Группа" else None,
             "updated": self.updated,
@@ -512,7 +635,7 @@ class _Importer:
                 option_fields = _children(option)
                 options[_text(option_fields.get("ИдЗначения"))] = _text(option_fields.get("Значение"))
             self.properties[property_id] = (name, options)
-            self.run.stats.add("properties")
+            self.counts["properties"] += 1
         return True
 
     def _price_type(self, element) -> bool:
@@ -573,12 +696,12 @@ class _Importer:
                  "archived": card["archived"], "updated": self.updated}
         if characteristic:
             card["archived"] = 0  # a variant marked deleted does not archive its product
-            self.writer.variant_cards.append(card)
+            self.batch.variant_cards.append(card)
         else:
-            self.writer.products.append(card)
-        self.writer.offer(offer)
-        self.writer.replace("attributes", item_id, self._attributes(item_id, fields, requisites))
-        self.writer.replace("images", item_id, self._pictures(item_id, element) if "Картинка" in fields else [])
+            self.batch.products.append(card)
+        self.batch.offer(offer)
+        self.batch.replace("attributes", item_id, self._attributes(item_id, fields, requisites))
+        self.batch.replace("images", item_id, self._pictures(item_id, element) if "Картинка" in fields else [])
         self._counted("goods")
         return True
 
@@ -613,11 +736,11 @@ class _Importer:
         if name:
             self._offer_row(item_id, name, element, fields)
         else:
-            self.writer.touched.append(item_id)
+            self.batch.touched.append(item_id)
         if prices is not None:
-            self.writer.replace("prices", item_id, prices)
+            self.batch.replace("prices", item_id, prices)
         if stock is not None:
-            self.writer.replace("stock", item_id, stock)
+            self.batch.replace("stock", item_id, stock)
         self.shapes["named"] += bool(name)
         self.shapes["priced"] += prices is not None
         self.shapes["stocked"] += stock is not None
@@ -635,14 +758,14 @@ class _Importer:
             row["barcodes"] = _barcodes(element)
         if "ХарактеристикиТовара" in fields:
             row["characteristics"] = _characteristics(fields["ХарактеристикиТовара"])
-        self.writer.offer(row)
-        self.writer.missing_cards.append({
+        self.batch.offer(row)
+        self.batch.missing_cards.append({
             "id": product_id, "kind": "product", "name": name, "external_code": product_id,
             "category_id": _first_group(fields), "unit_id": self._unit_id(fields), "updated": self.updated})
         if "ЗначенияСвойств" in fields:
-            self.writer.replace("attributes", item_id, self._attributes(item_id, fields, []))
+            self.batch.replace("attributes", item_id, self._attributes(item_id, fields, []))
         if "Картинка" in fields:
-            self.writer.replace("images", item_id, self._pictures(item_id, element))
+            self.batch.replace("images", item_id, self._pictures(item_id, element))
 
     def _prices(self, offer_id: str, prices) -> list[dict] | None:
         if prices is None:
@@ -702,7 +825,7 @@ class _Importer:
             if not texts:
                 continue
             if property_id not in self.properties:
-                self.run.stats.add("unknown_property_values")
+                self.counts["unknown_property_values"] += 1
                 continue
             name, options = self.properties[property_id]
             rows.append({"owner_id": owner_id, "attribute_id": property_id, "name": name, "type": "property",
@@ -734,7 +857,7 @@ class _Importer:
                 continue
             rows.append({"owner_id": owner_id, "position": len(rows), "filename": Path(relative).name, "size": size,
                          "href": f"exchange:/download/{image_id}", "updated": self.updated})
-            self.writer.image_cache.append({"image_id": image_id, "owner_id": owner_id, "position": len(rows) - 1,
+            self.batch.image_cache.append({"image_id": image_id, "owner_id": owner_id, "position": len(rows) - 1,
                                             "size": size, "local_file": local_file, "fetched_at": utc_now()})
         return rows
 
@@ -763,20 +886,12 @@ class _Importer:
 
     # the end of the file
 
-    def finish(self) -> str:
-        """Write what is buffered, the reference lists and units; reconcile a full file; return its kind."""
+    def finish(self) -> _Summary:
+        """Send what is buffered; the summary tells the writer what else the file means."""
         kind = self._kind()
-        self.writer.flush()
-        for table, rows in self.references.items():
-            if rows:
-                full = all([row.pop("full") for row in rows])
-                write = self.run.replace_all if full else self.run.upsert
-                self.run.stats.add(table, write(table, rows, ("source", "id")))
-        if self.units:
-            self.run.stats.add("units", self.run.upsert("units", list(self.units.values()), ("source", "id")))
-        self._reconcile(kind)
-        self.run.mode = "full" if any(self.full.values()) else "changes"
-        return kind
+        self._send_batch()
+        return _Summary(kind, self.full, self.listed, self.references, self.units, self.counts,
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
     def _kind(self) -> str:
         """What the file is, by content: a Каталог makes an import; a package of offers is offers, prices or rests."""
@@ -793,20 +908,3 @@ class _Importer:
             return "import"
         raise CommerceMLError(f"Файл {self.path.name}: в нём нет ни классификатора, ни каталога, ни пакета "
                               "предложений; это не файл каталога (файлы заказов загружаются через type=sale)")
-
-    def _reconcile(self, kind: str) -> None:
-        """A full file: what it lacks is marked removed (never deleted), each file only for what it lists."""
-        tables = []
-        if kind == "import":
-            if self.full.get("Классификатор") and self.run.stats.counts.get("groups"):
-                tables.append("categories")
-            if self.full.get("Каталог") and "Товары" in self.listed:
-                tables += ["products", "offers"]
-            offer_kinds = ("product",)
-        else:
-            if kind == "offers" and self.full.get("ПакетПредложений") and "Предложения" in self.listed:
-                tables.append("offers")
-            offer_kinds = ("variant",)
-        if tables:
-            for table, count in self.run.mark_unseen_removed(tuple(tables), offer_kinds).items():
-                self.run.stats.add(f"removed_{table}", count)

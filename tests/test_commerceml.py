@@ -5,6 +5,9 @@ never from the importer itself.
 """
 
 import json
+import os
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -395,7 +398,48 @@ def test_deactivate_keeps_cards_that_only_offers_files_name(store, dirs, monkeyp
 
 
 def test_progress_is_reported_every_thousand_records(store, dirs):
+    """Every 1000 records written, then the total: 2500 goods and 1 group."""
     reported = []
     path = write(dirs, "import.xml", catalog([(f"n{i}", f"Товар {i}") for i in range(2500)]))
     import_file(store, path, upload_dir=dirs[0], images_dir=dirs[1], progress=reported.append)
-    assert reported == [1000, 2000]
+    assert reported == [1000, 2000, 2501]
+
+
+def parser_processes() -> list[int]:
+    """Processes our fork server started: the parsers of running imports."""
+    def children(pid: int) -> list[int]:
+        try:
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+    servers = [pid for pid in children(os.getpid()) if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return [parser for server in servers for parser in children(server)]
+
+
+def test_parser_process_killed_mid_import_changes_nothing(store, dirs):
+    """The parser runs in its own process; if the OOM killer or an operator kills it, the file fails
+    with a reason and nothing of it is saved, and the next import works."""
+    load(store, dirs, write(dirs, "import.xml", catalog([("keep", "Старый товар")])))
+    before = dump(store)
+    path = write(dirs, "import.xml", catalog([(f"n{i}", f"Товар {i}") for i in range(300_000)]))
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(error=_import_error(store, dirs, path)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not parser_processes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # well into the file: the first batches are already written in the open run
+    for pid in parser_processes():
+        os.kill(pid, signal.SIGKILL)
+    thread.join(60)
+    assert "процесс разбора файла неожиданно остановился" in outcome["error"]
+    assert dump(store) == before
+    assert load(store, dirs, write(dirs, "import.xml", catalog([("new", "Новый")]))).counts["goods"] == 1
+
+
+def _import_error(store, dirs, path) -> str:
+    try:
+        load(store, dirs, path)
+    except CommerceMLError as exc:
+        return str(exc)
+    return "imported without error"
