@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from logging_setup import configure_logging
 from settings import Settings, load_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app from settings (by default read from SKLADBRIDGE_CONFIG / ./config.yaml)."""
     settings = settings or load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.proxy_hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,
+                                x_host=settings.proxy_hops)
+    for account in settings.every_account():
+        account.data_dir.mkdir(parents=True, exist_ok=True)
 
     from status import status_bp
     from webhooks import webhooks_bp
@@ -32,6 +36,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     from exchange.web import exchange_bp
 
     app.register_blueprint(exchange_bp)
+
+    from orders_api import orders_api_bp
+
+    app.register_blueprint(orders_api_bp)
 
     from emulator.cli import emulator_cli
     from feeds.cli import feeds_cli

@@ -13,9 +13,13 @@ MAX_AGE = 24 * 3600
 
 
 @pictures_bp.get("/images/<filename>")
-def picture(filename: str):
-    """One cached picture; only names the cache itself writes, so no request can choose another path."""
+@pictures_bp.get("/images/<account>/<filename>")
+def picture(filename: str, account: str = ""):
+    """One cached picture (of the main account, or of another one); only names the cache itself
+    writes, so no request can choose another path."""
     if not FILE_NAME.fullmatch(filename):
         abort(404)
-    images_dir = current_app.config["SETTINGS"].data_dir / "images"
-    return send_from_directory(images_dir, filename, max_age=MAX_AGE, conditional=True, etag=True)
+    view = next((v for v in current_app.config["SETTINGS"].every_account() if v.account == account), None)
+    if view is None:
+        abort(404)
+    return send_from_directory(view.data_dir / "images", filename, max_age=MAX_AGE, conditional=True, etag=True)

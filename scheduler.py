@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import json
 import logging
 import os
 import re
 import threading
 import time
+from pathlib import Path
 from typing import IO
 
 from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
@@ -27,11 +29,12 @@ from feeds.build import BuildFailed, build_feed
 from moysklad.errors import MoySkladError
 from settings import FeedSettings, Settings
 from store import StoreError
-from webhooks import pending_rebuild, take_rebuild_request
+from webhooks import pending_rebuild, take_rebuild_request, write_note
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "scheduler.lock"
+BUILD_REQUESTS = "build-requests"  # notes from the health page's "build now" button, one per feed
 LOCK_RETRY_SECONDS = 30.0
 WEBHOOK_POLL_SECONDS = 2.0
 MISFIRE_GRACE_SECONDS = 3600  # a run missed by up to an hour (a stalled process, a suspend) still happens, once
@@ -65,7 +68,7 @@ def _take_over_when_free(app, settings: Settings, retry_seconds: float) -> None:
             return
 
 
-def _acquire_lock(settings: Settings) -> IO | None:
+def _acquire_lock(settings: Settings, note_pid: bool = True) -> IO | None:
     """The scheduler lock, held for as long as the returned file stays open; None when taken."""
     handle = open(settings.data_dir / LOCK_FILE, "a+")
     try:
@@ -73,11 +76,22 @@ def _acquire_lock(settings: Settings) -> IO | None:
     except BlockingIOError:
         handle.close()
         return None
+    if not note_pid:
+        return handle
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def scheduler_running(settings: Settings) -> bool:
+    """Whether some process holds the scheduler lock (tried, never kept, from any process)."""
+    lock = _acquire_lock(settings, note_pid=False)
+    if lock is None:
+        return True
+    _release(lock)
+    return False
 
 
 def _lock_holder(settings: Settings) -> str:
@@ -90,26 +104,40 @@ def _lock_holder(settings: Settings) -> str:
 
 def _run_jobs(app, settings: Settings, lock: IO) -> BackgroundScheduler:
     """Schedule every feed (first build at once) and the webhook poll; shutting down frees the lock."""
-    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)  # our one line per build is enough
+    for name in ("apscheduler.executors", "apscheduler.scheduler"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # our one line per build is enough
+    accounts = settings.every_account()
     scheduler = BackgroundScheduler(
-        executors={"builds": ThreadPoolExecutor(1), "default": ThreadPoolExecutor(1)},
+        executors={"default": ThreadPoolExecutor(1), **{builds_executor(a): ThreadPoolExecutor(1) for a in accounts}},
         job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": MISFIRE_GRACE_SECONDS},
     )
     now = dt.datetime.now(dt.timezone.utc)
-    for feed in settings.feeds:
-        scheduler.add_job(run_build, _trigger(feed), args=[settings, feed], id=f"feed:{feed.name}",
-                          name=f"build feed {feed.name}", executor="builds", next_run_time=now)
-    plan = [_describe(feed) for feed in settings.feeds]
-    if settings.webhooks.secret and _moysklad_feeds(settings):
-        poller = RebuildPoller(scheduler, settings)
-        scheduler.add_job(poller.poll, "interval", seconds=WEBHOOK_POLL_SECONDS, id="webhook-poll",
-                          name="poll webhook rebuild requests")
-        plan.append(f"webhook rebuilds after {settings.webhooks.debounce_seconds} s without changes")
+    plan = []
+    for account in accounts:
+        for feed in account.feeds:
+            scheduler.add_job(run_build, _trigger(feed), args=[account, feed], id=f"feed:{feed.name}",
+                              name=f"build feed {feed.name}", executor=builds_executor(account), next_run_time=now)
+            plan.append(_describe(feed))
+        if account.webhooks.secret and _moysklad_feeds(account):
+            poller = RebuildPoller(scheduler, account)
+            scheduler.add_job(poller.poll, "interval", seconds=WEBHOOK_POLL_SECONDS, id=f"webhook-poll:{account.account}",
+                              name=f"poll webhook rebuild requests {account.account}".rstrip())
+            plan.append(f"webhook rebuilds{' of ' + account.account if account.account else ''} after "
+                        f"{settings.webhooks.debounce_seconds} s without changes")
+    requests = ManualBuilds(scheduler, settings)
+    scheduler.add_job(requests.poll, "interval", seconds=WEBHOOK_POLL_SECONDS, id="manual-build-poll",
+                      name="poll build requests from the health page")
     scheduler.add_listener(lambda event: _release(lock), EVENT_SCHEDULER_SHUTDOWN)
     scheduler.start()
     app.extensions["scheduler"] = scheduler
     log.info("scheduler started in process %d: %s", os.getpid(), "; ".join(plan) or "no feeds")
     return scheduler
+
+
+def builds_executor(account: Settings) -> str:
+    """Each account builds on a thread of its own: a slow or failing client never delays another.
+    Within an account builds run one at a time: they share its store and its MoySklad budget."""
+    return f"builds:{account.account or 'main'}"
 
 
 def _release(lock: IO) -> None:
@@ -171,11 +199,11 @@ def _moysklad_feeds(settings: Settings) -> list[FeedSettings]:
     return [feed for feed in settings.feeds if feed.source == "moysklad"]
 
 
-def run_build(settings: Settings, feed: FeedSettings, sync: bool = True) -> None:
+def run_build(settings: Settings, feed: FeedSettings, sync: bool = True, force: bool = False) -> None:
     """One build, logged in one line; a failure leaves the previous file published and is never raised."""
     started = time.monotonic()
     try:
-        result = build_feed(settings, feed, sync=sync)
+        result = build_feed(settings, feed, sync=sync, force=force)
     except (BuildFailed, MoySkladError, StoreError) as exc:
         log.error("feed %s: build failed in %.1f s, the previous file stays published: %s",
                   feed.name, time.monotonic() - started, exc)
@@ -212,7 +240,8 @@ class RebuildPoller:
         if self.queued.is_set():
             return
         self.queued.set()
-        self.scheduler.add_job(self.rebuild, executor="builds", id="webhook-rebuild", name="webhook rebuild",
+        self.scheduler.add_job(self.rebuild, executor=builds_executor(self.settings), id=f"webhook-rebuild:{self.settings.account}",
+                               name="webhook rebuild",
                                max_instances=2, misfire_grace_time=None)  # one running, one waiting
 
     def rebuild(self) -> None:
@@ -220,3 +249,58 @@ class RebuildPoller:
         self.queued.clear()
         for index, feed in enumerate(_moysklad_feeds(self.settings)):
             run_build(self.settings, feed, sync=index == 0)
+
+
+# --- builds asked for on the health page -------------------------------------------------------------
+
+def request_build(settings: Settings, feed: FeedSettings, *, force: bool = False) -> None:
+    """Leave a note for the scheduler process (any worker may get the click; only one runs builds)."""
+    folder = settings.data_dir / BUILD_REQUESTS
+    folder.mkdir(parents=True, exist_ok=True)
+    write_note(folder / f"{feed.name}.json", json.dumps({"force": force, "requested_at": time.time()}))
+
+
+def build_requests(settings: Settings) -> dict[str, dict]:
+    """Builds asked for and not yet started, by feed name (notes of every account's feeds sit in the
+    main data directory: feed names are unique)."""
+    requests = {}
+    for feed in (feed for account in settings.every_account() for feed in account.feeds):
+        try:
+            requests[feed.name] = json.loads((settings.data_dir / BUILD_REQUESTS / f"{feed.name}.json").read_text())
+        except (OSError, ValueError):
+            continue
+    return requests
+
+
+class ManualBuilds:
+    """Turns the health page's build requests into builds on the scheduler's build thread."""
+
+    def __init__(self, scheduler: BackgroundScheduler, settings: Settings):
+        self.scheduler = scheduler
+        self.settings = settings
+        self.queued: set[str] = set()  # feeds whose requested build waits for the build thread
+        self.lock = threading.Lock()
+
+    def poll(self) -> None:
+        for account, feed in ((a, f) for a in self.settings.every_account() for f in a.feeds):
+            note = self.settings.data_dir / BUILD_REQUESTS / f"{feed.name}.json"
+            try:
+                request = json.loads(note.read_text())
+            except (OSError, ValueError):
+                continue
+            with self.lock:
+                if feed.name in self.queued:
+                    continue
+                self.queued.add(feed.name)
+            self.scheduler.add_job(self._build, args=[account, feed, bool(request.get("force")), note],
+                                   executor=builds_executor(account),
+                                   id=f"manual:{feed.name}", name=f"build feed {feed.name} (asked for on the health page)",
+                                   misfire_grace_time=None)
+
+    def _build(self, account: Settings, feed: FeedSettings, force: bool, note: Path) -> None:
+        """The note stays until the build starts, so the page shows the request as waiting until then."""
+        with self.lock:
+            self.queued.discard(feed.name)
+        note.unlink(missing_ok=True)
+        log.info("feed %s: build asked for on the health page%s", feed.name, " (forced past the guard)" if force else "")
+        run_build(account, feed, force=force)

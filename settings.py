@@ -35,10 +35,27 @@ ENVIRONMENT = {
     "SKLADBRIDGE_WEBHOOK_SECRET": ("webhooks", "secret"),
     "EXCHANGE_LOGIN": ("exchange", "login"),
     "EXCHANGE_PASSWORD": ("exchange", "password"),
+    "SKLADBRIDGE_API_KEY": ("api", "key"),
+    "SKLADBRIDGE_ADMIN_LOGIN": ("admin", "login"),
+    "SKLADBRIDGE_LOG_FORMAT": ("log_format",),
+    "SKLADBRIDGE_PROXY_HOPS": ("proxy_hops",),
+    "SKLADBRIDGE_ADMIN_PASSWORD": ("admin", "password"),
+}
+# The same for each of accounts[]: the variable name ends with the account's name, e.g. MOYSKLAD_TOKEN_SHOP_2.
+ACCOUNT_ENVIRONMENT = {
+    "MOYSKLAD_TOKEN_": ("moysklad", "token"),
+    "MOYSKLAD_LOGIN_": ("moysklad", "login"),
+    "MOYSKLAD_PASSWORD_": ("moysklad", "password"),
+    "SKLADBRIDGE_WEBHOOK_SECRET_": ("webhook_secret",),
 }
 PURCHASE_PRICE_RULES = ("cost", "buyPrice", "none")
 QUANTITY_RULES = ("free", "stock", "quantity")
 PICTURE_RULES = ("cache", "permanent", "none")
+# What type=sale&mode=query answers: CommerceML 2.05 in windows-1251 (1C 8.3), 2.05 in UTF-8 with a
+# BOM, or 3.1 (UTF-8 with a BOM, each order in a <Контейнер>, for the 1C-Bitrix module >= 6.5).
+ORDER_FORMATS = ("2.05-cp1251", "2.05-utf8", "3.1")
+# Keys whose values redacted() hides.
+SECRET_NAMES = ("token", "password", "secret", "key", "webhook_secret")
 
 
 class ConfigError(ValueError):
@@ -132,6 +149,40 @@ class ExchangeSettings:
     file_limit: int = 100 * 1024 * 1024
     max_session_bytes: int = 2 * 1024 * 1024 * 1024
     session_minutes: int = 60
+    orders_format: str = "2.05-cp1251"
+    orders_per_query: int = 500
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """Who may see the health page and start builds; open to anyone while no password is set."""
+
+    login: str = "admin"
+    password: str = ""
+    healthz_public: bool = True  # /healthz for an uptime monitor: states and reasons only
+    metrics_public: bool = False  # /metrics names feeds and counts; Prometheus can send the login
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The JSON orders API (``/api/orders``); off while no key is set."""
+
+    key: str = ""
+    max_body_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """Another MoySklad account (another client of the integrator) served by the same instance.
+
+    Its store, feeds, pictures and webhook notes live in ``<data_dir>/accounts/<name>/``, its
+    builds run on a thread of their own, so a failing or slow client never holds up the others.
+    """
+
+    name: str = ""
+    moysklad: MoySkladSettings = field(default_factory=MoySkladSettings)
+    feeds: tuple[FeedSettings, ...] = ()
+    webhook_secret: str = ""  # its MoySklad webhooks call <public_url>/webhooks/moysklad/<secret>
 
 
 @dataclass(frozen=True)
@@ -140,16 +191,48 @@ class Settings:
 
     data_dir: Path = Path("data")
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object per line, for log shippers
+    proxy_hops: int = 0  # reverse proxies in front (nginx: 1) whose X-Forwarded-For/-Proto to trust
     public_url: str = "http://127.0.0.1:8080"
     moysklad: MoySkladSettings = field(default_factory=MoySkladSettings)
     feeds: tuple[FeedSettings, ...] = ()
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    accounts: tuple[AccountSettings, ...] = ()
     source_path: Path | None = None  # the file it was read from; None for the demo defaults
+
+    @property
+    def account(self) -> str:
+        """The account these settings are the view of: '' for the main one (top-level moysklad and feeds)."""
+        return ""
 
     @property
     def store_path(self) -> Path:
         return self.data_dir / "catalog.sqlite"
+
+    @property
+    def images_url(self) -> str:
+        """Where the feed's cached pictures are fetched from."""
+        return self.public_url.rstrip("/") + "/images" + (f"/{self.account}" if self.account else "")
+
+    def every_account(self) -> list[Settings]:
+        """The main account and a view of each other account: the same instance settings with that
+        account's MoySklad, feeds, webhook secret and data directory (exchange and orders stay main)."""
+        views: list[Settings] = [self]
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(Settings)}
+        for account in self.accounts:
+            views.append(AccountView(**{
+                **shared, "data_dir": self.data_dir / "accounts" / account.name, "moysklad": account.moysklad,
+                "feeds": account.feeds, "webhooks": dataclasses.replace(self.webhooks, secret=account.webhook_secret),
+                "exchange": dataclasses.replace(self.exchange, password=""), "api": ApiSettings(), "accounts": (),
+                "account_name": account.name}))
+        return views
+
+    def find_feed(self, name: str) -> tuple[Settings, FeedSettings] | None:
+        """A feed of any account, with its account's settings."""
+        return next(((view, feed) for view in self.every_account() for feed in view.feeds if feed.name == name), None)
 
     @property
     def exchange_log_path(self) -> Path:
@@ -159,6 +242,17 @@ class Settings:
     @property
     def is_demo(self) -> bool:
         return self.moysklad.emulator is not None
+
+
+@dataclass(frozen=True)
+class AccountView(Settings):
+    """The settings as one non-main account sees them (see :meth:`Settings.every_account`)."""
+
+    account_name: str = ""
+
+    @property
+    def account(self) -> str:
+        return self.account_name
 
 
 DEMO = {
@@ -188,6 +282,12 @@ def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping
     for variable, key_path in ENVIRONMENT.items():
         if environ.get(variable):
             _set_path(raw, key_path, environ[variable])
+    for account in raw.get("accounts") or []:
+        if isinstance(account, dict) and isinstance(account.get("name"), str):
+            for prefix, key_path in ACCOUNT_ENVIRONMENT.items():
+                value = environ.get(prefix + _variable_suffix(account["name"]))
+                if value:
+                    _set_path(account, key_path, value)
 
     settings = _build(Settings, raw, "")
     data_dir = settings.data_dir if settings.data_dir.is_absolute() else base_dir / settings.data_dir
@@ -198,26 +298,63 @@ def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping
 
 def _check(settings: Settings) -> None:
     """Rules that span several keys."""
-    ms = settings.moysklad
-    if ms.emulator is None:
+    main_uses_moysklad = any(feed.source == "moysklad" for feed in settings.feeds) or not settings.accounts
+    _check_moysklad(settings.moysklad, "moysklad", credentials=main_uses_moysklad)
+    seen: set[str] = set()
+    _check_feeds(settings.feeds, "feeds", seen)
+    names = set()
+    for index, account in enumerate(settings.accounts):
+        where = f"accounts[{index}]"
+        if not NAME_PATTERN.match(account.name):
+            raise ConfigError(f"{where}.name: {account.name!r} must be lowercase letters, digits, '-' or '_' "
+                              "(it names the account's data folder and picture URLs)")
+        if account.name in names:
+            raise ConfigError(f"{where}.name: {account.name!r} is used by another account")
+        names.add(account.name)
+        if account.moysklad.emulator is not None:
+            raise ConfigError(f"{where}.moysklad.emulator: only the main account can run the demo emulator")
+        _check_moysklad(account.moysklad, f"{where}.moysklad", credentials=True,
+                        variables=f"MOYSKLAD_TOKEN_{_variable_suffix(account.name)}")
+        for feed_index, feed in enumerate(account.feeds):
+            if feed.source != "moysklad":
+                raise ConfigError(f"{where}.feeds[{feed_index}].source: an account's feeds publish its MoySklad "
+                                  "catalog (source: moysklad); exchange feeds belong to the main feeds list")
+        _check_feeds(account.feeds, f"{where}.feeds", seen)
+    _check_exchange(settings.exchange)
+    _check_api(settings.api)
+    if not settings.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"public_url: must be the http(s) address retailCRM reaches this service at, got {settings.public_url!r}")
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: must be text or json, got {settings.log_format!r}")
+    if not 0 <= settings.proxy_hops <= 5:
+        raise ConfigError(f"proxy_hops: the number of reverse proxies in front (0 when none, 1 for nginx), got {settings.proxy_hops}")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
+
+
+def _check_moysklad(ms: MoySkladSettings, where: str, credentials: bool, variables: str = "MOYSKLAD_TOKEN") -> None:
+    if ms.emulator is None and credentials:
         if not ms.token and not (ms.login and ms.password):
             raise ConfigError(
-                "moysklad: no credentials: set moysklad.token (or MOYSKLAD_TOKEN), "
-                "or moysklad.login and moysklad.password (or MOYSKLAD_LOGIN / MOYSKLAD_PASSWORD)"
+                f"{where}: no credentials: set {where}.token (or {variables}), "
+                f"or {where}.login and {where}.password"
             )
         if not ms.base_url.startswith(("https://", "http://")):
-            raise ConfigError(f"moysklad.base_url: must be an http(s) URL, got {ms.base_url!r}")
+            raise ConfigError(f"{where}.base_url: must be an http(s) URL, got {ms.base_url!r}")
     if not 1 <= ms.max_in_flight <= 5:
-        raise ConfigError(f"moysklad.max_in_flight: MoySklad allows at most 5 parallel requests, got {ms.max_in_flight}")
+        raise ConfigError(f"{where}.max_in_flight: MoySklad allows at most 5 parallel requests, got {ms.max_in_flight}")
     if not 1 <= ms.page_size <= 1000:
-        raise ConfigError(f"moysklad.page_size: must be between 1 and 1000, got {ms.page_size}")
-    seen = set()
-    for index, feed in enumerate(settings.feeds):
-        where = f"feeds[{index}]"
+        raise ConfigError(f"{where}.page_size: must be between 1 and 1000, got {ms.page_size}")
+
+
+def _check_feeds(feeds: tuple[FeedSettings, ...], where_list: str, seen: set[str]) -> None:
+    """Each feed's options; names are unique across every account (they are the feed URLs)."""
+    for index, feed in enumerate(feeds):
+        where = f"{where_list}[{index}]"
         if not NAME_PATTERN.match(feed.name):
             raise ConfigError(f"{where}.name: {feed.name!r} must be lowercase letters, digits, '-' or '_' (it is part of the feed URL)")
         if feed.name in seen:
-            raise ConfigError(f"{where}.name: {feed.name!r} is used by another feed")
+            raise ConfigError(f"{where}.name: {feed.name!r} is used by another feed (names are unique across accounts)")
         seen.add(feed.name)
         for key, allowed in (("source", FEED_SOURCES), ("purchase_price", PURCHASE_PRICE_RULES),
                              ("quantity", QUANTITY_RULES), ("pictures", PICTURE_RULES)):
@@ -241,11 +378,11 @@ def _check(settings: Settings) -> None:
         for param_index, param in enumerate(feed.params):
             if not param.attribute:
                 raise ConfigError(f"{where}.params[{param_index}].attribute: name the MoySklad attribute")
-    _check_exchange(settings.exchange)
-    if not settings.public_url.startswith(("http://", "https://")):
-        raise ConfigError(f"public_url: must be the http(s) address retailCRM reaches this service at, got {settings.public_url!r}")
-    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
+
+
+def _variable_suffix(account: str) -> str:
+    """An account name as environment variables spell it: shop-2 → SHOP_2."""
+    return account.upper().replace("-", "_")
 
 
 def _check_exchange(exchange: ExchangeSettings) -> None:
@@ -259,6 +396,19 @@ def _check_exchange(exchange: ExchangeSettings) -> None:
                           f"got {exchange.max_session_bytes}")
     if exchange.session_minutes < 1:
         raise ConfigError(f"exchange.session_minutes: must be at least 1, got {exchange.session_minutes}")
+    if exchange.orders_format not in ORDER_FORMATS:
+        raise ConfigError(f"exchange.orders_format: must be one of {', '.join(ORDER_FORMATS)}, got {exchange.orders_format!r}")
+    if exchange.orders_per_query < 1:
+        raise ConfigError(f"exchange.orders_per_query: must be at least 1, got {exchange.orders_per_query}")
+
+
+def _check_api(api: ApiSettings) -> None:
+    """A short key could be guessed; a tiny body limit would refuse every order."""
+    if api.key and len(api.key) < 16:
+        raise ConfigError(f"api.key: use at least 16 characters (a random string, e.g. from `openssl rand -hex 24`), "
+                          f"got {len(api.key)}")
+    if api.max_body_bytes < 1024:
+        raise ConfigError(f"api.max_body_bytes: must be at least 1024, got {api.max_body_bytes}")
 
 
 def _build(cls, raw, where: str):
@@ -337,7 +487,9 @@ def setting_keys(cls=Settings, prefix: str = "") -> set[str]:
         hint = hints[f.name]
         inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
         target = inner[0]
-        if typing.get_origin(hint) is tuple:
+        if cls is AccountSettings and f.name in ("moysklad", "feeds"):
+            keys.add(key)  # the same keys as the top-level moysklad and feeds, documented there
+        elif typing.get_origin(hint) is tuple:
             keys.add(key)
             if dataclasses.is_dataclass(typing.get_args(hint)[0]):
                 keys |= setting_keys(typing.get_args(hint)[0], key + "[]")
@@ -351,19 +503,27 @@ def setting_keys(cls=Settings, prefix: str = "") -> set[str]:
 
 def redacted(settings: Settings) -> dict:
     """The settings as plain data with every secret shown as ``***``, for logs and status pages."""
+    return _walk(settings, lambda secret: "***")
 
-    def walk(value, name=""):
-        if dataclasses.is_dataclass(value):
-            return {f.name: walk(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
-        if isinstance(value, tuple):
-            return [walk(v) for v in value]
-        if isinstance(value, Path):
-            return str(value)
-        if name in ("token", "password", "secret") and value:
-            return "***"
-        return value
 
-    return walk(settings)
+def secret_values(settings: Settings) -> tuple[str, ...]:
+    """Every configured secret, for the log scrubber (values under 4 characters would scrub ordinary words)."""
+    found: list[str] = []
+    _walk(settings, lambda secret: found.append(secret) or "***")
+    return tuple(sorted({secret for secret in found if len(secret) >= 4}, key=len, reverse=True))
+
+
+def _walk(value, on_secret, name: str = ""):
+    """The settings as plain data; each secret value is replaced by what ``on_secret`` returns for it."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _walk(getattr(value, f.name), on_secret, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_walk(v, on_secret) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if name in SECRET_NAMES and value:
+        return on_secret(value)
+    return value
 
 
 def _join(prefix: str, name: str) -> str:

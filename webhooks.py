@@ -8,7 +8,6 @@ the webhooks have been quiet for ``webhooks.debounce_seconds``.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -18,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 from flask import Blueprint, abort, current_app, jsonify, request
+
+from credentials import tokens_match
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,9 @@ CATALOG_TYPES = frozenset({"product", "variant", "productfolder", "service", "bu
 @webhooks_bp.post("/webhooks/moysklad/<secret>")
 def moysklad_webhook(secret: str):
     """Answer at once; a catalog or stock change leaves a rebuild request for the scheduler."""
-    settings = current_app.config["SETTINGS"]
-    expected = settings.webhooks.secret
-    if not expected or not hmac.compare_digest(secret.encode(), expected.encode()):
+    settings = next((account for account in current_app.config["SETTINGS"].every_account()
+                     if tokens_match(secret, account.webhooks.secret)), None)
+    if settings is None:
         abort(404)
     body = _read_body()
     if body is None:
@@ -81,12 +82,17 @@ def catalog_changes(payload) -> list[str]:
 
 
 def request_rebuild(data_dir: Path) -> None:
-    """Atomically (re)write the request file with the current time; the newest request wins."""
-    handle, temp_path = tempfile.mkstemp(dir=data_dir, prefix=f".{REBUILD_REQUEST}.")
+    """(Re)write the request file with the current time; the newest request wins."""
+    write_note(data_dir / REBUILD_REQUEST, repr(time.time()))
+
+
+def write_note(path: Path, text: str) -> None:
+    """Atomically (re)write a note for the scheduler process: a reader never sees half of it."""
+    handle, temp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w") as temp:
-            temp.write(repr(time.time()))
-        os.replace(temp_path, data_dir / REBUILD_REQUEST)
+            temp.write(text)
+        os.replace(temp_path, path)
     except BaseException:
         Path(temp_path).unlink(missing_ok=True)
         raise

@@ -20,6 +20,7 @@ import os
 import re
 import resource
 import shutil
+import time
 import traceback
 import uuid
 from collections import Counter
@@ -85,6 +86,7 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
     path = Path(path)
     if not path.is_file():
         raise CommerceMLError(f"Файл {path.name} не найден среди загруженных файлов")
+    started = time.monotonic()
     with store.run(SOURCE, "import") as run, _page_cache(run.db.conn, IMPORT_CACHE_KIB), \
             _parser_process(path, Path(upload_dir), Path(images_dir)) as messages:
         for message in messages:
@@ -103,7 +105,8 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
             else:
                 summary = message[1]
         summary.apply(run)
-        log.info("exchange: %s imported as %s: %s", path.name, summary.kind, run.stats.counts)
+        log.info("exchange: %s (%.1f MB) imported as %s in %.1f s: %s", path.name, path.stat().st_size / 1e6,
+                 summary.kind, time.monotonic() - started, run.stats.counts)
     return ImportResult(kind=summary.kind, counts=dict(run.stats.counts), run_id=run.id,
                         parser_peak_rss_mb=summary.peak_rss_mb)
 

@@ -8,21 +8,25 @@ note that sessid travels in the query string, so keep access logs private.
 
 from __future__ import annotations
 
-import hmac
+import contextlib
+import datetime as dt
 import logging
 import math
 import re
 import sqlite3
 import time
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from credentials import basic_auth_matches
+
 from exchange.imports import IMPORT_WAIT_SECONDS, complete, deactivate, request_import
-from exchange.sessions import COOKIE_NAME, LoginThrottle, Refused, find_session, open_session, prune_sessions
+from exchange.orders import FORMATS, IncompleteDocument, StatusDocumentError, apply_status_document, render_orders
+from exchange.sessions import COOKIE_NAME, LoginThrottle, Refused, files_summary, find_session, open_session, prune_sessions
 from exchange.uploads import UploadError, append_stream, safe_name, target_path
 from settings import ExchangeSettings
-from store import CatalogStore
+from store import CatalogStore, StoreBusy, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +48,21 @@ def exchange() -> Response:
     """Dispatch one protocol step; every refusal becomes ``failure\\n<reason>``."""
     config: ExchangeSettings = current_app.config["SETTINGS"].exchange
     kind, mode = request.args.get("type"), request.args.get("mode")
-    log.info("exchange type=%s mode=%s filename=%.200r from %s", kind, mode, request.args.get("filename"), request.remote_addr)
     if not config.password:
         return _failure("обмен с 1С выключен: на сайте не задан пароль обмена (exchange.password)")
-    if kind == "sale":
-        return _failure("обмен заказами ещё не поддерживается")
-    if kind != "catalog":
-        return _failure(f"неизвестный тип обмена {kind!r}: поддерживается type=catalog")
-    if mode != "checkauth" and mode not in SESSION_MODES:
-        return _failure(f"неизвестный режим обмена {mode!r}")
+    modes = MODES.get(kind)
+    if modes is None:
+        return _failure(f"неизвестный тип обмена {kind!r}: поддерживаются type=catalog и type=sale")
+    if mode != "checkauth" and mode not in modes:
+        return _failure(f"неизвестный режим обмена {mode!r} для type={kind}")
     store = CatalogStore(_settings().exchange_log_path)  # the session log, not the catalog
     try:
         if mode == "checkauth":
             return _text(_checkauth(store, config))
         session = find_session(store, _root(), _tokens(), config.session_minutes)
         try:
-            return _text(SESSION_MODES[mode](session, store, config))
+            answer = modes[mode](session, store, config)
+            return answer if isinstance(answer, Response) else _text(answer)
         except (Refused, UploadError) as exc:
             _record_failure(store, session, str(exc))
             raise
@@ -68,6 +71,26 @@ def exchange() -> Response:
         return _failure(str(exc))
     finally:
         store.close()
+
+
+@exchange_bp.before_request
+def _started() -> None:
+    g.exchange_started = time.monotonic()
+
+
+@exchange_bp.after_request
+def _log_request(response: Response) -> Response:
+    """One line per exchange request: what 1C asked, what it heard, how long it took."""
+    started = g.get("exchange_started")
+    if response.mimetype == "text/plain" and response.content_length and response.content_length < 4096:
+        answer = response.get_data(as_text=True).replace("\n", " | ")
+        answer = answer if not answer.startswith("success | ") or request.args.get("mode") != "checkauth" else "success (session opened)"
+    else:
+        answer = f"{response.mimetype}, {response.content_length or 0} bytes"
+    log.info("exchange type=%s mode=%s filename=%.200r from %s: %s (%d bytes in) in %.0f ms",
+             request.args.get("type"), request.args.get("mode"), request.args.get("filename"), request.remote_addr,
+             answer, request.content_length or 0, (time.monotonic() - started) * 1000 if started else 0)
+    return response
 
 
 def _record_failure(store: CatalogStore, session, reason: str) -> None:
@@ -84,7 +107,7 @@ def _checkauth(store: CatalogStore, config: ExchangeSettings) -> list[str]:
     wait = throttle.refused_for(address)
     if wait:
         raise Refused(f"слишком много неудачных попыток входа: повторите через {math.ceil(wait / 60)} мин")
-    if not _credentials_match(config):
+    if not basic_auth_matches(request.authorization, config.login, config.password):
         throttle.failed(address)
         raise Refused("неверный логин или пароль обмена")
     throttle.succeeded(address)
@@ -94,26 +117,25 @@ def _checkauth(store: CatalogStore, config: ExchangeSettings) -> list[str]:
     return ["success", COOKIE_NAME, session.token, f"sessid={session.token}", f"timestamp={int(time.time())}"]
 
 
-def _credentials_match(config: ExchangeSettings) -> bool:
-    """Both compared in constant time, and both always compared: timing tells nothing."""
-    auth = request.authorization
-    if auth is None or auth.type != "basic":
-        return False
-    login_ok = hmac.compare_digest((auth.username or "").encode(), config.login.encode())
-    password_ok = hmac.compare_digest((auth.password or "").encode(), config.password.encode())
-    return login_ok and password_ok
-
-
 def _init(session, store, config: ExchangeSettings) -> list[str]:
-    """What 1C must respect: archive or not, and the largest chunk it may post."""
+    """What 1C must respect: archive or not (never for orders: status documents are small), and the largest chunk."""
     version = request.args.get("version", "")
-    return [f"zip={'yes' if config.zip else 'no'}", f"file_limit={config.file_limit}",
+    zipped = config.zip and request.args.get("type") == "catalog"
+    return [f"zip={'yes' if zipped else 'no'}", f"file_limit={config.file_limit}",
             f"sessid={session.token}", f"version={version if VERSION.fullmatch(version) else '3.1'}"]
 
 
 def _file(session, store, config: ExchangeSettings) -> list[str]:
-    """Append the raw body to the named file, streamed in chunks within the request and session limits."""
-    name = safe_name(request.args.get("filename"))
+    """Append the raw body to the named file (see :func:`_receive`)."""
+    _receive(session, safe_name(request.args.get("filename")), config)
+    return ["success"]
+
+
+def _receive(session, name: str, config: ExchangeSettings) -> tuple:
+    """Append the raw body to the named file, streamed in chunks within the request and session limits.
+
+    Returns the file's path and the bytes this request wrote.
+    """
     with session.upload_lock():
         room = config.max_session_bytes - session.read_state()["bytes"]
         limit = min(config.file_limit, room)
@@ -131,7 +153,7 @@ def _file(session, store, config: ExchangeSettings) -> list[str]:
             state["bytes"] += written
             _count_file(state, name, written, new)
     log.info("exchange session %s: %s bytes appended to %r", session.id, written, name)
-    return ["success"]
+    return path, written
 
 
 def _start_or_append(session, name: str, path) -> bool:
@@ -179,8 +201,99 @@ def _complete(session, store: CatalogStore, config) -> list[str]:
     return ["success"]
 
 
+# --- type=sale: orders out (query, success) and their statuses back (file, import) -----------------
+
+def _query(session, store: CatalogStore, config: ExchangeSettings) -> Response:
+    """The orders 1C has not confirmed, as a CommerceML document; recorded as this session's latest query."""
+    with _orders_store() as catalog:
+        query_id, orders = catalog.start_order_query(session.id, config.orders_format, config.orders_per_query)
+    body = render_orders(orders, config.orders_format, dt.datetime.now())
+    log.info("exchange session %s: query %s sent %s orders as %s (%s bytes)", session.id, query_id, len(orders),
+             config.orders_format, len(body))
+    return Response(body, status=200, content_type=FORMATS[config.orders_format].content_type)
+
+
+def _success(session, store: CatalogStore, config: ExchangeSettings) -> list[str]:
+    """The orders of this session's latest query are in 1C: they are not sent again (unless changed)."""
+    with _orders_store() as catalog:
+        confirmed = catalog.confirm_order_query(session.id)
+    if confirmed is None:
+        raise Refused("нечего подтверждать: в этом сеансе заказы не выгружались (сначала mode=query)")
+    log.info("exchange session %s: 1C confirmed %s orders", session.id, confirmed)
+    return ["success"]
+
+
+def _sale_file(session, store: CatalogStore, config: ExchangeSettings) -> list[str]:
+    """A status document: stored like any upload, applied as soon as it is complete (as Bitrix sites do).
+
+    1C splits a file larger than file_limit into chunks of exactly file_limit bytes: a document that
+    is still open after such a chunk waits for the next one (or for mode=import).
+    """
+    name = safe_name(request.args.get("filename"))
+    if not name.lower().endswith(".xml") or "/" in name:
+        raise UploadError(f"файл {name}: в обмене заказами принимаются только документы XML (init отвечает zip=no)")
+    path, written = _receive(session, name, config)
+    return _apply_status_file(session, store, name, path, more_may_follow=written == config.file_limit)
+
+
+def _sale_import(session, store: CatalogStore, config: ExchangeSettings) -> list[str]:
+    """mode=import after mode=file: the outcome of the document, applying it now if it was still waiting."""
+    name = safe_name(request.args.get("filename"))
+    job = session.read_state()["imports"].get(name)
+    if job:
+        return ["success"] if job["status"] == "ok" else ["failure", job["error"]]
+    path = target_path(session.upload_dir, name)
+    if not path.is_file():
+        raise Refused(f"файл {name} не был загружен в этом сеансе (сначала mode=file)")
+    return _apply_status_file(session, store, name, path, more_may_follow=False)
+
+
+def _apply_status_file(session, store: CatalogStore, name: str, path, *, more_may_follow: bool) -> list[str]:
+    """Apply a complete status document in one transaction and log the outcome with the session."""
+    try:
+        with _orders_store() as catalog:
+            job = {"status": "ok", "results": apply_status_document(catalog, path.read_bytes(), name, f"session {session.id}")}
+    except IncompleteDocument as exc:
+        if more_may_follow:
+            log.info("exchange session %s: %s is not complete yet, waiting for its next chunk", session.id, name)
+            return ["success"]
+        job = {"status": "failed", "error": str(exc)}
+    except StatusDocumentError as exc:
+        job = {"status": "failed", "error": str(exc)}
+    except StoreBusy:
+        job = {"status": "failed", "error": "заказы сейчас обновляет другой обмен; повторите обмен позже"}
+    except sqlite3.OperationalError as exc:  # recorded, so that the file sent again starts over
+        if "locked" not in str(exc):
+            raise
+        log.warning("exchange session %s: %s waited too long for the catalog store: %s", session.id, name, exc)
+        job = {"status": "failed", "error": "каталог сейчас занят другой загрузкой; повторите обмен позже"}
+    with session.state() as state:
+        state["imports"][name] = {**job, "finished": utc_now()}
+    store.update_exchange_session(session.id, files=files_summary(state), bytes=state["bytes"])
+    if job["status"] != "ok":
+        raise Refused(job["error"])
+    return ["success"]
+
+
+# Orders are written in short transactions; one waits this long for a catalog import to commit.
+ORDERS_WAIT_SECONDS = 60
+
+
+@contextlib.contextmanager
+def _orders_store():
+    """The catalog store, where orders live (the session log is another file)."""
+    catalog = CatalogStore(_settings().store_path, wait_seconds=ORDERS_WAIT_SECONDS)
+    try:
+        yield catalog
+    finally:
+        catalog.close()
+
+
 SESSION_MODES = {"init": _init, "file": _file, "import": _import,
                  "deactivate": _deactivate, "complete": _complete}
+SALE_MODES = {"init": _init, "file": _sale_file, "import": _sale_import, "query": _query, "success": _success,
+              "complete": _complete}
+MODES = {"catalog": SESSION_MODES, "sale": SALE_MODES}
 
 
 def _tokens() -> list[str]:

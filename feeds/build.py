@@ -85,7 +85,7 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
                 def write(out) -> tuple[int, int]:
                     render_started = time.monotonic()
                     with CatalogReader(settings.store_path) as reader:
-                        options = resolve_options(reader, feed, settings.public_url)
+                        options = resolve_options(reader, feed, settings.images_url)
                         result = render_icml(reader, options, out, scratch_dir=feeds_dir,
                                              progress=(lambda n: progress("render", n)) if progress else None)
                     rendered.append(result)

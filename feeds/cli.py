@@ -22,16 +22,17 @@ feeds_cli = AppGroup("feeds", help="Build and publish the ICML feeds.")
 def build_command(name: str | None, force: bool, no_sync: bool):
     """Sync (source moysklad), render and publish NAME, or every feed."""
     settings = current_app.config["SETTINGS"]
-    feeds = [f for f in settings.feeds if name in (None, f.name)]
+    everything = [(account, feed) for account in settings.every_account() for feed in account.feeds]
+    feeds = [(account, feed) for account, feed in everything if name in (None, feed.name)]
     if not feeds:
-        known = ", ".join(f.name for f in settings.feeds) or "none configured"
+        known = ", ".join(feed.name for _, feed in everything) or "none configured"
         click.echo(f"No feed named {name!r} (feeds: {known})", err=True)
         sys.exit(2)
     failed = False
-    for feed in feeds:
-        click.echo(f"feed {feed.name} ({feed.source}):", err=True)
+    for account, feed in feeds:
+        click.echo(f"feed {feed.name} ({feed.source}{', account ' + account.account if account.account else ''}):", err=True)
         try:
-            result = build_feed(settings, feed, force=force, sync=not no_sync,
+            result = build_feed(account, feed, force=force, sync=not no_sync,
                                 progress=lambda stage, count: click.echo(f"  {stage}: {count}", err=True))
         except (BuildFailed, MoySkladError, StoreError) as exc:
             click.echo(f"  FAILED, the previous file stays published: {exc}", err=True)

@@ -86,7 +86,7 @@ class RenderStats:
 
 
 class OfferSkipped(Exception):
-    """This offer cannot be published; the message is the reason the operator sees."""
+    """This offer cannot be published; the message is the reason the operator sees (in Russian)."""
 
 
 def clean_text(value, limit: int | None = MAX_TEXT) -> str:
@@ -187,7 +187,7 @@ class RenderOptions:
 
     feed: FeedSettings
     source: str
-    public_url: str
+    images_url: str  # where the cached pictures are served, e.g. https://feeds.example/images
     price_type_id: str | None
     warehouse_ids: list[str] | None
     units: dict
@@ -206,7 +206,7 @@ class RenderOptions:
         return bool(self.feed.vendor_attribute or self.feed.params or self.feed.dimension_attributes)
 
 
-def resolve_options(reader: CatalogReader, feed: FeedSettings, public_url: str, now: dt.datetime | None = None) -> RenderOptions:
+def resolve_options(reader: CatalogReader, feed: FeedSettings, images_url: str, now: dt.datetime | None = None) -> RenderOptions:
     """Look up the configured price type and warehouses by name; a name that does not exist is an error."""
     source = feed.source
     price_types = reader.price_types(source)
@@ -227,7 +227,7 @@ def resolve_options(reader: CatalogReader, feed: FeedSettings, public_url: str, 
         warehouse_ids = [by_name[name] for name in feed.stores]
     company = feed.company or reader.setting(source, "company") or ""
     return RenderOptions(
-        feed=feed, source=source, public_url=public_url.rstrip("/"), price_type_id=price_type_id,
+        feed=feed, source=source, images_url=images_url.rstrip("/"), price_type_id=price_type_id,
         warehouse_ids=warehouse_ids, units={unit_id: unit_xml(u) for unit_id, u in reader.units(source).items()},
         now=now or dt.datetime.now(dt.timezone.utc), shop_name=feed.shop_name or company or feed.name,
         company=company, xml_id_of=compile_template(feed.xml_id, f"feeds.{feed.name}.xml_id"),
@@ -289,13 +289,13 @@ def offer_xml(row, options: RenderOptions, category_ids: set[str]) -> str:
     """
     feed = options.feed
     if not row["has_product"]:
-        raise OfferSkipped("its product card is missing from the store")
+        raise OfferSkipped("в каталоге нет карточки товара")
     name = clean_text(row["name"])
     if not name:
-        raise OfferSkipped("empty name")
+        raise OfferSkipped("пустое наименование")
     price = row["own_price"] if row["own_price"] is not None else row["product_price"]
     if price is not None and not 0 <= price <= MAX_PRICE_KOPECKS:
-        raise OfferSkipped("price out of range (0 … 99,999,999)")
+        raise OfferSkipped("цена вне допустимого диапазона (0 … 99 999 999)")
 
     kind = row["kind"]
     head = f'<offer id="{attr(row["id"])}" productId="{attr(row["product_id"])}"'
@@ -397,7 +397,7 @@ def _pictures(row, options: RenderOptions) -> list[str]:
     links = []
     for local_file, permanent in pictures:
         if mode == "cache" and local_file:
-            link = f"{options.public_url}/images/{local_file}"
+            link = f"{options.images_url}/{local_file}"
         elif mode == "permanent" and permanent:
             link = permanent
         else:
@@ -531,11 +531,11 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _render_part(store_path: str, feed: FeedSettings, public_url: str, now: dt.datetime, part: int, parts: int,
+def _render_part(store_path: str, feed: FeedSettings, images_url: str, now: dt.datetime, part: int, parts: int,
                  path: str) -> RenderStats:
     """One worker process: its own read-only connection, its share of the offers, its own file."""
     with CatalogReader(store_path) as reader, open(path, "wb") as out:
-        options = resolve_options(reader, feed, public_url, now)
+        options = resolve_options(reader, feed, images_url, now)
         category_ids = {c[0] for c in category_tree(reader.categories(options.source))}
         return write_offers(reader, options, category_ids, out, part=part, parts=parts)
 
@@ -547,7 +547,7 @@ def _render_in_parts(store_path, options: RenderOptions, out: BinaryIO, scratch_
     try:
         with ProcessPoolExecutor(max_workers=parts, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_die_with_parent) as pool:
-            futures = [pool.submit(_render_part, str(store_path), options.feed, options.public_url, options.now,
+            futures = [pool.submit(_render_part, str(store_path), options.feed, options.images_url, options.now,
                                    n, parts, str(path)) for n, path in enumerate(paths)]
             for future, path in zip(futures, paths):
                 stats.merge(future.result())

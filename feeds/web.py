@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 import os
 
 from flask import Blueprint, Response, abort, current_app, request
 from werkzeug.wsgi import wrap_file
 
+from credentials import tokens_match
 from feeds.publish import feed_paths
 
 feeds_bp = Blueprint("feeds", __name__)
@@ -16,31 +16,32 @@ feeds_bp = Blueprint("feeds", __name__)
 @feeds_bp.route("/feeds/<name>.xml", methods=["GET", "HEAD"])
 def public_feed(name: str):
     """A feed without a token (the URL itself is public)."""
-    feed = _feed(name)
+    account, feed = _feed(name)
     if feed.token:
         abort(404)
-    return _serve(feed)
+    return _serve(account, feed)
 
 
 @feeds_bp.route("/feeds/<token>/<name>.xml", methods=["GET", "HEAD"])
 def protected_feed(token: str, name: str):
     """A feed whose unguessable token is part of its URL (retailCRM cannot send a password)."""
-    feed = _feed(name)
-    if not feed.token or not hmac.compare_digest(token.encode(), feed.token.encode()):
+    account, feed = _feed(name)
+    if not tokens_match(token, feed.token):
         abort(404)
-    return _serve(feed)
+    return _serve(account, feed)
 
 
 def _feed(name: str):
-    for feed in current_app.config["SETTINGS"].feeds:
-        if feed.name == name:
-            return feed
-    abort(404)
+    """The feed of that name (of any account) and its account's settings."""
+    found = current_app.config["SETTINGS"].find_feed(name)
+    if found is None:
+        abort(404)
+    return found
 
 
-def _serve(feed) -> Response:
+def _serve(account, feed) -> Response:
     """Open the file first: a build renaming a new file over it cannot change what this reply sends."""
-    paths = feed_paths(current_app.config["SETTINGS"].data_dir / "feeds", feed.name)
+    paths = feed_paths(account.data_dir / "feeds", feed.name)
     wants_gzip = "gzip" in (request.headers.get("Accept-Encoding") or "").lower()
     handle = None
     if wants_gzip:

@@ -17,10 +17,25 @@ from store import CatalogStore, StoreError
 moysklad_cli = AppGroup("moysklad", help="Check the MoySklad connection and sync the catalog.")
 
 
+ACCOUNT_OPTION = click.option("--account", default="", metavar="NAME",
+                              help="One of accounts[] in the config; the main account when left out.")
+
+
+def _account(name: str):
+    """The settings of the account named on the command line (exits 2 naming the known ones)."""
+    views = {view.account: view for view in current_app.config["SETTINGS"].every_account()}
+    if name not in views:
+        known = ", ".join(repr(n) if n else "(main)" for n in views)
+        click.echo(f"No account named {name!r} (accounts: {known})", err=True)
+        sys.exit(2)
+    return views[name]
+
+
 @moysklad_cli.command("check")
-def check_command():
+@ACCOUNT_OPTION
+def check_command(account: str):
     """Verify credentials and permissions; print the company, currency, price types, stores and counts."""
-    settings = current_app.config["SETTINGS"]
+    settings = _account(account)
     client = open_client(settings.moysklad)
     try:
         report = check_connection(client)
@@ -39,9 +54,10 @@ def check_command():
 
 @moysklad_cli.command("sync")
 @click.option("--full", is_flag=True, help="Read everything and mark what MoySklad no longer has as removed.")
-def sync_command(full: bool):
+@ACCOUNT_OPTION
+def sync_command(full: bool, account: str):
     """Pull the catalog from MoySklad into the catalog store (incremental unless --full or due)."""
-    settings = current_app.config["SETTINGS"]
+    settings = _account(account)
     ms = settings.moysklad
     client = open_client(ms)
     try:

@@ -245,10 +245,13 @@ def _tally(failed: dict[str, int], reason: str) -> None:
 
 
 def _prune(store: CatalogStore, images_dir: Path, referenced: set[str]) -> int:
-    """Delete rows and files of images the catalog no longer links to, and files no row names."""
+    """Delete rows and files of images the catalog no longer links to, and files no row names.
+
+    Files any source's rows name are kept: pictures 1C sent through the exchange share the folder.
+    """
     _forget_unreferenced(store, referenced)
     keep = {row["local_file"] for row in store.db.query(
-        "SELECT local_file FROM image_cache WHERE source = ? AND local_file IS NOT NULL", [SOURCE])}
+        "SELECT local_file FROM image_cache WHERE local_file IS NOT NULL")}
     removed = 0
     for entry in os.scandir(images_dir):
         if entry.name.startswith(PART_PREFIX):  # left by a process killed mid-download

@@ -92,11 +92,14 @@ def sync_catalog(
             run.stats.requests = client.requests - before[0]
             run.stats.throttled = client.throttled - before[1]
             run.stats.retries = client.retries - before[2]
-    return SyncResult(
+    result = SyncResult(
         run_id=run.id, mode=mode, counts=dict(run.stats.counts), requests=run.stats.requests,
         throttled=run.stats.throttled, retries=run.stats.retries,
         seconds=time.monotonic() - started, bookmark=bookmark, changed_since=changed_since,
     )
+    log.info("moysklad sync #%d (%s) in %.1f s: %s; %d requests, %d throttled (429), %d retries",
+             result.run_id, mode, result.seconds, result.counts, result.requests, result.throttled, result.retries)
+    return result
 
 
 def _full_due(store: CatalogStore, full_sync_hours: int) -> bool:

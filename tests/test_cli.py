@@ -7,10 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-import requests
-
 from conftest import EMULATOR_TOKEN
-from feeds.build import build_feed
 from store import CatalogStore
 from test_sync import dump, run_sync
 
@@ -110,24 +107,6 @@ def test_a_sync_killed_mid_run_loses_nothing_and_the_next_run_recovers(tmp_path,
     statuses = [r["status"] for r in store.recent_runs()]
     assert statuses == ["ok", "interrupted", "ok"]
     store.close()
-
-
-def test_the_status_page_reports_the_last_sync_and_build(live_app, app_settings, emulator):
-    store = CatalogStore(app_settings.store_path)
-    run_sync(emulator, store)
-    store.close()
-    body = requests.get(live_app + "/status.json", timeout=5).json()
-    assert body["ok"] is False  # the feed has never been built
-    assert body["moysklad"]["last_sync"]["status"] == "ok"
-    assert body["moysklad"]["catalog"]["offers"] == len(emulator.catalog.items)
-    assert body["feeds"][0]["last_build"] is None
-
-    build_feed(app_settings, app_settings.feeds[0], sync=False)
-    body = requests.get(live_app + "/status.json", timeout=5).json()
-    assert body["ok"] is True
-    assert body["feeds"][0]["last_published"]["counts"]["offers"] > 0
-    assert body["settings"]["moysklad"]["token"] == "***"
-    assert EMULATOR_TOKEN not in requests.get(live_app + "/status.json", timeout=5).text
 
 
 def test_check_names_a_missing_permission(tmp_path, emulator):

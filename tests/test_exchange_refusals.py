@@ -227,8 +227,8 @@ def test_the_exchange_is_off_without_a_password(tmp_path, serve):  # noqa: F811
     ("type=catalog", ["неизвестный режим"]),
     ("type=orders&mode=init", ["неизвестный тип"]),
     ("mode=init", ["неизвестный тип"]),
-    ("type=sale&mode=query", ["обмен заказами ещё не поддерживается"]),
-    ("type=sale&mode=checkauth", ["обмен заказами ещё не поддерживается"]),
+    ("type=sale&mode=deactivate", ["неизвестный режим", "type=sale"]),
+    ("type=sale&mode=launch", ["неизвестный режим"]),
 ])
 def test_unknown_modes_and_types(client, query, words):
     response = requests.get(f"{client.url}?{query}", headers={"Cookie": "=".join(client.cookie)}, timeout=10)

@@ -189,11 +189,11 @@ def test_hostile_names_are_escaped_cleaned_capped_or_skipped(catalog_feed, emula
     assert any("Товарс управляющимсимволом" in n for n in names)
     assert all(0 < len(n) <= 255 for n in names)
     empty = [i for i in live(emulator.catalog) if not clean_text(i.name)]
-    assert result.skipped["empty name"] == len(empty) > 0
+    assert result.skipped["пустое наименование"] == len(empty) > 0
     store = CatalogStore(settings.store_path)
     skipped = store.skipped_items(result.run_id)
     store.close()
-    assert {s["item_id"] for s in skipped if s["reason"] == "empty name"} == {i.id for i in empty}
+    assert {s["item_id"] for s in skipped if s["reason"] == "пустое наименование"} == {i.id for i in empty}
 
 
 def test_templates_vendor_attribute_params_and_barcodes(tmp_path, emulator):
@@ -278,7 +278,7 @@ def test_an_out_of_range_price_skips_the_offer_with_its_reason(tmp_path, emulato
     settings = feed_settings(tmp_path, emulator)
     result = build(settings)
     assert item.id not in offers_by_id(parse(settings))
-    assert result.skipped == {"empty name": result.skipped["empty name"], "price out of range (0 … 99,999,999)": 1}
+    assert result.skipped == {"пустое наименование": result.skipped["пустое наименование"], "цена вне допустимого диапазона (0 … 99 999 999)": 1}
 
 
 def test_archived_and_removed_goods_stay_inactive_for_a_while_then_drop_out(tmp_path, emulator):
@@ -345,4 +345,4 @@ def test_the_build_is_recorded_with_counts(catalog_feed):
     assert counts["offers"] == result.offers and counts["published"] is True and counts["guard"] == "passed"
     assert counts["size"] == (settings.data_dir / "feeds" / "main.xml").stat().st_size
     assert counts["skipped_by_reason"] == result.skipped
-    assert json.loads(json.dumps(counts["skipped_examples"]))["empty name"][0]["id"]
+    assert json.loads(json.dumps(counts["skipped_examples"]))["пустое наименование"][0]["id"]

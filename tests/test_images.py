@@ -320,3 +320,26 @@ def test_permanent_links_are_fetched_for_items_with_images_and_then_only_changed
     again = fetch_permanent_links(client, store, changed_since=first_sync.bookmark)
     assert (again.requested, again.stored) == (1, 1)
     assert [e["path"] for e in log_of(server, "/entity/")][0].split("/")[3] == changed
+
+
+def test_pictures_1c_sent_through_the_exchange_survive_a_moysklad_refresh(server, client, store, images_dir):
+    """Both sources cache pictures in the same folder; MoySklad's pruning must keep the exchange's."""
+    from exchange.commerceml import import_file
+
+    upload = images_dir.parent / "upload"
+    (upload / "import_files").mkdir(parents=True)
+    (upload / "import_files" / "soap.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9")
+    (upload / "import.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><КоммерческаяИнформация ВерсияСхемы="2.07">'
+        '<Каталог СодержитТолькоИзменения="true"><Ид>c</Ид><Товары><Товар><Ид>soap</Ид>'
+        '<Наименование>Мыло</Наименование><Картинка>import_files/soap.jpg</Картинка></Товар></Товары></Каталог>'
+        '</КоммерческаяИнформация>', encoding="utf-8")
+    import_file(store, upload / "import.xml", upload_dir=upload, images_dir=images_dir)
+    exchange_files = {r["local_file"] for r in store.db.query("SELECT local_file FROM image_cache WHERE source = 'exchange'")}
+    assert len(exchange_files) == 1
+
+    sync(client, store)
+    cache_images(client, store, images_dir)
+    cache_images(client, store, images_dir)
+
+    assert all((images_dir / name).exists() for name in exchange_files)

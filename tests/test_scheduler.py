@@ -209,7 +209,7 @@ def test_a_second_process_waits_and_takes_over_when_the_first_stops(two_feeds):
     successor = wait_for(lambda: waiting_app.extensions.get("scheduler"), 5, "the waiting process to take over")
     try:
         assert successor.running
-        assert {job.id for job in successor.get_jobs()} == {"feed:a", "feed:b"}
+        assert {job.id for job in successor.get_jobs()} == {"feed:a", "feed:b", "manual-build-poll"}
     finally:
         successor.shutdown(wait=True)
 

@@ -1,0 +1,64 @@
+"""gunicorn settings for skladbridge: ``gunicorn -c gunicorn.conf.py wsgi:app``.
+
+Every value can be overridden on the command line or with GUNICORN_CMD_ARGS; the bind address
+and worker count also with SKLADBRIDGE_BIND / SKLADBRIDGE_WORKERS (the systemd unit and the
+Dockerfile set them).
+"""
+
+import json
+import os
+import sys
+
+from gunicorn.glogging import Logger
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the config is read before --chdir applies
+from logging_setup import scrub  # noqa: E402
+
+bind = os.environ.get("SKLADBRIDGE_BIND", "127.0.0.1:8080")
+
+# Threaded workers: a 100 MB upload chunk from 1C, a slow retailCRM download of a big feed and
+# the import polls each hold a thread, not a whole worker. Two workers are plenty on a small VPS;
+# exactly one of them runs the scheduler (the others take over within 30 s if it dies).
+worker_class = "gthread"
+workers = int(os.environ.get("SKLADBRIDGE_WORKERS", "2"))
+threads = int(os.environ.get("SKLADBRIDGE_THREADS", "8"))
+
+# With gthread the timeout is the worker's heartbeat, not a request limit: long uploads and feed
+# downloads are fine. A stuck worker is replaced after this long.
+timeout = 120
+graceful_timeout = 60  # a restart lets running requests (an upload chunk) finish first
+keepalive = 5
+# No max_requests: recycling a worker would interrupt a build running on its scheduler thread.
+
+# Long request lines: 1C puts the file name and sessid in the query string.
+limit_request_line = 8190
+
+accesslog = "-"
+errorlog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+
+
+class ScrubbingLogger(Logger):
+    """The access log without URL secrets (sessid, feed tokens, the webhook secret); JSON when
+    SKLADBRIDGE_LOG_FORMAT=json."""
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        for key in ("r", "U", "q", "f"):
+            if isinstance(atoms.get(key), str):
+                atoms[key] = scrub(atoms[key])
+        return atoms
+
+    def access(self, resp, req, environ, request_time):
+        if os.environ.get("SKLADBRIDGE_LOG_FORMAT") != "json":
+            return super().access(resp, req, environ, request_time)
+        if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.syslog):
+            return None
+        atoms = self.atoms(resp, req, environ, request_time)
+        entry = {"logger": "access", "client": atoms["h"], "request": atoms["r"], "status": atoms["s"],
+                 "bytes": atoms["b"], "ms": int(atoms["M"]), "agent": atoms["a"]}
+        self.access_log.info(json.dumps(entry, ensure_ascii=False))
+        return None
+
+
+logger_class = ScrubbingLogger

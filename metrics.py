@@ -1,0 +1,112 @@
+"""``/metrics``: the health data as Prometheus text (prometheus-client).
+
+Read from the store on every scrape, so every gunicorn worker answers the same numbers; the
+totals are sums over the recorded runs and sessions, which only grow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+FEED_STATES = ("fresh", "stale", "failing", "pending")
+
+
+def render_metrics(data: dict) -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_HealthCollector(data))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _HealthCollector:
+    def __init__(self, data: dict):
+        self.data = data
+
+    def collect(self):
+        data = self.data
+        yield _gauge("skladbridge_healthy", "1 when every feed is fresh and the store opens.", [((), int(data["ok"]))])
+        yield from self._feeds(data["feeds"])
+        if data.get("moysklad"):
+            yield from self._moysklad(data["moysklad"])
+        if data.get("exchange"):
+            yield from self._exchange(data["exchange"])
+
+    @staticmethod
+    def _feeds(feeds: list[dict]):
+        def per_feed(pick):
+            return [((feed["name"],), value) for feed in feeds if (value := pick(feed)) is not None]
+
+        def success(key):
+            return per_feed(lambda f: f["last_success"] and f["last_success"][key])
+
+        state = GaugeMetricFamily("skladbridge_feed_state", "1 for the feed's current state.", labels=["feed", "state"])
+        for feed in feeds:
+            for name in FEED_STATES:
+                state.add_metric([feed["name"], name], int(feed["state"] == name))
+        yield state
+        yield _gauge("skladbridge_feed_last_success_timestamp_seconds", "When the feed was last published (Unix time).",
+                     per_feed(lambda f: f["last_success"] and _timestamp(f["last_success"]["finished_at"])), ["feed"])
+        yield _gauge("skladbridge_feed_build_duration_seconds", "How long the last published build took (sync included).",
+                     success("seconds"), ["feed"])
+        yield _gauge("skladbridge_feed_offers", "Offers in the published feed.", success("offers"), ["feed"])
+        yield _gauge("skladbridge_feed_active_offers", "Offers on sale (productActivity Y) in the published feed.",
+                     success("active"), ["feed"])
+        yield _gauge("skladbridge_feed_skipped_offers", "Offers the last published build left out.",
+                     per_feed(lambda f: f["skipped"]["total"]), ["feed"])
+        yield _gauge("skladbridge_feed_size_bytes", "Size of the published feed file.",
+                     per_feed(lambda f: f["file"]["size"]), ["feed"])
+        yield _counter("skladbridge_feed_builds", "Builds started.", per_feed(lambda f: f["totals"]["runs"]), ["feed"])
+        yield _counter("skladbridge_feed_build_failures", "Builds that failed or were interrupted.",
+                       per_feed(lambda f: f["totals"]["failed"]), ["feed"])
+
+    @staticmethod
+    def _moysklad(moysklad: dict):
+        totals = moysklad["totals"]
+        yield _gauge("skladbridge_moysklad_credentials_ok", "1 when the last sync got in (or a failure was not about them).",
+                     [((), int(moysklad["credentials"] == "ok"))])
+        yield _counter("skladbridge_moysklad_syncs", "Catalog syncs started.", [((), totals["runs"])])
+        yield _counter("skladbridge_moysklad_sync_failures", "Catalog syncs that failed.", [((), totals["failed"])])
+        yield _counter("skladbridge_moysklad_requests", "Requests sent to the MoySklad API.", [((), totals["requests"])])
+        yield _counter("skladbridge_moysklad_throttled", "429 answers from the MoySklad API.", [((), totals["throttled"])])
+        yield _counter("skladbridge_moysklad_retries", "Requests retried after a 5xx, timeout or reset.",
+                       [((), totals["retries"])])
+        last_ok = moysklad["last_successful_sync"]
+        if last_ok:
+            yield _gauge("skladbridge_moysklad_last_sync_timestamp_seconds", "When a sync last succeeded (Unix time).",
+                         [((), _timestamp(last_ok["finished_at"]))])
+
+    @staticmethod
+    def _exchange(exchange: dict):
+        totals, imports = exchange["totals"], exchange["imports"]
+        yield _counter("skladbridge_exchange_sessions", "CommerceML exchange sessions opened.", [((), totals["sessions"])])
+        yield _counter("skladbridge_exchange_failed_sessions", "Exchange sessions that ended in failure.",
+                       [((), totals["failed"])])
+        yield _counter("skladbridge_exchange_received_bytes", "Bytes 1C / MoySklad uploaded.", [((), totals["bytes"])])
+        yield _counter("skladbridge_exchange_imports", "CommerceML files imported (or attempted).", [((), imports["runs"])])
+        yield _counter("skladbridge_exchange_import_failures", "CommerceML file imports that failed.",
+                       [((), imports["failed"])])
+        last = exchange["last_import"]
+        if last and last["seconds"] is not None:
+            yield _gauge("skladbridge_exchange_last_import_duration_seconds", "How long the last file import took.",
+                         [((), last["seconds"])])
+
+
+def _gauge(name: str, documentation: str, samples, labels: list[str] | None = None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=labels or [])
+    for label_values, value in samples:
+        family.add_metric(list(label_values), value)
+    return family
+
+
+def _counter(name: str, documentation: str, samples, labels: list[str] | None = None) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=labels or [])
+    for label_values, value in samples:
+        family.add_metric(list(label_values), value)
+    return family
+
+
+def _timestamp(text: str | None) -> float | None:
+    return dt.datetime.fromisoformat(text).timestamp() if text else None

@@ -1,0 +1,148 @@
+"""Several MoySklad accounts in one instance (one integrator, several clients): each with its own
+store, feeds and pictures, building on its own thread, so one failing client never stops another."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from lxml import etree
+
+from conftest import client_settings
+from scheduler import start_scheduler
+from settings import AccountSettings, ConfigError, FeedSettings, Settings, load_settings
+from store import CatalogStore
+
+from test_scheduler import wait_for
+
+
+def two_accounts(tmp_path, main_server, other_server, **other) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data", moysklad=client_settings(main_server),
+        feeds=(FeedSettings(name="shop-a", pictures="none"),),
+        accounts=(AccountSettings(name="client-b", moysklad=client_settings(other_server, **other),
+                                  feeds=(FeedSettings(name="shop-b", pictures="cache"),)),))
+
+
+def offer_ids(body: bytes) -> set[str]:
+    return {offer.get("id") for offer in etree.fromstring(body).iter("offer")}
+
+
+def last_build(settings: Settings, feed: str) -> dict | None:
+    view, _ = settings.find_feed(feed)
+    store = CatalogStore(view.store_path)
+    try:
+        return store.last_run(f"feed:{feed}", "build")
+    finally:
+        store.close()
+
+
+def test_each_account_has_its_own_store_feed_and_pictures(tmp_path, emulator_factory, serve):
+    first, second = emulator_factory(products=30, seed=1), emulator_factory(products=20, seed=2)
+    settings = two_accounts(tmp_path, first, second)
+    base = serve(settings)
+    from feeds.build import build_feed
+
+    for view in settings.every_account():
+        for feed in view.feeds:
+            build_feed(view, feed)
+
+    assert (tmp_path / "data" / "catalog.sqlite").exists()
+    assert (tmp_path / "data" / "accounts" / "client-b" / "catalog.sqlite").exists()
+    feed_a = requests.get(base + "/feeds/shop-a.xml", timeout=10)
+    feed_b = requests.get(base + "/feeds/shop-b.xml", timeout=10)
+    assert feed_a.status_code == feed_b.status_code == 200
+    ids_a, ids_b = offer_ids(feed_a.content), offer_ids(feed_b.content)
+    assert ids_a and ids_b and not ids_a & ids_b  # two catalogs, nothing mixed
+    assert ids_b <= set(second.catalog.items) | {i for item in second.catalog.items.values() for i in item.variant_ids}
+
+    pictures = [p.text for p in etree.fromstring(feed_b.content).iter("picture")]
+    assert pictures and all(p.startswith(f"{settings.public_url}/images/client-b/") for p in pictures)
+    picture = requests.get(base + pictures[0].removeprefix(settings.public_url), timeout=10)
+    assert picture.status_code == 200 and picture.content[:3] in (b"\xff\xd8\xff", b"\x89PN")
+    assert requests.get(base + "/images/" + pictures[0].rsplit("/", 1)[1], timeout=10).status_code == 404  # not main's
+    assert requests.get(base + "/images/nobody/" + pictures[0].rsplit("/", 1)[1], timeout=10).status_code == 404
+
+    health = requests.get(base + "/health.json", timeout=10).json()
+    assert {(f["name"], f["account"], f["state"]) for f in health["feeds"]} == {
+        ("shop-a", "main", "fresh"), ("shop-b", "client-b", "fresh")}
+    assert [a["name"] for a in health["accounts"]] == ["main", "client-b"]
+    assert all(a["moysklad"]["credentials"] == "ok" for a in health["accounts"])
+
+
+def test_a_failing_account_does_not_hold_up_the_others(tmp_path, emulator_factory, serve):
+    """Client B's MoySklad answers slowly and then rejects the token; client A's feed is built and
+    served meanwhile, and the health page names B's problem."""
+    first, second = emulator_factory(products=30, seed=1), emulator_factory(products=20, seed=2)
+    second.faults.latency_ms = 6000
+    settings = two_accounts(tmp_path, first, second, token="revoked-token")
+    from app import create_app
+
+    app = create_app(settings)
+    scheduler = start_scheduler(app, retry_seconds=None)
+    try:
+        built_a = wait_for(lambda: (last_build(settings, "shop-a") or {}).get("status") == "ok" and last_build(settings, "shop-a"),
+                           30, "client A's build")
+        base = serve(settings)
+        assert requests.get(base + "/feeds/shop-a.xml", timeout=10).status_code == 200
+        sync_b = wait_for(lambda: last_sync(settings.every_account()[1]), 30, "client B's failed sync")
+        assert sync_b["status"] == "failed" and built_a["finished_at"] <= sync_b["finished_at"]
+        health = requests.get(base + "/health.json", timeout=10).json()
+        assert health["accounts"][1]["moysklad"]["credentials"] == "rejected"
+        states = {f["name"]: f["state"] for f in health["feeds"]}
+        assert states == {"shop-a": "fresh", "shop-b": "failing"}
+        assert health["feeds"][1]["error"]["title"] == "МойСклад не принял токен или логин/пароль"
+        assert requests.get(base + "/healthz", timeout=10).text == \
+            "фид shop-b: ошибка сборки — МойСклад не принял токен или логин/пароль\n"
+    finally:
+        scheduler.shutdown()
+
+
+def last_sync(view: Settings) -> dict | None:
+    store = CatalogStore(view.store_path)
+    try:
+        run = store.last_run("moysklad", "sync")
+    finally:
+        store.close()
+    return run if run and run["status"] != "running" else None
+
+
+def test_account_secrets_come_from_the_environment(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("moysklad: {token: main-token}\nfeeds: [{name: a}]\n"
+                      "accounts:\n  - name: shop-2\n    feeds: [{name: b}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"accounts\[0\]\.moysklad: no credentials.*MOYSKLAD_TOKEN_SHOP_2"):
+        load_settings(config, environ={})
+    settings = load_settings(config, environ={"MOYSKLAD_TOKEN_SHOP_2": "second-token",
+                                              "SKLADBRIDGE_WEBHOOK_SECRET_SHOP_2": "hook-secret-0123456789"})
+    view = settings.every_account()[1]
+    assert (view.account, view.moysklad.token, view.webhooks.secret) == ("shop-2", "second-token", "hook-secret-0123456789")
+    assert view.data_dir == tmp_path / "data" / "accounts" / "shop-2"
+
+
+@pytest.mark.parametrize("accounts, key, problem", [
+    ("[{name: b, moysklad: {token: t}, feeds: [{name: a}]}]", "accounts[0].feeds[0].name", "used by another feed"),
+    ("[{name: b, moysklad: {token: t}}, {name: b, moysklad: {token: t}}]", "accounts[1].name", "used by another account"),
+    ("[{name: B, moysklad: {token: t}}]", "accounts[0].name", "lowercase"),
+    ("[{name: b, moysklad: {token: t}, feeds: [{name: c, source: exchange}]}]", "accounts[0].feeds[0].source", "main feeds"),
+])
+def test_account_config_errors_name_the_key(tmp_path, accounts, key, problem):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"moysklad: {{token: t}}\nfeeds: [{{name: a}}]\naccounts: {accounts}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_settings(config, environ={})
+    assert key in str(error.value) and problem in str(error.value)
+
+
+def test_a_webhook_rebuilds_only_its_own_account(tmp_path, emulator_factory, serve):
+    settings = two_accounts(tmp_path, emulator_factory(products=10), emulator_factory(products=10, seed=3))
+    import dataclasses
+
+    account = dataclasses.replace(settings.accounts[0], webhook_secret="client-b-hook-0123456789")
+    settings = dataclasses.replace(settings, accounts=(account,))
+    base = serve(settings)
+    reply = requests.post(f"{base}/webhooks/moysklad/client-b-hook-0123456789",
+                          json={"events": [{"meta": {"type": "product"}, "action": "UPDATE"}]}, timeout=5)
+    assert reply.json() == {"ok": True, "rebuild": True}
+    assert (tmp_path / "data" / "accounts" / "client-b" / "rebuild.request").exists()
+    assert not (tmp_path / "data" / "rebuild.request").exists()
+    assert requests.post(f"{base}/webhooks/moysklad/wrong-secret", json={}, timeout=5).status_code == 404
