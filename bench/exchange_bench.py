@@ -12,10 +12,7 @@ server's worker (which writes the store) and of the parser process an import sta
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -23,7 +20,8 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_common import PeakRss, start_gunicorn
+
 LOGIN, PASSWORD = "bench", "bench-password"
 CHUNK = 1024 * 1024
 PRICE_TYPE, STORES = "price-type-retail", ("store-moscow", "store-spb", "store-kazan")
@@ -77,59 +75,7 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     config.write_text(f"data_dir: {data_dir}\nlog_level: WARNING\nmoysklad:\n  token: unused\n"
                       f"exchange:\n  login: {LOGIN}\n  password: {PASSWORD}\n  zip: false\n  file_limit: {CHUNK}\n",
                       encoding="utf-8")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", f"127.0.0.1:{port}", "app:create_app()"],
-                              cwd=ROOT, env=dict(os.environ, SKLADBRIDGE_CONFIG=str(config)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            requests.get(base + "/status.json", timeout=2)
-            return server, base
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    raise SystemExit("gunicorn did not start")
-
-
-class PeakRss:
-    """Peak RSS (VmHWM from /proc) of every process under the gunicorn master, sampled while they live:
-    the worker that writes the store, and the parser processes each import starts (via a fork server)."""
-
-    def __init__(self, master_pid: int):
-        self.master_pid = master_pid
-        self.peaks: dict[int, tuple[str, float]] = {}
-
-    def sample(self) -> None:
-        for pid in self._descendants(self.master_pid):
-            try:
-                status = Path(f"/proc/{pid}/status").read_text().splitlines()
-            except OSError:
-                continue  # ended meanwhile
-            fields = dict(line.split(":", 1) for line in status if ":" in line)
-            if "VmHWM" in fields:
-                self.peaks[pid] = (self._role(pid), int(fields["VmHWM"].split()[0]) / 1024)
-
-    def largest(self, role: str) -> float:
-        return max((mb for r, mb in self.peaks.values() if r == role), default=0.0)
-
-    def _role(self, pid: int) -> str:
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return "gone"
-        if b"gunicorn" in command:
-            return "worker"
-        return "fork server" if b"forkserver" in command else "parser"
-
-    @classmethod
-    def _descendants(cls, pid: int) -> list[int]:
-        try:
-            children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            return []
-        return children + [d for child in children for d in cls._descendants(child)]
+    return start_gunicorn(config, "app:create_app()", workers=1)
 
 
 def call(base: str, cookie: str, mode: str, **kwargs) -> list[str]:

@@ -7,11 +7,11 @@ and peak RSS < 150 MB, counted as the sum of the two.
 
     python bench/exchange_parse_bench.py                   # 100,000 goods
     python bench/exchange_parse_bench.py --goods 20000
+    python bench/exchange_parse_bench.py --json            # the figures as JSON for bench/summary.py
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import subprocess
@@ -20,7 +20,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_common import ROOT, bench_parser, print_json, table_output
 NAMESPACE = "urn:1C.ru:commerceml_2"
 GROUPS = 200
 PROPERTIES = 10
@@ -121,28 +121,34 @@ def child(store: Path, path: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--goods", type=int, default=100_000)
     args = parser.parse_args()
+    out = table_output(args)
     rng = random.Random(7)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_import(tmp / "import.xml", args.goods, rng)
         write_offers(tmp / "offers.xml", args.goods, rng)
-        print(f"CommerceML import benchmark: {args.goods} goods")
-        print(f"{'file':<12} {'kind':<7} {'MB':>7} {'seconds':>8} {'MB/s':>7} {'writer MB':>9} {'parser MB':>9} {'sum MB':>7}  counts")
+        print(f"CommerceML import benchmark: {args.goods} goods", file=out)
+        print(f"{'file':<12} {'kind':<7} {'MB':>7} {'seconds':>8} {'MB/s':>7} {'writer MB':>9} {'parser MB':>9} {'sum MB':>7}  counts",
+              file=out)
         results = []
         for name in ("import.xml", "offers.xml"):
             result = child(tmp / "catalog.sqlite", tmp / name)
-            results.append(result)
+            results.append({"file": name, **result})
             counts = {k: v for k, v in result["counts"].items() if v and k in ("groups", "goods", "offers", "prices", "stock", "attributes")}
             print(f"{name:<12} {result['kind']:<7} {result['mb']:>7.1f} {result['seconds']:>8.2f} "
                   f"{result['mb'] / result['seconds']:>7.1f} {result['peak_rss_mb']:>9.1f} {result['parser_rss_mb']:>9.1f} "
-                  f"{result['peak_rss_mb'] + result['parser_rss_mb']:>7.1f}  {counts}", flush=True)
+                  f"{result['peak_rss_mb'] + result['parser_rss_mb']:>7.1f}  {counts}", file=out, flush=True)
     fast = all(r["mb"] / r["seconds"] >= 20 for r in results)
     small = all(r["peak_rss_mb"] + r["parser_rss_mb"] < 150 for r in results)
-    print(f"goal >= 20 MB/s: {'met' if fast else 'MISSED'}; goal peak RSS < 150 MB: {'met' if small else 'MISSED'}")
-
+    print(f"goal >= 20 MB/s: {'met' if fast else 'MISSED'}; goal peak RSS < 150 MB: {'met' if small else 'MISSED'}", file=out)
+    if args.json:
+        print_json("import", [{**r, "goods": args.goods, "mb_per_s": r["mb"] / r["seconds"],
+                               "goals": {">= 20 MB/s": r["mb"] / r["seconds"] >= 20,
+                                         "writer + parser RSS < 150 MB": r["peak_rss_mb"] + r["parser_rss_mb"] < 150}}
+                              for r in results])
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ requests <= 2 * ceil(N/1000) + 10 and peak RSS < 150 MB, flat from 10k to 100k r
 
     python bench/sync_bench.py                 # 10,000 and 100,000 rows
     python bench/sync_bench.py --rows 20000    # one size
+    python bench/sync_bench.py --json          # the figures as JSON for bench/summary.py
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_common import ROOT, bench_parser, free_port, print_json, table_output
 
 CHILD = r"""
 import json, resource, sys, time
@@ -39,12 +40,6 @@ print(json.dumps({"requests": result.requests, "throttled": result.throttled, "r
                   "seconds": seconds, "rows": result.counts.get("assortment_rows", 0),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_emulator(rows: int, latency_ms: int) -> tuple[subprocess.Popen, str]:
@@ -82,35 +77,42 @@ def measure(rows: int, latency_ms: int) -> dict:
         emulator.wait(timeout=30)
     figures["budget"] = 2 * math.ceil(rows / 1000) + 10
     figures["rows_per_s"] = figures["rows"] / figures["seconds"]
+    figures["goals"] = {f"requests <= {figures['budget']}": figures["requests"] <= figures["budget"],
+                        "peak RSS < 150 MB": figures["peak_rss_mb"] < 150}
     return figures
 
 
-def size_arguments(description: str) -> tuple[list[int], int]:
-    """The catalog sizes (default 10k and 100k rows) and emulator latency a benchmark runs with."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def size_arguments(description: str) -> argparse.Namespace:
+    """The catalog sizes (``rows``, default 10k and 100k), emulator latency and --json a benchmark runs with."""
+    parser = bench_parser(description)
     parser.add_argument("--rows", type=int, action="append", help="assortment rows (repeatable)")
     parser.add_argument("--latency-ms", type=int, default=20)
     args = parser.parse_args()
-    return args.rows or [10_000, 100_000], args.latency_ms
+    args.rows = args.rows or [10_000, 100_000]
+    return args
 
 
 def main() -> None:
-    sizes, latency_ms = size_arguments(__doc__)
-    print(f"sync benchmark: emulator latency {latency_ms} ms, MoySklad limits on (45 units / 3 s)")
-    print(f"{'rows':>8} {'requests':>9} {'budget':>7} {'429s':>5} {'retries':>7} {'wall s':>8} {'rows/s':>8} {'peak RSS MB':>12}")
+    args = size_arguments(__doc__)
+    out = table_output(args)
+    print(f"sync benchmark: emulator latency {args.latency_ms} ms, MoySklad limits on (45 units / 3 s)", file=out)
+    print(f"{'rows':>8} {'requests':>9} {'budget':>7} {'429s':>5} {'retries':>7} {'wall s':>8} {'rows/s':>8} {'peak RSS MB':>12}",
+          file=out)
     results = []
-    for rows in sizes:
-        f = measure(rows, latency_ms)
+    for rows in args.rows:
+        f = measure(rows, args.latency_ms)
         results.append(f)
         print(f"{f['rows']:>8} {f['requests']:>9} {f['budget']:>7} {f['throttled']:>5} {f['retries']:>7} "
-              f"{f['seconds']:>8.1f} {f['rows_per_s']:>8.0f} {f['peak_rss_mb']:>12.1f}", flush=True)
+              f"{f['seconds']:>8.1f} {f['rows_per_s']:>8.0f} {f['peak_rss_mb']:>12.1f}", file=out, flush=True)
     ok_requests = all(f["requests"] <= f["budget"] for f in results)
     ok_memory = all(f["peak_rss_mb"] < 150 for f in results)
     print(f"goal requests <= 2*ceil(N/1000)+10: {'met' if ok_requests else 'MISSED'}; "
-          f"goal peak RSS < 150 MB: {'met' if ok_memory else 'MISSED'}")
+          f"goal peak RSS < 150 MB: {'met' if ok_memory else 'MISSED'}", file=out)
     if len(results) > 1:
         growth = results[-1]["peak_rss_mb"] - results[0]["peak_rss_mb"]
-        print(f"peak RSS growth from {results[0]['rows']} to {results[-1]['rows']} rows: {growth:+.1f} MB")
+        print(f"peak RSS growth from {results[0]['rows']} to {results[-1]['rows']} rows: {growth:+.1f} MB", file=out)
+    if args.json:
+        print_json("sync", results, latency_ms=args.latency_ms)
 
 
 if __name__ == "__main__":

@@ -336,8 +336,9 @@ def test_an_exchange_across_two_gunicorn_workers(tmp_path):
     access_log = tmp_path / "access.log"
     with open(tmp_path / "gunicorn.log", "w") as errors:
         server = subprocess.Popen(
-            # sync workers (not gunicorn.conf.py's threaded ones): a held upload must occupy a whole worker
-            [sys.executable, "-m", "gunicorn", "--worker-class", "sync", "--workers", "2", "--bind", f"127.0.0.1:{port}",
+            # sync workers, one thread (not gunicorn.conf.py's threaded ones): a held upload must occupy a worker
+            [sys.executable, "-m", "gunicorn", "--worker-class", "sync", "--threads", "1", "--workers", "2",
+             "--bind", f"127.0.0.1:{port}",
              "--access-logfile",
              str(access_log), "--access-logformat", "%(p)s %(r)s", "app:create_app()"],
             cwd=Path(__file__).resolve().parents[1], env=env, stderr=errors)
