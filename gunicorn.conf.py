@@ -12,7 +12,7 @@ import sys
 from gunicorn.glogging import Logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the config is read before --chdir applies
-from logging_setup import scrub  # noqa: E402
+from logging_setup import JsonFormatter, scrub  # noqa: E402
 
 bind = os.environ.get("SKLADBRIDGE_BIND", "127.0.0.1:8080")
 
@@ -41,6 +41,12 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 class ScrubbingLogger(Logger):
     """The access log without URL secrets (sessid, feed tokens, the webhook secret); JSON when
     SKLADBRIDGE_LOG_FORMAT=json."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        if os.environ.get("SKLADBRIDGE_LOG_FORMAT") == "json":  # gunicorn's own lines too
+            for handler in self.error_log.handlers:
+                handler.setFormatter(JsonFormatter())
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)

@@ -273,6 +273,7 @@ def _exchange(settings: Settings, store: CatalogStore) -> dict:
     last_import = store.last_run("exchange", "import")
     return {"enabled": enabled, "sessions": sessions, "totals": totals,
             "imports": store.run_totals("exchange", "import"), "catalog": store.counts("exchange"),
+            "orders": store.orders_summary(),
             "last_import": None if last_import is None else {
                 **_run_summary(last_import), "seconds": _seconds(last_import)}}
 

@@ -88,6 +88,8 @@ class _HealthCollector:
         yield _counter("skladbridge_exchange_imports", "CommerceML files imported (or attempted).", [((), imports["runs"])])
         yield _counter("skladbridge_exchange_import_failures", "CommerceML file imports that failed.",
                        [((), imports["failed"])])
+        yield _gauge("skladbridge_orders_waiting_for_1c", "Orders 1C / MoySklad has not confirmed (mode=success) yet.",
+                     [((), exchange["orders"]["waiting_for_1c"])])
         last = exchange["last_import"]
         if last and last["seconds"] is not None:
             yield _gauge("skladbridge_exchange_last_import_duration_seconds", "How long the last file import took.",

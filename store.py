@@ -461,6 +461,15 @@ class CatalogStore:
             skipped = [item["reason"] for item in run.skipped]
         return {**run.stats.counts, "run_id": run.id, "skipped": skipped}
 
+    def orders_summary(self) -> dict:
+        """For the health page: orders in all, waiting for 1C to confirm them, and the last query."""
+        total, waiting, oldest = self.db.execute(
+            "SELECT count(*), coalesce(sum(exported_revision IS NULL OR exported_revision < revision), 0), "
+            "min(CASE WHEN exported_revision IS NULL OR exported_revision < revision THEN created_at END) FROM orders").fetchone()
+        last = self.db.execute("SELECT sent_at, confirmed_at, orders FROM order_queries ORDER BY id DESC LIMIT 1").fetchone()
+        return {"orders": total, "waiting_for_1c": waiting, "oldest_waiting_since": oldest,
+                "last_query": dict(zip(("sent_at", "confirmed_at", "orders"), last)) if last else None}
+
     def _order_row(self, number: str) -> dict | None:
         rows = list(self.db.query("SELECT * FROM orders WHERE number = ?", [number]))
         return rows[0] if rows else None

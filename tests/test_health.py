@@ -337,3 +337,25 @@ def test_guard_refusal_offers_a_forced_build(tmp_path, emulator_factory, serve):
     assert body["error"]["title"].startswith("Защита остановила публикацию")
     html = requests.get(base + "/", timeout=10).text
     assert 'name="force" value="1"' in html and "Опубликовать несмотря на защиту" in html
+
+
+def test_orders_waiting_for_1c_are_shown(tmp_path, serve):
+    """An order 1C fetched but never confirmed is the classic "orders do not reach 1C" case."""
+    from test_orders import order_payload
+    from test_orders_exchange import Api, Sale, sale_settings
+
+    settings = sale_settings(tmp_path)
+    base = serve(settings)
+    api = Api(base)
+    assert api.post(order_payload("A-1")).status_code == 201
+    assert api.post(order_payload("A-2")).status_code == 201
+    health = requests.get(base + "/health.json", timeout=10).json()["exchange"]["orders"]
+    assert (health["orders"], health["waiting_for_1c"], health["last_query"]) == (2, 2, None)
+    assert "1С ещё ни разу не запрашивала заказы" in requests.get(base + "/", timeout=10).text
+
+    Sale(base).login().query()  # fetched, no success
+    health = requests.get(base + "/health.json", timeout=10).json()["exchange"]["orders"]
+    assert health["waiting_for_1c"] == 2 and health["last_query"]["orders"] == 2 and not health["last_query"]["confirmed_at"]
+    assert "не подтверждён" in requests.get(base + "/", timeout=10).text
+    families = {f.name: f for f in text_string_to_metric_families(requests.get(base + "/metrics", timeout=10).text)}
+    assert families["skladbridge_orders_waiting_for_1c"].samples[0].value == 2

@@ -59,23 +59,34 @@ def wait_for(condition, timeout: float, what: str):
 
 
 class Gunicorn:
-    """``gunicorn --workers N wsgi:app`` on a temp config, its log in a file."""
+    """``gunicorn --workers N wsgi:app`` on a temp config, its log in a file.
 
-    def __init__(self, tmp_path: Path, server, workers: int = 3):
+    ``config_text`` replaces the whole default config; ``deployed`` starts it as the deployment does:
+    ``gunicorn -c gunicorn.conf.py wsgi:app``, the address and worker count in SKLADBRIDGE_BIND/_WORKERS.
+    """
+
+    def __init__(self, tmp_path: Path, server, workers: int = 3, feed_options: str = "", environ: dict | None = None,
+                 *, config_text: str | None = None, deployed: bool = False):
         self.data_dir = tmp_path / "data"
-        config = tmp_path / "config.yaml"
+        self.config = config = tmp_path / "config.yaml"
         config.write_text(
-            f"data_dir: data\nmoysklad:\n  base_url: {server.base_url}\n  token: {EMULATOR_TOKEN}\n"
-            f"  retry_base_delay: 0.05\nfeeds:\n  - name: main\n    pictures: none\n    interval_minutes: 0.05\n",
+            config_text or f"data_dir: data\nmoysklad:\n  base_url: {server.base_url}\n  token: {EMULATOR_TOKEN}\n"
+            f"  retry_base_delay: 0.05\nfeeds:\n  - name: main\n    pictures: none\n    interval_minutes: 0.05\n"
+            + "".join(f"    {line}\n" for line in feed_options.splitlines()),
             encoding="utf-8",
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MOYSKLAD_", "SKLADBRIDGE_"))}
-        env["SKLADBRIDGE_CONFIG"] = str(config)
+        self.env = env = {k: v for k, v in os.environ.items() if not k.startswith(("MOYSKLAD_", "SKLADBRIDGE_"))}
+        env.update(environ or {}, SKLADBRIDGE_CONFIG=str(config))
         self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        options = ["--workers", str(workers), "--bind", f"127.0.0.1:{self.port}"]
+        if deployed:
+            env.update(SKLADBRIDGE_BIND=f"127.0.0.1:{self.port}", SKLADBRIDGE_WORKERS=str(workers))
+            options = ["-c", "gunicorn.conf.py"]
         self.log_path = tmp_path / "gunicorn.log"
         self.log_file = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}", "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", *options, "wsgi:app"],
             cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
         )
         self.started = time.monotonic()
@@ -115,8 +126,8 @@ class Gunicorn:
 def gunicorn(tmp_path, emulator_factory):
     instances = []
 
-    def start(workers=3):
-        instance = Gunicorn(tmp_path, emulator_factory(products=60), workers)
+    def start(workers=3, **options):
+        instance = Gunicorn(tmp_path, emulator_factory(products=60), workers, **options)
         instances.append(instance)
         return instance
 
