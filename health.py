@@ -62,7 +62,7 @@ ADVICE = (
      Advice("Защита остановила публикацию: в новом файле намного меньше активных товаров",
             "Проверьте в МоёмСкладе, не сняли ли товары с продажи по ошибке. Если сокращение настоящее, "
             "соберите фид принудительно: flask --app app feeds build ИМЯ --force.")),
-    (r"No space left|Errno 28|disk full|Disk quota",
+    (r"No space left|Errno 28|disk full|Disk quota|File too large|Errno 27",
      Advice("На диске закончилось место",
             "Освободите место на диске сервера (каталог data_dir); прежний фид продолжает раздаваться.")),
     (r"price type|warehouse|unknown field|template",
@@ -108,6 +108,8 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
             account["store"] = {"ok": False, "path": str(view.store_path), "error": str(exc)}
             continue
         try:
+            for source in ("moysklad", "exchange", *(feed_source(feed) for feed in view.feeds)):
+                store.settle_dead_runs(source)
             last_sync = store.last_run("moysklad", "sync") if _uses_moysklad(view) else None
             account["moysklad"] = _moysklad(store, view, last_sync) if _uses_moysklad(view) else None
             feeds += [_feed(store, view, feed, now, last_sync, reveal_tokens) for feed in view.feeds]

@@ -97,10 +97,11 @@ def build_now(name: str):
     if feed is None:
         return Response(f"Фид «{name}» не найден в конфигурации.\n", status=404, mimetype="text/plain")
     data = collect(settings)
-    last = next(f for f in data["feeds"] if f["name"] == name)["last_attempt"]
+    shown = next(f for f in data["feeds"] if f["name"] == name)
+    after = max((run["run_id"] for run in (shown["last_attempt"], shown["error"]) if run), default=0)
     request_build(settings, feed, force=request.form.get("force") == "1")
     current_app.logger.info("feed %s: build requested on the health page from %s", name, request.remote_addr)
-    return redirect(url_for("status.page", build=name, after=last["run_id"] if last else 0, _anchor=f"feed-{name}"), 303)
+    return redirect(url_for("status.page", build=name, after=after, _anchor=f"feed-{name}"), 303)
 
 
 def _same_origin() -> bool:
@@ -118,6 +119,11 @@ def _banner(data: dict, name: str, after: int | None) -> dict | None:
     if feed is None:
         return None
     last = feed["last_attempt"]
+    error = feed["error"]
+    if error and error["kind"] == "sync" and error["run_id"] > (after or 0):
+        # the MoySklad sync that starts a build failed: that build never got a run of its own
+        return {"feed": name, "running": False, "kind": "bad",
+                "text": f"Сборка фида «{name}» не удалась: {error['title']}. Прежний файл продолжает раздаваться."}
     if last is None or last["run_id"] <= (after or 0):
         return {"feed": name, "running": True, "kind": "info",
                 "text": f"Сборка фида «{name}» запрошена и скоро начнётся; страница обновляется сама."}

@@ -14,6 +14,7 @@ import fcntl
 import json
 import operator
 import os
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,7 @@ CREATE TABLE IF NOT EXISTS order_query_items (
     query_id INTEGER NOT NULL, order_number TEXT NOT NULL, revision INTEGER NOT NULL,
     PRIMARY KEY (query_id, order_number)) WITHOUT ROWID;
 """
+SCHEMA_NAMES = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA))
 
 # Order columns the shop owns (the API writes them) and those 1C / MoySklad owns (status documents).
 ORDER_COLUMNS = ("ordered_at", "currency", "total", "customer_name", "customer_phone", "customer_email",
@@ -175,12 +177,21 @@ class CatalogStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA journal_size_limit=67108864")  # a big run's WAL shrinks back after it
             self.db.execute("PRAGMA foreign_keys=OFF")
-            self.db.conn.executescript(SCHEMA)
+            if not self._schema_complete():
+                # A connection that read the schema while another process was creating it would run the
+                # CREATEs as a writer and wait for that process's whole first run: wait for its creating only.
+                with open(self.path.with_name(f"{self.path.name}.schema.lock"), "a+") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    if not self._schema_complete():
+                        self.db.conn.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the catalog store {self.path}: {exc}") from exc
 
     def close(self) -> None:
         self.db.close()
+
+    def _schema_complete(self) -> bool:
+        return SCHEMA_NAMES <= {name for (name,) in self.db.execute("SELECT name FROM sqlite_master")}
 
     # --- runs -------------------------------------------------------------------------------
 
@@ -258,6 +269,17 @@ class CatalogStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def settle_dead_runs(self, source: str) -> None:
+        """Runs left 'running' by a process that died (kill -9, OOM) are marked interrupted now rather
+        than at the source's next run, so the health page tells the truth meanwhile."""
+        if not self.db.execute("SELECT 1 FROM runs WHERE source = ? AND status = 'running' LIMIT 1", [source]).fetchone():
+            return
+        try:
+            with self._writer_lock(source):
+                self._close_interrupted_runs(source)
+        except StoreBusy:
+            pass  # its process is alive and holds the lock: it is really running
 
     def _close_interrupted_runs(self, source: str) -> None:
         """Runs still 'running' while we hold the lock died without finishing (kill -9, power loss)."""

@@ -486,7 +486,8 @@ class _Handler(BaseHTTPRequestHandler):
     def send_fault(self, status: int) -> None:
         if status == 503:
             return self.send_bytes(503, PROXY_503, {"Content-Type": "text/html"})
-        messages = {502: (1095, "Пожалуйста, повторите попытку через некоторое время. Приложение временно недоступно")}
+        messages = {401: (1056, AUTH_ERROR),  # a token revoked mid-run: the same body as a wrong one
+                    502: (1095, "Пожалуйста, повторите попытку через некоторое время. Приложение временно недоступно")}
         code, message = messages.get(status, (1999, "Неизвестная ошибка"))
         self.send_json(status, ApiError(status, code, message).body(), {})
 

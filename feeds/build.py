@@ -106,6 +106,8 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
                                         build_seconds=round(time.monotonic() - started, 3))
         except (RenderError, PublishRefused) as exc:
             raise BuildFailed(str(exc)) from exc
+        except OSError as exc:  # a full disk, say: an operator's problem, not a crash (publish removed its temp files)
+            raise BuildFailed(f"cannot write the feed file in {feeds_dir}: {exc}") from exc
         seconds = time.monotonic() - started
         log.info("feed %s built in %.1fs: %d offers (%d inactive), %d skipped, %d bytes", feed.name, seconds,
                  stats.offers, stats.inactive, sum(stats.skipped.values()), published.size)

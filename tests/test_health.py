@@ -9,8 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -27,6 +30,7 @@ from store import CatalogStore
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ADMIN = ("operator", "a-long-admin-password")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -359,3 +363,23 @@ def test_orders_waiting_for_1c_are_shown(tmp_path, serve):
     assert "не подтверждён" in requests.get(base + "/", timeout=10).text
     families = {f.name: f for f in text_string_to_metric_families(requests.get(base + "/metrics", timeout=10).text)}
     assert families["skladbridge_orders_waiting_for_1c"].samples[0].value == 2
+
+
+def test_a_build_killed_mid_run_shows_as_interrupted_at_once(tmp_path, emulator, serve):
+    """A build process killed with -9 leaves its run 'running'; the page must not say so for an hour."""
+    settings = Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator),
+                        feeds=(FeedSettings(name="main", pictures="none"),))
+    build_feed(settings, settings.feeds[0])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from store import CatalogStore\n"
+         "with CatalogStore(sys.argv[1]).run('feed:main', 'build'):\n    print('started', flush=True); time.sleep(60)",
+         str(settings.store_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "started"
+    base = serve(settings)
+    feed = requests.get(base + "/health.json", timeout=10).json()["feeds"][0]
+    assert feed["building"] is True and feed["state"] == "fresh"  # alive: really building
+    holder.kill()
+    holder.wait()
+    feed = requests.get(base + "/health.json", timeout=10).json()["feeds"][0]
+    assert feed["building"] is False and feed["last_attempt"]["status"] == "interrupted"
+    assert feed["state"] == "failing" and feed["error"]["title"] == "Сборка прервана: процесс сервиса был остановлен"

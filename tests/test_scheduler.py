@@ -95,7 +95,7 @@ class Gunicorn:
         def answers():
             try:
                 return requests.get(f"http://127.0.0.1:{self.port}/status.json", timeout=2).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or slow to boot
                 assert self.process.poll() is None, self.log()
                 return False
 
