@@ -196,6 +196,8 @@ def bar_chart(history: list[dict], key: str, unit: str, label: str) -> Markup:
     for index, (run, value) in enumerate(zip(history, values)):
         h = max(1.0, value / top * (height - 4)) if value else 1.0
         color = "#2e7d32" if run["status"] == "ok" else "#999" if run["status"] == "running" else "#c62828"
+        if run["status"] in ("failed", "interrupted"):
+            h = max(h, height * 0.35)  # a failed build stands out even when it got no figures
         title = f"№{run['run_id']} {when(run['started_at'])}: {value:g} {unit}" if value else f"№{run['run_id']}: {run['status']}"
         bars.append(f'<rect x="{offset + index * (bar + gap):.1f}" y="{height - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
                     f'fill="{color}"><title>{escape(title)}</title></rect>')
