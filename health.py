@@ -14,6 +14,7 @@ from pathlib import Path
 
 from feeds.build import feed_source
 from feeds.publish import feed_paths
+from scheduler import crontab_trigger
 from settings import FeedSettings, Settings, redacted
 from store import CatalogStore, StoreError
 
@@ -110,8 +111,8 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
         try:
             for source in ("moysklad", "exchange", *(feed_source(feed) for feed in view.feeds)):
                 store.settle_dead_runs(source)
-            last_sync = store.last_run("moysklad", "sync") if _uses_moysklad(view) else None
-            account["moysklad"] = _moysklad(store, view, last_sync) if _uses_moysklad(view) else None
+            last_sync = store.last_run("moysklad", "sync") if view.moysklad_feeds else None
+            account["moysklad"] = _moysklad(store, view, last_sync) if view.moysklad_feeds else None
             feeds += [_feed(store, view, feed, now, last_sync, reveal_tokens) for feed in view.feeds]
             if view is settings:
                 exchange = _exchange(settings, store)
@@ -135,10 +136,6 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
     }
 
 
-def _uses_moysklad(settings: Settings) -> bool:
-    return any(feed.source == "moysklad" for feed in settings.feeds)
-
-
 def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.datetime, last_sync: dict | None,
           reveal_tokens: bool) -> dict:
     """One feed: its state, the published file, the last attempt and its history."""
@@ -158,7 +155,7 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
     else:
         state = "fresh"
     counts = last_ok["counts"] if last_ok else {}
-    file = feed_paths(settings.data_dir / "feeds", feed.name)["xml"]
+    file = feed_paths(settings.feeds_dir, feed.name)["xml"]
     token_part = (feed.token if reveal_tokens else "***") + "/" if feed.token else ""
     return {
         "name": feed.name,
@@ -301,8 +298,6 @@ def schedule_interval_seconds(feed: FeedSettings, now: dt.datetime) -> float:
     """The time between two builds: the interval, or the gap between the cron schedule's next two runs."""
     if not feed.cron:
         return feed.interval_minutes * 60
-    from scheduler import crontab_trigger
-
     trigger = crontab_trigger(feed.cron)
     first = trigger.get_next_fire_time(None, now.astimezone())
     second = trigger.get_next_fire_time(first, first + dt.timedelta(seconds=1))
@@ -312,8 +307,6 @@ def schedule_interval_seconds(feed: FeedSettings, now: dt.datetime) -> float:
 def next_run(feed: FeedSettings, now: dt.datetime, last: dict | None) -> dt.datetime | None:
     """When the scheduler builds the feed next (an interval counts from the last build's start)."""
     if feed.cron:
-        from scheduler import crontab_trigger
-
         return crontab_trigger(feed.cron).get_next_fire_time(None, now.astimezone())
     if last is None:
         return now

@@ -96,18 +96,20 @@ class _HealthCollector:
                          [((), last["seconds"])])
 
 
-def _gauge(name: str, documentation: str, samples, labels: list[str] | None = None) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation, labels=labels or [])
+def _family(kind, name: str, documentation: str, samples, labels: list[str] | None = None):
+    """A metric family of ``kind`` (gauge or counter) from (label values, value) pairs."""
+    family = kind(name, documentation, labels=labels or [])
     for label_values, value in samples:
         family.add_metric(list(label_values), value)
     return family
 
 
-def _counter(name: str, documentation: str, samples, labels: list[str] | None = None) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, documentation, labels=labels or [])
-    for label_values, value in samples:
-        family.add_metric(list(label_values), value)
-    return family
+def _gauge(*args, **kwargs) -> GaugeMetricFamily:
+    return _family(GaugeMetricFamily, *args, **kwargs)
+
+
+def _counter(*args, **kwargs) -> CounterMetricFamily:
+    return _family(CounterMetricFamily, *args, **kwargs)
 
 
 def _timestamp(text: str | None) -> float | None:

@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-from exchange.orders import DELIVERY_ID, DELIVERY_NAME, money
+from exchange.orders import DELIVERY_ID, DELIVERY_NAME
+from store import money
 
 MAX_ITEMS = 1000
 MAX_MONEY = Decimal("999999999.99")

@@ -22,4 +22,4 @@ def picture(filename: str, account: str = ""):
     view = next((v for v in current_app.config["SETTINGS"].every_account() if v.account == account), None)
     if view is None:
         abort(404)
-    return send_from_directory(view.data_dir / "images", filename, max_age=MAX_AGE, conditional=True, etag=True)
+    return send_from_directory(view.images_dir, filename, max_age=MAX_AGE, conditional=True, etag=True)

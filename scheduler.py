@@ -118,7 +118,7 @@ def _run_jobs(app, settings: Settings, lock: IO) -> BackgroundScheduler:
             scheduler.add_job(run_build, _trigger(feed), args=[account, feed], id=f"feed:{feed.name}",
                               name=f"build feed {feed.name}", executor=builds_executor(account), next_run_time=now)
             plan.append(_describe(feed))
-        if account.webhooks.secret and _moysklad_feeds(account):
+        if account.webhooks.secret and account.moysklad_feeds:
             poller = RebuildPoller(scheduler, account)
             scheduler.add_job(poller.poll, "interval", seconds=WEBHOOK_POLL_SECONDS, id=f"webhook-poll:{account.account}",
                               name=f"poll webhook rebuild requests {account.account}".rstrip())
@@ -194,11 +194,6 @@ def _describe(feed: FeedSettings) -> str:
     return f"feed {feed.name} cron '{feed.cron}'" if feed.cron else f"feed {feed.name} every {feed.interval_minutes:g} min"
 
 
-def _moysklad_feeds(settings: Settings) -> list[FeedSettings]:
-    """The feeds a MoySklad webhook makes stale."""
-    return [feed for feed in settings.feeds if feed.source == "moysklad"]
-
-
 def run_build(settings: Settings, feed: FeedSettings, sync: bool = True, force: bool = False) -> None:
     """One build, logged in one line; a failure leaves the previous file published and is never raised."""
     started = time.monotonic()
@@ -211,8 +206,7 @@ def run_build(settings: Settings, feed: FeedSettings, sync: bool = True, force: 
         log.exception("feed %s: build crashed in %.1f s, the previous file stays published",
                       feed.name, time.monotonic() - started)
     else:
-        outcome = "published" if result.published else f"not published ({result.guard})"
-        log.info("feed %s: build #%d %s in %.1f s, %d offers", feed.name, result.run_id, outcome,
+        log.info("feed %s: build #%d published in %.1f s, %d offers", feed.name, result.run_id,
                  result.seconds, result.offers)
 
 
@@ -247,7 +241,7 @@ class RebuildPoller:
     def rebuild(self) -> None:
         """Build every moysklad feed; the first build's incremental sync serves them all."""
         self.queued.clear()
-        for index, feed in enumerate(_moysklad_feeds(self.settings)):
+        for index, feed in enumerate(self.settings.moysklad_feeds):
             run_build(self.settings, feed, sync=index == 0)
 
 
@@ -255,21 +249,25 @@ class RebuildPoller:
 
 def request_build(settings: Settings, feed: FeedSettings, *, force: bool = False) -> None:
     """Leave a note for the scheduler process (any worker may get the click; only one runs builds)."""
-    folder = settings.data_dir / BUILD_REQUESTS
-    folder.mkdir(parents=True, exist_ok=True)
-    write_note(folder / f"{feed.name}.json", json.dumps({"force": force, "requested_at": time.time()}))
+    note = _build_note(settings, feed.name)
+    note.parent.mkdir(parents=True, exist_ok=True)
+    write_note(note, json.dumps({"force": force, "requested_at": time.time()}))
 
 
 def build_requests(settings: Settings) -> dict[str, dict]:
     """Builds asked for and not yet started, by feed name (notes of every account's feeds sit in the
     main data directory: feed names are unique)."""
     requests = {}
-    for feed in (feed for account in settings.every_account() for feed in account.feeds):
+    for _, feed in settings.every_feed():
         try:
-            requests[feed.name] = json.loads((settings.data_dir / BUILD_REQUESTS / f"{feed.name}.json").read_text())
+            requests[feed.name] = json.loads(_build_note(settings, feed.name).read_text())
         except (OSError, ValueError):
             continue
     return requests
+
+
+def _build_note(settings: Settings, feed_name: str) -> Path:
+    return settings.data_dir / BUILD_REQUESTS / f"{feed_name}.json"
 
 
 class ManualBuilds:
@@ -282,25 +280,21 @@ class ManualBuilds:
         self.lock = threading.Lock()
 
     def poll(self) -> None:
-        for account, feed in ((a, f) for a in self.settings.every_account() for f in a.feeds):
-            note = self.settings.data_dir / BUILD_REQUESTS / f"{feed.name}.json"
-            try:
-                request = json.loads(note.read_text())
-            except (OSError, ValueError):
-                continue
+        for name, request in build_requests(self.settings).items():
             with self.lock:
-                if feed.name in self.queued:
+                if name in self.queued:
                     continue
-                self.queued.add(feed.name)
-            self.scheduler.add_job(self._build, args=[account, feed, bool(request.get("force")), note],
+                self.queued.add(name)
+            account, feed = self.settings.find_feed(name)
+            self.scheduler.add_job(self._build, args=[account, feed, bool(request.get("force"))],
                                    executor=builds_executor(account),
-                                   id=f"manual:{feed.name}", name=f"build feed {feed.name} (asked for on the health page)",
+                                   id=f"manual:{name}", name=f"build feed {name} (asked for on the health page)",
                                    misfire_grace_time=None)
 
-    def _build(self, account: Settings, feed: FeedSettings, force: bool, note: Path) -> None:
+    def _build(self, account: Settings, feed: FeedSettings, force: bool) -> None:
         """The note stays until the build starts, so the page shows the request as waiting until then."""
         with self.lock:
             self.queued.discard(feed.name)
-        note.unlink(missing_ok=True)
+        _build_note(self.settings, feed.name).unlink(missing_ok=True)
         log.info("feed %s: build asked for on the health page%s", feed.name, " (forced past the guard)" if force else "")
         run_build(account, feed, force=force)

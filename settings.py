@@ -14,6 +14,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,6 +214,20 @@ class Settings:
         return self.data_dir / "catalog.sqlite"
 
     @property
+    def feeds_dir(self) -> Path:
+        return self.data_dir / "feeds"
+
+    @property
+    def images_dir(self) -> Path:
+        """Cached MoySklad pictures and the pictures 1C sends through the exchange."""
+        return self.data_dir / "images"
+
+    @property
+    def moysklad_feeds(self) -> tuple[FeedSettings, ...]:
+        """The feeds that publish the MoySklad catalog (a webhook or a sync makes them stale)."""
+        return tuple(feed for feed in self.feeds if feed.source == "moysklad")
+
+    @property
     def images_url(self) -> str:
         """Where the feed's cached pictures are fetched from."""
         return self.public_url.rstrip("/") + "/images" + (f"/{self.account}" if self.account else "")
@@ -230,9 +245,13 @@ class Settings:
                 "account_name": account.name}))
         return views
 
+    def every_feed(self) -> Iterator[tuple[Settings, FeedSettings]]:
+        """Every feed of every account, with its account's settings."""
+        return ((view, feed) for view in self.every_account() for feed in view.feeds)
+
     def find_feed(self, name: str) -> tuple[Settings, FeedSettings] | None:
         """A feed of any account, with its account's settings."""
-        return next(((view, feed) for view in self.every_account() for feed in view.feeds if feed.name == name), None)
+        return next(((view, feed) for view, feed in self.every_feed() if feed.name == name), None)
 
     @property
     def exchange_log_path(self) -> Path:
@@ -298,7 +317,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping
 
 def _check(settings: Settings) -> None:
     """Rules that span several keys."""
-    main_uses_moysklad = any(feed.source == "moysklad" for feed in settings.feeds) or not settings.accounts
+    main_uses_moysklad = bool(settings.moysklad_feeds) or not settings.accounts
     _check_moysklad(settings.moysklad, "moysklad", credentials=main_uses_moysklad)
     seen: set[str] = set()
     _check_feeds(settings.feeds, "feeds", seen)

@@ -19,6 +19,7 @@ from credentials import basic_auth_matches, tokens_match
 from health import HISTORY_BUILDS, collect, duration_text, healthz
 from metrics import render_metrics
 from scheduler import build_requests, request_build, scheduler_running
+from store import CatalogStore
 
 status_bp = Blueprint("status", __name__)
 
@@ -90,15 +91,17 @@ def build_now(name: str):
     """Ask the scheduler to build a feed now (forced past the guard when asked); back to the page."""
     settings = _settings()
     found = settings.find_feed(name)
-    feed = found[1] if found else None
     if not _same_origin() or not tokens_match(request.form.get(CSRF_FIELD), request.cookies.get(CSRF_COOKIE)):
         return Response("Запрос отклонён: устаревшая страница или запрос с другого сайта. Обновите страницу "
                         "и нажмите кнопку ещё раз.\n", status=403, mimetype="text/plain")
-    if feed is None:
+    if found is None:
         return Response(f"Фид «{name}» не найден в конфигурации.\n", status=404, mimetype="text/plain")
-    data = collect(settings)
-    shown = next(f for f in data["feeds"] if f["name"] == name)
-    after = max((run["run_id"] for run in (shown["last_attempt"], shown["error"]) if run), default=0)
+    account, feed = found
+    store = CatalogStore(account.store_path)
+    try:
+        after = store.latest_run_id()  # whatever run of this feed comes next has a larger id
+    finally:
+        store.close()
     request_build(settings, feed, force=request.form.get("force") == "1")
     current_app.logger.info("feed %s: build requested on the health page from %s", name, request.remote_addr)
     return redirect(url_for("status.page", build=name, after=after, _anchor=f"feed-{name}"), 303)
@@ -135,7 +138,6 @@ def _banner(data: dict, name: str, after: int | None) -> dict | None:
         return {"feed": name, "running": False, "kind": "ok",
                 "text": f"Сборка №{last['run_id']} фида «{name}» завершена: опубликовано "
                         f"{success['offers']} предложений."}
-    error = feed["error"]
     return {"feed": name, "running": False, "kind": "bad",
             "text": f"Сборка №{last['run_id']} фида «{name}» не удалась: {error['title'] if error else last['status']}. "
                     "Прежний файл продолжает раздаваться."}

@@ -305,6 +305,10 @@ class CatalogStore:
     def recent_runs(self, limit: int = 30) -> list[dict]:
         return [_decode_run(r) for r in self.db.query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit])]
 
+    def latest_run_id(self) -> int:
+        """The newest run of any source (0 before the first): every later run has a larger id."""
+        return self.db.execute("SELECT coalesce(max(id), 0) FROM runs").fetchone()[0]
+
     def runs_of(self, source: str, kind: str, limit: int) -> list[dict]:
         """The latest runs of one source and kind, newest first (the health page's history)."""
         rows = self.db.query("SELECT * FROM runs WHERE source = ? AND kind = ? ORDER BY id DESC LIMIT ?", [source, kind, limit])
@@ -667,7 +671,7 @@ class Run:
 
     def replace_children(self, table: str, owner_column: str, owner_ids: list[str], rows: Iterable[dict], pk: tuple[str, ...]) -> int:
         """Replace the prices / attributes / images of the given owners with ``rows``."""
-        for chunk in _chunks(owner_ids, 500):
+        for chunk in chunks(owner_ids, 500):
             marks = ",".join("?" * len(chunk))
             self.db.execute(f"DELETE FROM {table} WHERE source = ? AND {owner_column} IN ({marks})", [self.source, *chunk])
         return self.upsert(table, rows, pk)
@@ -682,7 +686,7 @@ class Run:
         sql = (f"INSERT INTO stock (source, offer_id, warehouse_id, {column}) VALUES (?, ?, ?, ?) "
                f"ON CONFLICT (source, offer_id, warehouse_id) DO UPDATE SET {column} = excluded.{column}")
         count = 0
-        for chunk in _chunks(((self.source, o, w, q) for o, w, q in rows), 2000):
+        for chunk in chunks(((self.source, o, w, q) for o, w, q in rows), 2000):
             self.db.conn.executemany(sql, chunk)
             count += len(chunk)
         return count
@@ -690,7 +694,7 @@ class Run:
     def update_offers(self, column: str, values: Iterable[tuple[str, object]]) -> None:
         """Set one column of existing offers, e.g. the unit cost from the stock report."""
         sql = f"UPDATE offers SET {column} = ? WHERE source = ? AND id = ?"
-        for chunk in _chunks(((v, self.source, i) for i, v in values), 2000):
+        for chunk in chunks(((v, self.source, i) for i, v in values), 2000):
             self.db.conn.executemany(sql, chunk)
 
     def mark_unseen_removed(self, tables: tuple[str, ...] = RECONCILED_TABLES,
@@ -716,7 +720,7 @@ class Run:
     def seen_runs(self, table: str, ids: list[str]) -> dict[str, int | None]:
         """The run that last wrote each of ``ids`` that the table holds (write-once rules of a run)."""
         seen = {}
-        for chunk in _chunks(ids, 500):
+        for chunk in chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             seen.update(self.db.execute(f"SELECT id, seen_run FROM {table} WHERE source = ? AND id IN ({marks})",
                                         [self.source, *chunk]).fetchall())
@@ -724,7 +728,7 @@ class Run:
 
     def mark_seen(self, table: str, ids: list[str]) -> None:
         """Rows this run refers to without rewriting them count as seen (reconciliation, deactivation)."""
-        for chunk in _chunks(ids, 500):
+        for chunk in chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             self.db.execute(f"UPDATE {table} SET seen_run = ? WHERE source = ? AND id IN ({marks})",
                             [self.id, self.source, *chunk])
@@ -756,7 +760,7 @@ class Run:
         count = 0
         source = self.source
         statements: dict[tuple, tuple] = {}  # per column set: the SQL and a row → parameters getter
-        for chunk in _chunks(rows, UPSERT_CHUNK):
+        for chunk in chunks(rows, UPSERT_CHUNK):
             first = chunk[0]
             columns = tuple(first) if "source" in first else (*first, "source")
             try:
@@ -789,7 +793,12 @@ def _upsert_statement(table: str, columns: tuple[str, ...], pk: tuple[str, ...])
     return sql, operator.itemgetter(*others)
 
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
+def money(kopecks: int) -> str:
+    """Kopecks (as the store keeps prices) as roubles with two decimals, as ICML and CommerceML write them."""
+    return f"{kopecks // 100}.{kopecks % 100:02d}"
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
     if isinstance(items, list):  # slices, without a Python step per item
         for start in range(0, len(items), size):
             yield items[start:start + size]

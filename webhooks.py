@@ -45,7 +45,7 @@ def moysklad_webhook(secret: str):
     except ValueError as exc:
         log.warning("webhook POST /webhooks/moysklad/***: rejected: %s", exc)
         return jsonify({"error": str(exc)}), 400
-    feeds = [feed.name for feed in settings.feeds if feed.source == "moysklad"]
+    feeds = [feed.name for feed in settings.moysklad_feeds]
     rebuild = bool(changes and feeds)
     if rebuild:
         request_rebuild(settings.data_dir)

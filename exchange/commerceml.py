@@ -213,6 +213,24 @@ def _utc(since: str) -> str:
     return moment.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def doctype_in_prolog(head: bytes) -> bool:
+    """A DOCTYPE before the first element of a file's first PROLOG_BYTES: refused before lxml reads
+    it, since its entities could read local files or explode in size."""
+    element = FIRST_ELEMENT.search(head)
+    return bool(DOCTYPE.search(head, 0, element.start() if element else len(head)))
+
+
+def document_problem(tree, name: str) -> str | None:
+    """Why a parsed tree is no CommerceML document (a DOCTYPE that slipped past the prolog check,
+    another root), in the words 1C shows; None when it is one."""
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        return f"Файл {name}: {DOCTYPE_REFUSED}"
+    root = _local(tree.getroot().tag)
+    if root != ROOT_TAG:
+        return f"Файл {name}: это не документ CommerceML: корневой элемент «{root}», ожидался «{ROOT_TAG}»"
+    return None
+
+
 # --- element helpers --------------------------------------------------------------------------------
 
 _LOCAL_NAMES: dict = {}
@@ -554,21 +572,17 @@ class _Importer:
         """Refuse a DOCTYPE before lxml reads it: its entities could read local files or explode in size."""
         with open(self.path, "rb") as handle:
             head = handle.read(PROLOG_BYTES)
-        element = FIRST_ELEMENT.search(head)
-        if DOCTYPE.search(head, 0, element.start() if element else len(head)):
+        if doctype_in_prolog(head):
             raise CommerceMLError(f"Файл {self.path.name}: {DOCTYPE_REFUSED}")
 
     def _check_document(self, element) -> None:
         """The root is КоммерческаяИнформация, and no DOCTYPE slipped past :meth:`_refuse_doctype` (one
         after 64 KB of comments, or in UTF-16); checked at the first record, before any is read."""
         tree = element.getroottree()
-        if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
-            raise CommerceMLError(f"Файл {self.path.name}: {DOCTYPE_REFUSED}")
-        root = tree.getroot()
-        if _local(root.tag) != ROOT_TAG:
-            raise CommerceMLError(f"Файл {self.path.name}: это не документ CommerceML: корневой элемент "
-                                  f"«{_local(root.tag)}», ожидался «{ROOT_TAG}»")
-        self.updated = root.get("ДатаФормирования")
+        problem = document_problem(tree, self.path.name)
+        if problem:
+            raise CommerceMLError(problem)
+        self.updated = tree.getroot().get("ДатаФормирования")
         self.checked = True
 
     def _end(self, element) -> None:

@@ -23,9 +23,9 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from lxml import etree
 
-from exchange.commerceml import (DOCTYPE, DOCTYPE_REFUSED, FIRST_ELEMENT, PROLOG_BYTES, ROOT_TAG, _all, _children,
-                                 _local, _requisites, _text)
-from store import CatalogStore
+from exchange.commerceml import (DOCTYPE_REFUSED, PROLOG_BYTES, ROOT_TAG, _all, _children, _local, _requisites, _text,
+                                 doctype_in_prolog, document_problem)
+from store import CatalogStore, money
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +222,6 @@ def _sub(parent, tag: str, text: str, attrib: dict | None = None) -> etree._Elem
     return element
 
 
-def money(kopecks: int) -> str:
-    """Kopecks as roubles with two decimals, as CommerceML sums are written."""
-    return f"{kopecks // 100}.{kopecks % 100:02d}"
-
 
 def _flag(value) -> str:
     return "true" if value else "false"
@@ -264,9 +260,7 @@ def parse_status_document(data: bytes, name: str) -> StatusDocument:
         raise StatusDocumentError(f"Файл {name}: больше {MAX_STATUS_BYTES} байт — это не документ изменений заказов")
     if not data.removeprefix(BOM).strip():
         raise IncompleteDocument(f"Файл {name} пуст")
-    head = data[:PROLOG_BYTES]
-    element = FIRST_ELEMENT.search(head)
-    if DOCTYPE.search(head, 0, element.start() if element else len(head)):
+    if doctype_in_prolog(data[:PROLOG_BYTES]):
         raise StatusDocumentError(f"Файл {name}: {DOCTYPE_REFUSED}")
     parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
     try:
@@ -277,12 +271,9 @@ def parse_status_document(data: bytes, name: str) -> StatusDocument:
         root = parser.close()
     except etree.XMLSyntaxError as exc:
         raise IncompleteDocument(f"Файл {name}: документ оборван (строка {exc.lineno}: {exc.msg})") from None
-    tree = root.getroottree()
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
-        raise StatusDocumentError(f"Файл {name}: {DOCTYPE_REFUSED}")
-    if _local(root.tag) != ROOT_TAG:
-        raise StatusDocumentError(f"Файл {name}: это не документ CommerceML: корневой элемент «{_local(root.tag)}», "
-                                  f"ожидался «{ROOT_TAG}»")
+    problem = document_problem(root.getroottree(), name)
+    if problem:
+        raise StatusDocumentError(problem)
     sections = [_local(child.tag) for child in root if _local(child.tag) in CATALOG_SECTIONS]
     if sections:
         raise StatusDocumentError(f"Файл {name}: это файл каталога («{sections[0]}»), а не документы заказов; "

@@ -22,7 +22,8 @@ from werkzeug.exceptions import HTTPException
 from credentials import basic_auth_matches
 
 from exchange.imports import IMPORT_WAIT_SECONDS, complete, deactivate, request_import
-from exchange.orders import FORMATS, IncompleteDocument, StatusDocumentError, apply_status_document, render_orders
+from exchange.orders import (FORMATS, MAX_STATUS_BYTES, IncompleteDocument, StatusDocumentError, apply_status_document,
+                             render_orders)
 from exchange.sessions import COOKIE_NAME, LoginThrottle, Refused, files_summary, find_session, open_session, prune_sessions
 from exchange.uploads import UploadError, append_stream, safe_name, target_path
 from settings import ExchangeSettings
@@ -184,7 +185,7 @@ def _count_file(state: dict, name: str, written: int, new: bool) -> None:
 def _import(session, store: CatalogStore, config) -> list[str]:
     settings = _settings()
     return request_import(session, safe_name(request.args.get("filename")), settings.store_path,
-                          settings.data_dir / "images", log_path=store.path)
+                          settings.images_dir, log_path=store.path)
 
 
 def _deactivate(session, store: CatalogStore, config) -> list[str]:
@@ -252,7 +253,9 @@ def _apply_status_file(session, store: CatalogStore, name: str, path, *, more_ma
     """Apply a complete status document in one transaction and log the outcome with the session."""
     try:
         with _orders_store() as catalog:
-            job = {"status": "ok", "results": apply_status_document(catalog, path.read_bytes(), name, f"session {session.id}")}
+            with open(path, "rb") as upload:  # a byte past the limit is enough for parse_status_document to refuse it
+                data = upload.read(MAX_STATUS_BYTES + 1)
+            job = {"status": "ok", "results": apply_status_document(catalog, data, name, f"session {session.id}")}
     except IncompleteDocument as exc:
         if more_may_follow:
             log.info("exchange session %s: %s is not complete yet, waiting for its next chunk", session.id, name)

@@ -49,7 +49,7 @@ def sync_source(settings: Settings, progress=None) -> SyncResult:
     try:
         result = sync_catalog(client, store, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours,
                               progress=progress)
-        modes = {feed.pictures for feed in settings.feeds if feed.source == "moysklad"}
+        modes = {feed.pictures for feed in settings.moysklad_feeds}
         if modes & {"cache", "permanent"}:
             _refresh_pictures(client, store, settings, modes, result)
         return result
@@ -62,7 +62,7 @@ def _refresh_pictures(client, store, settings: Settings, modes: set[str], result
     from moysklad import images
 
     if "cache" in modes:
-        images.cache_images(client, store, settings.data_dir / "images")
+        images.cache_images(client, store, settings.images_dir)
     if "permanent" in modes:
         images.fetch_permanent_links(client, store, changed_since=result.changed_since)
 
@@ -73,7 +73,7 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
     started = time.monotonic()
     sync_result = sync_source(settings, progress) if sync and feed.source == "moysklad" else None
     store = CatalogStore(settings.store_path)
-    feeds_dir = settings.data_dir / "feeds"
+    feeds_dir = settings.feeds_dir
     try:
         last = store.last_run(feed_source(feed), "build", "ok")
         previous_active = last["counts"].get("active") if last else None

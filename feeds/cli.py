@@ -22,7 +22,7 @@ feeds_cli = AppGroup("feeds", help="Build and publish the ICML feeds.")
 def build_command(name: str | None, force: bool, no_sync: bool):
     """Sync (source moysklad), render and publish NAME, or every feed."""
     settings = current_app.config["SETTINGS"]
-    everything = [(account, feed) for account in settings.every_account() for feed in account.feeds]
+    everything = list(settings.every_feed())
     feeds = [(account, feed) for account, feed in everything if name in (None, feed.name)]
     if not feeds:
         known = ", ".join(feed.name for _, feed in everything) or "none configured"

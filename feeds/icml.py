@@ -29,7 +29,9 @@ from typing import BinaryIO
 from lxml import etree
 
 from settings import FeedSettings
-from store import CatalogReader
+from store import CatalogReader, money
+
+MOSCOW = dt.timezone(dt.timedelta(hours=3))  # MoySklad's times carry no zone: they are Moscow time
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +115,6 @@ def attr(value: str) -> str:
         return value
     return value.translate(ATTRIBUTE_ESCAPES)
 
-
-def money(kopecks: int) -> str:
-    """Kopecks → roubles with two decimals, as ICML wants."""
-    return f"{kopecks // 100}.{kopecks % 100:02d}"
 
 
 def decimal(value: float, places: int = 3) -> str:
@@ -253,7 +251,7 @@ def _parse_time(value: str | None) -> dt.datetime | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone(dt.timedelta(hours=3)))
+        moment = moment.replace(tzinfo=MOSCOW)
     return moment
 
 
@@ -391,8 +389,6 @@ def _barcode(barcodes_json: str) -> str | None:
 
 def _pictures(row, options: RenderOptions) -> list[str]:
     mode = options.feed.pictures
-    if mode == "none":
-        return []
     pictures = json.loads(row["pictures_json"] or "[]") or json.loads(row["product_pictures_json"] or "[]")
     links = []
     for local_file, permanent in pictures:
@@ -450,7 +446,7 @@ def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, pr
     categories = category_tree(reader.categories(options.source))
     category_ids = {c[0] for c in categories}
     parts = render_processes(reader.offer_count(options.source)) if scratch_dir else 1
-    moscow = options.now.astimezone(dt.timezone(dt.timedelta(hours=3)))
+    moscow = options.now.astimezone(MOSCOW)
     with etree.xmlfile(out, encoding="utf-8") as xf:
         xf.write_declaration()
         with xf.element("yml_catalog", date=moscow.strftime("%Y-%m-%d %H:%M:%S")):

@@ -41,7 +41,7 @@ def _feed(name: str):
 
 def _serve(account, feed) -> Response:
     """Open the file first: a build renaming a new file over it cannot change what this reply sends."""
-    paths = feed_paths(account.data_dir / "feeds", feed.name)
+    paths = feed_paths(account.feeds_dir, feed.name)
     wants_gzip = "gzip" in (request.headers.get("Accept-Encoding") or "").lower()
     handle = None
     if wants_gzip:

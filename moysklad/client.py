@@ -222,11 +222,7 @@ class MoySkladClient:
                     error.args = (f"{error.args[0]} (gave up after {attempt + 1} attempts)",)
                 raise error
             attempt += 1
-            self._count("retries")
-            delay = min(self.settings.retry_max_delay, self.settings.retry_base_delay * 2 ** (attempt - 1))
-            delay *= random.uniform(0.5, 1.0)
-            log.warning("%s; retry %d/%d in %.1fs", error, attempt, self.settings.max_retries, delay)
-            time.sleep(delay)
+            self._back_off(error, attempt)
 
     # --- lists ------------------------------------------------------------------------------
 
@@ -333,13 +329,17 @@ class MoySkladClient:
                 reason = f"the file of {path} did not arrive: {_reason(exc)}"
             if attempt >= self.settings.max_retries:
                 raise TransportFailure(f"{reason} (gave up after {attempt + 1} attempts)")
-            self._count("retries")
-            delay = min(self.settings.retry_max_delay, self.settings.retry_base_delay * 2 ** attempt)
-            delay *= random.uniform(0.5, 1.0)
-            log.warning("%s; retry %d/%d in %.1fs", reason, attempt + 1, self.settings.max_retries, delay)
-            time.sleep(delay)
+            self._back_off(reason, attempt + 1)
 
     # --- bookkeeping ------------------------------------------------------------------------
+
+    def _back_off(self, reason, retry: int) -> None:
+        """Before retry number ``retry``: a jittered exponential pause, counted and logged."""
+        self._count("retries")
+        delay = min(self.settings.retry_max_delay, self.settings.retry_base_delay * 2 ** (retry - 1))
+        delay *= random.uniform(0.5, 1.0)
+        log.warning("%s; retry %d/%d in %.1fs", reason, retry, self.settings.max_retries, delay)
+        time.sleep(delay)
 
     def _count(self, name: str) -> None:
         with self.stats_lock:

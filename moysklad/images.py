@@ -46,7 +46,7 @@ from urllib.parse import quote
 from moysklad.client import MoySkladClient
 from moysklad.errors import RequestRejected, ServerFailure, TransportFailure
 from moysklad.sync import SOURCE, Progress
-from store import CatalogStore, StoreBusy, utc_now
+from store import CatalogStore, StoreBusy, chunks, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +266,7 @@ def _forget_unreferenced(store: CatalogStore, referenced: set[str]) -> None:
     gone = [row["image_id"] for row in store.db.query("SELECT image_id FROM image_cache WHERE source = ?", [SOURCE])
             if row["image_id"] not in referenced]
     with store.db.atomic():
-        for start in range(0, len(gone), 500):
-            chunk = gone[start:start + 500]
+        for chunk in chunks(gone, 500):
             store.db.execute(f"DELETE FROM image_cache WHERE source = ? AND image_id IN ({','.join('?' * len(chunk))})",
                              [SOURCE, *chunk])
 
