@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from logging_setup import configure_logging
-from settings import Settings, load_settings
+from core.logging_setup import configure_logging
+from core.settings import Settings, load_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -21,33 +21,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     for account in settings.every_account():
         account.data_dir.mkdir(parents=True, exist_ok=True)
 
-    from status import status_bp
-    from webhooks import webhooks_bp
-
-    app.register_blueprint(status_bp)
-    app.register_blueprint(webhooks_bp)
-
-    from feeds.web import feeds_bp
-    from pictures import pictures_bp
-
-    app.register_blueprint(feeds_bp)
-    app.register_blueprint(pictures_bp)
-
     from exchange.web import exchange_bp
+    from feeds.web import feeds_bp
+    from health.web import status_bp
+    from moysklad.web import webhooks_bp
+    from orders.web import orders_api_bp
 
-    app.register_blueprint(exchange_bp)
-
-    from orders_api import orders_api_bp
-
-    app.register_blueprint(orders_api_bp)
+    for blueprint in (status_bp, webhooks_bp, feeds_bp, exchange_bp, orders_api_bp):
+        app.register_blueprint(blueprint)
 
     from emulator.cli import emulator_cli
     from feeds.cli import feeds_cli
     from moysklad.cli import moysklad_cli
 
-    app.cli.add_command(moysklad_cli)
-    app.cli.add_command(emulator_cli)
-    app.cli.add_command(feeds_cli)
+    for group in (moysklad_cli, emulator_cli, feeds_cli):
+        app.cli.add_command(group)
     if settings.is_demo:
         app.logger.warning("no config file: running the demo against the bundled MoySklad emulator")
     return app

@@ -12,7 +12,7 @@ import sys
 from gunicorn.glogging import Logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the config is read before --chdir applies
-from logging_setup import JsonFormatter, scrub  # noqa: E402
+from core.logging_setup import JsonFormatter, scrub  # noqa: E402
 
 bind = os.environ.get("SKLADBRIDGE_BIND", "127.0.0.1:8080")
 

@@ -12,7 +12,6 @@ server's worker (which writes the store) and of the parser process an import sta
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 import uuid
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from bench_common import PeakRss, start_gunicorn
+from emulator.harness import Gunicorn, PeakRss
 
 LOGIN, PASSWORD = "bench", "bench-password"
 CHUNK = 1024 * 1024
@@ -70,12 +69,10 @@ def write_offers(path: Path, goods: int) -> None:
         out.write("</Предложения></ПакетПредложений>\n</КоммерческаяИнформация>\n")
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    config = data_dir.parent / "config.yaml"
-    config.write_text(f"data_dir: {data_dir}\nlog_level: WARNING\nmoysklad:\n  token: unused\n"
-                      f"exchange:\n  login: {LOGIN}\n  password: {PASSWORD}\n  zip: false\n  file_limit: {CHUNK}\n",
-                      encoding="utf-8")
-    return start_gunicorn(config, "app:create_app()", workers=1)
+def start_server(workdir: Path) -> Gunicorn:
+    config = (f"data_dir: data\nlog_level: WARNING\nmoysklad:\n  token: unused\n"
+              f"exchange:\n  login: {LOGIN}\n  password: {PASSWORD}\n  zip: false\n  file_limit: {CHUNK}\n")
+    return Gunicorn(workdir, config, workers=1, app="app:create_app()").wait_ready()
 
 
 def call(base: str, cookie: str, mode: str, **kwargs) -> list[str]:
@@ -93,7 +90,8 @@ def run(goods: int, workdir: Path) -> None:
     write_offers(files[1], goods)
     total_mb = sum(f.stat().st_size for f in files) / CHUNK
     print(f"generated {goods} goods: {total_mb:.1f} MB in {time.monotonic() - started:.1f} s")
-    server, base = start_server(workdir / "data")
+    gunicorn = start_server(workdir)
+    server, base = gunicorn.process, gunicorn.base
     try:
         lines = requests.get(base + "/exchange/1c", params={"type": "catalog", "mode": "checkauth"},
                              auth=(LOGIN, PASSWORD), timeout=10).text.split("\n")

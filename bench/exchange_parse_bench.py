@@ -12,15 +12,15 @@ and peak RSS < 150 MB, counted as the sum of the two.
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-from bench_common import ROOT, bench_parser, print_json, table_output
+from output import bench_parser, print_json, run_measured, table_output
+
+from emulator.harness import ROOT
+
 NAMESPACE = "urn:1C.ru:commerceml_2"
 GROUPS = 200
 PROPERTIES = 10
@@ -30,11 +30,11 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from exchange.commerceml import import_file
-from store import CatalogStore
+from exchange.catalog_import import import_file
+from store import open_catalog
 
 path = Path(sys.argv[3])
-store = CatalogStore(sys.argv[2])
+store = open_catalog(sys.argv[2])
 started = time.monotonic()
 result = import_file(store, path, upload_dir=path.parent, images_dir=path.parent / "images")
 seconds = time.monotonic() - started
@@ -113,11 +113,7 @@ def write_offers(path: Path, goods: int, rng: random.Random) -> None:
 
 
 def child(store: Path, path: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(store), str(path)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"import of {path.name} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_measured(CHILD, str(ROOT), str(store), str(path), what=f"import of {path.name}")
 
 
 def main() -> None:

@@ -12,22 +12,22 @@ offers/s, peak RSS < 150 MB and flat from 10k to 100k.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, print_json, table_output  # noqa: E402  (bench scripts live side by side)
-from sync_bench import size_arguments, start_emulator  # noqa: E402
+from output import print_json, run_measured, table_output  # noqa: E402  (bench scripts live side by side)
+from sync_bench import size_arguments  # noqa: E402
+
+from emulator.harness import ROOT, emulator_process  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from feeds.build import build_feed
-from settings import FeedSettings, MoySkladSettings, Settings
+from core.settings import FeedSettings, MoySkladSettings, Settings
 
 settings = Settings(data_dir=Path(sys.argv[3]), moysklad=MoySkladSettings(base_url=sys.argv[2], token="bench-token"),
                     feeds=(FeedSettings(name="bench", pictures="none", min_ratio=0),))
@@ -42,11 +42,7 @@ print(json.dumps({"offers": result.offers, "seconds": seconds, "size": result.si
 
 
 def child(base_url: str, data_dir: str, mode: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), base_url, data_dir, mode],
-                          capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"build failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_measured(CHILD, str(ROOT), base_url, data_dir, mode, what="build")
 
 
 def main() -> None:
@@ -57,7 +53,7 @@ def main() -> None:
           f"{'render s':>8} {'offers/s':>9} {'+publish s':>10} {'RSS MB':>7}", file=out)
     results = []
     for rows in args.rows:
-        emulator, base_url = start_emulator(rows, args.latency_ms)
+        emulator, base_url = emulator_process(rows, latency_ms=args.latency_ms, token="bench-token")
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 full = child(base_url, tmp, "sync")

@@ -34,13 +34,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_common import ROOT, PeakRss, bench_parser, print_json, start_gunicorn, table_output
-from sync_bench import start_emulator
+from output import bench_parser, print_json, table_output
+
+from emulator.harness import ROOT, Gunicorn, PeakRss, emulator_process
 
 sys.path.insert(0, str(ROOT))
+from core.settings import FeedSettings  # noqa: E402
 from feeds.build import feed_source  # noqa: E402  (the app's modules, for the first build's run record)
-from settings import FeedSettings  # noqa: E402
-from store import CatalogStore  # noqa: E402
+from store import CatalogStore, open_catalog  # noqa: E402
 
 FEED = "bench"
 WORKERS = 2
@@ -125,14 +126,11 @@ class Tally:
         self.examples += other.examples[:ERROR_EXAMPLES - len(self.examples)]
 
 
-def write_config(workdir: Path, base_url: str) -> Path:
+def config_text(workdir: Path, base_url: str) -> str:
     """The served app's config: one feed built from the emulator, rebuilt only once a day."""
-    config = workdir / "config.yaml"
-    config.write_text(f"data_dir: {workdir / 'data'}\nlog_level: WARNING\n"
-                      f"moysklad:\n  base_url: {base_url}\n  token: bench-token\n"
-                      f"feeds:\n  - name: {FEED}\n    pictures: none\n    min_ratio: 0\n    interval_minutes: 1440\n",
-                      encoding="utf-8")
-    return config
+    return (f"data_dir: {workdir / 'data'}\nlog_level: WARNING\n"
+            f"moysklad:\n  base_url: {base_url}\n  token: bench-token\n"
+            f"feeds:\n  - name: {FEED}\n    pictures: none\n    min_ratio: 0\n    interval_minutes: 1440\n")
 
 
 def wait_for_first_build(store: CatalogStore) -> dict:
@@ -262,11 +260,11 @@ def measure(kind: Kind, wrk: str | None, host: str, port: int, clients: int, sec
 
 def run(args, workdir: Path, out) -> dict:
     """Build, serve, load each kind in turn; the figures of every kind and of the setup."""
-    emulator, base_url = start_emulator(args.rows, latency_ms=0)
+    emulator, base_url = emulator_process(args.rows, token="bench-token")
     try:
-        config = write_config(workdir, base_url)
-        store = CatalogStore(workdir / "data" / "catalog.sqlite")  # opened before the server, so never waits for its writes
-        server, base = start_gunicorn(config, "wsgi:app", WORKERS)
+        store = open_catalog(workdir / "data" / "catalog.sqlite")  # opened before the server, so never waits for its writes
+        gunicorn = Gunicorn(workdir, config_text(workdir, base_url), WORKERS).wait_ready()
+        server, base = gunicorn.process, gunicorn.base
         try:
             started = time.monotonic()
             build = wait_for_first_build(store)

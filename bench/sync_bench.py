@@ -12,27 +12,24 @@ requests <= 2 * ceil(N/1000) + 10 and peak RSS < 150 MB, flat from 10k to 100k r
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench_common import ROOT, bench_parser, free_port, print_json, table_output
+from output import bench_parser, print_json, run_measured, table_output
+
+from emulator.harness import ROOT, emulator_process
 
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from moysklad.client import MoySkladClient
 from moysklad.sync import sync_catalog
-from settings import MoySkladSettings
-from store import CatalogStore
+from core.settings import MoySkladSettings
+from store import open_catalog
 
 client = MoySkladClient(MoySkladSettings(base_url=sys.argv[2], token="bench-token"))
-store = CatalogStore(sys.argv[3])
+store = open_catalog(sys.argv[3])
 started = time.monotonic()
 result = sync_catalog(client, store, full=True)
 seconds = time.monotonic() - started
@@ -42,36 +39,11 @@ print(json.dumps({"requests": result.requests, "throttled": result.throttled, "r
 """
 
 
-def start_emulator(rows: int, latency_ms: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "app", "emulator", "run", "--port", str(port),
-         "--products", str(rows), "--seed", "7", "--latency-ms", str(latency_ms), "--token", "bench-token"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base_url = f"http://127.0.0.1:{port}/api/remap/1.2"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return process, base_url
-        except OSError:
-            if process.poll() is not None:
-                raise SystemExit("the emulator did not start")
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("the emulator did not start within 5 minutes")
-
-
 def measure(rows: int, latency_ms: int) -> dict:
-    emulator, base_url = start_emulator(rows, latency_ms)
+    emulator, base_url = emulator_process(rows, latency_ms=latency_ms, token="bench-token")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            done = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), base_url, str(Path(tmp) / "catalog.sqlite")],
-                                  capture_output=True, text=True, check=False)
-            if done.returncode:
-                raise SystemExit(f"sync failed:\n{done.stderr[-3000:]}")
-            figures = json.loads(done.stdout.strip().splitlines()[-1])
+            figures = run_measured(CHILD, str(ROOT), base_url, str(Path(tmp) / "catalog.sqlite"), what="sync")
     finally:
         emulator.terminate()
         emulator.wait(timeout=30)

@@ -12,8 +12,8 @@ Catalog structure (emulator.catalog): `items` (dict id -> Item, in assortment or
 """
 
 from .catalog import Catalog, Folder, Item, PriceType, Store, Uom, generate_catalog
-from .server import EmulatorServer, Faults
 from .cli import run
+from .server import EmulatorServer, Faults
 
 __all__ = ["Catalog", "EmulatorServer", "Faults", "Folder", "Item", "PriceType", "Store", "Uom",
            "generate_catalog", "run"]

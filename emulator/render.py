@@ -11,8 +11,17 @@ import zlib
 from datetime import datetime
 
 from .catalog import (
-    ATTRIBUTE_DEFS, CHARACTERISTIC_NAMES, KIND_BUNDLE, KIND_PRODUCT, KIND_SERVICE, KIND_VARIANT,
-    Catalog, Folder, Item, format_moment, stock_totals,
+    ATTRIBUTE_DEFS,
+    CHARACTERISTIC_NAMES,
+    KIND_BUNDLE,
+    KIND_PRODUCT,
+    KIND_SERVICE,
+    KIND_VARIANT,
+    Catalog,
+    Folder,
+    Item,
+    format_moment,
+    stock_totals,
 )
 
 JSON = "application/json"

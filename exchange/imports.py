@@ -15,15 +15,16 @@ offers*, prices* and rests*).
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from pathlib import Path
 
-from exchange.commerceml import CommerceMLError, deactivate_untouched, import_file
+from core.clock import utc_now
+from exchange.catalog_import import deactivate_untouched, import_file
+from exchange.cml import CommerceMLError
 from exchange.sessions import ExchangeSession, Refused, files_summary
 from exchange.uploads import UploadError, archive_names, extract_zip, target_path
-from store import CatalogStore, StoreBusy, utc_now
+from store import ExchangeLog, StoreBusy, open_catalog
 
 log = logging.getLogger(__name__)
 
@@ -127,21 +128,17 @@ def _run(session: ExchangeSession, name: str, steps: list[tuple[str, str]], stor
         state["imports"][name].update(outcome, finished=utc_now())
     log.info("exchange session %s: import of %s %s", session.id, name,
              "done" if outcome["status"] == "ok" else f"failed: {outcome['error']}")
-    store = CatalogStore(log_path)
-    try:
-        values = {"files": files_summary(state), "bytes": state["bytes"]}
-        error = outcome.get("error") or state["failure"]
-        if error:
-            values.update(result="failed", error=error)
-        store.update_exchange_session(session.id, **values)
-    finally:
-        store.close()
+    values = {"files": files_summary(state), "bytes": state["bytes"]}
+    error = outcome.get("error") or state["failure"]
+    if error:
+        values.update(result="failed", error=error)
+    with ExchangeLog(log_path) as log_store:
+        log_store.update_session(session.id, **values)
 
 
 def _steps(session: ExchangeSession, steps, store_path: Path, images_dir: Path, beat: _Beat) -> list[dict]:
     results = []
-    store = CatalogStore(store_path, wait_seconds=IMPORT_WAIT_SECONDS)
-    try:
+    with open_catalog(store_path, wait_seconds=IMPORT_WAIT_SECONDS) as store:
         for kind, name in steps:
             path = target_path(session.upload_dir, name)
             if kind == "extract":
@@ -153,8 +150,6 @@ def _steps(session: ExchangeSession, steps, store_path: Path, images_dir: Path, 
             beat.file = name
             result = import_file(store, path, upload_dir=session.upload_dir, images_dir=images_dir, progress=beat.progress)
             results.append({"file": name, "kind": result.kind, "counts": result.counts, "run_id": result.run_id})
-    finally:
-        store.close()
     return results
 
 
@@ -168,7 +163,7 @@ def _reason(name: str, exc: BaseException) -> str:
     return f"внутренняя ошибка сервера при загрузке {name}; подробности в журнале сервера"
 
 
-def deactivate(session: ExchangeSession, store: CatalogStore) -> None:
+def deactivate(session: ExchangeSession, store_path: Path) -> None:
     """mode=deactivate: what this session's imports did not touch becomes inactive (never deleted).
 
     Refused while an import runs or after one failed: deactivating after a broken import would
@@ -180,17 +175,18 @@ def deactivate(session: ExchangeSession, store: CatalogStore) -> None:
         raise Refused("импорт ещё идёт: деактивация возможна после его окончания")
     if "failed" in statuses:
         raise Refused("деактивация пропущена: импорт в этом сеансе завершился с ошибкой")
-    counts = deactivate_untouched(store, session.row["started_at"])
+    with open_catalog(store_path, wait_seconds=IMPORT_WAIT_SECONDS) as store:
+        counts = deactivate_untouched(store, session.row["started_at"])
     log.info("exchange session %s: deactivated %s", session.id, counts)
 
 
-def complete(session: ExchangeSession, store: CatalogStore) -> None:
+def complete(session: ExchangeSession, log_store: ExchangeLog) -> None:
     """mode=complete: close the session, log its outcome and free its uploads."""
     state = session.read_state()
     if any(job["status"] == "running" for job in state["imports"].values()):
         raise Refused("импорт ещё идёт: дождитесь его окончания")
     failed = state["failure"] or any(job["status"] == "failed" for job in state["imports"].values())
-    store.update_exchange_session(session.id, finished_at=utc_now(), result="failed" if failed else "ok",
-                                  files=files_summary(state), bytes=state["bytes"])
-    shutil.rmtree(session.dir, ignore_errors=True)
+    log_store.update_session(session.id, finished_at=utc_now(), result="failed" if failed else "ok",
+                             files=files_summary(state), bytes=state["bytes"])
+    session.close()
     log.info("exchange session %s: complete", session.id)

@@ -8,7 +8,7 @@ without a BOM), 2.05 in UTF-8 with a BOM, and 3.1 (UTF-8 with a BOM, each order 
 which the 2.05 documents 1C reads are a subset of. A character windows-1251 lacks becomes a
 character reference (``&#128512;``); characters XML forbids are dropped.
 
-Status documents are read like catalog files (:mod:`exchange.commerceml`): namespace-agnostic,
+Status documents are read like catalog files (:mod:`exchange.cml`): namespace-agnostic,
 no DOCTYPE, no entities, no network, BOM and windows-1251; being small they are parsed whole.
 """
 
@@ -17,15 +17,32 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 
 from lxml import etree
 
-from exchange.commerceml import (DOCTYPE_REFUSED, PROLOG_BYTES, ROOT_TAG, _all, _children, _local, _requisites, _text,
-                                 doctype_in_prolog, document_problem)
-from store import CatalogStore, money
+from core.clock import utc_now
+from core.money import money
+from core.settings import ExchangeSettings
+from exchange.cml import (
+    DOCTYPE_REFUSED,
+    PROLOG_BYTES,
+    ROOT_TAG,
+    all_named,
+    doctype_in_prolog,
+    document_problem,
+    fields_of,
+    local_name,
+    requisite_pairs,
+    text_of,
+)
+from exchange.sessions import ExchangeSession, Refused, files_summary
+from exchange.uploads import UploadError, receive, target_path
+from store import CatalogStore, ExchangeLog, StoreBusy, open_catalog
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +54,6 @@ FORMAT_ATTRIBUTES = {"ФорматДаты": "ДФ=yyyy-MM-dd; ДЛФ=DT", "Фо
                      "РазделительДатаВремя": "T", "ФорматСуммы": "ЧЦ=18; ЧДЦ=2; ЧРД=.",
                      "ФорматКоличества": "ЧЦ=18; ЧДЦ=2; ЧРД=."}
 CURRENCIES = {"RUB": "руб"}  # what 1C calls the rouble in exchange documents
-DELIVERY_ID = "ORDER_DELIVERY"  # the id 1C maps to its delivery service (1C's own example orders.xml)
-DELIVERY_NAME = "Доставка заказа"
 # Stable ids of customers (Контрагент/Ид), so 1C finds the same counterparty in every exchange.
 CUSTOMER_NAMESPACE = uuid.UUID("6f1c2a54-9f3e-4c55-9a43-1d2b8e6c0a17")
 XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -274,17 +289,17 @@ def parse_status_document(data: bytes, name: str) -> StatusDocument:
     problem = document_problem(root.getroottree(), name)
     if problem:
         raise StatusDocumentError(problem)
-    sections = [_local(child.tag) for child in root if _local(child.tag) in CATALOG_SECTIONS]
+    sections = [local_name(child.tag) for child in root if local_name(child.tag) in CATALOG_SECTIONS]
     if sections:
         raise StatusDocumentError(f"Файл {name}: это файл каталога («{sections[0]}»), а не документы заказов; "
                                   "каталог загружается через type=catalog")
     result = StatusDocument([], [])
     for child in root:
-        tag = _local(child.tag)
+        tag = local_name(child.tag)
         if tag == "Документ":
             _read_unit(name, [child], result)
         elif tag == "Контейнер":
-            _read_unit(name, _all(child, "Документ"), result)
+            _read_unit(name, all_named(child, "Документ"), result)
     return result
 
 
@@ -292,12 +307,12 @@ def _read_unit(name: str, documents: list, result: StatusDocument) -> None:
     """One order document, or one 3.1 container: the order plus its payments and shipments."""
     orders = [doc for doc in documents if _operation(doc) in ("", ORDER_OPERATION)]
     if not orders:
-        result.ignored.extend(f"документ «{_text(_children(doc).get('ХозОперация'))}» № "
-                              f"{_text(_children(doc).get('Номер'))} без заказа" for doc in documents)
+        result.ignored.extend(f"документ «{text_of(fields_of(doc).get('ХозОперация'))}» № "
+                              f"{text_of(fields_of(doc).get('Номер'))} без заказа" for doc in documents)
         return
     for doc in orders:
-        fields = _children(doc)
-        number, document_id = _text(fields.get("Номер")), _text(fields.get("Ид"))
+        fields = fields_of(doc)
+        number, document_id = text_of(fields.get("Номер")), text_of(fields.get("Ид"))
         if not number and not document_id:
             result.ignored.append("документ заказа без номера и Ид")
             continue
@@ -306,7 +321,7 @@ def _read_unit(name: str, documents: list, result: StatusDocument) -> None:
         for tag in ("Проведен", "ПометкаУдаления"):  # 3.x may write these as elements of the document
             if tag in fields:
                 column, kind = STATUS_REQUISITES[tag.lower()]
-                update.values[column] = _value(kind, _text(fields[tag]), shown, tag)
+                update.values[column] = _value(kind, text_of(fields[tag]), shown, tag)
         _read_requisites(doc, update, shown, STATUS_REQUISITES)
         if len(orders) == 1:
             for other in documents:
@@ -316,14 +331,14 @@ def _read_unit(name: str, documents: list, result: StatusDocument) -> None:
 
 
 def _read_requisites(doc, update: OrderUpdate, shown: str, known: dict) -> None:
-    for requisite, value in _requisites(_children(doc).get("ЗначенияРеквизитов")):
+    for requisite, value in requisite_pairs(fields_of(doc).get("ЗначенияРеквизитов")):
         target = known.get(_normal(requisite))
         if target:
             update.values[target[0]] = _value(target[1], value, shown, requisite)
 
 
 def _operation(doc) -> str:
-    return _normal(_text(_children(doc).get("ХозОперация")))
+    return _normal(text_of(fields_of(doc).get("ХозОперация")))
 
 
 def _normal(name: str) -> str:
@@ -375,3 +390,82 @@ def apply_status_document(store: CatalogStore, data: bytes, name: str, detail: s
     for reason in counts["skipped"] + document.ignored:
         log.info("exchange: status document %s: %s", name, reason)
     return counts
+
+
+# --- type=sale steps of an exchange session ---------------------------------------------------------
+
+# Orders are written in short transactions; one waits this long for a catalog import to commit.
+ORDERS_WAIT_SECONDS = 60
+
+
+def query_orders(session: ExchangeSession, store_path: Path, config: ExchangeSettings) -> tuple[bytes, str]:
+    """mode=query: the orders 1C has not confirmed, as a CommerceML document, and its content type;
+    recorded as this session's latest query."""
+    with open_catalog(store_path, wait_seconds=ORDERS_WAIT_SECONDS) as catalog:
+        query_id, orders = catalog.start_order_query(session.id, config.orders_format, config.orders_per_query)
+    body = render_orders(orders, config.orders_format, dt.datetime.now())
+    log.info("exchange session %s: query %s sent %s orders as %s (%s bytes)", session.id, query_id, len(orders),
+             config.orders_format, len(body))
+    return body, FORMATS[config.orders_format].content_type
+
+
+def confirm_orders(session: ExchangeSession, store_path: Path) -> None:
+    """mode=success: the orders of this session's latest query are in 1C: not sent again (unless changed)."""
+    with open_catalog(store_path, wait_seconds=ORDERS_WAIT_SECONDS) as catalog:
+        confirmed = catalog.confirm_order_query(session.id)
+    if confirmed is None:
+        raise Refused("нечего подтверждать: в этом сеансе заказы не выгружались (сначала mode=query)")
+    log.info("exchange session %s: 1C confirmed %s orders", session.id, confirmed)
+
+
+def receive_status_file(session: ExchangeSession, log_store: ExchangeLog, store_path: Path, name: str, stream,
+                        declared_length: int | None, config: ExchangeSettings) -> None:
+    """mode=file of a status document: stored like any upload, applied as soon as it is complete (as
+    Bitrix sites do). 1C splits a file larger than file_limit into chunks of exactly file_limit bytes:
+    a document still open after such a chunk waits for the next one (or for mode=import)."""
+    if not name.lower().endswith(".xml") or "/" in name:
+        raise UploadError(f"файл {name}: в обмене заказами принимаются только документы XML (init отвечает zip=no)")
+    path, written = receive(session, name, stream, declared_length, config)
+    _apply_status_file(session, log_store, store_path, name, path, more_may_follow=written == config.file_limit)
+
+
+def import_status_file(session: ExchangeSession, log_store: ExchangeLog, store_path: Path, name: str) -> None:
+    """mode=import after mode=file: the outcome of the document, applying it now if it was still waiting."""
+    job = session.read_state()["imports"].get(name)
+    if job:
+        if job["status"] != "ok":
+            raise Refused(job["error"])
+        return
+    path = target_path(session.upload_dir, name)
+    if not path.is_file():
+        raise Refused(f"файл {name} не был загружен в этом сеансе (сначала mode=file)")
+    _apply_status_file(session, log_store, store_path, name, path, more_may_follow=False)
+
+
+def _apply_status_file(session: ExchangeSession, log_store: ExchangeLog, store_path: Path, name: str, path: Path, *,
+                       more_may_follow: bool) -> None:
+    """Apply a complete status document in one transaction and log the outcome with the session."""
+    try:
+        with open_catalog(store_path, wait_seconds=ORDERS_WAIT_SECONDS) as catalog:
+            with open(path, "rb") as upload:  # a byte past the limit is enough for parse_status_document to refuse it
+                data = upload.read(MAX_STATUS_BYTES + 1)
+            job = {"status": "ok", "results": apply_status_document(catalog, data, name, f"session {session.id}")}
+    except IncompleteDocument as exc:
+        if more_may_follow:
+            log.info("exchange session %s: %s is not complete yet, waiting for its next chunk", session.id, name)
+            return
+        job = {"status": "failed", "error": str(exc)}
+    except StatusDocumentError as exc:
+        job = {"status": "failed", "error": str(exc)}
+    except StoreBusy:
+        job = {"status": "failed", "error": "заказы сейчас обновляет другой обмен; повторите обмен позже"}
+    except sqlite3.OperationalError as exc:  # recorded, so that the file sent again starts over
+        if "locked" not in str(exc):
+            raise
+        log.warning("exchange session %s: %s waited too long for the catalog store: %s", session.id, name, exc)
+        job = {"status": "failed", "error": "каталог сейчас занят другой загрузкой; повторите обмен позже"}
+    with session.state() as state:
+        state["imports"][name] = {**job, "finished": utc_now()}
+    log_store.update_session(session.id, files=files_summary(state), bytes=state["bytes"])
+    if job["status"] != "ok":
+        raise Refused(job["error"])

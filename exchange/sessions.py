@@ -1,8 +1,8 @@
 """Exchange sessions: the token that carries one, its shared state, and the login throttle.
 
 gunicorn runs several workers and 1C's next request may reach any of them, so nothing lives in
-process memory. A session's row (the hash of its token, client, start, outcome) is in the store's
-``exchange_sessions`` table; what changes on every request (last activity, bytes, uploaded files,
+process memory. A session's row (the hash of its token, client, start, outcome) is in the exchange
+log (:class:`store.ExchangeLog`); what changes on every request (last activity, bytes, uploaded files,
 archives, imports in progress) is in ``<data_dir>/exchange/<id>/state.json``, rewritten atomically
 under a file lock. Uploads go to ``<data_dir>/exchange/<id>/upload/``.
 """
@@ -10,17 +10,16 @@ under a file lock. Uploads go to ``<data_dir>/exchange/<id>/upload/``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import secrets
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from store import CatalogStore, utc_now
+from core.clock import utc_now
+from core.files import atomic_write, locked
+from store import ExchangeLog
 
 COOKIE_NAME = "skladbridge_exchange"
 # Failed logins from one address: after MAX_FAILURES within FAILURE_WINDOW seconds the address
@@ -48,6 +47,8 @@ class ExchangeSession:
         self.token = token
         self.dir = root / str(self.id)
         self.upload_dir = self.dir / "upload"
+        self.touched = False  # whether this request has written the state (and with it, last activity)
+        self.closed = False
 
     def read_state(self) -> dict:
         """A consistent snapshot without the lock (the file is only ever replaced whole)."""
@@ -58,16 +59,30 @@ class ExchangeSession:
 
     @contextlib.contextmanager
     def state(self):
-        """Read-modify-write of the state, exclusive across threads and worker processes."""
-        with _flock(self.dir / "state.lock"):
+        """Read-modify-write of the state, exclusive across threads and worker processes; every write
+        also records the session as active now."""
+        with locked(self.dir / "state.lock"):
             state = self.read_state()
             yield state
-            _write_json(self.dir / "state.json", state)
+            state["last_seen"] = time.time()
+            atomic_write(self.dir / "state.json", json.dumps(state, ensure_ascii=False))
+        self.touched = True
+
+    def touch(self) -> None:
+        """Record the session as active, unless this request already wrote its state or closed it."""
+        if not self.touched and not self.closed:
+            with self.state():
+                pass
+
+    def close(self) -> None:
+        """The session is over: its folder (state and uploads) goes."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.closed = True
 
     @contextlib.contextmanager
     def upload_lock(self):
         """One upload at a time per session: appends to a file must not interleave."""
-        with _flock(self.dir / "upload.lock"):
+        with locked(self.dir / "upload.lock"):
             yield
 
     def expired(self, state: dict, minutes: int) -> bool:
@@ -78,36 +93,34 @@ def new_state() -> dict:
     return {"last_seen": time.time(), "bytes": 0, "files": {}, "zips": {}, "imports": {}, "failure": None}
 
 
-def open_session(store: CatalogStore, root: Path, client: str | None) -> ExchangeSession:
+def open_session(log: ExchangeLog, root: Path, client: str | None) -> ExchangeSession:
     """Start a session after a good login; its token is told to 1C once and only its hash is kept."""
     token = secrets.token_urlsafe(32)
-    session = ExchangeSession(root, store.open_exchange_session(hash_token(token), client), token)
+    session = ExchangeSession(root, log.open_session(hash_token(token), client), token)
     session.upload_dir.mkdir(parents=True, exist_ok=True)
     with session.state() as state:
         state.update(new_state())
     return session
 
 
-def find_session(store: CatalogStore, root: Path, tokens: list[str], minutes: int) -> ExchangeSession:
-    """The live session one of the tokens (cookie, then sessid) names, touched as active."""
+def find_session(log: ExchangeLog, root: Path, tokens: list[str], minutes: int) -> ExchangeSession:
+    """The live session one of the tokens (cookie, then sessid) names (the request touches it as active)."""
     if not tokens:
         raise Refused("нет сеанса обмена: сначала выполните авторизацию (mode=checkauth)")
     for token in tokens:
-        row = store.exchange_session_by_token(hash_token(token))
+        row = log.session_by_token(hash_token(token))
         if row is None:
             continue
         session = ExchangeSession(root, row, token)
         if row["finished_at"] or not session.dir.is_dir():
             raise Refused("сеанс обмена уже завершён: выполните авторизацию заново")
-        with session.state() as state:
-            if session.expired(state, minutes):
-                raise Refused(f"сеанс обмена истёк (нет запросов больше {minutes} мин): выполните авторизацию заново")
-            state["last_seen"] = time.time()
+        if session.expired(session.read_state(), minutes):
+            raise Refused(f"сеанс обмена истёк (нет запросов больше {minutes} мин): выполните авторизацию заново")
         return session
     raise Refused("сеанс обмена не найден: выполните авторизацию заново (mode=checkauth)")
 
 
-def prune_sessions(store: CatalogStore, root: Path, minutes: int) -> None:
+def prune_sessions(log: ExchangeLog, root: Path, minutes: int) -> None:
     """Remove the folders of sessions that expired (1C never sent complete) and log them as such."""
     for folder in root.iterdir() if root.is_dir() else ():
         if not folder.name.isdigit():
@@ -117,10 +130,10 @@ def prune_sessions(store: CatalogStore, root: Path, minutes: int) -> None:
         running = any(job["status"] == "running" for job in state["imports"].values())
         if running or not session.expired(state, minutes):
             continue
-        row = store.exchange_session(session.id)
+        row = log.session(session.id)
         if row and not row["finished_at"]:
-            store.update_exchange_session(session.id, finished_at=utc_now(), result="expired",
-                                          files=files_summary(state), bytes=state["bytes"])
+            log.update_session(session.id, finished_at=utc_now(), result="expired",
+                               files=files_summary(state), bytes=state["bytes"])
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -165,11 +178,11 @@ class LoginThrottle:
     @contextlib.contextmanager
     def _update(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(self.path.with_suffix(".lock")):
+        with locked(self.path.with_suffix(".lock")):
             table = self._recent(self._read())
             yield table
             newest = sorted(table, key=lambda a: table[a][-1], reverse=True)[:MAX_TRACKED_ADDRESSES]
-            _write_json(self.path, {address: table[address] for address in newest})
+            atomic_write(self.path, json.dumps({address: table[address] for address in newest}))
 
     def _read(self) -> dict:
         try:
@@ -182,25 +195,3 @@ class LoginThrottle:
         since = time.time() - FAILURE_WINDOW
         recent = {address: [t for t in times if t > since] for address, times in table.items()}
         return {address: times for address, times in recent.items() if times}
-
-
-@contextlib.contextmanager
-def _flock(path: Path):
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _write_json(path: Path, data) -> None:
-    """Replace the file whole, so readers without the lock never see half of it."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, ensure_ascii=False)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -8,11 +8,17 @@ are shown to the 1C operator, hence in Russian.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
 import zipfile
 from pathlib import Path
+
+from core.settings import ExchangeSettings
+from exchange.sessions import ExchangeSession, Refused
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
 MAX_NAME_CHARS = 255
@@ -60,6 +66,59 @@ def target_path(root: Path, name: str) -> Path:
     if not path.resolve().is_relative_to(root.resolve()):
         raise UploadError(f"файл {name!r} оказался бы вне папки обмена")
     return path
+
+
+def receive(session: ExchangeSession, name: str, stream, declared_length: int | None,
+            config: ExchangeSettings) -> tuple[Path, int]:
+    """mode=file: append a request body to the named file of the session, within the request and
+    session limits; returns the file's path and the bytes this request wrote.
+
+    A name already imported or extracted in this session starts over (1C sends it anew).
+    """
+    with session.upload_lock():
+        with session.state() as state:
+            room = config.max_session_bytes - state["bytes"]
+            limit = min(config.file_limit, room)
+            too_large = (f"файл {name}: больше {config.file_limit} байт за один запрос (file_limit)"
+                         if limit == config.file_limit else
+                         f"файл {name}: превышен объём сеанса {config.max_session_bytes} байт (exchange.max_session_bytes)")
+            if (declared_length or 0) > limit:
+                raise UploadError(too_large)
+            path = target_path(session.upload_dir, name)
+            _start_or_append(state, name, path)
+            new = not path.exists()
+        try:
+            written = append_stream(stream, path, limit, too_large)
+        except OSError as exc:
+            raise UploadError(f"не удалось записать файл {name}: {exc.strerror or exc}") from None
+        with session.state() as state:
+            state["bytes"] += written
+            _count_file(state, name, written, new)
+    log.info("exchange session %s: %s bytes appended to %r", session.id, written, name)
+    return path, written
+
+
+def _start_or_append(state: dict, name: str, path: Path) -> None:
+    """A file being imported is refused; one imported or extracted before starts over."""
+    job = state["imports"].get(name)
+    if job and job["status"] == "running":
+        raise Refused(f"файл {name} сейчас загружается в каталог: дождитесь окончания")
+    if job or state["zips"].get(name, "pending") != "pending":
+        state["imports"].pop(name, None)
+        state["zips"].pop(name, None)
+        path.unlink(missing_ok=True)
+    if name.lower().endswith(".zip"):
+        state["zips"][name] = "pending"
+
+
+def _count_file(state: dict, name: str, written: int, new: bool) -> None:
+    """Top-level files are listed one by one; pictures in subfolders are counted per folder."""
+    if "/" not in name:
+        state["files"].setdefault(name, {"bytes": 0})["bytes"] += written
+        return
+    folder = state["files"].setdefault(name.split("/")[0] + "/", {"files": 0, "bytes": 0})
+    folder["bytes"] += written
+    folder["files"] += int(new)
 
 
 def append_stream(stream, path: Path, limit: int, too_large: str) -> int:

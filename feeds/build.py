@@ -6,12 +6,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from core.settings import FeedSettings, Settings
 from feeds.icml import RenderError, RenderStats, render_icml, resolve_options
 from feeds.publish import GuardRefused, PublishRefused, publish, remove_leftovers
 from moysklad.connect import open_client
 from moysklad.sync import SyncResult, sync_catalog
-from settings import FeedSettings, Settings
-from store import CatalogReader, CatalogStore
+from store import CatalogReader, open_catalog
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,13 @@ def feed_source(feed: FeedSettings) -> str:
 def sync_source(settings: Settings, progress=None) -> SyncResult:
     """Bring the store up to date with MoySklad, then refresh the pictures the feeds link to."""
     ms = settings.moysklad
-    client = open_client(ms)
-    store = CatalogStore(settings.store_path)
-    try:
+    with open_client(ms) as client, open_catalog(settings.store_path) as store:
         result = sync_catalog(client, store, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours,
                               progress=progress)
         modes = {feed.pictures for feed in settings.moysklad_feeds}
         if modes & {"cache", "permanent"}:
             _refresh_pictures(client, store, settings, modes, result)
         return result
-    finally:
-        store.close()
-        client.close()
 
 
 def _refresh_pictures(client, store, settings: Settings, modes: set[str], result: SyncResult) -> None:
@@ -72,9 +67,8 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
     """Sync (for source moysklad, unless ``sync`` is false), render and publish one feed."""
     started = time.monotonic()
     sync_result = sync_source(settings, progress) if sync and feed.source == "moysklad" else None
-    store = CatalogStore(settings.store_path)
     feeds_dir = settings.feeds_dir
-    try:
+    with open_catalog(settings.store_path) as store:
         last = store.last_run(feed_source(feed), "build", "ok")
         previous_active = last["counts"].get("active") if last else None
         try:
@@ -108,15 +102,13 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
             raise BuildFailed(str(exc)) from exc
         except OSError as exc:  # a full disk, say: an operator's problem, not a crash (publish removed its temp files)
             raise BuildFailed(f"cannot write the feed file in {feeds_dir}: {exc}") from exc
-        seconds = time.monotonic() - started
-        log.info("feed %s built in %.1fs: %d offers (%d inactive), %d skipped, %d bytes", feed.name, seconds,
-                 stats.offers, stats.inactive, sum(stats.skipped.values()), published.size)
-        return BuildResult(run_id=run.id, feed=feed.name, published=True, offers=stats.offers,
-                           skipped=dict(stats.skipped), size=published.size, seconds=seconds,
-                           render_seconds=run.stats.counts["render_seconds"],
-                           guard=run.stats.counts["guard"], sync=sync_result)
-    finally:
-        store.close()
+    seconds = time.monotonic() - started
+    log.info("feed %s built in %.1fs: %d offers (%d inactive), %d skipped, %d bytes", feed.name, seconds,
+             stats.offers, stats.inactive, sum(stats.skipped.values()), published.size)
+    return BuildResult(run_id=run.id, feed=feed.name, published=True, offers=stats.offers,
+                       skipped=dict(stats.skipped), size=published.size, seconds=seconds,
+                       render_seconds=run.stats.counts["render_seconds"],
+                       guard=run.stats.counts["guard"], sync=sync_result)
 
 
 def _record(run, stats: RenderStats) -> None:

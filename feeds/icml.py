@@ -28,10 +28,10 @@ from typing import BinaryIO
 
 from lxml import etree
 
-from settings import FeedSettings
-from store import CatalogReader, money
-
-MOSCOW = dt.timezone(dt.timedelta(hours=3))  # MoySklad's times carry no zone: they are Moscow time
+from core.clock import MOSCOW
+from core.money import money
+from core.settings import FeedSettings
+from store import CatalogReader
 
 log = logging.getLogger(__name__)
 

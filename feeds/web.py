@@ -1,14 +1,16 @@
-"""Serving published feeds to retailCRM: whole files only, conditional GETs, gzip when asked."""
+"""What retailCRM downloads: the published feeds (whole files only, conditional GETs, gzip when asked)
+and the cached pictures they link to (public: retailCRM fetches picture links without auth)."""
 
 from __future__ import annotations
 
 import os
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, abort, current_app, request, send_from_directory
 from werkzeug.wsgi import wrap_file
 
-from credentials import tokens_match
+from core.credentials import tokens_match
 from feeds.publish import feed_paths
+from moysklad.images import FILE_NAME
 
 feeds_bp = Blueprint("feeds", __name__)
 
@@ -81,3 +83,20 @@ def _open_is_stale(handle, xml_path) -> bool:
         return os.fstat(handle.fileno()).st_mtime_ns < os.stat(xml_path).st_mtime_ns
     except FileNotFoundError:
         return False
+
+
+# A file keeps its name while its image id lives; a changed image is revalidated by ETag / Last-Modified.
+MAX_AGE = 24 * 3600
+
+
+@feeds_bp.get("/images/<filename>")
+@feeds_bp.get("/images/<account>/<filename>")
+def picture(filename: str, account: str = ""):
+    """One cached picture (of the main account, or of another one); only names the cache itself
+    writes, so no request can choose another path."""
+    if not FILE_NAME.fullmatch(filename):
+        abort(404)
+    view = next((v for v in current_app.config["SETTINGS"].every_account() if v.account == account), None)
+    if view is None:
+        abort(404)
+    return send_from_directory(view.images_dir, filename, max_age=MAX_AGE, conditional=True, etag=True)

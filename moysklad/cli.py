@@ -12,7 +12,7 @@ from moysklad.check import check_connection
 from moysklad.connect import open_client
 from moysklad.errors import MoySkladError
 from moysklad.sync import sync_catalog
-from store import CatalogStore, StoreError
+from store import StoreError, open_catalog
 
 moysklad_cli = AppGroup("moysklad", help="Check the MoySklad connection and sync the catalog.")
 
@@ -36,11 +36,8 @@ def _account(name: str):
 def check_command(account: str):
     """Verify credentials and permissions; print the company, currency, price types, stores and counts."""
     settings = _account(account)
-    client = open_client(settings.moysklad)
-    try:
+    with open_client(settings.moysklad) as client:
         report = check_connection(client)
-    finally:
-        client.close()
     width = max(len(label) for label, _ in report.facts) + 2
     for label, value in report.facts:
         click.echo(f"  {label + ' ':.<{width}} {value}")
@@ -59,18 +56,15 @@ def sync_command(full: bool, account: str):
     """Pull the catalog from MoySklad into the catalog store (incremental unless --full or due)."""
     settings = _account(account)
     ms = settings.moysklad
-    client = open_client(ms)
     try:
-        store = CatalogStore(settings.store_path)
-        result = sync_catalog(
-            client, store, full=full, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours,
-            progress=lambda stage, count: click.echo(f"  {stage}: {count}", err=True),
-        )
+        with open_client(ms) as client, open_catalog(settings.store_path) as store:
+            result = sync_catalog(
+                client, store, full=full, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours,
+                progress=lambda stage, count: click.echo(f"  {stage}: {count}", err=True),
+            )
     except (MoySkladError, StoreError) as exc:
         click.echo(f"Sync failed, the catalog store is unchanged: {exc}", err=True)
         sys.exit(1)
-    finally:
-        client.close()
     counts = result.counts
     click.echo(
         f"{result.mode} sync #{result.run_id} done in {result.seconds:.1f}s: "

@@ -26,8 +26,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from core.settings import MoySkladSettings
 from moysklad.errors import MoySkladError, RateLimited, TransportFailure, classify
-from settings import MoySkladSettings
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,12 @@ class MoySkladClient:
     def close(self) -> None:
         self.session.close()
         self.links.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # --- single requests --------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+from core.settings import EmulatorSettings, MoySkladSettings
 from moysklad.client import MoySkladClient
-from settings import EmulatorSettings, MoySkladSettings
 
 _embedded = {}
 _embedded_lock = threading.Lock()

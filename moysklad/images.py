@@ -31,7 +31,6 @@ Rows of images that ``images`` no longer names are deleted, and their files with
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import logging
 import os
@@ -43,14 +42,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from core.files import LockTaken, locked
 from moysklad.client import MoySkladClient
 from moysklad.errors import RequestRejected, ServerFailure, TransportFailure
 from moysklad.sync import SOURCE, Progress
-from store import CatalogStore, StoreBusy, chunks, utc_now
+from store import CatalogStore, StoreBusy
 
 log = logging.getLogger(__name__)
 
 WORKERS = 4
+MAX_PICTURE_BYTES = 2_000_000  # retailCRM's limit for a picture
 FILE_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(jpg|png)")
 PART_PREFIX = ".part-"
 LOCK_NAME = ".lock"
@@ -106,7 +107,7 @@ class ImageRejected(Exception):
 
 # --- cache mode ----------------------------------------------------------------------------------
 
-def cache_images(client: MoySkladClient, store: CatalogStore, images_dir: Path, *, limit_bytes: int = 2_000_000,
+def cache_images(client: MoySkladClient, store: CatalogStore, images_dir: Path, *,
                  progress: Progress | None = None) -> ImageCacheResult:
     """Download new and changed first images, drop files no longer referenced; run after a sync."""
     progress = progress or (lambda stage, count: None)
@@ -116,8 +117,7 @@ def cache_images(client: MoySkladClient, store: CatalogStore, images_dir: Path, 
         wanted, invalid = _referenced_images(store)
         if invalid:
             result.failed[INVALID_LINK] = invalid
-        cached = {row[0]: row[1:] for row in store.db.execute(
-            "SELECT image_id, updated, size, local_file, error FROM image_cache WHERE source = ?", [SOURCE])}
+        cached = store.cached_images(SOURCE)
         todo = []
         for image in wanted.values():
             state = _cache_state(cached.get(image.image_id), image, images_dir)
@@ -127,7 +127,7 @@ def cache_images(client: MoySkladClient, store: CatalogStore, images_dir: Path, 
                 _tally(result.failed, state)
             else:
                 todo.append(image)
-        for done, outcome in enumerate(_parallel(lambda image: _fetch(client, images_dir, image, limit_bytes), todo), 1):
+        for done, outcome in enumerate(_parallel(lambda image: _fetch(client, images_dir, image, MAX_PICTURE_BYTES), todo), 1):
             _record(store, outcome, result)
             progress("images", done)
         result.removed = _prune(store, images_dir, set(wanted))
@@ -140,9 +140,7 @@ def _referenced_images(store: CatalogStore) -> tuple[dict[str, Image], int]:
     """Images the catalog links to, by image id, and how many links name no valid image id."""
     wanted: dict[str, Image] = {}
     invalid = 0
-    rows = store.db.query("SELECT owner_id, position, updated, size, href FROM images WHERE source = ? "
-                          "ORDER BY owner_id, position", [SOURCE])
-    for row in rows:
+    for row in store.image_links(SOURCE):
         image_id = image_id_of(row["href"])
         if image_id is None:
             invalid += 1
@@ -220,24 +218,17 @@ def _kind(head: bytes) -> str | None:
 def _record(store: CatalogStore, outcome: Outcome, result: ImageCacheResult) -> None:
     """Save what one download gave; a failed download keeps the copy of an earlier version."""
     image = outcome.image
-    values = [SOURCE, image.image_id, image.owner_id, image.position, utc_now(), outcome.error]
+    version = None
     if outcome.reason == DOWNLOAD_FAILED:
         _tally(result.failed, outcome.reason)
-        sql = ("INSERT INTO image_cache (source, image_id, owner_id, position, fetched_at, error) VALUES (?, ?, ?, ?, ?, ?) "
-               "ON CONFLICT (source, image_id) DO UPDATE SET fetched_at = excluded.fetched_at, error = excluded.error")
     else:
         if outcome.local_file:
             result.downloaded += 1
             result.bytes += outcome.size
         else:
             _tally(result.failed, outcome.reason)
-        values += [image.updated, image.size, outcome.local_file]
-        sql = ("INSERT INTO image_cache (source, image_id, owner_id, position, fetched_at, error, updated, size, local_file) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, image_id) DO UPDATE SET "
-               "owner_id = excluded.owner_id, position = excluded.position, fetched_at = excluded.fetched_at, "
-               "error = excluded.error, updated = excluded.updated, size = excluded.size, local_file = excluded.local_file")
-    with store.db.atomic():
-        store.db.execute(sql, values)
+        version = (image.updated, image.size, outcome.local_file)
+    store.record_download(SOURCE, image.image_id, image.owner_id, image.position, error=outcome.error, version=version)
 
 
 def _tally(failed: dict[str, int], reason: str) -> None:
@@ -249,9 +240,8 @@ def _prune(store: CatalogStore, images_dir: Path, referenced: set[str]) -> int:
 
     Files any source's rows name are kept: pictures 1C sent through the exchange share the folder.
     """
-    _forget_unreferenced(store, referenced)
-    keep = {row["local_file"] for row in store.db.query(
-        "SELECT local_file FROM image_cache WHERE local_file IS NOT NULL")}
+    store.forget_images(SOURCE, referenced)
+    keep = store.cached_files()
     removed = 0
     for entry in os.scandir(images_dir):
         if entry.name.startswith(PART_PREFIX):  # left by a process killed mid-download
@@ -262,27 +252,14 @@ def _prune(store: CatalogStore, images_dir: Path, referenced: set[str]) -> int:
     return removed
 
 
-def _forget_unreferenced(store: CatalogStore, referenced: set[str]) -> None:
-    gone = [row["image_id"] for row in store.db.query("SELECT image_id FROM image_cache WHERE source = ?", [SOURCE])
-            if row["image_id"] not in referenced]
-    with store.db.atomic():
-        for chunk in chunks(gone, 500):
-            store.db.execute(f"DELETE FROM image_cache WHERE source = ? AND image_id IN ({','.join('?' * len(chunk))})",
-                             [SOURCE, *chunk])
-
-
 @contextlib.contextmanager
 def _exclusive(images_dir: Path) -> Iterator[None]:
     """One cache run per folder: another one would delete the temp files this one writes."""
-    with open(images_dir / LOCK_NAME, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreBusy(f"another image cache run is in progress on {images_dir}") from None
-        try:
+    try:
+        with locked(images_dir / LOCK_NAME, wait=False):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except LockTaken:
+        raise StoreBusy(f"another image cache run is in progress on {images_dir}") from None
 
 
 def _parallel(task: Callable, items: Iterable) -> Iterator:
@@ -319,13 +296,9 @@ def fetch_permanent_links(client: MoySkladClient, store: CatalogStore, *,
             _tally(result.failed, reason)
             continue
         referenced.add(image_id)
-        with store.db.atomic():
-            store.db.execute(
-                "INSERT INTO image_cache (source, image_id, owner_id, position, permanent_href) VALUES (?, ?, ?, 0, ?) "
-                "ON CONFLICT (source, image_id) DO UPDATE SET permanent_href = excluded.permanent_href",
-                [SOURCE, image_id, item["id"], link])
+        store.store_permanent_link(SOURCE, image_id, item["id"], link)
         result.stored += 1
-    _forget_unreferenced(store, referenced)
+    store.forget_images(SOURCE, referenced)
     log.info("permanent image links: %d items asked, %d links stored, failed %s",
              result.requested, result.stored, result.failed or "none")
     return result
@@ -333,13 +306,9 @@ def fetch_permanent_links(client: MoySkladClient, store: CatalogStore, *,
 
 def _items_to_link(store: CatalogStore, changed_since: str | None) -> list[dict]:
     """Live items with an image whose first-image link is to be asked: changed ones, or not linked yet."""
-    linked = {row["image_id"] for row in store.db.query(
-        "SELECT image_id FROM image_cache WHERE source = ? AND permanent_href IS NOT NULL", [SOURCE])}
-    rows = store.db.query(
-        "SELECT o.id, o.kind, o.updated, i.href FROM images i JOIN offers o ON o.source = i.source AND o.id = i.owner_id "
-        "WHERE i.source = ? AND i.position = 0 AND o.removed = 0 ORDER BY o.id", [SOURCE])
+    linked = store.linked_images(SOURCE)
     items = []
-    for row in rows:
+    for row in store.first_images(SOURCE):
         image_id = image_id_of(row["href"])
         if image_id and (changed_since is None or image_id not in linked or (row["updated"] or "") >= changed_since):
             items.append(row)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from core.clock import MOSCOW
 from moysklad.client import MoySkladClient
 from moysklad.transform import (
     MalformedItem,
@@ -22,12 +23,11 @@ from moysklad.transform import (
     reference_record,
     stock_report_record,
 )
-from store import CatalogStore, Run
+from store import CatalogRun, CatalogStore
 
 log = logging.getLogger(__name__)
 
 SOURCE = "moysklad"
-MOSCOW = dt.timezone(dt.timedelta(hours=3), "MSK")
 BOOKMARK_FORMAT = "%Y-%m-%d %H:%M:%S"
 ALL_ITEMS = "archived=true;archived=false"
 WITHOUT_STOCK = {"X-Lognex-Remap-Beta-Feature": "assortmentWithoutStock"}
@@ -120,7 +120,7 @@ def _filter(changed_since: str | None) -> str:
     return ALL_ITEMS + (f";updated>={changed_since}" if changed_since else "")
 
 
-def _save_company(run: Run, company: dict) -> None:
+def _save_company(run: CatalogRun, company: dict) -> None:
     currency = company.get("currency") if isinstance(company, dict) else None
     if isinstance(currency, dict):
         run.set_setting("currency", currency.get("isoCode") or currency.get("name"))
@@ -130,7 +130,7 @@ def _save_company(run: Run, company: dict) -> None:
     run.stats.add("price_types", len(price_types))
 
 
-def _save_references(client: MoySkladClient, run: Run) -> None:
+def _save_references(client: MoySkladClient, run: CatalogRun) -> None:
     """Legal entity name, warehouses and units: small lists, replaced whole on every run."""
     organizations = client.get("/entity/organization", {"limit": 1}).get("rows") or []
     if organizations and isinstance(organizations[0].get("name"), str):
@@ -143,7 +143,7 @@ def _save_references(client: MoySkladClient, run: Run) -> None:
     run.stats.add("units", run.replace_all("units", units, ("source", "id")))
 
 
-def _save_categories(client: MoySkladClient, run: Run, changed_since: str | None, progress: Progress) -> bool:
+def _save_categories(client: MoySkladClient, run: CatalogRun, changed_since: str | None, progress: Progress) -> bool:
     sizes = set()
     for page in client.iter_pages("/entity/productfolder", {"filter": _filter(changed_since)}):
         sizes.add(page["meta"].get("size"))
@@ -153,7 +153,7 @@ def _save_categories(client: MoySkladClient, run: Run, changed_since: str | None
     return len(sizes) <= 1
 
 
-def _save_assortment(client: MoySkladClient, run: Run, changed_since: str | None, progress: Progress) -> bool:
+def _save_assortment(client: MoySkladClient, run: CatalogRun, changed_since: str | None, progress: Progress) -> bool:
     """Products, variants, services and bundles, page by page (a page is at most 1000 rows)."""
     sizes = set()
     pages = client.iter_pages("/entity/assortment", {"filter": _filter(changed_since)}, WITHOUT_STOCK)
@@ -183,7 +183,7 @@ def _save_assortment(client: MoySkladClient, run: Run, changed_since: str | None
     return len(sizes) <= 1
 
 
-def _save_stock(client: MoySkladClient, run: Run, progress: Progress) -> None:
+def _save_stock(client: MoySkladClient, run: CatalogRun, progress: Progress) -> None:
     """Per-warehouse stock, reserve and in transit; always read whole (three cheap requests)."""
     run.clear("stock")
     for stock_type, column in STOCK_COLUMNS.items():
@@ -197,7 +197,7 @@ def _save_stock(client: MoySkladClient, run: Run, progress: Progress) -> None:
         progress(f"stock {stock_type}", count)
 
 
-def _save_costs_and_images(client: MoySkladClient, run: Run, progress: Progress) -> None:
+def _save_costs_and_images(client: MoySkladClient, run: CatalogRun, progress: Progress) -> None:
     """Unit cost (себестоимость) and the first image of every product and variant, from the stock report."""
     run.clear("images")
     done = 0
@@ -219,7 +219,7 @@ def _save_costs_and_images(client: MoySkladClient, run: Run, progress: Progress)
         del page
 
 
-def _valid(run: Run, item_type: str, rows: Iterable[dict], transform) -> Iterator[dict]:
+def _valid(run: CatalogRun, item_type: str, rows: Iterable[dict], transform) -> Iterator[dict]:
     """Transform rows, recording the malformed ones as skipped instead of failing the run."""
     for row in rows:
         try:
@@ -228,7 +228,7 @@ def _valid(run: Run, item_type: str, rows: Iterable[dict], transform) -> Iterato
             _skip(run, row, item_type, str(exc))
 
 
-def _skip(run: Run, row, item_type: str, reason: str) -> None:
+def _skip(run: CatalogRun, row, item_type: str, reason: str) -> None:
     row = row if isinstance(row, dict) else {}
     name = row.get("name") if isinstance(row.get("name"), str) else None
     item_id = row.get("id") if isinstance(row.get("id"), str) else None

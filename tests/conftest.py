@@ -1,4 +1,8 @@
-"""Shared fixtures: the MoySklad emulator as a real HTTP server, a store file, the app on a temp dir."""
+"""Shared fixtures: the MoySklad emulator as a real HTTP server, a store file, the app on a temp dir.
+
+Helpers that benchmarks use too (free ports, gunicorn, the emulator's credentials) are in
+:mod:`emulator.harness`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from settings import FeedSettings, MoySkladSettings, Settings
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-EMULATOR_TOKEN = "emu-token"
+from core.settings import FeedSettings, Settings
+from emulator.harness import EMULATOR_TOKEN, SHARED, Gunicorn, client_settings, start_emulator
+from store import open_catalog
 
 
 @pytest.fixture
@@ -26,13 +29,10 @@ def shared_fixtures() -> Path:
 @pytest.fixture
 def emulator_factory():
     """Start emulators on loopback; every one is stopped after the test."""
-    from emulator import EmulatorServer, generate_catalog
-
     started = []
 
     def start(products=300, seed=1, **kwargs):
-        server = EmulatorServer(generate_catalog(products=products, seed=seed), port=0, token=EMULATOR_TOKEN,
-                                login="admin@emu", password="emu-pass", **kwargs).start()
+        server = start_emulator(products, seed, **kwargs)
         started.append(server)
         return server
 
@@ -46,12 +46,11 @@ def emulator(emulator_factory):
     return emulator_factory()
 
 
-def client_settings(server, **overrides) -> MoySkladSettings:
-    """Settings pointing at an emulator, with short backoff so retry tests stay quick."""
-    values = dict(base_url=server.base_url, token=EMULATOR_TOKEN, retry_base_delay=0.05, retry_max_delay=0.5,
-                  read_timeout=10, connect_timeout=5)
-    values.update(overrides)
-    return MoySkladSettings(**values)
+@pytest.fixture
+def store(tmp_path):
+    """A fresh catalog store file, closed after the test."""
+    with open_catalog(tmp_path / "data" / "catalog.sqlite") as store:
+        yield store
 
 
 @pytest.fixture
@@ -93,3 +92,24 @@ def serve():
     yield start
     for server in servers:
         server.shutdown()
+
+
+@pytest.fixture
+def gunicorn(tmp_path, emulator_factory):
+    """Start ``gunicorn --workers N wsgi:app`` serving an emulator's catalog in one feed built every 3 s:
+    ``gunicorn(workers=3, feed_options="token: ...", environ={...})``; stopped after the test."""
+    instances = []
+
+    def start(workers=3, feed_options: str = "", environ: dict | None = None):
+        server = emulator_factory(products=60)
+        config = (f"data_dir: data\nmoysklad:\n  base_url: {server.base_url}\n  token: {EMULATOR_TOKEN}\n"
+                  f"  retry_base_delay: 0.05\nfeeds:\n  - name: main\n    pictures: none\n    interval_minutes: 0.05\n"
+                  + "".join(f"    {line}\n" for line in feed_options.splitlines()))
+        instance = Gunicorn(tmp_path, config, workers, environ=environ)
+        instances.append(instance)
+        return instance
+
+    yield start
+    for instance in instances:
+        if instance.process.poll() is None:
+            instance.stop()

@@ -7,12 +7,11 @@ import pytest
 import requests
 from lxml import etree
 
-from conftest import client_settings
+from core.mailbox import REBUILD, Mailbox
+from core.settings import AccountSettings, ConfigError, FeedSettings, Settings, load_settings
+from emulator.harness import client_settings, wait_for
 from scheduler import start_scheduler
-from settings import AccountSettings, ConfigError, FeedSettings, Settings, load_settings
 from store import CatalogStore
-
-from test_scheduler import wait_for
 
 
 def two_accounts(tmp_path, main_server, other_server, **other) -> Settings:
@@ -143,6 +142,6 @@ def test_a_webhook_rebuilds_only_its_own_account(tmp_path, emulator_factory, ser
     reply = requests.post(f"{base}/webhooks/moysklad/client-b-hook-0123456789",
                           json={"events": [{"meta": {"type": "product"}, "action": "UPDATE"}]}, timeout=5)
     assert reply.json() == {"ok": True, "rebuild": True}
-    assert (tmp_path / "data" / "accounts" / "client-b" / "rebuild.request").exists()
-    assert not (tmp_path / "data" / "rebuild.request").exists()
+    mailbox = Mailbox(tmp_path / "data")
+    assert mailbox.note(REBUILD, "client-b") is not None and mailbox.note(REBUILD) is None
     assert requests.post(f"{base}/webhooks/moysklad/wrong-secret", json={}, timeout=5).status_code == 404

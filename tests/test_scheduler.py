@@ -2,33 +2,22 @@
 
 import dataclasses
 import os
-import re
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-import requests
 
 import scheduler as scheduler_module
-from conftest import EMULATOR_TOKEN, client_settings
+from core.cron import crontab_trigger
+from core.settings import FeedSettings, Settings
+from emulator.harness import client_settings, wait_for
 from feeds.build import BuildResult
-from scheduler import crontab_trigger, start_scheduler
-from settings import FeedSettings, Settings
+from scheduler import start_scheduler
 
-ROOT = Path(__file__).resolve().parents[1]
 TICK_SECONDS = 3  # interval_minutes 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def runs(data_dir: Path, source: str | None = None, kind: str | None = None) -> list[dict]:
@@ -46,95 +35,6 @@ def runs(data_dir: Path, source: str | None = None, kind: str | None = None) -> 
 
 def seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
-class Gunicorn:
-    """``gunicorn --workers N wsgi:app`` on a temp config, its log in a file.
-
-    ``config_text`` replaces the whole default config; ``deployed`` starts it as the deployment does:
-    ``gunicorn -c gunicorn.conf.py wsgi:app``, the address and worker count in SKLADBRIDGE_BIND/_WORKERS.
-    """
-
-    def __init__(self, tmp_path: Path, server, workers: int = 3, feed_options: str = "", environ: dict | None = None,
-                 *, config_text: str | None = None, deployed: bool = False):
-        self.data_dir = tmp_path / "data"
-        self.config = config = tmp_path / "config.yaml"
-        config.write_text(
-            config_text or f"data_dir: data\nmoysklad:\n  base_url: {server.base_url}\n  token: {EMULATOR_TOKEN}\n"
-            f"  retry_base_delay: 0.05\nfeeds:\n  - name: main\n    pictures: none\n    interval_minutes: 0.05\n"
-            + "".join(f"    {line}\n" for line in feed_options.splitlines()),
-            encoding="utf-8",
-        )
-        self.env = env = {k: v for k, v in os.environ.items() if not k.startswith(("MOYSKLAD_", "SKLADBRIDGE_"))}
-        env.update(environ or {}, SKLADBRIDGE_CONFIG=str(config))
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        options = ["--workers", str(workers), "--bind", f"127.0.0.1:{self.port}"]
-        if deployed:
-            env.update(SKLADBRIDGE_BIND=f"127.0.0.1:{self.port}", SKLADBRIDGE_WORKERS=str(workers))
-            options = ["-c", "gunicorn.conf.py"]
-        self.log_path = tmp_path / "gunicorn.log"
-        self.log_file = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *options, "wsgi:app"],
-            cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
-        )
-        self.started = time.monotonic()
-
-    def wait_ready(self) -> None:
-        def answers():
-            try:
-                return requests.get(f"http://127.0.0.1:{self.port}/status.json", timeout=2).status_code == 200
-            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or slow to boot
-                assert self.process.poll() is None, self.log()
-                return False
-
-        wait_for(answers, 30, "gunicorn to answer")
-
-    def stop(self) -> float:
-        """Stop gracefully (a build in progress finishes); the seconds it ran."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log_file.close()
-        return time.monotonic() - self.started
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def scheduler_pids(self) -> list[str]:
-        return re.findall(r"scheduler started in process (\d+)", self.log())
-
-    def build_lines(self, feed: str = "main") -> list[str]:
-        return re.findall(rf"feed {feed}: build .*", self.log())
-
-
-@pytest.fixture
-def gunicorn(tmp_path, emulator_factory):
-    instances = []
-
-    def start(workers=3, **options):
-        instance = Gunicorn(tmp_path, emulator_factory(products=60), workers, **options)
-        instances.append(instance)
-        return instance
-
-    yield start
-    for instance in instances:
-        if instance.process.poll() is None:
-            instance.stop()
 
 
 def test_three_gunicorn_workers_build_once_per_tick(gunicorn):
@@ -220,7 +120,7 @@ def test_a_second_process_waits_and_takes_over_when_the_first_stops(two_feeds):
     successor = wait_for(lambda: waiting_app.extensions.get("scheduler"), 5, "the waiting process to take over")
     try:
         assert successor.running
-        assert {job.id for job in successor.get_jobs()} == {"feed:a", "feed:b", "manual-build-poll"}
+        assert {job.id for job in successor.get_jobs()} == {"feed:a", "feed:b", "mailbox-poll"}
     finally:
         successor.shutdown(wait=True)
 

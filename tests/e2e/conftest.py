@@ -14,9 +14,8 @@ import sys
 import pytest
 import requests
 
-from conftest import EMULATOR_TOKEN
-from test_health import page_form
-from test_scheduler import ROOT, Gunicorn, wait_for
+from emulator.harness import EMULATOR_TOKEN, ROOT, Gunicorn, wait_for
+from tests.health.test_health import page_form
 
 FLASK = [sys.executable, "-m", "flask", "--app", "app"]
 BUILD_SECONDS = 180  # one build on a loaded two-core CI machine, with room to spare
@@ -42,7 +41,7 @@ class Site:
             self.feeds_dir.mkdir(parents=True)
             self.disk = mount_tmpfs(self.feeds_dir, feeds_disk)
         try:
-            self.gunicorn = Gunicorn(tmp_path, server, 2, config_text=config, deployed=True)
+            self.gunicorn = Gunicorn(tmp_path, config, 2, deployed=True)
         except BaseException:
             self.unmount()
             raise
@@ -139,9 +138,7 @@ class Site:
         assert reply.status_code == 200, reply.text
 
     def worker_pids(self) -> list[int]:
-        master = self.gunicorn.process.pid
-        with open(f"/proc/{master}/task/{master}/children") as children:
-            return [int(pid) for pid in children.read().split()]
+        return self.gunicorn.worker_pids()
 
 
 def mount_tmpfs(path, size: str):

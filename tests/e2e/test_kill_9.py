@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from settings import load_settings
-from test_commerceml import catalog as commerceml_catalog
-from test_exchange import FILE_LIMIT, LOGIN, PASSWORD, OneC, sessions
-from test_exchange import catalog as exchange_counts
-from test_scheduler import wait_for
+from core.settings import load_settings
+from emulator.harness import wait_for
+from tests.exchange.test_commerceml import catalog as commerceml_catalog
+from tests.exchange.test_exchange import FILE_LIMIT, LOGIN, PASSWORD, OneC, sessions
+from tests.exchange.test_exchange import catalog as exchange_counts
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import EMULATOR_TOKEN
+from emulator.harness import EMULATOR_TOKEN
 
 pytestmark = pytest.mark.e2e
 

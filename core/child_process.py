@@ -1,0 +1,103 @@
+"""Heavy work in a child process whose results stream back through a pipe, one message at a time.
+
+The child is forked from a fork server: a clean process that runs no thread of gunicorn or the
+scheduler, so forking it is safe where forking a threaded worker is not (a thread could hold a
+lock the child then waits on forever). The work is a generator function: each value it yields
+reaches the parent as one pickled message, and the pipe's small buffer keeps about one message in
+flight, so memory stays flat. Whatever happens in the child reaches the parent: its return value,
+an expected exception re-raised as itself, a crash as :class:`ChildCrashed` with its traceback, a
+killed child as :class:`ChildLost`; and the child is stopped whatever happens to the parent's loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import traceback
+from collections.abc import Callable, Iterator
+
+_PROCESSES = multiprocessing.get_context("forkserver")
+_PRELOAD: list[str] = []
+
+
+class ChildCrashed(RuntimeError):
+    """The child failed unexpectedly; the message is its traceback, for the server log."""
+
+
+class ChildLost(RuntimeError):
+    """The child stopped without finishing (killed, out of memory) and without a word."""
+
+
+def preload(module: str) -> None:
+    """Import ``module`` in the fork server before it forks children, so they start at once."""
+    if module not in _PRELOAD:
+        _PRELOAD.append(module)
+        _PROCESSES.set_forkserver_preload(list(_PRELOAD))
+
+
+class ChildStream:
+    """The messages of one child, in order; ``result`` is what its generator returned."""
+
+    def __init__(self, receiver, expected: tuple[type[BaseException], ...]):
+        self.receiver = receiver
+        self.expected = expected
+        self.result = None
+
+    def __iter__(self) -> Iterator:
+        while True:
+            try:
+                kind, value = self.receiver.recv()
+            except (EOFError, OSError):  # OSError: the pipe ended in the middle of a message
+                raise ChildLost("the child process stopped unexpectedly") from None
+            if kind == "message":
+                yield value
+            elif kind == "done":
+                self.result = value
+                return
+            elif kind == "raise":
+                raise value
+            else:
+                raise ChildCrashed(value)
+
+
+@contextlib.contextmanager
+def run_in_child(work: Callable[..., Iterator], *args, name: str,
+                 expected: tuple[type[BaseException], ...] = ()) -> Iterator[ChildStream]:
+    """Run the generator function ``work(*args)`` in a child; yield the stream of what it yields.
+
+    Exceptions of the ``expected`` types are re-raised in the parent as they were (they must
+    pickle); any other becomes :class:`ChildCrashed`.
+    """
+    receiver, sender = _PROCESSES.Pipe(duplex=False)
+    process = _PROCESSES.Process(target=_child_main, args=(sender, work, args, expected), name=name, daemon=True)
+    process.start()
+    sender.close()
+    try:
+        yield ChildStream(receiver, expected)
+    finally:
+        receiver.close()  # a child still sending gets a broken pipe and exits
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _child_main(sender, work: Callable[..., Iterator], args: tuple, expected: tuple) -> None:
+    """The child: every outcome, even a crash, reaches the parent as a message."""
+    try:
+        generator = work(*args)
+        while True:
+            try:
+                value = next(generator)
+            except StopIteration as stop:
+                sender.send(("done", stop.value))
+                break
+            sender.send(("message", value))
+    except BrokenPipeError:
+        pass  # the parent gave up (its run failed or its process stopped): nothing to tell
+    except expected as exc:
+        sender.send(("raise", exc))
+    except BaseException:  # noqa: BLE001 — the parent must hear of it rather than wait forever
+        sender.send(("crash", f"{getattr(work, '__qualname__', work)} failed in a child process:\n{traceback.format_exc()}"))
+    finally:
+        sender.close()

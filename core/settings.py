@@ -1,0 +1,575 @@
+"""Configuration: a YAML file plus environment variables for secrets.
+
+The file is the one named by ``SKLADBRIDGE_CONFIG`` (default ``./config.yaml``). Without any file
+the service runs the demo: the bundled MoySklad emulator with a generated catalog. Every key is
+declared once, in the dataclasses below; ``config.example.yaml`` documents each of them and a
+test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from core.cron import crontab_trigger
+from core.mailbox import Mailbox
+
+DEFAULT_CONFIG_PATH = "config.yaml"
+DEFAULT_MOYSKLAD_URL = "https://api.moysklad.ru/api/remap/1.2"
+FEED_SOURCES = ("moysklad", "exchange")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+# Environment variables that override config keys (secrets belong here, not in the file).
+ENVIRONMENT = {
+    "SKLADBRIDGE_DATA_DIR": ("data_dir",),
+    "MOYSKLAD_BASE_URL": ("moysklad", "base_url"),
+    "MOYSKLAD_TOKEN": ("moysklad", "token"),
+    "MOYSKLAD_LOGIN": ("moysklad", "login"),
+    "MOYSKLAD_PASSWORD": ("moysklad", "password"),
+    "SKLADBRIDGE_PUBLIC_URL": ("public_url",),
+    "SKLADBRIDGE_WEBHOOK_SECRET": ("webhooks", "secret"),
+    "EXCHANGE_LOGIN": ("exchange", "login"),
+    "EXCHANGE_PASSWORD": ("exchange", "password"),
+    "SKLADBRIDGE_API_KEY": ("api", "key"),
+    "SKLADBRIDGE_ADMIN_LOGIN": ("admin", "login"),
+    "SKLADBRIDGE_LOG_FORMAT": ("log_format",),
+    "SKLADBRIDGE_PROXY_HOPS": ("proxy_hops",),
+    "SKLADBRIDGE_ADMIN_PASSWORD": ("admin", "password"),
+}
+# The same for each of accounts[]: the variable name ends with the account's name, e.g. MOYSKLAD_TOKEN_SHOP_2.
+ACCOUNT_ENVIRONMENT = {
+    "MOYSKLAD_TOKEN_": ("moysklad", "token"),
+    "MOYSKLAD_LOGIN_": ("moysklad", "login"),
+    "MOYSKLAD_PASSWORD_": ("moysklad", "password"),
+    "SKLADBRIDGE_WEBHOOK_SECRET_": ("webhook_secret",),
+}
+PURCHASE_PRICE_RULES = ("cost", "buyPrice", "none")
+QUANTITY_RULES = ("free", "stock", "quantity")
+PICTURE_RULES = ("cache", "permanent", "none")
+# What type=sale&mode=query answers: CommerceML 2.05 in windows-1251 (1C 8.3), 2.05 in UTF-8 with a
+# BOM, or 3.1 (UTF-8 with a BOM, each order in a <Контейнер>, for the 1C-Bitrix module >= 6.5).
+ORDER_FORMATS = ("2.05-cp1251", "2.05-utf8", "3.1")
+# Keys whose values redacted() hides.
+SECRET_NAMES = ("token", "password", "secret", "key", "webhook_secret")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class EmulatorSettings:
+    """Runs the bundled MoySklad emulator on loopback instead of the real API (the demo)."""
+
+    products: int = 300
+    seed: int = 42
+    latency_ms: int = 0
+
+
+@dataclass(frozen=True)
+class MoySkladSettings:
+    """How to reach the MoySklad JSON API 1.2 and how politely to use it."""
+
+    base_url: str = DEFAULT_MOYSKLAD_URL
+    token: str = ""
+    login: str = ""
+    password: str = ""
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    max_in_flight: int = 4
+    max_retries: int = 5
+    retry_base_delay: float = 1.0
+    retry_max_delay: float = 60.0
+    page_size: int = 1000
+    overlap_minutes: int = 10
+    full_sync_hours: int = 24
+    emulator: EmulatorSettings | None = None
+
+    @property
+    def auth_kind(self) -> str:
+        return "bearer" if self.token else "basic"
+
+
+@dataclass(frozen=True)
+class ParamMapping:
+    """A custom attribute published as ``<param name=… code=…>``."""
+
+    attribute: str
+    code: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """One published ICML catalog file and the rules that turn the store into it."""
+
+    name: str
+    source: str = "moysklad"
+    token: str = ""
+    shop_name: str = ""
+    company: str = ""
+    price_type: str = ""
+    purchase_price: str = "cost"
+    quantity: str = "free"
+    stores: tuple[str, ...] = ()
+    uncategorized: str = "Без категории"
+    include_bundles: bool = True
+    inactive_days: int = 30
+    xml_id: str = "{externalCode}"
+    url: str = ""
+    vendor_attribute: str = ""
+    params: tuple[ParamMapping, ...] = ()
+    dimension_attributes: tuple[str, ...] = ()
+    pictures: str = "cache"
+    min_ratio: float = 0.7
+    interval_minutes: float = 60
+    cron: str = ""
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """MoySklad webhooks that trigger a debounced rebuild of the moysklad feeds."""
+
+    secret: str = ""
+    debounce_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class ExchangeSettings:
+    """The CommerceML endpoint 1C and MoySklad push the catalog to; off while no password is set."""
+
+    login: str = ""
+    password: str = ""
+    zip: bool = True
+    file_limit: int = 100 * 1024 * 1024
+    max_session_bytes: int = 2 * 1024 * 1024 * 1024
+    session_minutes: int = 60
+    orders_format: str = "2.05-cp1251"
+    orders_per_query: int = 500
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """Who may see the health page and start builds; open to anyone while no password is set."""
+
+    login: str = "admin"
+    password: str = ""
+    healthz_public: bool = True  # /healthz for an uptime monitor: states and reasons only
+    metrics_public: bool = False  # /metrics names feeds and counts; Prometheus can send the login
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The JSON orders API (``/api/orders``); off while no key is set."""
+
+    key: str = ""
+    max_body_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """Another MoySklad account (another client of the integrator) served by the same instance.
+
+    Its store, feeds, pictures and webhook notes live in ``<data_dir>/accounts/<name>/``, its
+    builds run on a thread of their own, so a failing or slow client never holds up the others.
+    """
+
+    name: str = ""
+    moysklad: MoySkladSettings = field(default_factory=MoySkladSettings)
+    feeds: tuple[FeedSettings, ...] = ()
+    webhook_secret: str = ""  # its MoySklad webhooks call <public_url>/webhooks/moysklad/<secret>
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration of one skladbridge instance."""
+
+    data_dir: Path = Path("data")
+    log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object per line, for log shippers
+    proxy_hops: int = 0  # reverse proxies in front (nginx: 1) whose X-Forwarded-For/-Proto to trust
+    public_url: str = "http://127.0.0.1:8080"
+    moysklad: MoySkladSettings = field(default_factory=MoySkladSettings)
+    feeds: tuple[FeedSettings, ...] = ()
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    accounts: tuple[AccountSettings, ...] = ()
+    source_path: Path | None = None  # the file it was read from; None for the demo defaults
+
+    @property
+    def account(self) -> str:
+        """The account these settings are the view of: '' for the main one (top-level moysklad and feeds)."""
+        return ""
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "catalog.sqlite"
+
+    @property
+    def instance_dir(self) -> Path:
+        """The data directory of the whole instance (an account's own folder lies inside it)."""
+        return self.data_dir
+
+    @property
+    def mailbox(self) -> Mailbox:
+        """Where any process asks the instance's scheduler for work."""
+        return Mailbox(self.instance_dir)
+
+    @property
+    def feeds_dir(self) -> Path:
+        return self.data_dir / "feeds"
+
+    @property
+    def images_dir(self) -> Path:
+        """Cached MoySklad pictures and the pictures 1C sends through the exchange."""
+        return self.data_dir / "images"
+
+    @property
+    def moysklad_feeds(self) -> tuple[FeedSettings, ...]:
+        """The feeds that publish the MoySklad catalog (a webhook or a sync makes them stale)."""
+        return tuple(feed for feed in self.feeds if feed.source == "moysklad")
+
+    @property
+    def images_url(self) -> str:
+        """Where the feed's cached pictures are fetched from."""
+        return self.public_url.rstrip("/") + "/images" + (f"/{self.account}" if self.account else "")
+
+    def every_account(self) -> list[Settings]:
+        """The main account and a view of each other account: the same instance settings with that
+        account's MoySklad, feeds, webhook secret and data directory (exchange and orders stay main)."""
+        views: list[Settings] = [self]
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(Settings)}
+        for account in self.accounts:
+            views.append(AccountView(**{
+                **shared, "data_dir": self.data_dir / "accounts" / account.name, "moysklad": account.moysklad,
+                "feeds": account.feeds, "webhooks": dataclasses.replace(self.webhooks, secret=account.webhook_secret),
+                "exchange": dataclasses.replace(self.exchange, password=""), "api": ApiSettings(), "accounts": (),
+                "account_name": account.name, "main_data_dir": self.data_dir}))
+        return views
+
+    def every_feed(self) -> Iterator[tuple[Settings, FeedSettings]]:
+        """Every feed of every account, with its account's settings."""
+        return ((view, feed) for view in self.every_account() for feed in view.feeds)
+
+    def find_feed(self, name: str) -> tuple[Settings, FeedSettings] | None:
+        """A feed of any account, with its account's settings."""
+        return next(((view, feed) for view, feed in self.every_feed() if feed.name == name), None)
+
+    @property
+    def exchange_log_path(self) -> Path:
+        """Exchange sessions are logged apart from the catalog, so a login never waits for a catalog write."""
+        return self.data_dir / "exchange.sqlite"
+
+    @property
+    def is_demo(self) -> bool:
+        return self.moysklad.emulator is not None
+
+
+@dataclass(frozen=True)
+class AccountView(Settings):
+    """The settings as one non-main account sees them (see :meth:`Settings.every_account`)."""
+
+    account_name: str = ""
+    main_data_dir: Path = Path("data")
+
+    @property
+    def account(self) -> str:
+        return self.account_name
+
+    @property
+    def instance_dir(self) -> Path:
+        return self.main_data_dir
+
+
+DEMO = {
+    "moysklad": {"emulator": {}},
+    "feeds": [{"name": "demo", "source": "moysklad"}],
+}
+
+
+def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Settings:
+    """Read the config file (or the demo defaults when there is none) and apply the environment."""
+    environ = os.environ if environ is None else environ
+    explicit = path is not None or "SKLADBRIDGE_CONFIG" in environ
+    config_path = Path(path if path is not None else environ.get("SKLADBRIDGE_CONFIG", DEFAULT_CONFIG_PATH))
+    if config_path.exists():
+        try:
+            raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{config_path}: the top level must be a mapping of keys, not {type(raw).__name__}")
+        base_dir = config_path.resolve().parent
+    elif explicit:
+        raise ConfigError(f"config file {config_path} does not exist (named by SKLADBRIDGE_CONFIG or --config)")
+    else:
+        raw, base_dir, config_path = copy.deepcopy(DEMO), Path.cwd(), None
+
+    for variable, key_path in ENVIRONMENT.items():
+        if environ.get(variable):
+            _set_path(raw, key_path, environ[variable])
+    for account in raw.get("accounts") or []:
+        if isinstance(account, dict) and isinstance(account.get("name"), str):
+            for prefix, key_path in ACCOUNT_ENVIRONMENT.items():
+                value = environ.get(prefix + _variable_suffix(account["name"]))
+                if value:
+                    _set_path(account, key_path, value)
+
+    settings = _build(Settings, raw, "")
+    data_dir = settings.data_dir if settings.data_dir.is_absolute() else base_dir / settings.data_dir
+    settings = dataclasses.replace(settings, data_dir=data_dir, source_path=config_path)
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    """Rules that span several keys."""
+    main_uses_moysklad = bool(settings.moysklad_feeds) or not settings.accounts
+    _check_moysklad(settings.moysklad, "moysklad", credentials=main_uses_moysklad)
+    seen: set[str] = set()
+    _check_feeds(settings.feeds, "feeds", seen)
+    names = set()
+    for index, account in enumerate(settings.accounts):
+        where = f"accounts[{index}]"
+        if not NAME_PATTERN.match(account.name):
+            raise ConfigError(f"{where}.name: {account.name!r} must be lowercase letters, digits, '-' or '_' "
+                              "(it names the account's data folder and picture URLs)")
+        if account.name in names:
+            raise ConfigError(f"{where}.name: {account.name!r} is used by another account")
+        names.add(account.name)
+        if account.moysklad.emulator is not None:
+            raise ConfigError(f"{where}.moysklad.emulator: only the main account can run the demo emulator")
+        _check_moysklad(account.moysklad, f"{where}.moysklad", credentials=True,
+                        variables=f"MOYSKLAD_TOKEN_{_variable_suffix(account.name)}")
+        for feed_index, feed in enumerate(account.feeds):
+            if feed.source != "moysklad":
+                raise ConfigError(f"{where}.feeds[{feed_index}].source: an account's feeds publish its MoySklad "
+                                  "catalog (source: moysklad); exchange feeds belong to the main feeds list")
+        _check_feeds(account.feeds, f"{where}.feeds", seen)
+    _check_exchange(settings.exchange)
+    _check_api(settings.api)
+    if not settings.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"public_url: must be the http(s) address retailCRM reaches this service at, got {settings.public_url!r}")
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: must be text or json, got {settings.log_format!r}")
+    if not 0 <= settings.proxy_hops <= 5:
+        raise ConfigError(f"proxy_hops: the number of reverse proxies in front (0 when none, 1 for nginx), got {settings.proxy_hops}")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
+
+
+def _check_moysklad(ms: MoySkladSettings, where: str, credentials: bool, variables: str = "MOYSKLAD_TOKEN") -> None:
+    if ms.emulator is None and credentials:
+        if not ms.token and not (ms.login and ms.password):
+            raise ConfigError(
+                f"{where}: no credentials: set {where}.token (or {variables}), "
+                f"or {where}.login and {where}.password"
+            )
+        if not ms.base_url.startswith(("https://", "http://")):
+            raise ConfigError(f"{where}.base_url: must be an http(s) URL, got {ms.base_url!r}")
+    if not 1 <= ms.max_in_flight <= 5:
+        raise ConfigError(f"{where}.max_in_flight: MoySklad allows at most 5 parallel requests, got {ms.max_in_flight}")
+    if not 1 <= ms.page_size <= 1000:
+        raise ConfigError(f"{where}.page_size: must be between 1 and 1000, got {ms.page_size}")
+
+
+def _check_feeds(feeds: tuple[FeedSettings, ...], where_list: str, seen: set[str]) -> None:
+    """Each feed's options; names are unique across every account (they are the feed URLs)."""
+    for index, feed in enumerate(feeds):
+        where = f"{where_list}[{index}]"
+        if not NAME_PATTERN.match(feed.name):
+            raise ConfigError(f"{where}.name: {feed.name!r} must be lowercase letters, digits, '-' or '_' (it is part of the feed URL)")
+        if feed.name in seen:
+            raise ConfigError(f"{where}.name: {feed.name!r} is used by another feed (names are unique across accounts)")
+        seen.add(feed.name)
+        for key, allowed in (("source", FEED_SOURCES), ("purchase_price", PURCHASE_PRICE_RULES),
+                             ("quantity", QUANTITY_RULES), ("pictures", PICTURE_RULES)):
+            if getattr(feed, key) not in allowed:
+                raise ConfigError(f"{where}.{key}: must be one of {', '.join(allowed)}, got {getattr(feed, key)!r}")
+        if feed.token and not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", feed.token):
+            raise ConfigError(f"{where}.token: use 16-128 letters, digits, '-' or '_' (it is a secret part of the URL)")
+        if not 0 <= feed.min_ratio <= 1:
+            raise ConfigError(f"{where}.min_ratio: must be between 0 and 1, got {feed.min_ratio}")
+        if feed.dimension_attributes and len(feed.dimension_attributes) != 3:
+            raise ConfigError(f"{where}.dimension_attributes: name three attributes (length, width, height in cm)")
+        if feed.cron:
+            try:
+                crontab_trigger(feed.cron)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.cron: {feed.cron!r} is not a crontab expression: {exc}") from None
+        elif feed.interval_minutes < 0.01:
+            raise ConfigError(f"{where}.interval_minutes: must be at least 0.01 (1 or more in production), or set cron")
+        for param_index, param in enumerate(feed.params):
+            if not param.attribute:
+                raise ConfigError(f"{where}.params[{param_index}].attribute: name the MoySklad attribute")
+
+
+def _variable_suffix(account: str) -> str:
+    """An account name as environment variables spell it: shop-2 → SHOP_2."""
+    return account.upper().replace("-", "_")
+
+
+def _check_exchange(exchange: ExchangeSettings) -> None:
+    """The exchange limits must let 1C send at least one chunk, and a password needs its login."""
+    if exchange.password and not exchange.login:
+        raise ConfigError("exchange.login: set the login 1C sends with exchange.password (or EXCHANGE_LOGIN)")
+    if exchange.file_limit < 1024:
+        raise ConfigError(f"exchange.file_limit: must be at least 1024 bytes, got {exchange.file_limit}")
+    if exchange.max_session_bytes < exchange.file_limit:
+        raise ConfigError(f"exchange.max_session_bytes: must be at least exchange.file_limit ({exchange.file_limit}), "
+                          f"got {exchange.max_session_bytes}")
+    if exchange.session_minutes < 1:
+        raise ConfigError(f"exchange.session_minutes: must be at least 1, got {exchange.session_minutes}")
+    if exchange.orders_format not in ORDER_FORMATS:
+        raise ConfigError(f"exchange.orders_format: must be one of {', '.join(ORDER_FORMATS)}, got {exchange.orders_format!r}")
+    if exchange.orders_per_query < 1:
+        raise ConfigError(f"exchange.orders_per_query: must be at least 1, got {exchange.orders_per_query}")
+
+
+def _check_api(api: ApiSettings) -> None:
+    """A short key could be guessed; a tiny body limit would refuse every order."""
+    if api.key and len(api.key) < 16:
+        raise ConfigError(f"api.key: use at least 16 characters (a random string, e.g. from `openssl rand -hex 24`), "
+                          f"got {len(api.key)}")
+    if api.max_body_bytes < 1024:
+        raise ConfigError(f"api.max_body_bytes: must be at least 1024, got {api.max_body_bytes}")
+
+
+def _build(cls, raw, where: str):
+    """Turn a parsed YAML mapping into the dataclass ``cls``, naming any key that does not fit."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: must be a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_path"}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(where, str(unknown[0]))}: unknown key (known keys: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = _join(where, name)
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: required")
+            continue
+        values[name] = _convert(hints[name], raw[name], key)
+    return cls(**values)
+
+
+def _convert(hint, value, key: str):
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(options[0], value, key)
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: must be a list, got {type(value).__name__}")
+        return tuple(_convert(item_type, item, f"{key}[{i}]") for i, item in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: must be a path, got {value!r}")
+        return Path(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: must be a number, got {value!r}") from None
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{key}: must be a whole number, got {value!r}")
+        if number < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        return number
+    if hint is str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: must be text, got a {type(value).__name__}")
+        return str(value)
+    raise TypeError(f"no conversion for {hint}")  # a programming error, not a user one
+
+
+def setting_keys(cls=Settings, prefix: str = "") -> set[str]:
+    """Every dotted key the configuration accepts; list items are written as ``feeds[].name``."""
+    keys = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "source_path":
+            continue
+        key = _join(prefix, f.name)
+        hint = hints[f.name]
+        inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        target = inner[0]
+        if cls is AccountSettings and f.name in ("moysklad", "feeds"):
+            keys.add(key)  # the same keys as the top-level moysklad and feeds, documented there
+        elif typing.get_origin(hint) is tuple:
+            keys.add(key)
+            if dataclasses.is_dataclass(typing.get_args(hint)[0]):
+                keys |= setting_keys(typing.get_args(hint)[0], key + "[]")
+        elif dataclasses.is_dataclass(target):
+            keys.add(key)
+            keys |= setting_keys(target, key)
+        else:
+            keys.add(key)
+    return keys
+
+
+def redacted(settings: Settings) -> dict:
+    """The settings as plain data with every secret shown as ``***``, for logs and status pages."""
+    return _walk(settings, lambda secret: "***")
+
+
+def secret_values(settings: Settings) -> tuple[str, ...]:
+    """Every configured secret, for the log scrubber (values under 4 characters would scrub ordinary words)."""
+    found: list[str] = []
+    _walk(settings, lambda secret: found.append(secret) or "***")
+    return tuple(sorted({secret for secret in found if len(secret) >= 4}, key=len, reverse=True))
+
+
+def _walk(value, on_secret, name: str = ""):
+    """The settings as plain data; each secret value is replaced by what ``on_secret`` returns for it."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _walk(getattr(value, f.name), on_secret, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_walk(v, on_secret) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if name in SECRET_NAMES and value:
+        return on_secret(value)
+    return value
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _set_path(raw: dict, key_path: tuple[str, ...], value: str) -> None:
+    node = raw
+    for part in key_path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[key_path[-1]] = value

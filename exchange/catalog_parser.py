@@ -1,0 +1,614 @@
+"""The CommerceML catalog parser: one file read record by record into batches of store rows.
+
+It runs in a child process (see :mod:`core.child_process`) while the importing process writes the
+store: lxml and the Python of reading records on one core, SQLite on the other. Every group, good
+and offer is read and then cleared from the tree as soon as its end tag arrives, so memory stays
+flat whatever the file size. What it makes is plain data; :mod:`exchange.catalog_import` writes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import resource
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from json.encoder import encode_basestring
+from pathlib import Path
+
+from lxml import etree
+
+from core.clock import utc_now
+from exchange.cml import (
+    DOCTYPE_REFUSED,
+    PROLOG_BYTES,
+    ROOT_TAG,
+    SPACES,
+    CommerceMLError,
+    Malformed,
+    all_named,
+    doctype_in_prolog,
+    document_problem,
+    fields_of,
+    local_name,
+    parent_is,
+    parse_decimal,
+    requisite_pairs,
+    text_of,
+)
+
+SECTIONS = ("Классификатор", "Каталог", "ПакетПредложений")
+# Only the end tags of these records reach Python; everything inside them stays in lxml until then.
+# Warehouses are read at the end of their list (Склады): a Склад also sits in every offer, as its stock.
+EVENT_TAGS = (ROOT_TAG, *SECTIONS, "Группа", "Свойство", "ТипЦены", "Склады", "ЕдиницаИзмерения", "Товар", "Предложение")
+BATCH = 1000
+MAX_PICTURE_BYTES = 2 * 1024 * 1024
+PICTURE_TYPES = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
+# Requisites not kept as attributes: picture captions, and the weight, which is a column of the card.
+TECHNICAL_REQUISITES = {"ОписаниеФайла", "Вес"}
+
+
+def _kopecks(text: str) -> int:
+    whole, _, cents = text.partition(",") if "," in text else text.partition(".")
+    if whole.isascii() and whole.isdigit() and len(cents) <= 2 and (not cents or cents.isascii() and cents.isdigit()):
+        return int(whole) * 100 + (int(cents) * (10 if len(cents) == 1 else 1) if cents else 0)  # '1234', '12,5', '99.90'
+    value = parse_decimal(text, "цена")
+    if value < 0:
+        raise Malformed(f"цена «{text}» отрицательная")
+    return int((value * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _quantity(text: str) -> float:
+    if not text:
+        return 0.0
+    try:
+        value = float(text)  # float() takes what the general path makes of a text without inner spaces or commas
+    except ValueError:
+        value = None
+    try:
+        if value is None:
+            value = float(text.translate(SPACES).replace(",", "."))
+    except ValueError:
+        raise Malformed(f"остаток «{text}» не число") from None
+    if not math.isfinite(value):
+        raise Malformed(f"остаток «{text}» не число")
+    return value
+
+
+def _deleted(fields: dict) -> int:
+    """ПометкаУдаления or Статус «Удален»: the item stays, archived."""
+    if "ПометкаУдаления" not in fields and "Статус" not in fields:
+        return 0
+    mark = text_of(fields.get("ПометкаУдаления")).lower() == "true"
+    return int(mark or text_of(fields.get("Статус")).lower() in ("удален", "удалён"))
+
+
+def _full(element) -> bool:
+    """СодержитТолькоИзменения absent or false: the section lists everything (1C's default)."""
+    return (element.get("СодержитТолькоИзменения") or "").strip().lower() != "true"
+
+
+def _vat(rates) -> tuple[float | None, int | None]:
+    """(rate, enabled) from СтавкиНалогов: «Без НДС» → VAT off, «20» → 20, «0» → 0 and on."""
+    chosen = None
+    for entry in all_named(rates, "СтавкаНалога"):
+        tax = rate = ""
+        for child in entry:
+            tag = local_name(child.tag)
+            if tag == "Наименование":
+                tax = text_of(child).upper()
+            elif tag == "Ставка":
+                rate = text_of(child)
+        if chosen is None or tax in ("НДС", ""):
+            chosen = rate
+        if tax in ("НДС", ""):
+            break
+    return _vat_rate(chosen) if chosen is not None else (None, None)
+
+
+@functools.lru_cache(maxsize=64)
+def _vat_rate(rate: str) -> tuple[float | None, int | None]:
+    if "без" in rate.lower():
+        return None, 0
+    try:
+        return float(parse_decimal(rate.rstrip("%"), "ставка НДС")), 1
+    except Malformed:
+        return None, None
+
+
+def _unit(element) -> dict | None:
+    """A units row from БазоваяЕдиница (attributes) or ЕдиницаИзмерения (child elements), keyed by OKEI code."""
+    fields = fields_of(element)
+    code = (element.get("Код") or text_of(fields.get("Код"))).strip()
+    if not code:
+        return None
+    full = (element.get("НаименованиеПолное") or text_of(fields.get("НаименованиеПолное"))).strip()
+    short = (element.get("НаименованиеКраткое") or text_of(fields.get("НаименованиеКраткое")) or text_of(element)
+             or element.get("МеждународноеСокращение") or full or code).strip()
+    return {"id": code, "name": short, "code": code, "description": full or None}
+
+
+def _barcodes(element) -> str | None:
+    """Barcodes as JSON in MoySklad's shape, [{"ean13": "..."}], which the ICML renderer reads."""
+    codes = []
+    for barcode in all_named(element, "Штрихкод"):
+        for value in text_of(barcode).replace(";", ",").split(","):
+            value = value.strip()
+            if value:
+                digits = value.isdigit()
+                kind = "ean13" if digits and len(value) == 13 else "ean8" if digits and len(value) == 8 else "code128"
+                quoted = f'"{value}"' if digits else encode_basestring(value)
+                codes.append(f'{{"{kind}": {quoted}}}')
+    return f"[{', '.join(codes)}]" if codes else None
+
+
+def _characteristics(element) -> str:
+    values = []
+    for entry in all_named(element, "ХарактеристикаТовара"):
+        fields = fields_of(entry)
+        name = text_of(fields.get("Наименование"))
+        if name:
+            values.append({"name": name, "value": text_of(fields.get("Значение"))})
+    return json.dumps(values, ensure_ascii=False)
+
+
+def _first_group(fields: dict) -> str | None:
+    """The card's category: the first Группы/Ид (the feed has one category per offer)."""
+    for child in fields.get("Группы", ()):
+        if local_name(child.tag) == "Ид":
+            return text_of(child) or None
+    return None
+
+
+class RecordBatch:
+    """Rows of BATCH records, sent to the writing process together and written there."""
+
+    def __init__(self):
+        self.categories: list[dict] = []
+        self.products: list[dict] = []
+        self.variant_cards: list[dict] = []  # written unless this run already wrote the card
+        self.missing_cards: list[dict] = []  # written only when the store has no card yet
+        self.touched: list[str] = []  # offers a prices or rests file refers to without rewriting them
+        self.offers: dict[tuple, list[dict]] = {}  # by column set: an offers file sets fewer columns
+        self.children: dict[str, tuple[list, list]] = {t: ([], []) for t in ("prices", "attributes", "images", "stock")}
+        self.image_cache: list[dict] = []
+
+    def offer(self, row: dict) -> None:
+        self.offers.setdefault(tuple(row), []).append(row)
+
+    def replace(self, table: str, owner_id: str, rows: list[dict]) -> None:
+        """The owner's rows of ``table`` become exactly ``rows``."""
+        owners, all_rows = self.children[table]
+        owners.append(owner_id)
+        all_rows.extend(rows)
+
+
+@dataclass
+class FileSummary:
+    """What the whole file says once read: its kind, sections, reference lists and units."""
+
+    kind: str
+    full: dict[str, bool]
+    listed: set[str]
+    references: dict[str, list]
+    units: dict[str, dict]
+    counts: Counter = field(default_factory=Counter)
+    peak_rss_mb: float = 0.0
+
+
+class CatalogParser:
+    """Reads one document record by record and hands its rows, a :class:`RecordBatch` at a time, to the writer."""
+
+    def __init__(self, path: Path, upload_dir: Path, images_dir: Path):
+        self.outbox: list[tuple] = []  # messages for the writer, handed out after each record
+        self.path = path
+        self.upload_dir = upload_dir.resolve()
+        self.images_dir = images_dir
+        self.batch = RecordBatch()
+        self.counts: Counter = Counter()
+        self.checked = False
+        self.updated: str | None = None
+        self.full: dict[str, bool] = {}  # the sections the file has: lists everything (True) or changes
+        self.listed: set[str] = set()  # Товары / Предложения present: only then may a full section reconcile
+        self.shapes = {"named": 0, "priced": 0, "stocked": 0}
+        self.properties: dict[str, tuple[str, dict]] = {}
+        self.units: dict[str, dict] = {}
+        self.references: dict[str, list] = {"price_types": [], "warehouses": []}
+        self.records = 0
+        self.handlers = {
+            "Группа": self._group, "Свойство": self._property, "ТипЦены": self._price_type, "Склады": self._warehouses,
+            "ЕдиницаИзмерения": self._unit_of_measure, "Товар": self._good, "Предложение": self._offer,
+            "Классификатор": self._section, "Каталог": self._section, "ПакетПредложений": self._section,
+        }
+
+    # parsing
+
+    def parse(self) -> Iterator[tuple]:
+        """Read the file, yielding messages for the writer as they are ready; return its summary."""
+        try:
+            self._refuse_doctype()
+            events = etree.iterparse(str(self.path), events=("end",), tag=[f"{{*}}{t}" for t in EVENT_TAGS],
+                                     resolve_entities=False, no_network=True, huge_tree=True, load_dtd=False)
+            for _, element in events:
+                if not self.checked:
+                    self._check_document(element)
+                self._end(element)
+                if self.outbox:
+                    yield from self.outbox
+                    self.outbox.clear()
+        except etree.XMLSyntaxError as exc:
+            raise CommerceMLError(f"Файл {self.path.name}: XML повреждён в строке {exc.lineno}: {exc.msg}") from None
+        except OSError as exc:
+            raise CommerceMLError(f"Файл {self.path.name} не удалось прочитать: {exc.strerror or exc}") from None
+        summary = self.finish()
+        yield from self.outbox
+        return summary
+
+    def _refuse_doctype(self) -> None:
+        """Refuse a DOCTYPE before lxml reads it: its entities could read local files or explode in size."""
+        with open(self.path, "rb") as handle:
+            head = handle.read(PROLOG_BYTES)
+        if doctype_in_prolog(head):
+            raise CommerceMLError(f"Файл {self.path.name}: {DOCTYPE_REFUSED}")
+
+    def _check_document(self, element) -> None:
+        """The root is КоммерческаяИнформация, and no DOCTYPE slipped past :meth:`_refuse_doctype` (one
+        after 64 KB of comments, or in UTF-16); checked at the first record, before any is read."""
+        tree = element.getroottree()
+        problem = document_problem(tree, self.path.name)
+        if problem:
+            raise CommerceMLError(problem)
+        self.updated = tree.getroot().get("ДатаФормирования")
+        self.checked = True
+
+    def _end(self, element) -> None:
+        """Read a record whose end tag has arrived, then free it and what came before it."""
+        handler = self.handlers.get(local_name(element.tag))
+        if handler is None or not handler(element):
+            return
+        element.clear(keep_tail=False)
+        parent = element.getparent()
+        while element.getprevious() is not None:
+            del parent[0]
+
+    def _counted(self, key: str) -> None:
+        """One record read: count it, and every BATCH records write the buffers and report progress."""
+        self.counts[key] += 1
+        self.records += 1
+        if self.records % BATCH == 0:
+            self._send_batch()
+
+    def _send_batch(self) -> None:
+        self.outbox.append(("batch", self.batch, self.records))
+        self.batch = RecordBatch()
+
+    def _skip(self, item_type: str, item_id: str | None, name: str | None, reason: str) -> None:
+        self.outbox.append(("skip", (item_type, item_id, name, reason)))
+
+    # records
+
+    def _section(self, element) -> bool:
+        """Классификатор, Каталог, ПакетПредложений: complete or changes only, and the owner's name."""
+        if not parent_is(element, ROOT_TAG):
+            return False
+        fields = fields_of(element)
+        self.full[local_name(element.tag)] = _full(element)
+        self.listed.update(name for name in ("Товары", "Предложения") if name in fields)
+        owner = text_of(fields_of(fields["Владелец"]).get("Наименование")) if "Владелец" in fields else ""
+        if owner:
+            self.outbox.append(("setting", ("company", owner)))
+        return True
+
+    def _group(self, element) -> bool:
+        parent = element.getparent()
+        if not parent_is(element, "Группы") or local_name(parent.getparent().tag) not in ("Классификатор", "Группа"):
+            return False
+        fields = fields_of(element)
+        group_id, name = text_of(fields.get("Ид")), text_of(fields.get("Наименование"))
+        if not group_id or not name:
+            self._skip("group", group_id, name, "у группы нет Ид" if not group_id else "у группы нет наименования")
+            return True
+        above = parent.getparent()
+        self.batch.categories.append({
+            "id": group_id, "name": name, "external_code": group_id, "archived": _deleted(fields),
+            "parent_id": text_of(fields_of(above).get("Ид")) or None if local_name(above.tag) == "Группа" else None,
+            "updated": self.updated,
+        })
+        self._counted("groups")
+        return True
+
+    def _property(self, element) -> bool:
+        if not parent_is(element, "Свойства"):
+            return False
+        fields = fields_of(element)
+        property_id, name = text_of(fields.get("Ид")), text_of(fields.get("Наименование"))
+        if property_id and name:
+            options = {}
+            for option in all_named(fields.get("ВариантыЗначений"), "Справочник"):
+                option_fields = fields_of(option)
+                options[text_of(option_fields.get("ИдЗначения"))] = text_of(option_fields.get("Значение"))
+            self.properties[property_id] = (name, options)
+            self.counts["properties"] += 1
+        return True
+
+    def _price_type(self, element) -> bool:
+        return self._reference(element, "ТипыЦен", "price_types", "тип цены")
+
+    def _warehouses(self, element) -> bool:
+        """Each Склад of a Склады list; the list itself stays (clearing it would drop its section's fields)."""
+        for child in element:
+            if local_name(child.tag) == "Склад":
+                self._reference(child, "Склады", "warehouses", "склад")
+        return False
+
+    def _reference(self, element, container: str, table: str, what: str) -> bool:
+        """Price types and warehouses: small lists, written once the file is read."""
+        if not parent_is(element, container):
+            return False  # a Склад inside an offer is its stock, read with the offer
+        fields = fields_of(element)
+        item_id, name = text_of(fields.get("Ид")), text_of(fields.get("Наименование"))
+        if not item_id or not name:
+            self._skip(table, item_id, name, f"{what}: нет Ид или наименования")
+            return True
+        rows = self.references[table]
+        rows.append({"id": item_id, "name": name, "external_code": item_id, "full": _full(element.getparent().getparent()),
+                     **({"position": len(rows)} if table == "price_types" else {})})
+        return True
+
+    def _unit_of_measure(self, element) -> bool:
+        if not parent_is(element, "ЕдиницыИзмерения"):
+            return False
+        unit = _unit(element)
+        if unit:
+            self.units[unit["id"]] = unit
+        return True
+
+    def _good(self, element) -> bool:
+        """A Товар: a product card and its base offer, or (Ид 'product#characteristic') a variant."""
+        if not parent_is(element, "Товары", "Каталог"):
+            return False
+        fields = fields_of(element)
+        item_id, name = text_of(fields.get("Ид")), text_of(fields.get("Наименование"))
+        try:
+            if not item_id:
+                raise Malformed("у товара нет Ид")
+            if not name:
+                raise Malformed("у товара нет наименования")
+            product_id, _, characteristic = item_id.partition("#")
+            if not product_id:
+                raise Malformed("Ид товара начинается с «#»: нет Ид карточки")
+            requisites = requisite_pairs(fields.get("ЗначенияРеквизитов"))
+            card = self._card(product_id, name, fields, requisites)
+        except Malformed as exc:
+            self._skip("product", item_id, name, str(exc))
+            return True
+        offer = {"id": item_id, "product_id": product_id, "kind": "variant" if characteristic else "product",
+                 "name": name, "code": card["code"], "article": card["article"], "external_code": item_id,
+                 "barcodes": _barcodes(element) if "Штрихкод" in fields else None,
+                 "characteristics": _characteristics(fields.get("ХарактеристикиТовара")) if characteristic else None,
+                 "archived": card["archived"], "updated": self.updated}
+        if characteristic:
+            card["archived"] = 0  # a variant marked deleted does not archive its product
+            self.batch.variant_cards.append(card)
+        else:
+            self.batch.products.append(card)
+        self.batch.offer(offer)
+        self.batch.replace("attributes", item_id, self._attributes(item_id, fields, requisites))
+        self.batch.replace("images", item_id, self._pictures(item_id, element) if "Картинка" in fields else [])
+        self._counted("goods")
+        return True
+
+    def _card(self, product_id: str, name: str, fields: dict, requisites: list[tuple[str, str]]) -> dict:
+        unit = self._unit_id(fields)
+        vat, vat_enabled = _vat(fields.get("СтавкиНалогов"))
+        weight = next((value for key, value in requisites if key == "Вес"), None)
+        return {
+            "id": product_id, "kind": "product", "name": name, "code": text_of(fields.get("Код")) or None,
+            "article": text_of(fields.get("Артикул")) or None, "external_code": product_id,
+            "category_id": _first_group(fields),
+            "description": text_of(fields.get("Описание")) or None, "unit_id": unit,
+            "vat": vat, "vat_enabled": vat_enabled,
+            "weight": float(parse_decimal(weight, "вес")) if weight else None,
+            "archived": _deleted(fields), "updated": self.updated,
+        }
+
+    def _offer(self, element) -> bool:
+        """A Предложение: offer data, prices and stock, whichever of them the file carries."""
+        if not parent_is(element, "Предложения", "ПакетПредложений"):
+            return False
+        fields = fields_of(element)
+        item_id, name = text_of(fields.get("Ид")), text_of(fields.get("Наименование"))
+        try:
+            if not item_id or item_id.startswith("#"):
+                raise Malformed("у предложения нет Ид товара")
+            prices = self._prices(item_id, fields.get("Цены"))
+            stock = self._stock(item_id, element, fields)
+        except Malformed as exc:
+            self._skip("offer", item_id, name, str(exc))
+            return True
+        if name:
+            self._offer_row(item_id, name, element, fields)
+        else:
+            self.batch.touched.append(item_id)
+        if prices is not None:
+            self.batch.replace("prices", item_id, prices)
+        if stock is not None:
+            self.batch.replace("stock", item_id, stock)
+        self.shapes["named"] += bool(name)
+        self.shapes["priced"] += prices is not None
+        self.shapes["stocked"] += stock is not None
+        self._counted("offers")
+        return True
+
+    def _offer_row(self, item_id: str, name: str, element, fields: dict) -> None:
+        """The offer itself, setting only what the Предложение holds, and a card if its product has none."""
+        product_id, _, characteristic = item_id.partition("#")
+        row = {"id": item_id, "product_id": product_id, "kind": "variant" if characteristic else "product",
+               "name": name, "external_code": item_id, "archived": _deleted(fields), "updated": self.updated}
+        if "Артикул" in fields:
+            row["article"] = text_of(fields["Артикул"]) or None
+        if "Штрихкод" in fields:
+            row["barcodes"] = _barcodes(element)
+        if "ХарактеристикиТовара" in fields:
+            row["characteristics"] = _characteristics(fields["ХарактеристикиТовара"])
+        self.batch.offer(row)
+        self.batch.missing_cards.append({
+            "id": product_id, "kind": "product", "name": name, "external_code": product_id,
+            "category_id": _first_group(fields), "unit_id": self._unit_id(fields), "updated": self.updated})
+        if "ЗначенияСвойств" in fields:
+            self.batch.replace("attributes", item_id, self._attributes(item_id, fields, []))
+        if "Картинка" in fields:
+            self.batch.replace("images", item_id, self._pictures(item_id, element))
+
+    def _prices(self, offer_id: str, prices) -> list[dict] | None:
+        if prices is None:
+            return None
+        rows = []
+        for price in all_named(prices, "Цена"):
+            fields = fields_of(price)
+            type_id = text_of(fields.get("ИдТипаЦены"))
+            if not type_id:
+                raise Malformed("у цены нет ИдТипаЦены")
+            rows.append({"offer_id": offer_id, "price_type_id": type_id, "value": _kopecks(text_of(fields.get("ЦенаЗаЕдиницу")))})
+        return rows
+
+    def _stock(self, offer_id: str, element, fields: dict) -> list[dict] | None:
+        """Stock in any of its three shapes: per warehouse when given, else the total (warehouse '')."""
+        per_warehouse, total = [], None
+        for store in all_named(element, "Склад"):  # 2.07: <Склад ИдСклада=.. КоличествоНаСкладе=../>
+            if store.get("ИдСклада"):
+                per_warehouse.append((store.get("ИдСклада").strip(), _quantity((store.get("КоличествоНаСкладе") or "").strip())))
+        for rest in all_named(fields.get("Остатки"), "Остаток"):  # 2.09+: <Остатки><Остаток><Склад><Ид/><Количество/>
+            rest_fields = fields_of(rest)
+            if "Склад" in rest_fields:
+                store_fields = fields_of(rest_fields["Склад"])
+                per_warehouse.append((text_of(store_fields.get("Ид")), _quantity(text_of(store_fields.get("Количество")))))
+            elif "Количество" in rest_fields:
+                total = (total or 0.0) + _quantity(text_of(rest_fields["Количество"]))
+        if "Количество" in fields:
+            total = _quantity(text_of(fields["Количество"]))
+        if per_warehouse:
+            return [{"offer_id": offer_id, "warehouse_id": w, "stock": q} for w, q in per_warehouse]
+        if total is not None:
+            return [{"offer_id": offer_id, "warehouse_id": "", "stock": total}]
+        return None
+
+    def _unit_id(self, fields: dict) -> str | None:
+        """The card's unit (its OKEI code); the first sight of a code adds it to the units."""
+        element = fields.get("БазоваяЕдиница")
+        code = (element.get("Код") or "").strip() if element is not None else ""
+        if code in self.units:
+            return code
+        unit = _unit(element) if element is not None else None
+        if unit:
+            self.units[unit["id"]] = unit
+        return unit["id"] if unit else None
+
+    def _attributes(self, owner_id: str, fields: dict, requisites: list[tuple[str, str]]) -> list[dict]:
+        """Property values (reference values resolved to their text), requisites and the manufacturer."""
+        rows = []
+        for value in all_named(fields.get("ЗначенияСвойств"), "ЗначенияСвойства"):
+            property_id, texts = "", []
+            for child in value:
+                name = local_name(child.tag)
+                if name == "Ид":
+                    property_id = text_of(child)
+                elif name == "Значение" and text_of(child):
+                    texts.append(text_of(child))
+            if not texts:
+                continue
+            if property_id not in self.properties:
+                self.counts["unknown_property_values"] += 1
+                continue
+            name, options = self.properties[property_id]
+            rows.append({"owner_id": owner_id, "attribute_id": property_id, "name": name, "type": "property",
+                         "value": ", ".join(options.get(t, t) for t in texts)})
+        if "ПолноеНаименование" in fields and all(key != "Полное наименование" for key, _ in requisites):
+            requisites = [*requisites, ("Полное наименование", text_of(fields["ПолноеНаименование"]))]
+        for name, text in requisites:
+            if name and text and name not in TECHNICAL_REQUISITES:
+                rows.append({"owner_id": owner_id, "attribute_id": f"requisite:{name}", "name": name,
+                             "type": "requisite", "value": text})
+        maker = text_of(fields_of(fields["Изготовитель"]).get("Наименование")) if "Изготовитель" in fields else ""
+        if maker:
+            rows.append({"owner_id": owner_id, "attribute_id": "manufacturer", "name": "Изготовитель",
+                         "type": "requisite", "value": maker})
+        return rows
+
+    # pictures
+
+    def _pictures(self, owner_id: str, element) -> list[dict]:
+        rows = []
+        for picture in all_named(element, "Картинка"):
+            relative = text_of(picture).replace("\\", "/")
+            if not relative:
+                continue
+            try:
+                image_id, local_file, size = self._copy_picture(relative)
+            except Malformed as exc:
+                self._skip("picture", owner_id, relative, str(exc))
+                continue
+            rows.append({"owner_id": owner_id, "position": len(rows), "filename": Path(relative).name, "size": size,
+                         "href": f"exchange:/download/{image_id}", "updated": self.updated})
+            self.batch.image_cache.append({"image_id": image_id, "owner_id": owner_id, "position": len(rows) - 1,
+                                            "size": size, "local_file": local_file, "fetched_at": utc_now()})
+        return rows
+
+    def _copy_picture(self, relative: str) -> tuple[str, str, int]:
+        """Copy an uploaded picture into the images folder the feeds serve; refuse anything but jpg/png ≤ 2 MB."""
+        source = (self.upload_dir / relative).resolve()
+        if not source.is_relative_to(self.upload_dir):
+            raise Malformed("путь картинки ведёт за пределы папки обмена")
+        if not source.is_file():
+            raise Malformed("файл картинки не был загружен")
+        size = source.stat().st_size
+        if size > MAX_PICTURE_BYTES:
+            raise Malformed(f"картинка больше 2 МБ ({size} байт)")
+        with open(source, "rb") as handle:
+            head = handle.read(8)
+        extension = next((ext for magic, ext in PICTURE_TYPES if head.startswith(magic)), None)
+        if extension is None:
+            raise Malformed("картинка не в формате JPEG или PNG")
+        image_id = str(uuid.uuid5(uuid.NAMESPACE_URL, relative))
+        local_file = f"{image_id}.{extension}"
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.images_dir / f".{local_file}.{os.getpid()}.tmp"
+        shutil.copyfile(source, partial)
+        os.replace(partial, self.images_dir / local_file)  # a feed being served never sees half a picture
+        return image_id, local_file, size
+
+    # the end of the file
+
+    def finish(self) -> FileSummary:
+        """Send what is buffered; the summary tells the writer what else the file means."""
+        kind = self._kind()
+        self._send_batch()
+        return FileSummary(kind, self.full, self.listed, self.references, self.units, self.counts,
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    def _kind(self) -> str:
+        """What the file is, by content: a Каталог makes an import; a package of offers is offers, prices or rests."""
+        if "Каталог" in self.full:
+            return "import"
+        if "ПакетПредложений" in self.full:
+            shapes = self.shapes
+            if shapes["named"] or not shapes["priced"] and not shapes["stocked"]:
+                return "offers"
+            if not shapes["stocked"]:
+                return "prices"
+            return "rests" if not shapes["priced"] else "offers"
+        if "Классификатор" in self.full:
+            return "import"
+        raise CommerceMLError(f"Файл {self.path.name}: в нём нет ни классификатора, ни каталога, ни пакета "
+                              "предложений; это не файл каталога (файлы заказов загружаются через type=sale)")
+
+
+def parse_catalog_file(path: Path, upload_dir: Path, images_dir: Path) -> Iterator[tuple]:
+    """The parser as a generator function for :func:`core.child_process.run_in_child`."""
+    return (yield from CatalogParser(path, upload_dir, images_dir).parse())

@@ -1,0 +1,77 @@
+"""The MoySklad webhook receiver: a change in the catalog asks for a rebuild of the moysklad feeds.
+
+MoySklad wants an answer within 1.5 s, and the request may reach any gunicorn worker while only
+one process runs the scheduler, so the receiver only leaves a note in the mailbox (a ``rebuild``
+note per account, whose time is that of the latest request); the scheduler picks it up once the
+webhooks have been quiet for ``webhooks.debounce_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+
+from flask import Blueprint, abort, current_app, jsonify, request
+
+from core.credentials import tokens_match
+from core.mailbox import REBUILD
+
+log = logging.getLogger(__name__)
+
+webhooks_bp = Blueprint("webhooks", __name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+# Entity types whose changes show in a feed; stock webhooks carry a reportUrl instead of events.
+CATALOG_TYPES = frozenset({"product", "variant", "productfolder", "service", "bundle"})
+
+
+@webhooks_bp.post("/webhooks/moysklad/<secret>")
+def moysklad_webhook(secret: str):
+    """Answer at once; a catalog or stock change leaves a rebuild request for the scheduler."""
+    settings = next((account for account in current_app.config["SETTINGS"].every_account()
+                     if tokens_match(secret, account.webhooks.secret)), None)
+    if settings is None:
+        abort(404)
+    body = _read_body()
+    if body is None:
+        return jsonify({"error": f"the body is larger than {MAX_BODY_BYTES} bytes"}), 413
+    try:
+        changes = catalog_changes(json.loads(body))
+    except ValueError as exc:
+        log.warning("webhook POST /webhooks/moysklad/***: rejected: %s", exc)
+        return jsonify({"error": str(exc)}), 400
+    feeds = [feed.name for feed in settings.moysklad_feeds]
+    rebuild = bool(changes and feeds)
+    if rebuild:
+        settings.mailbox.post(REBUILD, settings.account)
+    summary = ", ".join(f"{count} {change}" for change, count in Counter(changes).items())
+    log.info("webhook POST /webhooks/moysklad/***: %s; %s", summary or "no change the feeds show",
+             f"rebuild of {', '.join(feeds)} requested" if rebuild else "no rebuild")
+    return jsonify({"ok": True, "rebuild": rebuild})
+
+
+def _read_body() -> bytes | None:
+    """The request body, or None when it is over the limit (checked before reading when declared)."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return None
+    body = request.stream.read(MAX_BODY_BYTES + 1)
+    return None if len(body) > MAX_BODY_BYTES else body
+
+
+def catalog_changes(payload) -> list[str]:
+    """What in a webhook payload concerns the feeds, e.g. ``["product UPDATE", "stock"]``."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
+    if payload.get("reportUrl"):
+        return ["stock"]
+    events = payload.get("events")
+    if not isinstance(events, list):
+        raise ValueError("expected events[] (entity webhook) or reportUrl (stock webhook)")
+    changes = []
+    for event in events:
+        meta = event.get("meta") if isinstance(event, dict) else None
+        kind = meta.get("type") if isinstance(meta, dict) else None
+        if kind in CATALOG_TYPES:
+            changes.append(f"{kind} {event.get('action', '')}".strip())
+    return changes

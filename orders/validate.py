@@ -1,0 +1,311 @@
+"""Orders as the JSON API takes and gives them: validation into store rows, and store rows back to JSON.
+
+Pure functions, no Flask and no database. Money travels as strings or numbers in roubles with at most
+two decimals ("1990.50") and is kept in kopecks; quantities keep up to three decimals (kilograms,
+metres). Every refusal is an :class:`OrderInvalid` naming the field (``items[2].quantity``), so
+the caller can fix the one thing that is wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+from core.money import money
+from store.orders import DELIVERY_ID, DELIVERY_NAME
+
+MAX_ITEMS = 1000
+MAX_MONEY = Decimal("999999999.99")
+MAX_QUANTITY = Decimal(1_000_000)
+VAT_RATES = ("0", "5", "7", "10", "20", "22")  # Russian VAT, with the USN rates 5 and 7 (2025) and 22 (2026)
+NUMBER = re.compile(r"[0-9A-Za-zА-Яа-яЁё_.-]{1,40}")  # it is the document's Ид (≤ 40 in CommerceML) and a URL part
+PHONE = re.compile(r"\+?[0-9()\s-]{5,32}")
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+KPP = re.compile(r"\d{4}[\dA-Z]{2}\d{3}")
+CURRENCY = re.compile(r"[A-Z]{3}")
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f]")
+FIELDS = {
+    "": ("number", "date", "currency", "customer", "items", "delivery", "payment_method", "paid", "comment", "total"),
+    "customer": ("name", "phone", "email", "address", "company"),
+    "customer.company": ("name", "inn", "kpp"),
+    "items[]": ("offer_id", "type", "name", "quantity", "price", "discount", "vat"),
+    "delivery": ("method", "price", "vat"),
+}
+
+
+class OrderInvalid(ValueError):
+    """The order cannot be taken; ``field`` names the offending field, the message says what is wrong."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass
+class ValidOrder:
+    """An order ready for the store: its columns, its lines (the delivery line last) and a hash of both."""
+
+    number: str
+    columns: dict
+    items: list[dict]
+    content_hash: str
+
+
+def validate_order(payload) -> ValidOrder:
+    """Check a POST /api/orders body and turn it into store rows; OrderInvalid names the first problem."""
+    body = _object(payload, "order", "")
+    number = _text(body, "number", "number", 40, required=True)
+    if not NUMBER.fullmatch(number):
+        raise OrderInvalid("number", "use 1-40 letters, digits, '-', '_' or '.'")
+    customer = _object(body.get("customer"), "customer", "customer")
+    company = _company(customer)
+    name = _text(customer, "name", "customer.name", 255, required=not company)
+    phone = _text(customer, "phone", "customer.phone", 32)
+    if phone and (not PHONE.fullmatch(phone) or len(re.sub(r"\D", "", phone)) < 5):
+        raise OrderInvalid("customer.phone", f"{phone!r} is not a phone number")
+    email = _text(customer, "email", "customer.email", 254)
+    if email and not EMAIL.fullmatch(email):
+        raise OrderInvalid("customer.email", f"{email!r} is not an e-mail address")
+    if not phone and not email:
+        raise OrderInvalid("customer", "give a phone or an e-mail, 1C needs a way to reach the buyer")
+    items = _items(body.get("items"))
+    delivery_method, delivery_line = _delivery(body)
+    if delivery_line:
+        items.append(delivery_line)
+    total = sum(item["amount"] for item in items)
+    if body.get("total") is not None and _kopecks(body["total"], "total") != total:
+        raise OrderInvalid("total", f"{body['total']} does not match the lines and the delivery ({money(total)})")
+    currency = _text(body, "currency", "currency", 3) or "RUB"
+    if not CURRENCY.fullmatch(currency):
+        raise OrderInvalid("currency", f"{currency!r} is not an ISO 4217 code such as RUB")
+    paid = body.get("paid", False)
+    if not isinstance(paid, bool):
+        raise OrderInvalid("paid", "must be true or false")
+    columns = {
+        "ordered_at": _date(body.get("date")), "currency": currency, "total": total,
+        "customer_name": name or None, "customer_phone": phone, "customer_email": email,
+        "customer_address": _text(customer, "address", "customer.address", 255),
+        "company_name": company.get("name"), "company_inn": company.get("inn"), "company_kpp": company.get("kpp"),
+        "payment_method": _text(body, "payment_method", "payment_method", 255), "paid": int(paid),
+        "shipping_method": delivery_method, "comment": _text(body, "comment", "comment", 3000, multiline=True),
+    }
+    content = json.dumps({"columns": columns, "items": items}, sort_keys=True, ensure_ascii=False)
+    return ValidOrder(number, columns, items, hashlib.sha256(content.encode()).hexdigest())
+
+
+def _company(customer: dict) -> dict:
+    """The buyer's company: name, ИНН (checksum verified) and КПП (required with a 10-digit ИНН)."""
+    if customer.get("company") is None:
+        return {}
+    company = _object(customer["company"], "company", "customer.company")
+    name = _text(company, "name", "customer.company.name", 255, required=True)
+    inn = _text(company, "inn", "customer.company.inn", 12, required=True)
+    if not inn_valid(inn):
+        raise OrderInvalid("customer.company.inn", f"{inn!r} is not a valid ИНН (10 digits for a company, "
+                                                   "12 for a sole trader, with correct check digits)")
+    kpp = _text(company, "kpp", "customer.company.kpp", 9, required=len(inn) == 10)
+    if kpp and (len(inn) != 10 or not KPP.fullmatch(kpp)):
+        raise OrderInvalid("customer.company.kpp", f"{kpp!r} is not a КПП (9 characters, for a company with a 10-digit ИНН)")
+    return {"name": name, "inn": inn, "kpp": kpp}
+
+
+def inn_valid(inn: str) -> bool:
+    """ИНН check digits (10 digits for a company, 12 for a person or sole trader)."""
+    if not inn.isascii() or not inn.isdigit() or len(inn) not in (10, 12):
+        return False
+    digits = [int(c) for c in inn]
+
+    def check(weights: tuple[int, ...]) -> int:
+        return sum(w * d for w, d in zip(weights, digits)) % 11 % 10
+
+    if len(inn) == 10:
+        return check((2, 4, 10, 3, 5, 9, 4, 6, 8)) == digits[9]
+    return (check((7, 2, 4, 10, 3, 5, 9, 4, 6, 8)) == digits[10]
+            and check((3, 7, 2, 4, 10, 3, 5, 9, 4, 6, 8)) == digits[11])
+
+
+def _items(value) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise OrderInvalid("items", "must be a non-empty list of order lines")
+    if len(value) > MAX_ITEMS:
+        raise OrderInvalid("items", f"at most {MAX_ITEMS} lines, got {len(value)}")
+    items = []
+    for index, raw in enumerate(value):
+        where = f"items[{index}]"
+        item = _object(raw, "line", where, FIELDS["items[]"])
+        kind = item.get("type", "product")
+        if kind not in ("product", "service"):
+            raise OrderInvalid(f"{where}.type", f"must be product or service, got {kind!r}")
+        offer_id = _text(item, "offer_id", f"{where}.offer_id", 80, required=True)
+        if offer_id == DELIVERY_ID:
+            raise OrderInvalid(f"{where}.offer_id", f"{DELIVERY_ID} is the delivery line: give the delivery as 'delivery'")
+        quantity = _quantity(item.get("quantity"), f"{where}.quantity")
+        price = _kopecks(item.get("price"), f"{where}.price", required=True)
+        discount = _kopecks(item.get("discount"), f"{where}.discount") or 0
+        gross = int((Decimal(price) * quantity).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        if discount > gross:
+            raise OrderInvalid(f"{where}.discount", f"{money(discount)} is more than the line's {money(gross)}")
+        items.append({"kind": kind, "offer_id": offer_id, "name": _text(item, "name", f"{where}.name", 255, required=True),
+                      "quantity": _plain(quantity), "price": price, "discount": discount,
+                      "vat": _vat(item.get("vat"), f"{where}.vat"), "amount": gross - discount})
+    return items
+
+
+def _delivery(body: dict) -> tuple[str | None, dict | None]:
+    """The delivery method, and a service line ORDER_DELIVERY when the delivery costs something."""
+    if body.get("delivery") is None:
+        return None, None
+    delivery = _object(body["delivery"], "delivery", "delivery")
+    method = _text(delivery, "method", "delivery.method", 255)
+    price = _kopecks(delivery.get("price"), "delivery.price") or 0
+    if not price:
+        return method, None
+    return method, {"kind": "delivery", "offer_id": DELIVERY_ID, "name": DELIVERY_NAME, "quantity": "1", "price": price,
+                    "discount": 0, "vat": _vat(delivery.get("vat"), "delivery.vat"), "amount": price}
+
+
+def _object(value, what: str, where: str, allowed: tuple[str, ...] | None = None) -> dict:
+    """A JSON object with only the known keys: a misspelt key is an error, not silently lost data."""
+    if value is None and where:
+        raise OrderInvalid(where, "required")
+    if not isinstance(value, dict):
+        raise OrderInvalid(where or what, f"must be a JSON object, got {_json_type(value)}")
+    allowed = allowed or FIELDS[where]
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise OrderInvalid(f"{where}.{unknown[0]}" if where else unknown[0],
+                           f"unknown field (known: {', '.join(allowed)})")
+    return value
+
+
+def _text(obj: dict, key: str, where: str, limit: int, *, required: bool = False, multiline: bool = False) -> str | None:
+    value = obj.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise OrderInvalid(where, "required")
+        return None
+    if not isinstance(value, str):
+        raise OrderInvalid(where, f"must be a string, got {_json_type(value)}")
+    value = value.strip()
+    if len(value) > limit:
+        raise OrderInvalid(where, f"at most {limit} characters, got {len(value)}")
+    if (CONTROL if multiline else CONTROL_OR_NEWLINE).search(value):
+        raise OrderInvalid(where, "contains control characters")
+    return value
+
+
+def _decimal(value, where: str) -> Decimal:
+    """A number given as a JSON number or a string ("1990.50"; a comma is taken for the point)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
+        raise OrderInvalid(where, f"must be a number, got {_json_type(value)}")
+    if isinstance(value, float):  # as written, 99.99 rather than 99.9899999…
+        value = repr(value)
+    try:
+        number = Decimal(value.strip().replace(",", ".")) if isinstance(value, str) else Decimal(value)
+    except InvalidOperation:
+        raise OrderInvalid(where, f"{value!r} is not a number") from None
+    if not number.is_finite():
+        raise OrderInvalid(where, f"{value!r} is not a number")
+    return number
+
+
+def _kopecks(value, where: str, *, required: bool = False) -> int | None:
+    """Roubles with at most two decimals, 0 … 999,999,999.99, as kopecks."""
+    if value is None:
+        if required:
+            raise OrderInvalid(where, "required")
+        return None
+    number = _decimal(value, where)
+    if number < 0 or number > MAX_MONEY:
+        raise OrderInvalid(where, f"must be between 0 and {MAX_MONEY}, got {value}")
+    if number != number.quantize(Decimal("0.01")):
+        raise OrderInvalid(where, f"at most two decimals (kopecks), got {value}")
+    return int(number * 100)
+
+
+def _quantity(value, where: str) -> Decimal:
+    if value is None:
+        raise OrderInvalid(where, "required")
+    number = _decimal(value, where)
+    if number <= 0 or number > MAX_QUANTITY:
+        raise OrderInvalid(where, f"must be more than 0 and at most {MAX_QUANTITY}, got {value}")
+    if number != number.quantize(Decimal("0.001")):
+        raise OrderInvalid(where, f"at most three decimals, got {value}")
+    return number
+
+
+def _vat(value, where: str) -> str | None:
+    """'none' (no VAT), a rate such as 20 or '20%', or absent (not stated)."""
+    if value is None:
+        return None
+    text = value.strip().rstrip("%").strip().lower() if isinstance(value, str) else value
+    if text == "none":
+        return "none"
+    if isinstance(text, (int, Decimal, str)) and not isinstance(text, bool):
+        try:
+            rate = Decimal(text)
+        except InvalidOperation:
+            rate = None
+        if rate is not None and rate.is_finite() and _plain(rate) in VAT_RATES:
+            return _plain(rate)
+    raise OrderInvalid(where, f"must be 'none' or one of {', '.join(VAT_RATES)}, got {value!r}")
+
+
+def _date(value) -> str | None:
+    """ISO 8601 as the shop sends it; its wall-clock time is what 1C sees. Absent: the time it arrives."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise OrderInvalid("date", f"must be an ISO 8601 string such as 2024-05-01T12:30:00+03:00, got {_json_type(value)}")
+    try:
+        moment = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise OrderInvalid("date", f"{value!r} is not an ISO 8601 date and time such as 2024-05-01T12:30:00+03:00") from None
+    if not 2000 <= moment.year <= 2100:
+        raise OrderInvalid("date", f"{value!r} is outside 2000-2100")
+    return moment.isoformat(timespec="seconds")
+
+
+def _plain(number: Decimal) -> str:
+    """A decimal without exponent or trailing zeros: 2, 0.5, 1.25."""
+    return format(number.normalize(), "f")
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+# --- back to JSON ---------------------------------------------------------------------------------
+
+def order_json(row: dict) -> dict:
+    """An order from the store as GET /api/orders/<number> shows it: content, statuses from 1C, history."""
+    lines = [item for item in row["items"] if item["kind"] != "delivery"]
+    delivery_line = next((item for item in row["items"] if item["kind"] == "delivery"), None)
+    company = ({"name": row["company_name"], "inn": row["company_inn"], "kpp": row["company_kpp"]}
+               if row["company_name"] else None)
+    delivery = None
+    if row["shipping_method"] or delivery_line:
+        delivery = {"method": row["shipping_method"], "price": money(delivery_line["price"] if delivery_line else 0),
+                    "vat": delivery_line["vat"] if delivery_line else None}
+    return {
+        "number": row["number"], "date": row["ordered_at"], "currency": row["currency"], "total": money(row["total"]),
+        "customer": {"name": row["customer_name"], "phone": row["customer_phone"], "email": row["customer_email"],
+                     "address": row["customer_address"], "company": company},
+        "items": [{"offer_id": item["offer_id"], "type": item["kind"], "name": item["name"],
+                   "quantity": item["quantity"], "price": money(item["price"]), "discount": money(item["discount"]),
+                   "vat": item["vat"], "amount": money(item["amount"])} for item in lines],
+        "delivery": delivery, "payment_method": row["payment_method"], "paid": bool(row["paid"]),
+        "comment": row["comment"],
+        "status": row["status"], "paid_at": row["paid_at"], "shipped_at": row["shipped_at"],
+        "posted": bool(row["posted"]), "deleted": bool(row["deleted"]), "cancelled": bool(row["cancelled"]),
+        "revision": row["revision"], "exported_revision": row["exported_revision"], "exported_at": row["exported_at"],
+        "created_at": row["created_at"], "updated_at": row["updated_at"],
+        "history": row["history"],
+    }

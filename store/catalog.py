@@ -1,0 +1,374 @@
+"""The catalog store: one SQLite file shared by every source (MoySklad sync, CommerceML exchange).
+
+Tables are source-neutral: each row carries the ``source`` it came from, so a full MoySklad sync
+only reconciles what MoySklad owns. Money is kept in kopecks (integers), quantities as reals.
+Writers work inside :meth:`CatalogStore.run`, one transaction per run: a run that fails leaves
+the previous state untouched, and readers (WAL) keep seeing that state until the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from core.clock import utc_now
+from store.database import Database, StoreError
+from store.images import IMAGE_CACHE_SCHEMA, ImageCacheRows
+from store.orders import ORDERS_SCHEMA, OrderBook
+from store.runs import RUNS_SCHEMA, Run, RunLog
+
+CATALOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS categories (
+    source TEXT NOT NULL, id TEXT NOT NULL, parent_id TEXT, name TEXT NOT NULL,
+    code TEXT, external_code TEXT, archived INTEGER NOT NULL DEFAULT 0,
+    removed INTEGER NOT NULL DEFAULT 0, removed_at TEXT, updated TEXT, seen_run INTEGER,
+    PRIMARY KEY (source, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS products (
+    source TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+    code TEXT, article TEXT, external_code TEXT, category_id TEXT, description TEXT,
+    unit_id TEXT, vat REAL, vat_enabled INTEGER, weight REAL, volume REAL,
+    variants_count INTEGER NOT NULL DEFAULT 0, archived INTEGER NOT NULL DEFAULT 0,
+    removed INTEGER NOT NULL DEFAULT 0, removed_at TEXT, updated TEXT, seen_run INTEGER,
+    PRIMARY KEY (source, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS offers (
+    source TEXT NOT NULL, id TEXT NOT NULL, product_id TEXT NOT NULL, kind TEXT NOT NULL,
+    name TEXT NOT NULL, code TEXT, article TEXT, external_code TEXT,
+    barcodes TEXT, characteristics TEXT, buy_price INTEGER, cost INTEGER,
+    image_count INTEGER NOT NULL DEFAULT 0, archived INTEGER NOT NULL DEFAULT 0,
+    removed INTEGER NOT NULL DEFAULT 0, removed_at TEXT, updated TEXT, seen_run INTEGER,
+    PRIMARY KEY (source, id));
+CREATE INDEX IF NOT EXISTS offers_by_product ON offers (source, product_id);
+CREATE TABLE IF NOT EXISTS price_types (
+    source TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, external_code TEXT,
+    position INTEGER NOT NULL, PRIMARY KEY (source, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS prices (
+    source TEXT NOT NULL, offer_id TEXT NOT NULL, price_type_id TEXT NOT NULL,
+    value INTEGER NOT NULL, PRIMARY KEY (source, offer_id, price_type_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS warehouses (
+    source TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, external_code TEXT,
+    archived INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (source, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stock (
+    source TEXT NOT NULL, offer_id TEXT NOT NULL, warehouse_id TEXT NOT NULL,
+    stock REAL NOT NULL DEFAULT 0, reserve REAL NOT NULL DEFAULT 0,
+    in_transit REAL NOT NULL DEFAULT 0, PRIMARY KEY (source, offer_id, warehouse_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS units (
+    source TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, code TEXT, description TEXT,
+    PRIMARY KEY (source, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS images (
+    source TEXT NOT NULL, owner_id TEXT NOT NULL, position INTEGER NOT NULL,
+    filename TEXT, title TEXT, size INTEGER, updated TEXT, href TEXT, permanent_href TEXT,
+    PRIMARY KEY (source, owner_id, position)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attributes (
+    source TEXT NOT NULL, owner_id TEXT NOT NULL, attribute_id TEXT NOT NULL, name TEXT NOT NULL,
+    type TEXT, value TEXT, PRIMARY KEY (source, owner_id, attribute_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS source_settings (
+    source TEXT NOT NULL, key TEXT NOT NULL, value TEXT, PRIMARY KEY (source, key)) WITHOUT ROWID;
+"""
+ATTRIBUTES = """(SELECT json_group_array(json_array(name, value)) FROM attributes
+    WHERE source = :source AND owner_id = o.product_id)"""
+
+# Pictures of one owner as JSON [[cached file, permanent link], ...] in position order.
+PICTURES = """SELECT json_group_array(json_array(c.local_file, coalesce(c.permanent_href, i.permanent_href)))
+    FROM (SELECT * FROM images WHERE source = :source AND owner_id = {owner} ORDER BY position) i
+    LEFT JOIN image_cache c ON c.source = i.source
+     AND c.image_id = substr(i.href, instr(i.href, '/download/') + 10)"""
+
+# Keyed tables are WITHOUT ROWID: a feed looks each row up by its key, one B-tree search instead of two.
+# `offers` keeps its rowid, which splits a feed into shares for parallel rendering.
+
+# Tables whose rows a full run of a source marks removed when the source no longer returns them.
+RECONCILED_TABLES = ("categories", "products", "offers")
+
+
+class CatalogStore(Database, RunLog, OrderBook, ImageCacheRows):
+    """The catalog, the runs that write it, the orders and the picture cache: one file, one connection.
+
+    Open it with :func:`open_catalog` in a ``with`` block.
+    """
+
+    SCHEMA = CATALOG_SCHEMA + RUNS_SCHEMA + IMAGE_CACHE_SCHEMA + ORDERS_SCHEMA
+
+    @property
+    def run_class(self):
+        return CatalogRun
+
+    def setting(self, source: str, key: str) -> str | None:
+        rows = list(self.db.query("SELECT value FROM source_settings WHERE source=? AND key=?", [source, key]))
+        return rows[0]["value"] if rows else None
+
+    def counts(self, source: str) -> dict:
+        """How many live (not removed) rows each table holds for a source."""
+        result = {}
+        for table in ("categories", "products", "offers"):
+            result[table] = self.db.execute(
+                f"SELECT count(*) FROM {table} WHERE source=? AND removed=0", [source]
+            ).fetchone()[0]
+        for table in ("price_types", "prices", "warehouses", "stock", "units", "images", "attributes"):
+            result[table] = self.db.execute(f"SELECT count(*) FROM {table} WHERE source=?", [source]).fetchone()[0]
+        return result
+
+
+def open_catalog(path: str | os.PathLike, wait_seconds: float = 30) -> CatalogStore:
+    """The catalog store at ``path``, for a ``with`` block."""
+    return CatalogStore(path, wait_seconds)
+
+
+class CatalogReader:
+    """A read-only connection for building feeds: one consistent snapshot, never blocks writers."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        try:
+            self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the catalog store {path} for reading: {exc}") from exc
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("BEGIN")  # one snapshot for the whole feed
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def offer_count(self, source: str) -> int:
+        return self.conn.execute("SELECT count(*) FROM offers WHERE source = ?", [source]).fetchone()[0]
+
+    def setting(self, source: str, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM source_settings WHERE source=? AND key=?", [source, key]).fetchone()
+        return row[0] if row else None
+
+    def price_types(self, source: str) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM price_types WHERE source=? ORDER BY position", [source]).fetchall()
+
+    def warehouses(self, source: str) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM warehouses WHERE source=? ORDER BY name", [source]).fetchall()
+
+    def units(self, source: str) -> dict[str, sqlite3.Row]:
+        return {r["id"]: r for r in self.conn.execute("SELECT * FROM units WHERE source=?", [source])}
+
+    def categories(self, source: str) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT id, parent_id, name, archived FROM categories WHERE source=? AND removed=0 ORDER BY name, id", [source]
+        ).fetchall()
+
+    def offers(self, source: str, *, price_type_id: str | None, warehouse_ids: list[str] | None,
+               include_bundles: bool, removed_before: str, with_attributes: bool = True,
+               with_pictures: bool = True, with_product_buy_price: bool = True, part: int = 0,
+               parts: int = 1) -> Iterator[dict]:
+        """Every offer a feed may publish, joined with its product card, price, stock and attributes.
+
+        A product with variants is left out (its variants are the offers), unless all of them were
+        removed before ``removed_before``. Rows come grouped by product.
+        """
+        params = {"source": source, "price_type": price_type_id, "removed_before": removed_before}
+        stock_filter = ""
+        if warehouse_ids is not None:
+            names = [f"w{i}" for i in range(len(warehouse_ids))]
+            params.update(zip(names, warehouse_ids))
+            stock_filter = f" AND warehouse_id IN ({', '.join(':' + n for n in names)})"
+        bundles = "" if include_bundles else " AND o.kind != 'bundle'"
+        if parts > 1:  # one share of the catalog for one of several rendering processes
+            bundles += " AND o.rowid % :parts = :part"
+            params.update(parts=parts, part=part)
+        sql = f"""
+            SELECT o.id, o.product_id, o.kind, o.name, o.code, o.article, o.external_code, o.barcodes,
+                   o.characteristics, o.buy_price, o.cost, o.archived, o.removed, o.removed_at, o.updated,
+                   p.name AS product_name, p.category_id, p.unit_id, p.vat, p.vat_enabled, p.weight,
+                   p.code AS product_code, p.external_code AS product_external_code,
+                   p.article AS product_article, p.archived AS product_archived, p.removed AS product_removed,
+                   p.removed_at AS product_removed_at, p.updated AS product_updated, p.id IS NOT NULL AS has_product,
+                   {"po.buy_price" if with_product_buy_price else "NULL"} AS product_buy_price,
+                   st.stock AS stock_total, st.reserve AS reserve_total, st.in_transit AS in_transit_total,
+                   (SELECT value FROM prices WHERE source = :source AND offer_id = o.id
+                       AND price_type_id = :price_type) AS own_price,
+                   (SELECT value FROM prices WHERE source = :source AND offer_id = o.product_id
+                       AND price_type_id = :price_type) AS product_price,
+                   {ATTRIBUTES if with_attributes else "NULL"} AS attributes_json,
+                   {"(" + PICTURES.format(owner="o.id") + ")" if with_pictures else "NULL"} AS pictures_json,
+                   {"(" + PICTURES.format(owner="o.product_id") + ")" if with_pictures else "NULL"} AS product_pictures_json
+            FROM offers o
+            LEFT JOIN products p ON p.source = :source AND p.id = o.product_id
+            {"LEFT JOIN offers po ON po.source = :source AND po.id = o.product_id" if with_product_buy_price else ""}
+            LEFT JOIN (SELECT offer_id, sum(stock) AS stock, sum(reserve) AS reserve, sum(in_transit) AS in_transit
+                       FROM stock WHERE source = :source{stock_filter} GROUP BY offer_id) st ON st.offer_id = o.id
+            WHERE o.source = :source{bundles}
+              AND NOT (o.kind = 'product' AND EXISTS (
+                    SELECT 1 FROM offers v WHERE v.source = :source AND v.product_id = o.id AND v.kind = 'variant'
+                      AND (v.removed = 0 OR v.removed_at >= :removed_before)))
+            ORDER BY o.product_id
+        """
+        cursor = self.conn.cursor()
+        cursor.row_factory = None  # plain tuples turned into dicts: sqlite3.Row looks names up one by one
+        cursor.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return (dict(zip(names, row)) for row in cursor)
+
+
+class CatalogRun(Run):
+    """Writes of one run; every method streams its records and touches only this source's rows."""
+
+    def skip(self, item_type: str, item_id: str | None, name: str | None, reason: str) -> None:
+        """Record an item left out and why; its last good version stays (a full run must not take it for deleted)."""
+        super().skip(item_type, item_id, name, reason)
+        if item_id:
+            for table in RECONCILED_TABLES:
+                self.db.execute(f"UPDATE {table} SET seen_run = ? WHERE source = ? AND id = ?", [self.id, self.source, item_id])
+
+    def set_setting(self, key: str, value) -> None:
+        self.upsert("source_settings", [{"key": key, "value": value if isinstance(value, str) or value is None else json.dumps(value, ensure_ascii=False)}], ("source", "key"))
+
+    def replace_all(self, table: str, rows: Iterable[dict], pk: tuple[str, ...]) -> int:
+        """Replace every row of a small reference table (price types, warehouses, units)."""
+        self.db.execute(f"DELETE FROM {table} WHERE source = ?", [self.source])
+        return self.upsert(table, rows, pk)
+
+    def upsert_categories(self, rows: Iterable[dict]) -> int:
+        return self.upsert("categories", self._seen(rows), ("source", "id"))
+
+    def upsert_products(self, rows: Iterable[dict]) -> int:
+        return self.upsert("products", self._seen(rows), ("source", "id"))
+
+    def upsert_offers(self, rows: Iterable[dict]) -> int:
+        return self.upsert("offers", self._seen(rows), ("source", "id"))
+
+    def replace_children(self, table: str, owner_column: str, owner_ids: list[str], rows: Iterable[dict], pk: tuple[str, ...]) -> int:
+        """Replace the prices / attributes / images of the given owners with ``rows``."""
+        for chunk in chunks(owner_ids, 500):
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(f"DELETE FROM {table} WHERE source = ? AND {owner_column} IN ({marks})", [self.source, *chunk])
+        return self.upsert(table, rows, pk)
+
+    def clear(self, table: str) -> None:
+        self.db.execute(f"DELETE FROM {table} WHERE source = ?", [self.source])
+
+    def merge_stock(self, rows: Iterable[tuple[str, str, float]], column: str) -> int:
+        """Set one stock column (stock, reserve, in_transit) per (offer, warehouse), adding rows as needed."""
+        if column not in ("stock", "reserve", "in_transit"):
+            raise ValueError(column)
+        sql = (f"INSERT INTO stock (source, offer_id, warehouse_id, {column}) VALUES (?, ?, ?, ?) "
+               f"ON CONFLICT (source, offer_id, warehouse_id) DO UPDATE SET {column} = excluded.{column}")
+        count = 0
+        for chunk in chunks(((self.source, o, w, q) for o, w, q in rows), 2000):
+            self.db.conn.executemany(sql, chunk)
+            count += len(chunk)
+        return count
+
+    def update_offers(self, column: str, values: Iterable[tuple[str, object]]) -> None:
+        """Set one column of existing offers, e.g. the unit cost from the stock report."""
+        sql = f"UPDATE offers SET {column} = ? WHERE source = ? AND id = ?"
+        for chunk in chunks(((v, self.source, i) for i, v in values), 2000):
+            self.db.conn.executemany(sql, chunk)
+
+    def mark_unseen_removed(self, tables: tuple[str, ...] = RECONCILED_TABLES,
+                            offer_kinds: tuple[str, ...] | None = None) -> dict[str, int]:
+        """After a full run: what the source no longer returns is marked removed, never deleted.
+
+        ``tables`` and ``offer_kinds`` narrow it to what the run was complete for: a CommerceML
+        offers file lists every variant but no categories or product cards.
+        """
+        removed = {}
+        now = utc_now()
+        for table in tables:
+            kinds = offer_kinds if table == "offers" and offer_kinds else ()
+            cursor = self.db.execute(
+                f"UPDATE {table} SET removed = 1, removed_at = ? "
+                f"WHERE source = ? AND removed = 0 AND (seen_run IS NULL OR seen_run != ?)"
+                + (f" AND kind IN ({', '.join('?' * len(kinds))})" if kinds else ""),
+                [now, self.source, self.id, *kinds],
+            )
+            removed[table] = cursor.rowcount
+        return removed
+
+    def seen_runs(self, table: str, ids: list[str]) -> dict[str, int | None]:
+        """The run that last wrote each of ``ids`` that the table holds (write-once rules of a run)."""
+        seen = {}
+        for chunk in chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            seen.update(self.db.execute(f"SELECT id, seen_run FROM {table} WHERE source = ? AND id IN ({marks})",
+                                        [self.source, *chunk]).fetchall())
+        return seen
+
+    def mark_seen(self, table: str, ids: list[str]) -> None:
+        """Rows this run refers to without rewriting them count as seen (reconciliation, deactivation)."""
+        for chunk in chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(f"UPDATE {table} SET seen_run = ? WHERE source = ? AND id IN ({marks})",
+                            [self.id, self.source, *chunk])
+
+    def archive_unseen(self, tables: tuple[str, ...], since_run: int) -> dict[str, int]:
+        """Archive (not remove) live rows that no run from ``since_run`` on has seen."""
+        archived = {}
+        now = utc_now()
+        for table in tables:
+            archived[table] = self.db.execute(
+                f"UPDATE {table} SET archived = 1, updated = ? WHERE source = ? AND removed = 0 AND archived = 0 "
+                f"AND (seen_run IS NULL OR seen_run < ?)", [now, self.source, since_run]).rowcount
+        return archived
+
+    def _seen(self, rows: Iterable[dict]) -> Iterator[dict]:
+        for row in rows:
+            row["seen_run"] = self.id
+            row.setdefault("removed", 0)
+            row.setdefault("removed_at", None)
+            yield row
+
+    def upsert(self, table: str, rows: Iterable[dict], pk: tuple[str, ...]) -> int:
+        """Insert or update rows of this source, streaming them in chunks."""
+        count = 0
+        source = self.source
+        statements: dict[tuple, tuple] = {}  # per column set: the SQL and a row → parameters getter
+        for chunk in chunks(rows, UPSERT_CHUNK):
+            first = chunk[0]
+            columns = tuple(first) if "source" in first else (*first, "source")
+            try:
+                sql, values = statements[columns]
+            except KeyError:
+                sql, values = statements[columns] = _upsert_statement(table, columns, pk)
+            try:
+                params = [(source, *values(row)) for row in chunk]
+            except KeyError:  # a row lacks a column of the first one: it gets NULL there
+                params = [(source, *[row.get(c) for c in columns if c != "source"]) for row in chunk]
+            self.db.conn.executemany(sql, params)
+            count += len(chunk)
+        return count
+
+
+UPSERT_CHUNK = 2000
+
+
+def _upsert_statement(table: str, columns: tuple[str, ...], pk: tuple[str, ...]):
+    """INSERT … ON CONFLICT for these columns, and a getter of a row's values (``source`` bound first)."""
+    others = [c for c in columns if c != "source"]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in pk)
+    sql = (f"INSERT INTO {table} (source{''.join(', ' + c for c in others)}) VALUES ({', '.join('?' * (len(others) + 1))}) "
+           f"ON CONFLICT ({', '.join(pk)}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING"))
+    if not others:
+        return sql, lambda row: ()
+    if len(others) == 1:
+        getter = operator.itemgetter(others[0])
+        return sql, lambda row: (getter(row),)
+    return sql, operator.itemgetter(*others)
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    if isinstance(items, list):  # slices, without a Python step per item
+        for start in range(0, len(items), size):
+            yield items[start:start + size]
+        return
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

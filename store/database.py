@@ -1,0 +1,89 @@
+"""One SQLite file opened the way every store in this package opens it: WAL, schema, transactions.
+
+Each store class declares the tables it owns in ``SCHEMA``; opening creates what is missing. Open
+a store with ``with``: the connection is closed when the block ends, whatever happens in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+
+from core.files import locked
+
+
+class StoreError(Exception):
+    """A store cannot be opened or written."""
+
+
+class StoreBusy(StoreError):
+    """Another run holds the writer lock of this store."""
+
+
+class Database:
+    """A connection to one store file with its schema in place."""
+
+    SCHEMA = ""
+
+    def __init__(self, path: str | os.PathLike, wait_seconds: float = 30):
+        """``wait_seconds``: how long a write waits for another writer to commit (SQLite has one writer)."""
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=wait_seconds, check_same_thread=False)
+            self.db = sqlite_utils.Database(conn)
+            self.db.enable_wal()
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA journal_size_limit=67108864")  # a big run's WAL shrinks back after it
+            self.db.execute("PRAGMA foreign_keys=OFF")
+            if not self._schema_complete():
+                # A connection that read the schema while another process was creating it would run the
+                # CREATEs as a writer and wait for that process's whole first run: wait for its creating only.
+                with locked(self.path.with_name(f"{self.path.name}.schema.lock")):
+                    if not self._schema_complete():
+                        self.db.conn.executescript(self.SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _schema_complete(self) -> bool:
+        wanted = set(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", self.SCHEMA))
+        return wanted <= {name for (name,) in self.db.execute("SELECT name FROM sqlite_master")}
+
+    @contextlib.contextmanager
+    def immediate(self):
+        """A transaction that takes the write lock at once (waiting up to the busy timeout).
+
+        A deferred one that reads first and writes later fails outright with "database is
+        locked" when another writer committed in between; a run reads its bookmark before writing.
+        """
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.commit()
+
+    @contextlib.contextmanager
+    def page_cache(self, kib: int):
+        """A bigger SQLite page cache for the length of one big write, then the connection's own again."""
+        previous = self.db.execute("PRAGMA cache_size").fetchone()[0]
+        self.db.execute(f"PRAGMA cache_size = -{int(kib)}")
+        try:
+            yield
+        finally:
+            self.db.execute(f"PRAGMA cache_size = {int(previous)}")

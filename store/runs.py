@@ -1,0 +1,193 @@
+"""Runs: every write of a source (a sync, an import, a build) is one run, one transaction, one lock.
+
+A run takes an exclusive per-source lock file, records itself in ``runs``, and commits its data only
+when it ends without an exception; its row then says ``ok``. Otherwise the data rolls back and
+the row says ``failed`` (or ``interrupted``) with the error. A run killed outright (kill -9) leaves
+its row ``running``: whoever next takes the lock, or reads the health page, marks it interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from core.clock import utc_now
+from core.files import LockTaken, locked
+from store.database import StoreBusy
+
+RUNS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, kind TEXT NOT NULL,
+    mode TEXT, status TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
+    counts TEXT, requests INTEGER, throttled INTEGER, retries INTEGER, error TEXT,
+    bookmark TEXT, pid INTEGER);
+CREATE TABLE IF NOT EXISTS skipped (
+    run_id INTEGER NOT NULL, source TEXT NOT NULL, item_type TEXT, item_id TEXT,
+    name TEXT, reason TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS skipped_by_run ON skipped (run_id);
+"""
+INTERRUPTED = "the run stopped without finishing (process killed or machine restarted); nothing of it was saved"
+
+
+@dataclass
+class RunStats:
+    """What a run did; saved in the runs table when the run ends, successful or not."""
+
+    counts: dict = field(default_factory=dict)
+    requests: int = 0
+    throttled: int = 0
+    retries: int = 0
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+
+class Run:
+    """One run in progress: its id, what it did so far and what it left out."""
+
+    def __init__(self, store, run_id: int, source: str):
+        self.store = store
+        self.db = store.db
+        self.id = run_id
+        self.source = source
+        self.stats = RunStats()
+        self.skipped: list[dict] = []
+        self.mode: str | None = None
+        self.bookmark: str | None = None
+
+    def skip(self, item_type: str, item_id: str | None, name: str | None, reason: str) -> None:
+        """Record an item left out and why, for the operator."""
+        self.skipped.append({"run_id": self.id, "source": self.source, "item_type": item_type,
+                             "item_id": item_id, "name": name, "reason": reason})
+        self.stats.add("skipped")
+
+
+class RunLog:
+    """Runs of a store (mixed into a :class:`store.database.Database` whose schema has RUNS_SCHEMA)."""
+
+    run_class = Run
+
+    @contextlib.contextmanager
+    def run(self, source: str, kind: str, mode: str | None = None) -> Iterator[Run]:
+        """One writer run: an exclusive lock, a row in ``runs`` and one data transaction.
+
+        The data is committed only when the block ends without an exception; the run row then
+        says ``ok``. On an exception the data rolls back, the row says ``failed`` with the
+        error, and the exception propagates.
+        """
+        with self._writer_lock(source):
+            self._close_interrupted_runs(source)
+            with self.db.atomic():
+                run_id = self.db["runs"].insert(
+                    {"source": source, "kind": kind, "mode": mode, "status": "running",
+                     "started_at": utc_now(), "pid": os.getpid()}
+                ).last_pk
+            run = self.run_class(self, run_id, source)
+            try:
+                with self.immediate():
+                    yield run
+                    self._finish(run, "ok", None)
+            except BaseException as exc:
+                with self.db.atomic():
+                    self._finish(run, "interrupted" if _is_shutdown(exc) else "failed", _describe(exc))
+                    self._save_skipped(run)
+                raise
+
+    def _finish(self, run: Run, status: str, error: str | None) -> None:
+        self.db["runs"].update(
+            run.id,
+            {"status": status, "finished_at": utc_now(), "counts": json.dumps(run.stats.counts, ensure_ascii=False),
+             "requests": run.stats.requests, "throttled": run.stats.throttled, "retries": run.stats.retries,
+             "error": error, "mode": run.mode, "bookmark": run.bookmark},
+        )
+        if status == "ok":
+            self._save_skipped(run)
+
+    def _save_skipped(self, run: Run) -> None:
+        if run.skipped:
+            self.db["skipped"].insert_all(run.skipped)
+            run.skipped = []
+
+    @contextlib.contextmanager
+    def _writer_lock(self, source: str):
+        try:
+            with locked(self.path.with_name(f"{self.path.name}.{source}.lock"), wait=False, note_pid=True):
+                yield
+        except LockTaken as exc:
+            raise StoreBusy(f"another {source} run is in progress on {self.path} (process {exc.holder})") from None
+
+    def settle_dead_runs(self, source: str) -> None:
+        """Runs left 'running' by a process that died (kill -9, OOM) are marked interrupted now rather
+        than at the source's next run, so the health page tells the truth meanwhile."""
+        if not self.db.execute("SELECT 1 FROM runs WHERE source = ? AND status = 'running' LIMIT 1", [source]).fetchone():
+            return
+        try:
+            with self._writer_lock(source):
+                self._close_interrupted_runs(source)
+        except StoreBusy:
+            pass  # its process is alive and holds the lock: it is really running
+
+    def _close_interrupted_runs(self, source: str) -> None:
+        """Runs still 'running' while we hold the lock died without finishing (kill -9, power loss)."""
+        with self.db.atomic():
+            self.db.execute("UPDATE runs SET status='interrupted', finished_at=?, error=? WHERE source=? AND status='running'",
+                            [utc_now(), INTERRUPTED, source])
+
+    def last_run(self, source: str, kind: str | None = None, status: str | None = None) -> dict | None:
+        where, params = ["source = ?"], [source]
+        if kind:
+            where.append("kind = ?")
+            params.append(kind)
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        rows = list(self.db.query(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT 1", params))
+        return _decode_run(rows[0]) if rows else None
+
+    def recent_runs(self, limit: int = 30) -> list[dict]:
+        return [_decode_run(r) for r in self.db.query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit])]
+
+    def latest_run_id(self) -> int:
+        """The newest run of any source (0 before the first): every later run has a larger id."""
+        return self.db.execute("SELECT coalesce(max(id), 0) FROM runs").fetchone()[0]
+
+    def runs_of(self, source: str, kind: str, limit: int) -> list[dict]:
+        """The latest runs of one source and kind, newest first (the health page's history)."""
+        rows = self.db.query("SELECT * FROM runs WHERE source = ? AND kind = ? ORDER BY id DESC LIMIT ?", [source, kind, limit])
+        return [_decode_run(r) for r in rows]
+
+    def run_totals(self, source: str, kind: str) -> dict:
+        """Runs, failures, API requests, 429s and retries over every recorded run (for metrics)."""
+        row = self.db.execute(
+            "SELECT count(*), coalesce(sum(status IN ('failed', 'interrupted')), 0), coalesce(sum(requests), 0), "
+            "coalesce(sum(throttled), 0), coalesce(sum(retries), 0) FROM runs WHERE source = ? AND kind = ?",
+            [source, kind]).fetchone()
+        return dict(zip(("runs", "failed", "requests", "throttled", "retries"), row))
+
+    def first_run_since(self, source: str, kind: str, since: str) -> int | None:
+        """The first successful run of a source and kind started at or after ``since`` (UTC, as utc_now writes it)."""
+        return self.db.execute("SELECT min(id) FROM runs WHERE source = ? AND kind = ? AND status = 'ok' AND started_at >= ?",
+                               [source, kind, since]).fetchone()[0]
+
+    def skipped_items(self, run_id: int) -> list[dict]:
+        return list(self.db.query("SELECT item_type, item_id, name, reason FROM skipped WHERE run_id = ?", [run_id]))
+
+
+def _is_shutdown(exc: BaseException) -> bool:
+    """The process is stopping (Ctrl+C, or a service restart caught the run mid-way)."""
+    return isinstance(exc, KeyboardInterrupt) or (isinstance(exc, RuntimeError) and "interpreter shutdown" in str(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    if _is_shutdown(exc):
+        return "the run was interrupted because the service was stopping; nothing of it was saved, the next run redoes it"
+    return str(exc) or type(exc).__name__
+
+
+def _decode_run(row: dict) -> dict:
+    row = dict(row)
+    row["counts"] = json.loads(row["counts"]) if row.get("counts") else {}
+    return row

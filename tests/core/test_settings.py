@@ -1,0 +1,114 @@
+"""Configuration: defaults, environment secrets, errors that name the key, the example kept in step."""
+
+import re
+
+import pytest
+import yaml
+
+from core.settings import ConfigError, load_settings, redacted, setting_keys
+from emulator.harness import ROOT
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_without_a_config_file_the_demo_runs_on_the_emulator(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={})
+    assert settings.is_demo
+    assert settings.moysklad.emulator.products > 0
+    assert settings.data_dir == tmp_path / "data"
+    assert [f.name for f in settings.feeds] == ["demo"]
+
+
+def test_a_named_config_that_is_missing_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(environ={"SKLADBRIDGE_CONFIG": str(tmp_path / "nope.yaml")})
+
+
+def test_secrets_come_from_the_environment_and_paths_from_the_file(tmp_path):
+    path = write(tmp_path, "data_dir: store\nmoysklad:\n  token: from-file\nfeeds:\n  - name: main\n")
+    settings = load_settings(path, environ={"MOYSKLAD_TOKEN": "from-env", "MOYSKLAD_LOGIN": "a@b"})
+    assert settings.moysklad.token == "from-env"
+    assert settings.moysklad.auth_kind == "bearer"
+    assert settings.data_dir == tmp_path / "store"
+    assert settings.feeds[0].source == "moysklad"
+    assert settings.moysklad.base_url == "https://api.moysklad.ru/api/remap/1.2"
+
+
+def test_login_and_password_are_enough(tmp_path):
+    path = write(tmp_path, "moysklad:\n  login: admin@shop\n")
+    settings = load_settings(path, environ={"MOYSKLAD_PASSWORD": "hunter2-pass"})
+    assert settings.moysklad.auth_kind == "basic"
+    assert redacted(settings)["moysklad"]["password"] == "***"
+    assert "hunter2-pass" not in repr(redacted(settings))
+
+
+@pytest.mark.parametrize(
+    "text, key, problem",
+    [
+        ("moysklad: {}\n", "moysklad", "no credentials"),
+        ("moysklad: {token: t, page_sise: 10}\n", "moysklad.page_sise", "unknown key"),
+        ("moysklad: {token: t, max_in_flight: 9}\n", "moysklad.max_in_flight", "at most 5"),
+        ("moysklad: {token: t, read_timeout: soon}\n", "moysklad.read_timeout", "must be a number"),
+        ("moysklad: {token: t}\nfeeds: [{name: main, source: 1c}]\n", "feeds[0].source", "must be one of"),
+        ("moysklad: {token: t}\nfeeds: [{name: a}, {name: a}]\n", "feeds[1].name", "used by another feed"),
+        ("moysklad: {token: t}\nfeeds: [{source: moysklad}]\n", "feeds[0].name", "required"),
+        ("moysklad: {token: t}\nfeeds: [{name: 'Main Feed'}]\n", "feeds[0].name", "lowercase"),
+        ("moysklad: {token: t, base_url: api.moysklad.ru}\n", "moysklad.base_url", "http"),
+        ("- just\n- a list\n", "top level", "mapping"),
+        ("moysklad: [token]\n", "moysklad", "mapping"),
+    ],
+)
+def test_config_errors_name_the_key_and_the_problem(tmp_path, text, key, problem):
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, text), environ={})
+    assert key in str(error.value)
+    assert problem in str(error.value)
+
+
+def test_broken_yaml_is_reported_with_the_file(tmp_path):
+    path = write(tmp_path, "moysklad: {token: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(path, environ={})
+
+
+def documented_keys(text: str) -> set[str]:
+    """Dotted keys of config.example.yaml, including commented-out blocks like ``# emulator:``."""
+    keys, stack = set(), []  # stack of (indent, dotted path) of the enclosing mappings
+    for line in text.splitlines():
+        if re.match(r"^\s*#", line):
+            line = line.replace("# ", "", 1)
+        match = re.match(r"^(\s*)(- )?([a-z_]+):(\s|$)", line)
+        if not match:
+            continue
+        indent = len(match.group(1)) + (2 if match.group(2) else 0)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        parent = stack[-1][1] if stack else ""
+        if match.group(2):  # a list item opens a mapping of its own
+            parent += "[]"
+            stack.append((indent - 1, parent))
+        key = f"{parent}.{match.group(3)}" if parent else match.group(3)
+        keys.add(key)
+        stack.append((indent, key))
+    return keys
+
+
+def test_the_example_config_documents_every_key_and_nothing_else():
+    text = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
+    documented = documented_keys(text)
+    assert documented == setting_keys()
+
+
+def test_the_example_config_loads_once_it_has_credentials(tmp_path):
+    text = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
+    raw = yaml.safe_load(text)
+    assert raw["moysklad"].get("emulator") is None  # copying the example never runs the demo
+    path = write(tmp_path, text)
+    settings = load_settings(path, environ={"MOYSKLAD_TOKEN": "t"})
+    assert not settings.is_demo
+    assert settings.feeds[0].name == "main"

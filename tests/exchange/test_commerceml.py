@@ -1,0 +1,434 @@
+"""CommerceML catalog files → the catalog store: real samples, the ICML feed they give, and hostile files.
+
+Expected counts of the samples come from a plain ``etree.parse`` of each file (see :func:`expected`),
+never from the importer itself.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from core.settings import FeedSettings, Settings
+from emulator.harness import SHARED, child_pids, command_line
+from exchange.catalog_import import deactivate_untouched, import_file
+from exchange.cml import CommerceMLError
+from feeds.build import build_feed
+
+SAMPLES = SHARED / "fixtures" / "commerceml"
+CATALOG_TABLES = ("categories", "products", "offers", "price_types", "prices", "warehouses", "stock", "units",
+                  "images", "attributes", "source_settings", "image_cache")
+# The smallest JPEG header the importer checks for; the bytes after it are not looked at.
+TINY_JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 32 + b"\xff\xd9"
+
+
+@pytest.fixture
+def samples() -> Path:
+    if not SAMPLES.is_dir():
+        pytest.skip("../shared/fixtures/commerceml is not present")
+    return SAMPLES
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    """(upload_dir, images_dir) of one exchange."""
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    return upload, tmp_path / "data" / "images"
+
+
+def load(store, dirs, path):
+    return import_file(store, path, upload_dir=dirs[0], images_dir=dirs[1])
+
+
+def rows(store, sql, *params):
+    return [dict(r) for r in store.db.query(sql, params)]
+
+
+def dump(store) -> dict:
+    return {t: sorted(map(tuple, store.db.execute(f"SELECT * FROM {t}").fetchall()), key=repr) for t in CATALOG_TABLES}
+
+
+def expected(path: Path) -> dict:
+    """Groups, goods, offers, prices and stock rows of a file, counted with a plain parse."""
+    root = etree.parse(str(path)).getroot()
+    offers = root.findall("{*}ПакетПредложений/{*}Предложения/{*}Предложение")
+    stock = 0
+    for offer in offers:
+        per_store = len(offer.findall("{*}Склад[@ИдСклада]")) + len(offer.findall("{*}Остатки/{*}Остаток/{*}Склад"))
+        stock += per_store or int(offer.find("{*}Количество") is not None)
+    return {
+        "groups": sum(len(list(c.iter("{*}Группа"))) for c in root.findall("{*}Классификатор")),
+        "goods": len(root.findall("{*}Каталог/{*}Товары/{*}Товар")),
+        "offers": len(offers),
+        "prices": sum(len(o.findall("{*}Цены/{*}Цена")) for o in offers),
+        "stock": stock,
+    }
+
+
+def check_counts(result, path):
+    counts = {key: result.counts.get(key, 0) for key in ("groups", "goods", "offers", "prices", "stock")}
+    assert counts == expected(path), path.name
+
+
+# --- the vendors' samples --------------------------------------------------------------------------
+
+SAMPLE_SETS = {
+    "1c-official-2.04": ["import.xml", "offers.xml"],
+    "1c-ut10.3-2.05": ["import.xml", "offers.xml"],
+    "1c-ut11-2.07": ["import0_1.xml", "offers0_1.xml"],
+    "1c-ut11-2.07-nested": ["import0_1_with_nested_groups.xml"],
+    "1c-2.09-multifile": ["import___b815e2db-7a65-4265-9241-5f0c4f0565a7.xml",
+                          "offers___7f304edc-2527-4d3d-b058-6e4ee53de2e0.xml",
+                          "offers___f0bab95c-14a6-4141-9746-6650b65f1191.xml",
+                          "prices___d66a6b51-ce9c-4e7a-8c7c-25079721107f.xml",
+                          "rests___1af6e7b8-a026-4690-9752-1c9d64cb914d.xml"],
+    "bigperson-2.08-ns210": ["import.xml", "offers.xml"],
+    "umi-cms-2.04": ["import.xml", "offers.xml"],
+    "django-cml-2.05": ["import.xml"],
+}
+
+
+@pytest.mark.parametrize("sample", list(SAMPLE_SETS))
+def test_every_catalog_sample_imports_with_the_counts_the_file_holds(samples, store, dirs, sample):
+    folder = samples / sample.removesuffix("-nested")
+    for name in SAMPLE_SETS[sample]:
+        check_counts(load(store, dirs, folder / name), folder / name)
+    counts = store.counts("exchange")
+    assert counts["offers"] > 0 and counts["products"] > 0
+    assert not rows(store, "SELECT id FROM offers o WHERE source='exchange' AND NOT EXISTS "
+                           "(SELECT 1 FROM products p WHERE p.source='exchange' AND p.id=o.product_id)")
+
+
+def test_official_sample_variants_from_import_and_a_full_offers_file(samples, store, dirs):
+    folder = samples / "1c-official-2.04"
+    assert load(store, dirs, folder / "import.xml").kind == "import"
+    variants = rows(store, "SELECT * FROM offers WHERE kind='variant' ORDER BY id")
+    assert len(variants) == 4 and {v["product_id"] for v in variants} == {
+        "05e26d70-01e4-11dc-a411-00055d80a2d1", "05e26d77-01e4-11dc-a411-00055d80a2d1"}
+    assert json.loads(variants[0]["characteristics"]) == [{"name": "Цвет", "value": "Белый"}]
+    cards = rows(store, "SELECT * FROM products ORDER BY name")
+    assert [(c["name"], c["vat"], c["vat_enabled"], c["unit_id"]) for c in cards] == [
+        ("Стол обеденный", 18.0, 1, "796"), ("Стулья", 18.0, 1, "796")]
+    assert rows(store, "SELECT name, code, description FROM units") == [{"name": "шт", "code": "796", "description": "Штука"}]
+    assert store.setting("exchange", "company") == 'Торговый дом "Комплексный"'
+
+    result = load(store, dirs, folder / "offers.xml")
+    # offers.xml is full (СодержитТолькоИзменения="false") and lists 2 of the 4 variants
+    assert result.kind == "offers" and result.counts["removed_offers"] == 2
+    assert rows(store, "SELECT count(*) n FROM offers WHERE removed=0")[0]["n"] == 2
+    price = rows(store, "SELECT value FROM prices WHERE offer_id=? AND price_type_id=?",
+                 "05e26d70-01e4-11dc-a411-00055d80a2d1#05e26d76-01e4-11dc-a411-00055d80a2d1",
+                 "cbcf493b-55bc-11d9-848a-00112f43529a")
+    assert price == [{"value": 700}]
+    assert [p["name"] for p in rows(store, "SELECT name FROM price_types ORDER BY position")] == [
+        "Оптовая", "Закупочная", "Плановая", "Розничная"]
+
+
+def test_ut10_sample_with_bom_package_ids_and_deleted_offers(samples, store, dirs):
+    folder = samples / "1c-ut10.3-2.05"
+    assert (folder / "offers.xml").read_bytes().startswith(b"\xef\xbb\xbf")
+    # import.xml carries its goods as a ПакетПредложений (no Каталог); offers.xml's package has the id «pp_…»
+    load(store, dirs, folder / "import.xml")
+    load(store, dirs, folder / "offers.xml")
+    assert rows(store, "SELECT count(*) n FROM categories")[0]["n"] == 4
+    # six offers of offers.xml carry <Статус>Удален</Статус> (grep -c)
+    assert rows(store, "SELECT count(*) n FROM offers WHERE archived=1")[0]["n"] == 6
+    variant = rows(store, "SELECT * FROM offers WHERE id=?",
+                   "235ccc6d-ab81-11e4-944a-00155d020201#a5abd77f-93f6-11e5-9468-00155d020201")[0]
+    assert variant["kind"] == "variant" and variant["product_id"] == "235ccc6d-ab81-11e4-944a-00155d020201"
+    values = {r["name"]: r["value"] for r in rows(store, "SELECT name, value FROM attributes WHERE owner_id=?", variant["id"])}
+    assert values["Срок лицензии"] == "2 года"  # <Значение>2_YEAR</Значение> resolved through the classifier
+
+
+def test_ut11_sample_namespace_and_stock_per_warehouse(samples, store, dirs):
+    folder = samples / "1c-ut11-2.07"
+    load(store, dirs, folder / "import0_1.xml")
+    load(store, dirs, folder / "offers0_1.xml")
+    good = "bd8c4e15-18f9-11e7-80c2-0cc47ab29cd1"
+    card = rows(store, "SELECT * FROM products WHERE id=?", good)[0]
+    assert card["article"] == "PM-421-WP" and card["unit_id"] == "796"
+    offer = rows(store, "SELECT * FROM offers WHERE id=?", good)[0]
+    assert json.loads(offer["barcodes"]) == [{"ean13": "8809288404089"}]
+    stock = {r["warehouse_id"]: r["stock"] for r in rows(store, "SELECT * FROM stock WHERE offer_id=?", good)}
+    # <Количество>377</Количество> plus three <Склад ИдСклада КоличествоНаСкладе>: only the latter are kept
+    assert stock == {"6abdb0b5-18fd-11e7-80c2-0cc47ab29cd1": 1, "d2a52d49-19c9-11e7-80c2-0cc47ab29cd1": 0,
+                     "dd306af1-19c9-11e7-80c2-0cc47ab29cd1": 376}
+    assert {w["name"] for w in rows(store, "SELECT name FROM warehouses")} == {"Владивосток", "Новосибирск", "Москва"}
+    attributes = {r["name"]: r["value"] for r in rows(store, "SELECT * FROM attributes WHERE owner_id=?", good)}
+    assert attributes["Изготовитель"] == "Crazy Boom"
+
+
+def test_ut11_nested_groups_keep_their_parents(samples, store, dirs):
+    load(store, dirs, samples / "1c-ut11-2.07" / "import0_1_with_nested_groups.xml")
+    categories = rows(store, "SELECT * FROM categories")
+    roots = [c for c in categories if c["parent_id"] is None]
+    assert len(categories) == 13 and len(roots) == 2
+    assert all(c["parent_id"] in {r["id"] for r in roots} for c in categories if c["parent_id"])
+
+
+def test_2_09_split_exchange_changes_only(samples, store, dirs):
+    folder = samples / "1c-2.09-multifile"
+    kinds = [load(store, dirs, folder / name) for name in SAMPLE_SETS["1c-2.09-multifile"]]
+    assert [r.kind for r in kinds] == ["import", "offers", "offers", "prices", "rests"]
+    assert all(not key.startswith("removed_") for r in kinds for key in r.counts)  # СодержитТолькоИзменения="true"
+    counts = store.counts("exchange")
+    assert (counts["offers"], counts["prices"], counts["stock"], counts["warehouses"], counts["price_types"]) == (978, 978, 978, 1, 1)
+    offer = "26b0dc1e-4d66-11e4-99fe-003048c64779"
+    assert rows(store, "SELECT value FROM prices WHERE offer_id=?", offer) == [{"value": 18100}]
+    assert rows(store, "SELECT warehouse_id, stock FROM stock WHERE offer_id=?", offer) == [
+        {"warehouse_id": "5d1caeb1-44b2-11e4-a628-003048c64779", "stock": 1}]
+
+
+def test_bare_classifier_fragment_is_refused(samples, store, dirs):
+    """bigperson's classifier.xml has no КоммерческаяИнформация root: 1C never sends that, so it is refused."""
+    folder = samples / "bigperson-2.08-ns210"
+    load(store, dirs, folder / "import.xml")
+    before = dump(store)
+    with pytest.raises(CommerceMLError, match="не документ CommerceML"):
+        load(store, dirs, folder / "classifier.xml")
+    assert dump(store) == before
+
+
+def test_orders_are_not_a_catalog(samples, store, dirs):
+    with pytest.raises(CommerceMLError, match="не файл каталога"):
+        load(store, dirs, samples / "1c-official-2.04" / "orders.xml")
+
+
+def picture_files(folder: Path, upload: Path) -> list[str]:
+    """Put a tiny JPEG wherever the sample's goods point their <Картинка>."""
+    pictures = [p.text for p in etree.parse(str(folder / "import.xml")).iter("{*}Картинка") if p.text]
+    for relative in pictures:
+        (upload / relative).parent.mkdir(parents=True, exist_ok=True)
+        (upload / relative).write_bytes(TINY_JPEG)
+    return pictures
+
+
+def test_umi_pictures_are_copied_and_recorded(samples, store, dirs):
+    folder = samples / "umi-cms-2.04"
+    pictures = picture_files(folder, dirs[0])
+    result = load(store, dirs, folder / "import.xml")
+    assert result.counts["images"] == len(pictures) == 3
+    for relative in pictures:
+        image_id = str(uuid.uuid5(uuid.NAMESPACE_URL, relative))
+        cached = rows(store, "SELECT * FROM image_cache WHERE image_id=?", image_id)[0]
+        assert cached["source"] == "exchange" and cached["local_file"] == f"{image_id}.jpg"
+        assert (dirs[1] / f"{image_id}.jpg").read_bytes() == TINY_JPEG
+        image = rows(store, "SELECT * FROM images WHERE href=?", f"exchange:/download/{image_id}")[0]
+        assert image["position"] == 0 and image["owner_id"] == cached["owner_id"]
+
+
+def test_feed_from_an_exchange_catalog(samples, store, dirs, tmp_path):
+    folder = samples / "umi-cms-2.04"
+    picture_files(folder, dirs[0])
+    load(store, dirs, folder / "import.xml")
+    load(store, dirs, folder / "offers.xml")
+    feed = FeedSettings(name="cml", source="exchange", pictures="cache", min_ratio=0)
+    settings = Settings(data_dir=tmp_path / "data", feeds=(feed,), public_url="https://shop.example")
+    result = build_feed(settings, feed, sync=False)
+    document = etree.parse(str(tmp_path / "data" / "feeds" / "cml.xml"))
+    offers = {o.get("id"): o for o in document.iterfind(".//offer")}
+    assert result.offers == len(offers) == 14
+    combine = offers["bd72d927-55bc-11d9-848a-00112f43529a"]
+    assert combine.findtext("name") == "Комбайн кухонный BINATONE FP 67"
+    assert combine.findtext("price") == "4293.00"  # the first price type of offers.xml
+    source = etree.parse(str(folder / "offers.xml")).find(".//{*}Предложение[{*}Ид='bd72d927-55bc-11d9-848a-00112f43529a']")
+    assert float(combine.get("quantity")) == max(float(source.findtext("{*}Количество")), 0)
+    assert combine.findtext("picture").startswith("https://shop.example/images/")
+    assert combine.findtext("vatRate") == "18" and combine.find("unit").get("code") == "pcs"
+    assert combine.findtext("categoryId") == "bd72d925-55bc-11d9-848a-00112f43529a"
+    assert document.find(".//categories/category[@id='bd72d925-55bc-11d9-848a-00112f43529a']") is not None
+
+
+# --- written here: full vs changes, failures, hostile files --------------------------------------------
+
+def document(body: str, encoding: str = "UTF-8") -> str:
+    return (f'<?xml version="1.0" encoding="{encoding}"?>\n<КоммерческаяИнформация xmlns="urn:1C.ru:commerceml_2" '
+            f'ВерсияСхемы="2.07" ДатаФормирования="2024-05-01T10:00:00">{body}</КоммерческаяИнформация>')
+
+
+def catalog(goods: list[tuple[str, str]], changes_only: bool = False, extra: str = "") -> str:
+    items = "".join(f"<Товар><Ид>{i}</Ид><Наименование>{n}</Наименование>{extra}</Товар>" for i, n in goods)
+    return document('<Классификатор><Ид>c</Ид><Наименование>К</Наименование><Группы><Группа><Ид>g1</Ид>'
+                    '<Наименование>Посуда</Наименование></Группа></Группы></Классификатор>'
+                    f'<Каталог СодержитТолькоИзменения="{str(changes_only).lower()}"><Ид>c</Ид><Товары>{items}</Товары></Каталог>')
+
+
+def package(offers: str, changes_only: bool = False) -> str:
+    return document(f'<ПакетПредложений СодержитТолькоИзменения="{str(changes_only).lower()}"><Ид>c#</Ид>'
+                    '<ТипыЦен><ТипЦены><Ид>retail</Ид><Наименование>Розничная</Наименование></ТипЦены></ТипыЦен>'
+                    f'<Предложения>{offers}</Предложения></ПакетПредложений>')
+
+
+def write(dirs, name: str, text: str, encoding: str = "utf-8") -> Path:
+    path = dirs[0] / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def live_ids(store, table="offers"):
+    return {r["id"] for r in rows(store, f"SELECT id FROM {table} WHERE removed=0")}
+
+
+def test_a_full_file_removes_what_it_lacks_a_changes_file_only_updates(store, dirs):
+    load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник"), ("b", "Кружка")])))
+    result = load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник")])))
+    assert result.counts["removed_products"] == 1 and live_ids(store, "products") == {"a"}
+    assert rows(store, "SELECT removed, removed_at IS NOT NULL r FROM products WHERE id='b'") == [{"removed": 1, "r": 1}]
+    load(store, dirs, write(dirs, "import.xml", catalog([("c", "Ложка")], changes_only=True)))
+    assert live_ids(store, "products") == {"a", "c"}
+
+    variants = "".join(f"<Предложение><Ид>a#{n}</Ид><Наименование>Чайник {n}</Наименование>"
+                       f"<ХарактеристикиТовара><ХарактеристикаТовара><Наименование>Цвет</Наименование>"
+                       f"<Значение>{n}</Значение></ХарактеристикаТовара></ХарактеристикиТовара></Предложение>"
+                       for n in ("красный", "синий"))
+    load(store, dirs, write(dirs, "offers.xml", package(variants)))
+    assert live_ids(store) == {"a", "c", "a#красный", "a#синий"}
+    load(store, dirs, write(dirs, "offers.xml", package(variants.split("</Предложение>")[0] + "</Предложение>")))
+    assert live_ids(store) == {"a", "c", "a#красный"}  # base offers belong to import files, never removed here
+    load(store, dirs, write(dirs, "offers.xml", package("", changes_only=True)))
+    assert live_ids(store) == {"a", "c", "a#красный"}
+
+
+def test_deletion_marks_archive_and_malformed_items_are_skipped(store, dirs):
+    body = catalog([("a", "Чайник")], extra="<ПометкаУдаления>true</ПометкаУдаления>")
+    body = body.replace("</Товары>", "<Товар><Наименование>Без Ид</Наименование></Товар><Товар><Ид>x</Ид></Товар></Товары>")
+    result = load(store, dirs, write(dirs, "import.xml", body))
+    assert rows(store, "SELECT archived FROM products WHERE id='a'") == [{"archived": 1}]
+    assert result.counts["skipped"] == 2
+    reasons = {s["reason"] for s in store.skipped_items(result.run_id)}
+    assert reasons == {"у товара нет Ид", "у товара нет наименования"}
+
+    offers = ("<Предложение><Ид>a</Ид><Цены><Цена><ИдТипаЦены>retail</ИдТипаЦены><ЦенаЗаЕдиницу>1 234,50</ЦенаЗаЕдиницу>"
+              "</Цена></Цены></Предложение><Предложение><Ид>b</Ид><Наименование>Кружка</Наименование><Цены><Цена>"
+              "<ИдТипаЦены>retail</ИдТипаЦены><ЦенаЗаЕдиницу>дёшево</ЦенаЗаЕдиницу></Цена></Цены></Предложение>")
+    result = load(store, dirs, write(dirs, "prices.xml", package(offers, changes_only=True)))
+    assert result.kind == "prices"  # b, the one offer with a name, was skipped: what is left is prices only
+    assert rows(store, "SELECT offer_id, value FROM prices") == [{"offer_id": "a", "value": 123450}]
+    assert [s["reason"] for s in store.skipped_items(result.run_id)] == ["цена «дёшево» не число"]
+
+
+def test_a_broken_file_changes_nothing(store, dirs):
+    load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник")])))
+    before = dump(store)
+    text = catalog([(f"n{i}", f"Товар {i}") for i in range(3000)])  # more than one batch is written before the break
+    with pytest.raises(CommerceMLError, match=r"^Файл import\.xml: XML повреждён в строке \d+"):
+        load(store, dirs, write(dirs, "import.xml", text[: len(text) - 200]))
+    assert dump(store) == before
+    assert store.last_run("exchange", "import")["status"] == "failed"
+
+
+def test_windows_1251_file(store, dirs):
+    path = write(dirs, "import.xml", catalog([("a", "Чайник «Ёлка»")]).replace("UTF-8", "windows-1251"), "cp1251")
+    load(store, dirs, path)
+    assert rows(store, "SELECT name FROM products") == [{"name": "Чайник «Ёлка»"}]
+    assert rows(store, "SELECT name FROM categories") == [{"name": "Посуда"}]
+
+
+@pytest.mark.parametrize("padding", ["", "<!--" + "x" * 70_000 + "-->"], ids=["doctype", "doctype-after-64k"])
+def test_external_entities_are_refused_and_never_read(store, dirs, tmp_path, padding):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("MARKER-7d1f")
+    xxe = catalog([("a", "&xxe;")]).replace(
+        "?>\n", f'?>\n{padding}<!DOCTYPE КоммерческаяИнформация [<!ENTITY xxe SYSTEM "file://{secret}">]>\n')
+    with pytest.raises(CommerceMLError, match="DOCTYPE"):
+        load(store, dirs, write(dirs, "import.xml", xxe))
+    assert "MARKER-7d1f" not in repr(dump(store)) + repr(store.recent_runs())
+
+
+def test_billion_laughs_is_refused_at_once(store, dirs):
+    entities = '<!ENTITY a "aaaaaaaaaa">' + "".join(
+        f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(9))
+    bomb = catalog([("a", "&j;")]).replace("?>\n", f"?>\n<!DOCTYPE КоммерческаяИнформация [{entities}]>\n")
+    started = time.monotonic()
+    with pytest.raises(CommerceMLError, match="DOCTYPE"):
+        load(store, dirs, write(dirs, "import.xml", bomb))
+    assert time.monotonic() - started < 2 and not live_ids(store)
+
+
+def test_pictures_outside_the_upload_or_not_pictures_are_skipped(store, dirs, tmp_path):
+    (tmp_path / "outside.jpg").write_bytes(TINY_JPEG)
+    (dirs[0] / "import_files").mkdir()
+    (dirs[0] / "import_files" / "fake.jpg").write_bytes(b"<?php echo 1; ?>")
+    extra = "<Картинка>../outside.jpg</Картинка><Картинка>import_files/fake.jpg</Картинка><Картинка>import_files/gone.png</Картинка>"
+    result = load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник")], extra=extra)))
+    assert result.counts["images"] == 0
+    assert not dirs[1].exists() or not any(dirs[1].iterdir())
+    assert sorted(s["reason"] for s in store.skipped_items(result.run_id)) == [
+        "картинка не в формате JPEG или PNG", "путь картинки ведёт за пределы папки обмена", "файл картинки не был загружен"]
+
+
+def test_deactivate_archives_what_the_session_did_not_touch(store, dirs, monkeypatch):
+    seconds = iter(range(60))
+    monkeypatch.setattr("store.runs.utc_now", lambda: f"2024-05-01T10:00:{next(seconds):02d}+00:00")  # a second per call
+    load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник"), ("b", "Кружка")])))
+    session_started = "2024-05-01T10:00:30Z"
+    for _ in range(30):  # the session starts later than the first import
+        next(seconds)
+    assert deactivate_untouched(store, session_started) == {"products": 0, "offers": 0}  # nothing imported yet
+    load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник")], changes_only=True)))
+    assert deactivate_untouched(store, session_started) == {"products": 1, "offers": 1}
+    state = rows(store, "SELECT id, archived, removed FROM products ORDER BY id")
+    assert state == [{"id": "a", "archived": 0, "removed": 0}, {"id": "b", "archived": 1, "removed": 0}]
+
+
+def test_deactivate_keeps_cards_that_only_offers_files_name(store, dirs, monkeypatch):
+    """1C 2.09 may send goods only as offers: their made-up cards count as touched by the offers file."""
+    seconds = iter(range(60))
+    monkeypatch.setattr("store.runs.utc_now", lambda: f"2024-05-01T10:00:{next(seconds):02d}+00:00")
+    offers = package("<Предложение><Ид>p1</Ид><Наименование>Мыло</Наименование></Предложение>", changes_only=True)
+    load(store, dirs, write(dirs, "offers.xml", offers))
+    session_started = "2024-05-01T10:00:30Z"
+    for _ in range(30):
+        next(seconds)
+    load(store, dirs, write(dirs, "offers.xml", offers))
+    assert deactivate_untouched(store, session_started) == {"products": 0, "offers": 0}
+
+
+def test_progress_is_reported_every_thousand_records(store, dirs):
+    """Every 1000 records written, then the total: 2500 goods and 1 group."""
+    reported = []
+    path = write(dirs, "import.xml", catalog([(f"n{i}", f"Товар {i}") for i in range(2500)]))
+    import_file(store, path, upload_dir=dirs[0], images_dir=dirs[1], progress=reported.append)
+    assert reported == [1000, 2000, 2501]
+
+
+def parser_processes() -> list[int]:
+    """Processes our fork server started: the parsers of running imports."""
+    servers = [pid for pid in child_pids(os.getpid()) if b"forkserver" in command_line(pid)]
+    return [parser for server in servers for parser in child_pids(server)]
+
+
+def test_parser_process_killed_mid_import_changes_nothing(store, dirs):
+    """The parser runs in its own process; if the OOM killer or an operator kills it, the file fails
+    with a reason and nothing of it is saved, and the next import works."""
+    load(store, dirs, write(dirs, "import.xml", catalog([("keep", "Старый товар")])))
+    before = dump(store)
+    path = write(dirs, "import.xml", catalog([(f"n{i}", f"Товар {i}") for i in range(300_000)]))
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(error=_import_error(store, dirs, path)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not parser_processes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # well into the file: the first batches are already written in the open run
+    for pid in parser_processes():
+        os.kill(pid, signal.SIGKILL)
+    thread.join(60)
+    assert "процесс разбора файла неожиданно остановился" in outcome["error"]
+    assert dump(store) == before
+    assert load(store, dirs, write(dirs, "import.xml", catalog([("new", "Новый")]))).counts["goods"] == 1
+
+
+def _import_error(store, dirs, path) -> str:
+    try:
+        load(store, dirs, path)
+    except CommerceMLError as exc:
+        return str(exc)
+    return "imported without error"

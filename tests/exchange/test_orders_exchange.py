@@ -1,0 +1,357 @@
+"""Orders over real HTTP on loopback: the JSON API in, type=sale out to a client that behaves like 1C, statuses back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sqlite3
+
+import pytest
+import requests
+from lxml import etree
+
+from core.settings import ApiSettings
+from exchange.orders import parse_status_document
+from tests.exchange.test_exchange import OneC, exchange_settings, sessions
+from tests.orders.test_orders import XXE, child_text, children, order_document, order_payload, requisites, status_document
+
+API_KEY = "test-api-key-0123456789abcdef"
+
+
+def sale_settings(tmp_path, key: str = API_KEY, **exchange):
+    return dataclasses.replace(exchange_settings(tmp_path, **exchange), api=ApiSettings(key=key, max_body_bytes=64 * 1024))
+
+
+class Api:
+    """A shop's backend calling the orders API."""
+
+    def __init__(self, base: str, key: str | None = API_KEY):
+        self.base = base
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def post(self, payload, **kwargs) -> requests.Response:
+        kwargs.setdefault("headers", self.headers)
+        return requests.post(f"{self.base}/api/orders", json=payload, timeout=10, **kwargs)
+
+    def get(self, number: str) -> requests.Response:
+        return requests.get(f"{self.base}/api/orders/{number}", headers=self.headers, timeout=10)
+
+    def order(self, number: str) -> dict:
+        response = self.get(number)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+class Sale(OneC):
+    """1C's side of the order exchange: type=sale on every call; the query answer is XML, not text."""
+
+    def call(self, mode: str, method: str = "GET", data=None, kind: str = "sale", **params) -> list[str]:
+        return super().call(mode, method, data, kind, **params)
+
+    def query(self) -> requests.Response:
+        response = requests.get(self.url, params={"type": "sale", "mode": "query"}, timeout=30,
+                                headers={"Cookie": f"{self.cookie[0]}={self.cookie[1]}"})
+        assert response.status_code == 200
+        return response
+
+    def login(self) -> "Sale":
+        assert self.checkauth()[0] == "success"
+        self.init()
+        return self
+
+
+def documents(body: bytes) -> list:
+    root = etree.fromstring(body)
+    return children(root, "Документ") + [doc for c in children(root, "Контейнер") for doc in children(c, "Документ")]
+
+
+@pytest.fixture
+def app_settings(tmp_path):
+    """The app of conftest's ``live_app``: exchange login and an API key, no MoySklad needed."""
+    return sale_settings(tmp_path)
+
+
+@pytest.fixture
+def base(live_app):
+    return live_app
+
+
+# --- the whole round trip -------------------------------------------------------------------------
+
+def test_orders_round_trip_through_1c(tmp_path, serve):
+    settings = sale_settings(tmp_path)
+    base = serve(settings)
+    api = Api(base)
+    company = api.post(order_payload("A-1"))
+    assert company.status_code == 201 and company.headers["Location"] == "/api/orders/A-1"
+    assert company.json()["result"] == "created" and company.json()["total"] == "4355.93"
+    person = order_payload("A-2", customer={"name": "Анна Смирнова", "phone": "+7 912 000-00-01", "address": "Тула, ул. Мира, 3"},
+                           delivery={"method": "Самовывоз"}, paid=False)
+    assert api.post(person).status_code == 201
+
+    client = Sale(base)
+    assert client.checkauth()[0] == "success"
+    assert client.init()["zip"] == "no"  # status documents come plain, whatever exchange.zip says
+    response = client.query()
+    assert response.headers["Content-Type"] == "text/xml; charset=windows-1251"
+    assert response.content.startswith(b'<?xml version="1.0" encoding="windows-1251"?>')
+    response.content.decode("cp1251")
+    sent = documents(response.content)
+    assert [child_text(doc, "Номер") for doc in sent] == ["A-1", "A-2"]
+    for doc in sent:
+        for tag in ("Ид", "Номер", "Дата", "ХозОперация", "Роль", "Валюта", "Курс", "Сумма", "Контрагенты/Контрагент/Ид",
+                    "Контрагенты/Контрагент/Наименование", "Контрагенты/Контрагент/Роль", "Время"):
+            assert child_text(doc, tag), tag
+        assert (child_text(doc, "ХозОперация"), child_text(doc, "Роль"), child_text(doc, "Валюта")) == ("Заказ товара", "Продавец", "руб")
+        for good in children(children(doc, "Товары")[0], "Товар"):
+            assert all(child_text(good, tag) for tag in ("Ид", "Наименование", "ЦенаЗаЕдиницу", "Количество", "Сумма"))
+        assert "Метод оплаты" in requisites(doc)
+    assert child_text(sent[0], "Сумма") == api.order("A-1")["total"]
+    assert child_text(sent[1], "Контрагенты/Контрагент/АдресРегистрации/Представление") == "Тула, ул. Мира, 3"
+    assert [u.number for u in parse_status_document(response.content, "query.xml").updates] == ["A-1", "A-2"]
+    assert client.call("success") == ["success"]
+    assert documents(client.query().content) == []  # confirmed: not sent again
+
+    back = status_document(
+        order_document("A-1", **{"Статус заказа": "Отгружен", "Дата оплаты по 1С": "2024-05-02T10:15:00",
+                                 "Дата отгрузки по 1С": "03.05.2024 18:00:00", "Проведен": "true"}),
+        order_document("A-2", Отменен="true", ПометкаУдаления="true", Проведен="false"),
+        order_document("777", **{"Статус заказа": "Отгружен"}))
+    assert client.send("orders-2024-05-03.xml", back) == ["success"]
+    assert client.call("import", filename="orders-2024-05-03.xml") == ["success"]
+    assert client.call("complete") == ["success"]
+
+    shipped = api.order("A-1")
+    assert (shipped["status"], shipped["paid_at"], shipped["shipped_at"], shipped["posted"]) == (
+        "Отгружен", "2024-05-02T10:15:00", "2024-05-03T18:00:00", True)
+    assert (shipped["exported_revision"], shipped["cancelled"]) == (1, False)
+    history = [(h["source"], h["field"], h["old"], h["new"]) for h in shipped["history"]]
+    assert history == [("api", "created", None, "1"), ("exchange", "exported", None, "1"),
+                       ("exchange", "status", None, "Отгружен"), ("exchange", "paid_at", None, "2024-05-02T10:15:00"),
+                       ("exchange", "shipped_at", None, "2024-05-03T18:00:00"), ("exchange", "posted", "false", "true")]
+    assert all("file orders-2024-05-03.xml" in h["detail"] for h in shipped["history"][2:])
+    cancelled = api.order("A-2")
+    assert (cancelled["cancelled"], cancelled["deleted"], cancelled["posted"]) == (True, True, False)
+    assert [h["field"] for h in cancelled["history"]] == ["created", "exported", "cancelled", "deleted"]
+
+    [logged] = sessions(settings)
+    assert logged["result"] == "ok"
+    [entry] = logged["files"]
+    assert entry["name"] == "orders-2024-05-03.xml" and entry["import"]["status"] == "ok"
+    assert entry["import"]["results"]["skipped"] == ["заказ № 777 не найден на сайте"]
+    assert entry["import"]["results"]["orders_changed"] == 2
+
+
+@pytest.mark.parametrize("fmt, content_type, start", [
+    ("2.05-cp1251", "text/xml; charset=windows-1251", b'<?xml version="1.0" encoding="windows-1251"?>\n<\xca\xee\xec'),
+    ("2.05-utf8", "text/xml; charset=utf-8", b'\xef\xbb\xbf<?xml version="1.0" encoding="UTF-8"?>\n<\xd0\x9a'),
+    ("3.1", "text/xml; charset=utf-8", b'\xef\xbb\xbf<?xml version="1.0" encoding="UTF-8"?>\n<\xd0\x9a'),
+])
+def test_each_format_over_http(tmp_path, serve, fmt, content_type, start):
+    base = serve(sale_settings(tmp_path, orders_format=fmt))
+    assert Api(base).post(order_payload("A-1", comment="Подарок 🎁")).status_code == 201
+    response = Sale(base).login().query()
+    assert response.headers["Content-Type"] == content_type
+    assert response.content.startswith(start)
+    root = etree.fromstring(response.content)
+    assert root.get("ВерсияСхемы") == ("3.1" if fmt == "3.1" else "2.05")
+    assert bool(children(root, "Контейнер")) == (fmt == "3.1")
+    [doc] = documents(response.content)
+    assert child_text(doc, "Комментарий") == "Подарок 🎁"
+    if fmt == "2.05-cp1251":
+        assert b"&#127873;" in response.content
+
+
+def test_a_query_without_success_is_sent_again_and_success_marks_only_what_was_sent(base):
+    api = Api(base)
+    api.post(order_payload("A-1"))
+    first = Sale(base).login()
+    assert [child_text(d, "Номер") for d in documents(first.query().content)] == ["A-1"]
+    first.call("complete")  # 1C gave up before success
+    second = Sale(base).login()
+    assert [child_text(d, "Номер") for d in documents(second.query().content)] == ["A-1"]
+    api.post(order_payload("A-2"))  # arrives between the query and its success
+    assert second.call("success") == ["success"]
+    third = Sale(base).login()
+    assert [child_text(d, "Номер") for d in documents(third.query().content)] == ["A-2"]
+    assert api.order("A-1")["exported_revision"] == 1 and api.order("A-2")["exported_revision"] is None
+
+
+def test_a_changed_order_goes_to_1c_again_and_keeps_its_statuses(base):
+    api = Api(base)
+    api.post(order_payload("A-1"))
+    client = Sale(base).login()
+    client.query()
+    client.call("success")
+    assert client.send("st.xml", status_document(order_document("A-1", **{"Статус заказа": "В работе"}))) == ["success"]
+    changed = api.post(order_payload("A-1", comment="Доставить после 18:00"))
+    assert (changed.status_code, changed.json()["result"], changed.json()["revision"]) == (200, "updated", 2)
+    [doc] = documents(client.query().content)
+    assert child_text(doc, "Комментарий") == "Доставить после 18:00"
+    assert requisites(doc)["Статус заказа"] == "В работе"
+    assert api.order("A-1")["status"] == "В работе"
+
+
+def test_a_status_file_sent_in_chunks_is_applied_when_complete(tmp_path, serve):
+    base = serve(sale_settings(tmp_path, file_limit=1024))
+    Api(base).post(order_payload("A-1"))
+    filler = "".join(order_document(f"X-{n}", **{"Статус заказа": "Чужой"}) for n in range(20))
+    data = status_document(filler, order_document("A-1", **{"Статус заказа": "Собран"}))
+    assert len(data) > 3 * 1024
+    client = Sale(base).login()
+    assert client.file_limit == 1024
+    assert client.send("big.xml", data) == ["success"]  # every chunk answered success; applied with the last
+    assert Api(base).order("A-1")["status"] == "Собран"
+    assert client.call("import", filename="big.xml") == ["success"]
+
+
+# --- bad status documents ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data, words", [
+    ("<КоммерческаяИнформация><Документ><Номер>A-1</Товар></Документ></КоммерческаяИнформация>".encode(), ["XML повреждён"]),
+    (XXE, ["DOCTYPE"]),
+    (status_document(order_document("A-1", **{"Статус заказа": "Собран"}), root="Заказы"), ["корневой элемент «Заказы»"]),
+    (status_document(order_document("A-1", **{"Статус заказа": "Собран"}),
+                     order_document("A-2", **{"Дата оплаты по 1С": "31.02.2024"})), ["заказ № A-2", "это не дата"]),
+    (status_document(order_document("A-1", **{"Статус заказа": "Собран"}))[:-30], ["оборван"]),
+    (b"", ["пуст"]),
+])
+def test_a_bad_status_document_is_refused_and_changes_nothing(tmp_path, serve, data, words):
+    settings = sale_settings(tmp_path)
+    base = serve(settings)
+    api = Api(base)
+    api.post(order_payload("A-1"))
+    api.post(order_payload("A-2"))
+    before = [api.order("A-1"), api.order("A-2")]
+    client = Sale(base).login()
+    lines = client.send("orders.xml", data)
+    assert lines[0] == "failure" and len(lines) == 2, lines
+    assert all(word in lines[1] for word in words), lines
+    assert client.call("import", filename="orders.xml") == lines  # asked again: the same refusal
+    assert [api.order("A-1"), api.order("A-2")] == before
+    assert sessions(settings)[0]["result"] == "failed" and sessions(settings)[0]["error"] == lines[1]
+    # the corrected document sent again under the same name replaces the broken one
+    good = status_document(order_document("A-1", **{"Статус заказа": "Собран"}))
+    assert client.send("orders.xml", good) == ["success"]
+    assert api.order("A-1")["status"] == "Собран"
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda c: c.call("success"), ["нечего подтверждать", "mode=query"]),
+    (lambda c: c.call("deactivate"), ["неизвестный режим", "type=sale"]),
+    (lambda c: c.send("orders.zip", b"PK\x03\x04"), ["только документы XML"]),
+    (lambda c: c.send("../orders.xml", b"<x/>"), ["переход по папкам"]),
+    (lambda c: c.call("import", filename="never.xml"), ["не был загружен"]),
+])
+def test_sale_refusals(base, call, words):
+    lines = call(Sale(base).login())
+    assert lines[0] == "failure" and all(word in lines[1] for word in words), lines
+
+
+def test_a_query_needs_a_login(base):
+    response = requests.get(f"{base}/exchange/1c", params={"type": "sale", "mode": "query"}, timeout=10)
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert response.text.startswith("failure\nнет сеанса обмена")
+    wrong = Sale(base, password="wrong")
+    assert wrong.checkauth()[0] == "failure"
+
+
+# --- the JSON API ---------------------------------------------------------------------------------
+
+def test_the_api_is_off_without_a_key(tmp_path, serve):
+    base = serve(sale_settings(tmp_path, key=""))
+    response = Api(base).post(order_payload())
+    assert response.status_code == 403 and "api.key" in response.json()["error"]
+
+
+def test_api_keys_are_checked_and_never_logged(base, caplog):
+    caplog.set_level(logging.INFO)
+    assert Api(base, key=None).post(order_payload("A-1")).status_code == 401
+    refused = Api(base, key="not-the-key-0123456789").post(order_payload("A-1"))
+    assert refused.status_code == 401 and refused.json() == {"error": "wrong API key"}
+    assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    assert Api(base).get("A-1").status_code == 404
+    by_header = requests.post(f"{base}/api/orders", json=order_payload("A-1"), headers={"X-Api-Key": API_KEY}, timeout=10)
+    assert by_header.status_code == 201
+    assert Api(base, key=None).get("A-1").status_code == 401
+    assert API_KEY not in caplog.text and "not-the-key" not in caplog.text
+    assert "orders api: order A-1 created" in caplog.text
+
+
+def test_posting_the_same_number_is_idempotent(base):
+    api = Api(base)
+    created = api.post(order_payload("A-1"))
+    again = api.post(order_payload("A-1"))
+    assert (created.status_code, again.status_code, again.json()["result"]) == (201, 200, "unchanged")
+    assert {k: v for k, v in again.json().items() if k != "result"} == api.order("A-1")
+    assert api.order("A-1")["revision"] == 1 and len(api.order("A-1")["history"]) == 1
+    changed = api.post(order_payload("A-1", payment_method="Наличными курьеру"))
+    assert (changed.status_code, changed.json()["result"], changed.json()["revision"]) == (200, "updated", 2)
+    assert changed.json()["history"][-1]["detail"] == "revision 2: payment_method"
+
+
+@pytest.mark.parametrize("body, headers, status, field, words", [
+    (order_payload(items=[{"offer_id": "a", "name": "b", "quantity": -1, "price": 1}]), None, 400, "items[0].quantity", "more than 0"),
+    (order_payload(customer={"name": "Иван", "email": "i@e.ru", "company": {"name": "ООО", "inn": "1234567890", "kpp": "773601001"}}),
+     None, 400, "customer.company.inn", "ИНН"),
+    ([1, 2], None, 400, "order", "JSON object"),
+    (b'{"number": "A-1",', {"Content-Type": "application/json"}, 400, None, "not valid JSON"),
+    (b'{"number": NaN}', {"Content-Type": "application/json"}, 400, None, "NaN is not a number"),
+    (b"\xff\xfe{}", {"Content-Type": "application/json"}, 400, None, "not UTF-8"),
+    (b"number=A-1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, None, "application/json"),
+    (b"{" + b" " * 70_000 + b"}", {"Content-Type": "application/json"}, 413, None, "api.max_body_bytes"),
+])
+def test_api_refusals_are_json_naming_the_problem(base, body, headers, status, field, words):
+    headers = {"Authorization": f"Bearer {API_KEY}", **(headers or {})}
+    if isinstance(body, bytes):
+        response = requests.post(f"{base}/api/orders", data=body, headers=headers, timeout=10)
+    else:
+        response = requests.post(f"{base}/api/orders", json=body, headers=headers, timeout=10)
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    answer = response.json()
+    assert words in answer["error"] and answer.get("field") == field, answer
+    assert Api(base).get("A-1001").status_code == 404  # nothing was stored
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("DELETE", "/api/orders/A-1", 405), ("GET", "/api/orders", 405), ("GET", "/api/nothing", 404), ("GET", "/api/", 404),
+])
+def test_other_api_addresses_answer_json(base, method, path, status):
+    response = requests.request(method, base + path, headers={"X-Api-Key": API_KEY}, timeout=10)
+    assert response.status_code == status
+    assert "error" in json.loads(response.text)
+
+
+def test_a_store_held_by_a_catalog_import_is_a_clear_refusal(tmp_path, serve, monkeypatch):
+    """A long catalog import holds SQLite's write lock: orders wait a bounded time, then are refused, not lost."""
+    settings = sale_settings(tmp_path)
+    base = serve(settings)
+    api = Api(base)
+    api.post(order_payload("A-1"))
+    monkeypatch.setattr("orders.web.STORE_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr("exchange.orders.ORDERS_WAIT_SECONDS", 0.2)
+    client = Sale(base).login()
+    holder = sqlite3.connect(settings.store_path)
+    holder.execute("BEGIN IMMEDIATE")  # what an import's run does for its whole length
+    try:
+        busy = api.post(order_payload("A-2"))
+        assert (busy.status_code, busy.headers["Retry-After"]) == (503, "60") and "busy" in busy.json()["error"]
+        lines = client.send("st.xml", status_document(order_document("A-1", **{"Статус заказа": "Собран"})))
+        assert lines[0] == "failure" and "занят" in lines[1]
+    finally:
+        holder.rollback()
+        holder.close()
+    assert api.post(order_payload("A-2")).status_code == 201
+    assert client.send("st.xml", status_document(order_document("A-1", **{"Статус заказа": "Собран"}))) == ["success"]
+    assert api.order("A-1")["status"] == "Собран"
+
+
+def test_a_cyrillic_number_travels_in_urls(base):
+    api = Api(base)
+    created = api.post(order_payload("Заказ-17"))
+    assert created.headers["Location"] == "/api/orders/%D0%97%D0%B0%D0%BA%D0%B0%D0%B7-17"
+    assert api.order("Заказ-17")["number"] == "Заказ-17"
+    [doc] = documents(Sale(base).login().query().content)
+    assert child_text(doc, "Номер") == child_text(doc, "Ид") == "Заказ-17"

@@ -1,0 +1,124 @@
+"""The catalog store: one run is one transaction, runs are recorded, deletions only marked."""
+
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from emulator.harness import ROOT
+from store import CatalogStore, StoreBusy
+
+
+def offer(offer_id, name="Чайник", **extra):
+    return {"id": offer_id, "product_id": offer_id, "kind": "product", "name": name, **extra}
+
+
+def names(store):
+    return {r["id"]: r["name"] for r in store.db.query("SELECT id, name FROM offers WHERE removed = 0")}
+
+
+def test_a_successful_run_commits_and_is_recorded(store):
+    with store.run("moysklad", "sync", "full") as run:
+        run.upsert_offers([offer("a"), offer("b", "Кружка")])
+        run.stats.add("offers", 2)
+    assert names(store) == {"a": "Чайник", "b": "Кружка"}
+    last = store.last_run("moysklad", "sync")
+    assert last["status"] == "ok" and last["counts"] == {"offers": 2} and last["finished_at"]
+
+
+def test_a_failed_run_changes_nothing_and_says_why(store):
+    with store.run("moysklad", "sync") as run:
+        run.upsert_offers([offer("a")])
+    with pytest.raises(RuntimeError):
+        with store.run("moysklad", "sync") as run:
+            run.upsert_offers([offer("a", "Переименован"), offer("c")])
+            run.skip("product", "x", "Без цены", "price is not a number")
+            raise RuntimeError("MoySklad went away")
+    assert names(store) == {"a": "Чайник"}
+    last = store.last_run("moysklad", "sync")
+    assert last["status"] == "failed" and last["error"] == "MoySklad went away"
+    assert store.skipped_items(last["id"]) == [
+        {"item_type": "product", "item_id": "x", "name": "Без цены", "reason": "price is not a number"}]
+
+
+def test_readers_see_the_previous_state_until_the_run_commits(store, tmp_path):
+    with store.run("moysklad", "sync") as run:
+        run.upsert_offers([offer("a")])
+    reader = sqlite3.connect(store.path)
+    with store.run("moysklad", "sync") as run:
+        run.upsert_offers([offer("a", "Новое имя")])
+        assert reader.execute("SELECT name FROM offers").fetchall() == [("Чайник",)]
+    assert reader.execute("SELECT name FROM offers").fetchall() == [("Новое имя",)]
+
+
+def test_two_runs_of_one_source_cannot_overlap_and_other_sources_wait_their_turn(store, tmp_path):
+    other = CatalogStore(store.path)
+    finished = []
+
+    def exchange_import():
+        with other.run("exchange", "import") as run:  # SQLite has one writer: this waits for the sync
+            run.upsert_offers([offer("e")])
+        finished.append(time.monotonic())
+
+    with store.run("moysklad", "sync") as run:
+        with pytest.raises(StoreBusy, match="another moysklad run is in progress"):
+            with other.run("moysklad", "sync"):
+                pass
+        waiting = threading.Thread(target=exchange_import)
+        waiting.start()
+        time.sleep(0.5)
+        run.upsert_offers([offer("a")])
+        assert not finished
+        committed = time.monotonic()
+    waiting.join(timeout=30)
+    assert finished and finished[0] >= committed
+    assert set(names(store)) == {"a", "e"}
+    other.close()
+
+
+def test_a_full_run_marks_what_it_did_not_see_as_removed(store):
+    with store.run("moysklad", "sync") as run:
+        run.upsert_offers([offer("a"), offer("b")])
+    with store.run("exchange", "import") as run:
+        run.upsert_offers([offer("x")])
+    with store.run("moysklad", "sync") as run:
+        run.upsert_offers([offer("a")])
+        removed = run.mark_unseen_removed()
+    assert removed["offers"] == 1
+    rows = {r["id"]: (r["source"], r["removed"]) for r in store.db.query("SELECT id, source, removed FROM offers")}
+    assert rows == {"a": ("moysklad", 0), "b": ("moysklad", 1), "x": ("exchange", 0)}
+    with store.run("moysklad", "sync") as run:  # it comes back: live again
+        run.upsert_offers([offer("a"), offer("b")])
+        run.mark_unseen_removed()
+    assert set(names(store)) == {"a", "b", "x"}
+
+
+def test_a_skipped_item_keeps_its_last_good_version(store):
+    with store.run("moysklad", "sync") as run:
+        run.upsert_offers([offer("a"), offer("b")])
+    with store.run("moysklad", "sync") as run:
+        run.upsert_offers([offer("a")])
+        run.skip("product", "b", None, "price is not a number")
+        run.mark_unseen_removed()
+    assert names(store) == {"a": "Чайник", "b": "Чайник"}
+
+
+def test_a_killed_run_is_noticed_by_the_next_one(store, tmp_path):
+    script = (
+        "import os, store\n"
+        f"s = store.CatalogStore({str(store.path)!r})\n"
+        "with s.run('moysklad', 'sync') as run:\n"
+        "    run.upsert_offers([{'id': 'k', 'product_id': 'k', 'kind': 'product', 'name': 'never'}])\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=str(ROOT))
+    assert result.returncode == -9
+    assert names(store) == {}
+    with store.run("moysklad", "sync") as run:
+        run.upsert_offers([offer("a")])
+    runs = store.recent_runs()
+    assert [r["status"] for r in runs] == ["ok", "interrupted"]
+    assert "process killed" in runs[1]["error"]
