@@ -102,7 +102,8 @@ HOSTILE_NAMES = (
 HOSTILE_EVERY = 12
 # One good in NEVER_STOCKED_EVERY never took part in an operation (absent from every stock report,
 # md/reports/_report_stock.md "Товары, которые были созданы и не участвовали в каких-либо операциях, не
-# выводятся"); one in NOTHING_AVAILABLE_EVERY has all its stock reserved (available 0).
+# выводятся"); one in NOTHING_AVAILABLE_EVERY has all its stock reserved, available 0, which the default
+# quantityMode=nonEmpty leaves out (DOMAIN.md "Details that are easy to get wrong").
 NEVER_STOCKED_EVERY = 9
 NOTHING_AVAILABLE_EVERY = 11
 FRACTIONAL_QUANTITIES = (0.5, 1.5, 2.25, 0.25, 0.75)
@@ -525,7 +526,7 @@ class _Generator:
             if folders[-1].depth <= 2:
                 shallow.append(folders[-1])
         # an archived folder left empty (the last one: nothing can be under it) and an archived folder that
-        # still holds goods on sale; MoySklad archives folders without touching their goods
+        # still holds goods on sale (spec ProductFolder.archived and Product.archived are separate flags)
         self.empty_folder, self.full_archived_folder = folders[-1], folders[-2]
         self.empty_folder.archived = self.full_archived_folder.archived = True
         return {f.id: f for f in folders}
