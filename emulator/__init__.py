@@ -2,18 +2,23 @@
 
     from emulator import generate_catalog, EmulatorServer
     catalog = generate_catalog(products=200, seed=1)   # exactly 200 assortment rows
-    srv = EmulatorServer(catalog, port=0, token="emu-token").start()
+    srv = EmulatorServer(catalog, port=0, token="emu-token", webhook_interval=0.2).start()
     srv.base_url  # http://127.0.0.1:<port>/api/remap/1.2
     srv.faults.error_rate = 0.2
+    catalog.set_stock(item_id, catalog.stores[0].id, stock=5)  # an operation: stock webhooks follow
+    srv.webhooks.deliveries  # every webhook POST attempt: status, elapsed, payload
     srv.stop()
 
 Catalog structure (emulator.catalog): `items` (dict id -> Item, in assortment order),
 `folders` (dict id -> Folder), `stores`, `price_types`, `uoms` (lists), `attribute_defs`.
+Stock reports follow emulator.stock, webhooks emulator.webhooks.
 """
 
 from .catalog import Catalog, Folder, Item, PriceType, Store, Uom, generate_catalog
 from .cli import run
+from .protocol import ApiError
 from .server import EmulatorServer, Faults
+from .webhooks import WebhookHub
 
-__all__ = ["Catalog", "EmulatorServer", "Faults", "Folder", "Item", "PriceType", "Store", "Uom",
-           "generate_catalog", "run"]
+__all__ = ["ApiError", "Catalog", "EmulatorServer", "Faults", "Folder", "Item", "PriceType", "Store", "Uom",
+           "WebhookHub", "generate_catalog", "run"]

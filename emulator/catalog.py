@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -27,6 +28,16 @@ KIND_SERVICE = "service"
 KIND_BUNDLE = "bundle"
 
 MAX_IMAGES = 10
+# Values of trackingType (spec components/schemas/TrackingType enum); NOT_TRACKED = no mandatory marking.
+TRACKING_TYPES = (
+    "BEER_ALCOHOL", "BICYCLE", "ELECTRONICS", "FOOD_SUPPLEMENT", "LP_CLOTHES", "LP_LINENS", "MEDICAL_DEVICES", "MILK",
+    "NABEER", "NCP", "NOT_TRACKED", "OTP", "PERFUMERY", "PET_FOOD", "SANITIZER", "SEAFOOD", "SHOES", "SOFT_DRINKS",
+    "TIRES", "TOBACCO", "VEGETABLE_OIL", "VETPHARMA", "WATER",
+)
+NOT_TRACKED = "NOT_TRACKED"
+# The marked kinds the generator hands out, in turn, to one product in MARKED_EVERY.
+MARKED_TYPES = ("SHOES", "TOBACCO", "LP_CLOTHES", "PERFUMERY", "MILK", "WATER", "ELECTRONICS", "TIRES")
+MARKED_EVERY = 7
 # XOR masks over the node part of an item UUID give its image ids, reversibly, without a table.
 _IMAGE_MASKS = tuple((0x9E3779B97F4A + 7919 * n) & 0xFFFFFFFFFFFF for n in range(MAX_IMAGES))
 
@@ -89,6 +100,13 @@ HOSTILE_NAMES = (
     "Tom & Jerry's \"кружка\" <big>",
 )
 HOSTILE_EVERY = 12
+# One good in NEVER_STOCKED_EVERY never took part in an operation (absent from every stock report,
+# md/reports/_report_stock.md "Товары, которые были созданы и не участвовали в каких-либо операциях, не
+# выводятся"); one in NOTHING_AVAILABLE_EVERY has all its stock reserved, available 0, which the default
+# quantityMode=nonEmpty leaves out (DOMAIN.md "Details that are easy to get wrong").
+NEVER_STOCKED_EVERY = 9
+NOTHING_AVAILABLE_EVERY = 11
+FRACTIONAL_QUANTITIES = (0.5, 1.5, 2.25, 0.25, 0.75)
 HTML_DESCRIPTION = '<p>Описание с <b>HTML</b> &amp; <a href="https://example.com/?a=1&b=2">ссылкой</a></p><br>'
 NAME_MAX = 255  # MoySklad caps names at 255 characters (spec maxLength)
 
@@ -195,12 +213,18 @@ class Item:
     characteristics: tuple = ()  # ((characteristic index, value), ...)
     variant_ids: list = field(default_factory=list)
     components: tuple = ()  # bundle: ((item id, quantity), ...)
-    stock: list | None = None  # flat [stock, reserve, inTransit] * stores; None: not stocked
-    stock_changed: datetime | None = None
+    stock: list | None = None  # flat [stock, reserve, inTransit] * stores; None: services, bundles
+    stock_changed: datetime | None = None  # None: never took part in an operation (in no stock report)
+    tracking_type: str = NOT_TRACKED  # products and bundles; a variant is marked as its product
 
     @property
     def stocked(self) -> bool:
         return self.stock is not None
+
+    @property
+    def operated(self) -> bool:
+        """Took part in an operation: only such goods appear in stock reports."""
+        return self.stock is not None and self.stock_changed is not None
 
 
 @dataclass
@@ -234,6 +258,9 @@ class Catalog:
         self.image_bytes_override: dict[str, bytes] = {}
         self.lock = threading.RLock()
         self._next_code = len(items) + 1
+        self.removed: dict[str, datetime] = {}  # deleted goods that had stock -> when (changedSince reports 0)
+        self.recalculating: set[str] = set()  # goods whose stock is being recalculated (left out of reports)
+        self._observers: list[Callable[[dict], None]] = []
 
     def __len__(self) -> int:
         return len(self.items)
@@ -263,6 +290,32 @@ class Catalog:
                 return item, n
         return None
 
+    # -- observers (webhooks) --------------------------------------------------------------------
+
+    def subscribe(self, observer: Callable[[dict], None]) -> None:
+        """Call `observer(event)` after each change: {"type": "entity", "events": [...]} or {"type": "stock", ...}."""
+        with self.lock:
+            self._observers.append(observer)
+
+    def unsubscribe(self, observer: Callable[[dict], None]) -> None:
+        with self.lock:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+    def _emit(self, event: dict) -> None:
+        for observer in list(self._observers):
+            observer(event)
+
+    def _entity_event(self, events: list[tuple]) -> None:
+        """One user action: [(action, kind, id, changed JSON fields), ...]."""
+        self._emit({"type": "entity", "moment": moscow_now(), "events": events})
+
+    def _stock_event(self, item_ids: list[str], physical: bool) -> None:
+        """`physical`: the stock itself changed, not only reserve or inTransit (what webhookstock watches)."""
+        self._emit({"type": "stock", "moment": moscow_now(), "ids": item_ids, "physical": physical})
+
+    # -- mutations --------------------------------------------------------------------------------
+
     def _touch(self, item: Item) -> None:
         item.updated = moscow_now()
         self.version += 1
@@ -279,34 +332,49 @@ class Catalog:
                 elif name in ("kind", "id", "stock", "variant_ids", "parent_id") or not hasattr(item, name):
                     raise ValueError(f"field {name!r} cannot be updated")
                 else:
+                    if name == "archived" and value != item.archived and item.operated:
+                        # an archived good shows in a changedSince report with 0 (md/reports/_report_stock.md,
+                        # "если за запрашиваемый интервал был удален или архивирован товар ... остаток равный 0")
+                        item.stock_changed = moscow_now()
                     setattr(item, name, value)
             self._touch(item)
+            changed = sorted({JSON_FIELDS[name] for name in fields if JSON_FIELDS.get(name)})
+            self._entity_event([("UPDATE", item.kind, item.id, changed)])
             return item
 
     def delete_item(self, item_id: str) -> None:
         """Remove an item (and a product's variants) from every list and report."""
         with self.lock:
             item = self.items.pop(item_id)
-            for variant_id in item.variant_ids:
-                self.items.pop(variant_id, None)
+            gone = [item] + [self.items.pop(variant_id) for variant_id in item.variant_ids if variant_id in self.items]
             parent = self.parent_of(item)
             if parent is not None:
                 parent.variant_ids.remove(item_id)
                 self._touch(parent)
+            now = moscow_now()
+            for record in gone:
+                if record.operated:
+                    self.removed[record.id] = now  # reported as 0 by a changedSince report
             self.version += 1
+            self._entity_event([("DELETE", record.kind, record.id, []) for record in gone])
+            stocked = [record.id for record in gone if record.operated]
+            if stocked:
+                self._stock_event(stocked, physical=True)
 
     def add_product(self, name: str, price_kopecks: float, variants: int = 0, *, folder_id: str | None = None,
                     stock: float = 0.0) -> str:
         """Append a product (and `variants` variants, each with `stock` on the first store); returns its id."""
+        # with stock 0 the new goods took part in no operation, so no stock report lists them yet
         with self.lock:
             now = moscow_now()
+            operated_at = now if stock else None
             product = Item(
                 kind=KIND_PRODUCT, id=str(uuid.uuid4()), name=name[:NAME_MAX], code=self._take_code(),
                 external_code=uuid.uuid4().hex[:22], updated=now, article=f"NEW-{self._next_code}",
                 folder_id=folder_id, sale_prices=(float(price_kopecks),) + (0.0,) * (len(self.price_types) - 1),
                 buy_price=round(price_kopecks * 0.6), cost=round(price_kopecks * 0.6),
                 barcodes=(("ean13", ean13(f"46{self._next_code:010d}")),),
-                stock=[0.0] * (3 * len(self.stores)), stock_changed=now,
+                stock=[0.0] * (3 * len(self.stores)), stock_changed=None if variants else operated_at,
             )
             self.items[product.id] = product
             for n in range(variants):
@@ -315,7 +383,7 @@ class Catalog:
                     code=self._take_code(), external_code=uuid.uuid4().hex[:22], updated=now,
                     article=product.article, parent_id=product.id, cost=product.cost,
                     characteristics=((0, COLORS[n % len(COLORS)]),), stock=[0.0] * (3 * len(self.stores)),
-                    stock_changed=now,
+                    stock_changed=operated_at,
                 )
                 variant.stock[0] = float(stock)
                 self.items[variant.id] = variant
@@ -323,6 +391,11 @@ class Catalog:
             if not variants:
                 product.stock[0] = float(stock)
             self.version += 1
+            self._entity_event([("CREATE", KIND_PRODUCT, product.id, [])])
+            if product.variant_ids:
+                self._entity_event([("CREATE", KIND_VARIANT, variant_id, []) for variant_id in product.variant_ids])
+            if stock:
+                self._stock_event(product.variant_ids or [product.id], physical=True)
             return product.id
 
     def corrupt_item(self, item_id: str, **raw_fields) -> None:
@@ -334,22 +407,51 @@ class Catalog:
 
     def set_stock(self, item_id: str, store_id: str, stock: float | None = None, reserve: float | None = None,
                   in_transit: float | None = None) -> None:
-        """Set stock figures of a product/variant on one store; stamps the stock change time (not `updated`)."""
+        """Set a good's stock on one store as an operation would: stamps the stock change, not `updated`."""
         with self.lock:
             item = self.items[item_id]
             if item.stock is None:
                 raise ValueError(f"{item.kind} {item_id} has no stock")
             base = 3 * self.store_index(store_id)
+            physical = stock is not None and float(stock) != item.stock[base]
             for offset, value in enumerate((stock, reserve, in_transit)):
                 if value is not None:
                     item.stock[base + offset] = float(value)
             item.stock_changed = moscow_now()
+            self.version += 1
+            self._stock_event([item_id], physical=physical)
+
+    def set_recalculating(self, item_id: str, recalculating: bool = True) -> None:
+        """Mark a good's stock as being recalculated, which every stock report leaves out."""
+        # md/reports/_report_stock.md "В отчет попадают только товары с уже пересчитанными остатками"
+        with self.lock:
+            if recalculating:
+                self.recalculating.add(item_id)
+            else:
+                self.recalculating.discard(item_id)
             self.version += 1
 
     def _take_code(self) -> str:
         code = f"{self._next_code:05d}"
         self._next_code += 1
         return code
+
+
+# Item attribute -> the JSON field a webhook lists in updatedFields (None: not an entity field).
+JSON_FIELDS = {
+    "name": "name", "description": "description", "code": "code", "external_code": "externalCode",
+    "archived": "archived", "article": "article", "folder_id": "productFolder", "uom": "uom", "vat": "vat",
+    "vat_enabled": "vatEnabled", "use_parent_vat": "useParentVat", "sale_prices": "salePrices",
+    "sale_price": "salePrices", "buy_price": "buyPrice", "min_price": "minPrice", "cost": None, "weight": "weight",
+    "volume": "volume", "barcodes": "barcodes", "attributes": "attributes", "image_count": "images",
+    "characteristics": "characteristics", "components": "components", "tracking_type": "trackingType",
+    "stock_changed": None,
+}
+
+
+def component_id(bundle_id: str, part_id: str) -> str:
+    """A bundle component's own id, stable for the pair (bundle, component good)."""
+    return str(uuid.uuid5(uuid.UUID(bundle_id), part_id))
 
 
 def stock_totals(item: Item) -> tuple[float, float, float]:
@@ -368,6 +470,11 @@ class _Generator:
         self.code = 0
         self.hostile = 0
         self.product_count = 0
+        self.goods = 0  # stock-bearing goods made so far (products without variants, variants)
+        self.marked = 0
+        self.bundles = 0
+        self.empty_folder: Folder | None = None
+        self.full_archived_folder: Folder | None = None
 
     def uid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -418,6 +525,10 @@ class _Generator:
             ))
             if folders[-1].depth <= 2:
                 shallow.append(folders[-1])
+        # an archived folder left empty (the last one: nothing can be under it) and an archived folder that
+        # still holds goods on sale (spec ProductFolder.archived and Product.archived are separate flags)
+        self.empty_folder, self.full_archived_folder = folders[-1], folders[-2]
+        self.empty_folder.archived = self.full_archived_folder.archived = True
         return {f.id: f for f in folders}
 
     def product_name(self) -> str:
@@ -487,15 +598,61 @@ class _Generator:
         elif roll < 0.45:
             item.use_parent_vat = True
 
+    def goods_stock(self, stores: int, fractional: bool) -> tuple[list, bool]:
+        """(stock figures, took part in an operation) of the next stock-bearing good."""
+        self.goods += 1
+        if self.goods % NEVER_STOCKED_EVERY == 4:
+            return [0.0] * (3 * stores), False
+        values = self.stock(stores, fractional)
+        if self.goods % NOTHING_AVAILABLE_EVERY == 6:
+            # everything on hand is reserved: stock = reserve, nothing in transit, so available is 0
+            values[0] = max(values[0], float(self.rng.randrange(1, 20)))
+            for index in range(stores):
+                values[3 * index] = max(values[3 * index], 0.0)
+                values[3 * index + 1], values[3 * index + 2] = values[3 * index], 0.0
+        return values, True
+
+    def tracking_type(self) -> str:
+        if self.product_count % MARKED_EVERY != 3:
+            return NOT_TRACKED
+        self.marked += 1
+        return MARKED_TYPES[(self.marked - 1) % len(MARKED_TYPES)]
+
+    def components(self, goods: list[Item], services: list[Item]) -> tuple:
+        """2-3 goods, and in turn an archived one, one with nothing free, a fractional quantity, a variant, a service."""
+        # md/dictionaries/_bundle.md: components are goods, services, variants; DOMAIN.md: an archived or
+        # out-of-stock component makes a bundle unsellable
+        rng = self.rng
+        candidates = goods[-200:]
+        parts = rng.sample(candidates, rng.randrange(2, 4))
+        case = self.bundles % 5
+        self.bundles += 1
+        pools = {
+            0: [g for g in candidates if g.archived],
+            1: [g for g in candidates if g.kind != KIND_PRODUCT or not g.variant_ids
+                if not g.operated or sum(g.stock[0::3]) - sum(g.stock[1::3]) <= 0],
+            3: [g for g in candidates if g.kind == KIND_VARIANT],
+            4: services[-50:],
+        }
+        pool = [g for g in pools.get(case, ()) if g not in parts]
+        if pool:
+            parts[-1] = rng.choice(pool)
+        quantities = [float(rng.randrange(1, 4)) for _ in parts]
+        if case == 2:
+            quantities[0] = rng.choice(FRACTIONAL_QUANTITIES)
+        return tuple((part.id, quantity) for part, quantity in zip(parts, quantities))
+
     def build_items(self, folders: list[Folder], stores: int) -> dict[str, Item]:
         rng = self.rng
         items: dict[str, Item] = {}
-        stock_ids: list[str] = []
+        goods: list[Item] = []
+        services: list[Item] = []
+        usable = [f for f in folders if f is not self.empty_folder]
         while len(items) < self.rows:
             remaining = self.rows - len(items)
             roll = rng.random()
             updated = self.moment()
-            folder = rng.choice(folders) if rng.random() < 0.95 else None
+            folder = rng.choice(usable) if rng.random() < 0.95 else None
             if roll < 0.05:
                 item = Item(kind=KIND_SERVICE, id=self.uid(), name=f"{rng.choice(SERVICE_NAMES)} {rng.randrange(1, 100)}",
                             code=self.next_code(), external_code=self.ext_code(), updated=updated,
@@ -504,22 +661,25 @@ class _Generator:
                             barcodes=self.barcodes()[:1], attributes=self.attributes()[:2])
                 self.vat(item)
                 items[item.id] = item
+                services.append(item)
                 continue
-            if roll < 0.07 and len(stock_ids) >= 3:
-                parts = rng.sample(stock_ids[-200:], rng.randrange(2, 4))
+            if roll < 0.08 and len(goods) >= 3:
                 item = Item(kind=KIND_BUNDLE, id=self.uid(), name=f"{rng.choice(BUNDLE_NAMES)} №{rng.randrange(1, 1000)}",
                             code=self.next_code(), external_code=self.ext_code(), updated=updated,
                             article=f"B-{rng.randrange(10 ** 6):06d}", folder_id=folder.id if folder else None,
                             sale_prices=self.prices(rng.randrange(500, 20000) * 100), archived=rng.random() < 0.05,
                             weight=round(rng.uniform(0.1, 5), 3), volume=round(rng.uniform(0.001, 0.05), 4),
                             barcodes=self.barcodes(), image_count=rng.randrange(0, 3),
-                            components=tuple((part, float(rng.randrange(1, 4))) for part in parts))
+                            components=self.components(goods, services))
                 self.vat(item)
                 items[item.id] = item
                 continue
             variant_count = min(rng.choice((0, 0, 0, 0, 0, 0, 1, 2, 3, 5)), remaining - 1)
             fractional = rng.random() < 0.15
             base = float(rng.randrange(50, 100000) * 100 + rng.choice((0, 0, 50, 99)))
+            first_product = self.product_count == 0
+            if first_product:
+                folder = self.full_archived_folder  # live goods inside an archived folder
             product = Item(
                 kind=KIND_PRODUCT, id=self.uid(), name=self.product_name(), code=self.next_code(),
                 external_code=self.ext_code(), updated=updated, article=f"A-{rng.randrange(10 ** 7):07d}",
@@ -529,19 +689,24 @@ class _Generator:
                 cost=float(round(base * rng.uniform(0.35, 0.75))) if rng.random() < 0.9 else 0.0,
                 weight=round(rng.uniform(0.05, 30), 3), volume=round(rng.uniform(0.0001, 0.2), 4),
                 barcodes=self.barcodes(), attributes=self.attributes(), image_count=rng.randrange(0, MAX_IMAGES + 1),
-                archived=rng.random() < 0.05, stock_changed=updated,
+                archived=rng.random() < 0.05 and not first_product, tracking_type=self.tracking_type(),
             )
             if product.name == "" or self.product_count % 4 == 0:
                 product.description = HTML_DESCRIPTION if self.product_count % 8 == 0 else "Описание товара: " + product.name
             self.vat(product)
-            product.stock = [0.0] * (3 * stores) if variant_count else self.stock(stores, fractional)
+            if variant_count:
+                product.stock = [0.0] * (3 * stores)  # all its stock is on its variants
+            else:
+                product.stock, operated = self.goods_stock(stores, fractional)
+                product.stock_changed = updated if operated else None
             items[product.id] = product
-            stock_ids.append(product.id)
+            goods.append(product)
             sizes = rng.sample(SIZES, min(variant_count, len(SIZES)))
             for n in range(variant_count):
                 color = COLORS[(n + self.code) % len(COLORS)]
                 characteristics = ((0, color), (1, sizes[n])) if rng.random() < 0.7 else ((0, color),)
                 own_prices = rng.random() < 0.5
+                stock, operated = self.goods_stock(stores, fractional)
                 variant = Item(
                     kind=KIND_VARIANT, id=self.uid(),
                     name=f"{product.name} ({', '.join(v for _, v in characteristics)})"[:NAME_MAX],
@@ -552,11 +717,11 @@ class _Generator:
                     cost=float(round(product.cost * rng.uniform(0.9, 1.1))), barcodes=self.barcodes(),
                     characteristics=characteristics, image_count=rng.randrange(0, 3),
                     archived=product.archived or rng.random() < 0.02,
-                    stock=self.stock(stores, fractional), stock_changed=updated,
+                    stock=stock, stock_changed=updated if operated else None,
                 )
                 items[variant.id] = variant
                 product.variant_ids.append(variant.id)
-                stock_ids.append(variant.id)
+                goods.append(variant)
         return items
 
 

@@ -6,13 +6,15 @@ import click
 
 from .catalog import generate_catalog
 from .server import EmulatorServer
+from .webhooks import STOCK_INTERVAL
 
 
 def run(port: int = 8081, products: int = 1000, seed: int = 1, host: str = "127.0.0.1", latency_ms: int = 0,
-        error_rate: float = 0.0, token: str = "emu-token", login: str = "admin@emu", password: str = "emu-pass") -> None:
+        error_rate: float = 0.0, token: str = "emu-token", login: str = "admin@emu", password: str = "emu-pass",
+        webhook_interval: float = STOCK_INTERVAL) -> None:
     """Serve a generated catalog until interrupted, printing where and how to connect."""
     server = EmulatorServer(generate_catalog(products=products, seed=seed), host=host, port=port, token=token,
-                            login=login, password=password)
+                            login=login, password=password, webhook_interval=webhook_interval)
     server.faults.latency_ms = latency_ms
     server.faults.error_rate = error_rate
     print(f"MoySklad emulator: {server.base_url}", flush=True)
@@ -23,7 +25,7 @@ def run(port: int = 8081, products: int = 1000, seed: int = 1, host: str = "127.
     except KeyboardInterrupt:
         pass
     finally:
-        server.httpd.server_close()
+        server.close()
 
 
 @click.group("emulator")
@@ -41,7 +43,9 @@ def emulator_cli() -> None:
 @click.option("--token", default="emu-token", show_default=True)
 @click.option("--login", default="admin@emu", show_default=True)
 @click.option("--password", default="emu-pass", show_default=True)
-def run_command(port, host, products, seed, latency_ms, error_rate, token, login, password) -> None:
+@click.option("--webhook-interval", default=STOCK_INTERVAL, show_default=True, type=float,
+              help="Seconds between stock webhook batches (MoySklad: 60-300).")
+def run_command(port, host, products, seed, latency_ms, error_rate, token, login, password, webhook_interval) -> None:
     """Serve a seeded catalog until Ctrl+C."""
     run(port=port, products=products, seed=seed, host=host, latency_ms=latency_ms, error_rate=error_rate,
-        token=token, login=login, password=password)
+        token=token, login=login, password=password, webhook_interval=webhook_interval)

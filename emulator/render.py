@@ -20,6 +20,7 @@ from .catalog import (
     Catalog,
     Folder,
     Item,
+    component_id,
     format_moment,
     stock_totals,
 )
@@ -151,7 +152,7 @@ class Renderer:
 
     # -- assortment ---------------------------------------------------------------------------
 
-    def item(self, item: Item, with_stock: bool = False) -> dict:
+    def item(self, item: Item, with_stock: bool = False, expand: frozenset = frozenset()) -> dict:
         """Entity JSON of any assortment kind; with_stock adds the legacy assortment stock fields."""
         if item.kind == KIND_VARIANT:
             body = self.variant(item)
@@ -177,15 +178,14 @@ class Renderer:
                 body["attributes"] = self.attributes(item)
             body["discountProhibited"] = False
             if item.kind == KIND_PRODUCT:
-                body.update(variantsCount=len(item.variant_ids), isSerialTrackable=False, trackingType="NOT_TRACKED",
-                            paymentItemType="GOOD")
+                # trackingType: spec components/schemas/Product.trackingType (values: TrackingType enum)
+                body.update(variantsCount=len(item.variant_ids), isSerialTrackable=False,
+                            trackingType=item.tracking_type, paymentItemType="GOOD")
             elif item.kind == KIND_SERVICE:
                 body["paymentItemType"] = "SERVICE"
             elif item.kind == KIND_BUNDLE:
-                body["trackingType"] = "NOT_TRACKED"
-                body["components"] = {"meta": {"href": f"{self.item_href(item)}/components", "type": "bundlecomponent",
-                                               "mediaType": JSON, "size": len(self.live_components(item)),
-                                               "limit": 1000, "offset": 0}}
+                body["trackingType"] = item.tracking_type  # spec components/schemas/Bundle.trackingType
+                body["components"] = self.components(item, expand)
         if with_stock and item.stocked:
             stock, reserve, in_transit = stock_totals(item)
             body.update(stock=number(stock), reserve=number(reserve), inTransit=number(in_transit),
@@ -195,6 +195,27 @@ class Renderer:
 
     def live_components(self, item: Item) -> list:
         return [(part, qty) for part, qty in item.components if part in self.catalog.items]
+
+    def components(self, bundle: Item, expand: frozenset = frozenset()) -> dict:
+        """A bundle's `components`: a link, with the rows inline under expand=components (and goods whole)."""
+        # spec Bundle.components is a BundleComponentList; md/dictionaries/_bundle.md marks it "+Expand"
+        live = self.live_components(bundle)
+        block = {"meta": {"href": f"{self.item_href(bundle)}/components", "type": "bundlecomponent",
+                          "mediaType": JSON, "size": len(live), "limit": 1000, "offset": 0}}
+        if "components" in expand or "components.assortment" in expand:
+            whole = "components.assortment" in expand
+            block["rows"] = [self.component(bundle, part, quantity, whole) for part, quantity in live]
+        return block
+
+    def component(self, bundle: Item, part_id: str, quantity: float, whole_assortment: bool = False) -> dict:
+        """One bundle component (spec BundleComponent): its own id, the good as meta (or whole) and the quantity."""
+        good = self.catalog.items[part_id]
+        own_id = component_id(bundle.id, part_id)
+        return {"meta": {"href": f"{self.item_href(bundle)}/components/{own_id}", "type": "bundlecomponent",
+                         "mediaType": JSON},
+                "id": own_id, "accountId": self.catalog.ids.account,
+                "assortment": self.item(good) if whole_assortment else {"meta": self.item_meta(good)},
+                "quantity": number(quantity)}
 
     def variant(self, item: Item) -> dict:
         body = self.owned({"meta": self.item_meta(item), "id": item.id, "accountId": self.catalog.ids.account})
@@ -244,18 +265,18 @@ class Renderer:
         meta["href"] += "?expand=product.supplier" if item.kind == KIND_VARIANT else "?expand=supplier"
         return meta
 
-    def stock_all_row(self, item: Item, parent: Item | None, store_indexes: list[int]) -> dict:
+    def stock_all_row(self, line, parent: Item | None) -> dict:
+        """A /report/stock/all row (md/reports/_report_stock.md, "Атрибуты объекта расширенного отчета")."""
+        item = line.item
         source = parent or item
-        stock = sum(item.stock[3 * i] for i in store_indexes)
-        reserve = sum(item.stock[3 * i + 1] for i in store_indexes)
-        in_transit = sum(item.stock[3 * i + 2] for i in store_indexes)
         prices = item.sale_prices or source.sale_prices
-        row = {"meta": self.report_item_meta(item), "stock": number(stock), "inTransit": number(in_transit),
-               "reserve": number(reserve), "quantity": number(stock - reserve + in_transit),
-               "name": item.name, "code": item.code}
+        row = {"meta": self.report_item_meta(item), "stock": number(line.stock), "inTransit": number(line.in_transit),
+               "reserve": number(line.reserve), "quantity": number(line.quantity), "name": item.name,
+               "code": item.code}
         if source.article:
             row["article"] = source.article
         row.update(price=float(item.cost), salePrice=float(prices[0]) if prices else 0.0)
+        row["stockDays"] = line.stock_days  # documented as always present ("+Обязательное при ответе")
         uom = self.catalog.uoms[source.uom]
         row["uom"] = {"meta": self.meta("uom", uom.id), "name": uom.name}
         folder: Folder | None = self.catalog.folders.get(source.folder_id) if source.folder_id else None
@@ -274,11 +295,34 @@ class Renderer:
         row["externalCode"] = item.external_code
         return row
 
-    def stock_bystore_row(self, item: Item, store_indexes: list[int]) -> dict:
-        return {"meta": self.report_item_meta(item), "stockByStore": [
-            {"meta": self.store_metas[i], "name": self.catalog.stores[i].name, "stock": number(item.stock[3 * i]),
-             "reserve": number(item.stock[3 * i + 1]), "inTransit": number(item.stock[3 * i + 2])}
-            for i in store_indexes]}
+    def stock_bystore_row(self, line) -> dict:
+        """A /report/stock/bystore row, one entry per store of the account."""
+        # md/reports/_report_stock.md: "Размерность этого поля всегда равна количеству складов в системе"
+        return {"meta": self.report_item_meta(line.item), "stockByStore": [
+            {"meta": self.store_metas[i], "name": self.catalog.stores[i].name, "stock": number(stock),
+             "reserve": number(reserve), "inTransit": number(in_transit)}
+            for i, (stock, reserve, in_transit) in enumerate(line.per_store)]}
+
+    # -- webhooks -----------------------------------------------------------------------------
+
+    def webhook(self, hook: dict) -> dict:
+        """A webhook as GET /entity/webhook shows it (md/dictionaries/_webhook.md examples, key order kept)."""
+        body = {"meta": self.webhook_meta("webhook", hook["id"]), "id": hook["id"], "accountId": self.catalog.ids.account,
+                "entityType": hook["entityType"], "url": hook["url"], "method": hook["method"],
+                "enabled": hook["enabled"], "action": hook["action"]}
+        if hook["action"] == "UPDATE":
+            body["diffType"] = hook["diffType"]
+        return body
+
+    def webhook_stock(self, hook: dict) -> dict:
+        """A stock webhook as GET /entity/webhookstock shows it (md/dictionaries/_webhookstock.md examples)."""
+        return {"meta": self.webhook_meta("webhookstock", hook["id"]), "id": hook["id"],
+                "accountId": self.catalog.ids.account, "stockType": hook["stockType"],
+                "reportType": hook["reportType"], "url": hook["url"], "enabled": hook["enabled"]}
+
+    def webhook_meta(self, kind: str, hook_id: str) -> dict:
+        return {"href": f"{self.base}/entity/{kind}/{hook_id}", "metadataHref": f"{self.base}/entity/{kind}/metadata",
+                "type": kind, "mediaType": JSON}
 
     # -- dictionaries -------------------------------------------------------------------------
 

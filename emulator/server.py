@@ -11,62 +11,48 @@ import base64
 import gzip
 import json
 import random
-import re
 import secrets
 import socket
 import struct
 import threading
 import time
+import zlib
 from collections import deque
-from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from .catalog import KIND_BUNDLE, KIND_PRODUCT, KIND_SERVICE, KIND_VARIANT, Catalog, moscow_now
-from .render import JSON, Renderer, number
+from .catalog import KIND_BUNDLE, KIND_PRODUCT, KIND_SERVICE, KIND_VARIANT, Catalog, component_id, moscow_now
+from .protocol import EXPAND_LIMIT, ApiError, Query, parse_moment
+from .render import JSON, Renderer
+from .stock import StockReport, current_rows
+from .webhooks import ANSWER_WITHIN, STOCK_INTERVAL, WebhookHub
 
 API_PREFIX = "/api/remap/1.2"
-MORE_INFO = "https://dev.moysklad.ru/doc/api/remap/1.2/#mojsklad-json-api-oshibki"
 AUTH_ERROR = "Ошибка аутентификации: Неправильный пароль или имя пользователя или ключ авторизации"
 
 RATE_LIMIT = 45  # units per window per credential
 RATE_WINDOW = 3.0  # seconds
 PARALLEL_LIMIT = 5
-STOCK_REPORT_COST = 5
+STOCK_REPORT_COST = 5  # md/reports/_report_stock.md: /report/stock/all and /bystore cost 5 units from 2026-02
 BASIC_AUTH_COST = 4  # login/password requests, as from 2026-12-01
 DOWNLOAD_LINK_TTL = 60.0  # seconds a /download redirect target stays valid
-CHANGED_SINCE_MAX = timedelta(hours=24)
-MAX_LIMIT = 1000
-EXPAND_LIMIT = 100  # expand/fields are ignored above this limit
 
 ENTITY_KINDS = {"product": KIND_PRODUCT, "variant": KIND_VARIANT, "service": KIND_SERVICE, "bundle": KIND_BUNDLE}
-STOCK_TYPES = ("stock", "freeStock", "quantity", "reserve", "inTransit")
-STOCK_MODES = ("all", "positiveOnly", "negativeOnly", "empty", "nonEmpty")
-FILTER_PATTERN = re.compile(r"^([A-Za-z.]+)(>=|<=|!=|=~|>|<|=)(.*)$")
+WEBHOOK_KINDS = ("webhook", "webhookstock")
+# How a truncated answer is framed: "close" (no length, the body ends where the connection does: the
+# client decodes a gzip prefix and meets an unterminated JSON), "length" (the full Content-Length is
+# announced, fewer bytes arrive) or "chunked" (the terminating chunk never comes).
+TRUNCATE_FRAMINGS = ("close", "length", "chunked")
+GZIP_FLUSHES = 8  # a truncated answer is a gzip stream flushed this many times; it is cut after half of them
 PROXY_503 = (b"<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
              b"<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n<hr><center>nginx</center>\r\n"
              b"</body>\r\n</html>\r\n")
 
 
-class ApiError(Exception):
-    """An error answered as MoySklad's {"errors": [...]} body."""
-
-    def __init__(self, status: int, code: int, message: str, headers: dict | None = None, **extra):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = headers or {}
-        self.extra = extra
-
-    def body(self) -> dict:
-        more_info = MORE_INFO if self.code == 1056 else f"https://dev.moysklad.ru/doc/api/remap/1.2/#error_{self.code}"
-        error = {"error": self.message, "code": self.code, **self.extra, "moreInfo": more_info}
-        return {"errors": [error]}
-
-
 class Faults:
     """Fault switches; all randomness comes from one seeded generator so runs are reproducible."""
 
-    FIELDS = ("latency_ms", "error_rate", "reset_rate", "truncate_rate", "fail_after", "seed")
+    FIELDS = ("latency_ms", "error_rate", "reset_rate", "truncate_rate", "truncate_framing", "fail_after", "seed")
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -74,6 +60,7 @@ class Faults:
         self.error_rate = 0.0
         self.reset_rate = 0.0
         self.truncate_rate = 0.0
+        self.truncate_framing = "close"
         self.fail_after: dict | None = None
         self._successes = 0
         self.seed = 0
@@ -88,6 +75,8 @@ class Faults:
         self._rng = random.Random(value)
 
     def __setattr__(self, name, value):
+        if name == "truncate_framing" and value not in TRUNCATE_FRAMINGS:
+            raise ValueError(f"truncate_framing must be one of {TRUNCATE_FRAMINGS}")
         if name == "fail_after":
             object.__setattr__(self, "_successes", 0)
         object.__setattr__(self, name, value)
@@ -173,66 +162,12 @@ class RateLimiter:
         return headers
 
 
-def parse_moment(text: str, parameter: str) -> datetime:
-    for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
-        try:
-            return datetime.strptime(text.strip(), fmt)
-        except ValueError:
-            continue
-    raise ApiError(400, 1035, "Ошибка фильтрации: неверный формат даты параметра фильтрации", parameter=parameter)
-
-
-class Query:
-    """Parsed query string: paging, filter conditions, expand/fields."""
-
-    def __init__(self, raw: str):
-        self.pairs = parse_qsl(raw, keep_blank_values=True)
-        self.params = {}
-        for key, value in self.pairs:
-            self.params.setdefault(key, value)
-        self.filters: list[tuple[str, str, str]] = []
-        for condition in self.params.get("filter", "").split(";"):
-            if not condition.strip():
-                continue
-            match = FILTER_PATTERN.match(condition.strip())
-            if not match:
-                raise ApiError(400, 1034, f"Ошибка фильтрации: некорректное условие фильтрации '{condition}'",
-                               parameter="filter")
-            self.filters.append(match.groups())
-
-    def paging(self) -> tuple[int, int]:
-        try:
-            limit = int(self.params.get("limit", MAX_LIMIT))
-            offset = int(self.params.get("offset", 0))
-        except ValueError:
-            raise ApiError(400, 1040, "Неверно заданы параметры запроса: limit и offset должны быть целыми числами")
-        if not 1 <= limit <= MAX_LIMIT:
-            raise ApiError(400, 1040, f"Неверно заданы параметры запроса: значение параметра 'limit' должно быть "
-                                      f"в диапазоне от 1 до {MAX_LIMIT}", parameter="limit")
-        if offset < 0:
-            raise ApiError(400, 1040, "Неверно заданы параметры запроса: значение параметра 'offset' должно быть "
-                                      "неотрицательным", parameter="offset")
-        return limit, offset
-
-    def check_filter_keys(self, allowed: tuple) -> None:
-        for key, _, _ in self.filters:
-            if key not in allowed:
-                raise ApiError(400, 1034, f"Ошибка фильтрации: неизвестный параметр фильтрации '{key}'",
-                               parameter="filter")
-
-    def values(self, key: str) -> list[str]:
-        result = []
-        for name, op, value in self.filters:
-            if name == key and op == "=":
-                result += [part for part in value.split(",") if part]
-        return result
-
-
 class EmulatorServer:
     """A MoySklad look-alike on a real socket; see the module docstring of emulator for the API."""
 
     def __init__(self, catalog: Catalog, host: str = "127.0.0.1", port: int = 0, token: str = "emu-token",
-                 login: str = "admin@emu", password: str = "emu-pass"):
+                 login: str = "admin@emu", password: str = "emu-pass", webhook_interval: float = STOCK_INTERVAL,
+                 webhook_timeout: float = ANSWER_WITHIN):
         self.catalog = catalog
         self.token, self.login, self.password = token, login, password
         self.faults = Faults()
@@ -250,20 +185,30 @@ class EmulatorServer:
         self.origin = f"http://{bound_host}:{bound_port}"
         self.base_url = self.origin + API_PREFIX
         self.renderer = Renderer(catalog, self.origin)
+        # stock webhooks go out every webhook_interval seconds (MoySklad: 1-5 minutes)
+        self.webhooks = WebhookHub(catalog, self.base_url, login, stock_interval=webhook_interval,
+                                   answer_within=webhook_timeout)
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> "EmulatorServer":
+        self.webhooks.start()
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="moysklad-emulator", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
+        """Serve in this thread (the CLI); close() afterwards."""
+        self.webhooks.start()
         self.httpd.serve_forever()
 
     def stop(self) -> None:
         self.httpd.shutdown()
+        self.close()
+
+    def close(self) -> None:
+        self.webhooks.stop()
         self.httpd.server_close()
 
     def __enter__(self):
@@ -368,6 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
     delay_ms = 0
     entry: dict | None = None
     rate_key: str | None = None
+    request_body = b""
 
     def log_message(self, format, *args):  # noqa: A002 - quiet server
         pass
@@ -450,7 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
                     raise ApiError(405, 1039, f"Операция {method} не поддерживается для данного ресурса")
                 if entry["auth"] != "basic":
                     raise ApiError(401, 1056, AUTH_ERROR, headers={"X-Lognex-Auth": "-1056"})
-            cost = STOCK_REPORT_COST if path.startswith("/report/stock/") else 1
+            cost = STOCK_REPORT_COST if path.rstrip("/") in ("/report/stock/all", "/report/stock/bystore") else 1
             if entry["auth"] == "basic":
                 cost = max(cost, BASIC_AUTH_COST)
             rate_headers = emulator.rate_limiter.acquire(key, cost)
@@ -460,14 +406,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self.send_json(error.status, error.body(), error.headers, truncate)
         entry["cost"] = cost
         try:
-            status, payload, headers = self.route(method, path, raw_query)
+            status, payload, headers = self.route(method, path, raw_query, body)
         except ApiError as error:
             status, payload, headers = error.status, error.body(), error.headers
         entry["status"] = status
         faults.count_success(path, status)
         headers = {**rate_headers, **headers}
-        if status == 302:
-            self.send_bytes(status, b"", headers, truncate)
+        if status == 302 or payload is None:
+            self.send_bytes(status, b"", headers)
         else:
             self.send_json(status, payload, headers, truncate)
 
@@ -492,30 +438,59 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_json(status, ApiError(status, code, message).body(), {})
 
     def send_json(self, status: int, payload, headers: dict, truncate: bool = False) -> None:
-        data = gzip.compress(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
-                             compresslevel=5, mtime=0)
-        self.send_bytes(status, data, {"Content-Type": "application/json;charset=utf-8",
-                                       "Content-Encoding": "gzip", **headers}, truncate)
+        raw = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        headers = {"Content-Type": "application/json;charset=utf-8", "Content-Encoding": "gzip", **headers}
+        if truncate:
+            return self.send_truncated(status, raw, headers)
+        self.send_bytes(status, gzip.compress(raw, compresslevel=5, mtime=0), headers)
 
-    def send_bytes(self, status: int, data: bytes, headers: dict, truncate: bool = False) -> None:
+    def send_truncated(self, status: int, raw: bytes, headers: dict) -> None:
+        """What a connection cut mid-answer delivers: half of a gzip stream flushed as it went, then the close."""
+        # the bytes that did arrive decode to the first half of the JSON; framing per faults.truncate_framing
+        compressor = zlib.compressobj(5, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        step = max(1, -(-len(raw) // GZIP_FLUSHES))
+        blocks = [compressor.compress(raw[i:i + step]) + compressor.flush(zlib.Z_SYNC_FLUSH)
+                  for i in range(0, len(raw), step)]
+        blocks.append(compressor.flush())
+        sent = blocks[:max(1, (len(blocks) - 1) // 2)]
+        framing = self.emulator.faults.truncate_framing
+        self.pause()
+        self.settle()
+        self.close_connection = True
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if framing == "length":
+            self.send_header("Content-Length", str(sum(len(block) for block in blocks)))
+        elif framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            for block in sent:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if framing == "chunked" else block)
+            self.wfile.flush()
+        except OSError:
+            pass
+
+    def pause(self) -> None:
+        """Injected latency, spent while the request still holds its parallel slot."""
         if self.delay_ms:
-            # injected latency is spent while the request still holds its parallel slot
             time.sleep(self.delay_ms / 1000)
             self.delay_ms = 0
+
+    def send_bytes(self, status: int, data: bytes, headers: dict) -> None:
+        self.pause()
         self.settle()
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
-        if truncate:
-            self.send_header("Connection", "close")
         self.end_headers()
         try:
-            self.wfile.write(data[: len(data) // 2] if truncate else data)
+            self.wfile.write(data)
             self.wfile.flush()
         except OSError:
-            self.close_connection = True
-        if truncate:
             self.close_connection = True
 
     def serve_file(self, path: str, entry: dict) -> None:
@@ -557,6 +532,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/_emulator/reset-stats" and method == "POST":
                 emulator.reset_stats()
                 payload = {"ok": True}
+            elif path == "/_emulator/webhooks" and method == "GET":
+                payload = {"webhook": emulator.webhooks.records("webhook"),
+                           "webhookstock": emulator.webhooks.records("webhookstock"),
+                           "deliveries": emulator.webhooks.deliveries}
+            elif path == "/_emulator/webhooks/flush" and method == "POST":
+                payload = {"queued": emulator.webhooks.flush_stock()}
             else:
                 return self.send_bytes(404, b'{"error":"not found"}', {"Content-Type": "application/json"})
         except (ValueError, TypeError) as error:
@@ -565,24 +546,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routing --------------------------------------------------------------------------------
 
-    def route(self, method: str, path: str, raw_query: str):
-        """(status, payload, extra headers) for an authenticated API request."""
+    def route(self, method: str, path: str, raw_query: str, body: bytes = b""):
+        """(status, payload, extra headers) for an authenticated API request; payload None: no body."""
         accept = self.headers.get("Accept")
         if accept and "json" not in accept and "*/*" not in accept and not path.startswith("/download/"):
             raise ApiError(400, 1062, "Неверное значение заголовка 'Accept'. Поддерживается только значение "
                                       "'application/json;charset=utf-8'")
         query = Query(raw_query)
         parts = [p for p in path.split("/") if p]
-        handler, args = self.resolve(parts)
-        if handler is None:
+        methods, args = self.resolve(parts)
+        if not methods:
             raise ApiError(404, 1002, f"Неопознанный путь: {API_PREFIX}{path}")
-        allowed = "POST" if handler == self.security_token else "GET"
-        if method != allowed:
+        if method not in methods:
             raise ApiError(405, 1039, f"Операция {method} не поддерживается для данного ресурса")
-        result = handler(query, path, *args)
+        self.request_body = body
+        result = methods[method](query, path, *args)
         return result if isinstance(result, tuple) else (200, result, {})
 
-    def resolve(self, parts: list[str]):
+    def resolve(self, parts: list[str]) -> tuple[dict, tuple]:
+        """{HTTP method: handler} and the handler's path arguments; ({}, ()) for an unknown path."""
         fixed = {
             ("context", "companysettings"): self.company_settings,
             ("context", "companysettings", "pricetype"): self.price_types,
@@ -598,24 +580,35 @@ class _Handler(BaseHTTPRequestHandler):
             ("report", "stock", "bystore"): self.stock_bystore,
             ("report", "stock", "all", "current"): self.stock_current,
             ("report", "stock", "bystore", "current"): self.stock_current,
-            ("security", "token"): self.security_token,
         }
         key = tuple(parts)
         if key in fixed:
-            return fixed[key], ()
+            return {"GET": fixed[key]}, ()
+        if key == ("security", "token"):
+            return {"POST": self.security_token}, ()
+        if len(parts) >= 2 and parts[0] == "entity" and parts[1] in WEBHOOK_KINDS:
+            # spec paths /entity/webhook(stock) (GET, POST) and /entity/webhook(stock)/{id} (GET, PUT, DELETE)
+            if len(parts) == 2:
+                return {"GET": self.webhook_list, "POST": self.webhook_create}, (parts[1],)
+            if len(parts) == 3:
+                return {"GET": self.webhook_get, "PUT": self.webhook_update, "DELETE": self.webhook_delete}, \
+                    (parts[1], parts[2])
         if len(parts) >= 2 and parts[0] == "entity" and parts[1] in ENTITY_KINDS:
             kind = ENTITY_KINDS[parts[1]]
             if len(parts) == 2:
-                return self.entity_list, (kind,)
+                return {"GET": self.entity_list}, (kind,)
             if len(parts) == 3:
-                return self.entity_by_id, (kind, parts[2])
+                return {"GET": self.entity_by_id}, (kind, parts[2])
             if len(parts) == 4 and parts[3] == "images":
-                return self.images, (kind, parts[2])
+                return {"GET": self.images}, (kind, parts[2])
+            if kind == KIND_BUNDLE and len(parts) in (4, 5) and parts[3] == "components":
+                # spec /entity/bundle/{id}/components and /entity/bundle/{id}/components/{componentId}
+                return {"GET": self.bundle_components}, (parts[2], *parts[4:])
         if len(parts) == 3 and parts[0] == "entity" and parts[1] == "productfolder":
-            return self.folder_by_id, (parts[2],)
+            return {"GET": self.folder_by_id}, (parts[2],)
         if len(parts) == 2 and parts[0] == "download":
-            return self.download, (parts[1],)
-        return None, ()
+            return {"GET": self.download}, (parts[1],)
+        return {}, ()
 
     # -- list helpers ---------------------------------------------------------------------------
 
@@ -742,7 +735,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def entity_list(self, query, path, kind):
         rows = self.items((kind,), query, ("productid",) if kind == KIND_VARIANT else ())
-        return self.page(path, query, kind, rows, self.emulator.renderer.item)
+        expand = query.expansions()  # none above limit 100, as for every expand
+        return self.page(path, query, kind, rows, lambda item: self.emulator.renderer.item(item, expand=expand))
 
     def find(self, kind: str, item_id: str):
         item = self.emulator.catalog.items.get(item_id)
@@ -751,7 +745,21 @@ class _Handler(BaseHTTPRequestHandler):
         return item
 
     def entity_by_id(self, query, path, kind, item_id):
-        return self.emulator.renderer.item(self.find(kind, item_id))
+        return self.emulator.renderer.item(self.find(kind, item_id), expand=query.expansions(listing=False))
+
+    def bundle_components(self, query, path, bundle_id, component=None):
+        """spec GET /entity/bundle/{id}/components (a BundleComponentList page) and .../components/{componentId}."""
+        bundle = self.find(KIND_BUNDLE, bundle_id)
+        renderer = self.emulator.renderer
+        live = renderer.live_components(bundle)
+        whole = "assortment" in query.expansions(listing=component is None)
+        if component is not None:
+            for part, quantity in live:
+                if component_id(bundle.id, part) == component:
+                    return renderer.component(bundle, part, quantity, whole)
+            raise ApiError(404, 1021, f"Объект с типом 'bundlecomponent' и идентификатором '{component}' не найден")
+        return self.page(path, query, "bundlecomponent", live,
+                         lambda row: renderer.component(bundle, row[0], row[1], whole), metadata=False)
 
     def images(self, query, path, kind, item_id):
         item = self.find(kind, item_id)
@@ -774,96 +782,66 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- stock reports --------------------------------------------------------------------------
 
-    def store_indexes(self, store_refs: list[str]) -> list[int]:
-        catalog = self.emulator.catalog
-        if not store_refs:
-            return list(range(len(catalog.stores)))
-        indexes = []
-        for ref in store_refs:
-            store_id = ref.rstrip("/").rsplit("/", 1)[-1]
-            try:
-                indexes.append(catalog.store_index(store_id))
-            except KeyError:
-                raise ApiError(400, 1014, f"Неверное значение '{ref}' параметра фильтрации 'store'", parameter="filter")
-        return indexes
-
-    def report_rows(self, query: Query, store_indexes: list[int]) -> list:
-        query.check_filter_keys(("stockMode", "store"))
-        mode = (query.values("stockMode") or ["nonEmpty"])[0]
-        if mode not in STOCK_MODES:
-            raise ApiError(400, 1041, f"Неверное значение '{mode}' параметра фильтрации 'stockMode', допустимые "
-                                      f"значения: '{', '.join(STOCK_MODES)}'", parameter="filter")
-        catalog = self.emulator.catalog
-
-        def keep(item) -> bool:
-            if item.stock is None or item.archived:
-                return False
-            stock = sum(item.stock[3 * i] for i in store_indexes)
-            return {"all": True, "positiveOnly": stock > 0, "negativeOnly": stock < 0,
-                    "empty": stock == 0, "nonEmpty": stock != 0}[mode]
-
-        return self.emulator.cached(("report", mode, tuple(store_indexes)),
-                                    lambda: [item for item in catalog.items.values() if keep(item)])
-
     def report_context(self) -> dict:
         base = self.emulator.base_url
         return {"context": {"employee": {"href": f"{base}/context/employee", "type": "employee", "mediaType": JSON}}}
 
+    def report_lines(self, query: Query, by_store: bool) -> list:
+        report = StockReport(self.emulator.catalog, query, by_store)
+        return self.emulator.cached(report.cache_key, report.lines)
+
     def stock_all(self, query, path):
-        stores = self.store_indexes(query.values("store"))
-        rows = self.report_rows(query, stores)
+        """md/reports/_report_stock.md "Расширенный отчет об остатках": paged, limit <= 1000, cost 5 units."""
+        lines = self.report_lines(query, by_store=False)
         catalog, renderer = self.emulator.catalog, self.emulator.renderer
-        return self.page(path, query, "stock", rows,
-                         lambda item: renderer.stock_all_row(item, catalog.parent_of(item), stores),
+        return self.page(path, query, "stock", lines,
+                         lambda line: renderer.stock_all_row(line, catalog.parent_of(line.item)),
                          metadata=False, context=self.report_context())
 
     def stock_bystore(self, query, path):
-        stores = self.store_indexes(query.values("store"))
-        rows = self.report_rows(query, stores)
-        renderer = self.emulator.renderer
-        return self.page(path, query, "stockbystore", rows, lambda item: renderer.stock_bystore_row(item, stores),
+        """md/reports/_report_stock.md "Остатки по складам": paged, limit <= 1000, cost 5 units."""
+        lines = self.report_lines(query, by_store=True)
+        return self.page(path, query, "stockbystore", lines, self.emulator.renderer.stock_bystore_row,
                          metadata=False, context=self.report_context())
 
     def stock_current(self, query, path):
         """Bare array of {assortmentId[, storeId], <stockType>} rows, one stock type per request."""
-        by_store = "/bystore/" in path
-        query.check_filter_keys(("assortmentId", "storeId"))
-        stock_type = query.params.get("stockType", "stock")
-        if stock_type not in STOCK_TYPES:
-            raise ApiError(400, 1084, f"Неверное значение '{stock_type}' параметра запроса 'stockType', допустимые "
-                                      f"значения: '{', '.join(STOCK_TYPES)}'", parameter="stockType")
-        changed_since = None
-        if "changedSince" in query.params:
-            changed_since = parse_moment(query.params["changedSince"], "changedSince")
-            if changed_since < moscow_now() - CHANGED_SINCE_MAX:
-                raise ApiError(400, 1040, "Неверно заданы параметры запроса: значение параметра 'changedSince' не "
-                                          "может быть раньше, чем за 24 часа до текущего момента",
-                               parameter="changedSince")
-        zero_lines = "zeroLines" in query.params.get("include", "").split(",") or changed_since is not None
-        wanted = set(query.values("assortmentId"))
-        catalog = self.emulator.catalog
-        store_ids = [s.id for s in catalog.stores]
-        store_filter = set(query.values("storeId"))
-        indexes = [i for i, sid in enumerate(store_ids) if not store_filter or sid in store_filter]
+        return current_rows(self.emulator.catalog, query, by_store="/bystore/" in path)
 
-        def value(stock, reserve, in_transit):
-            return {"stock": stock, "freeStock": stock - reserve, "quantity": stock - reserve + in_transit,
-                    "reserve": reserve, "inTransit": in_transit}[stock_type]
+    # -- webhooks -------------------------------------------------------------------------------
 
-        rows = []
-        with catalog.lock:
-            items = list(catalog.items.values())
-        for item in items:
-            if item.stock is None or (wanted and item.id not in wanted):
-                continue
-            if changed_since is not None and (item.stock_changed is None or item.stock_changed < changed_since):
-                continue
-            figures = [(store_ids[i], value(*item.stock[3 * i:3 * i + 3])) for i in indexes]
-            if by_store:
-                rows += [{"assortmentId": item.id, "storeId": sid, stock_type: number(v)}
-                         for sid, v in figures if v or zero_lines]
-            else:
-                total = sum(v for _, v in figures)
-                if total or zero_lines:
-                    rows.append({"assortmentId": item.id, stock_type: number(total)})
-        return rows
+    def json_body(self):
+        try:
+            return json.loads(self.request_body or b"null")
+        except ValueError:
+            raise ApiError(400, 2001, "Ошибка формата: входящий запрос не соответствует формату JSON") from None
+
+    def render_hook(self, kind: str, record: dict) -> dict:
+        renderer = self.emulator.renderer
+        return renderer.webhook(record) if kind == "webhook" else renderer.webhook_stock(record)
+
+    def webhook_list(self, query, path, kind):
+        rows = self.emulator.webhooks.records(kind)
+        return self.page(path, query, kind, rows, lambda record: self.render_hook(kind, record))
+
+    def webhook_create(self, query, path, kind):
+        """One object creates one webhook; an array creates or (rows with meta) updates several (doc)."""
+        body, hub = self.json_body(), self.emulator.webhooks
+        if not isinstance(body, list):
+            return self.render_hook(kind, hub.create(kind, body))
+        results = []
+        for row in body:
+            href = ((row.get("meta") or {}).get("href") or "") if isinstance(row, dict) else ""
+            record = hub.update(kind, href.rstrip("/").rsplit("/", 1)[-1], row) if href else hub.create(kind, row)
+            results.append(self.render_hook(kind, record))
+        return results
+
+    def webhook_get(self, query, path, kind, hook_id):
+        return self.render_hook(kind, self.emulator.webhooks.get(kind, hook_id))
+
+    def webhook_update(self, query, path, kind, hook_id):
+        return self.render_hook(kind, self.emulator.webhooks.update(kind, hook_id, self.json_body()))
+
+    def webhook_delete(self, query, path, kind, hook_id):
+        self.emulator.webhooks.delete(kind, hook_id)
+        return 200, None, {}  # doc: "Response 200 ... Успешное удаление вебхука", no body

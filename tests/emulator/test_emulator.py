@@ -4,6 +4,7 @@ import gzip
 import http.client
 import json
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -18,19 +19,24 @@ AUTH = {"Authorization": f"Bearer {TOKEN}", "Accept-Encoding": "gzip"}
 WITHOUT_STOCK = {**AUTH, "X-Lognex-Remap-Beta-Feature": "assortmentWithoutStock"}
 
 
+def serving(products: int, seed: int, **options):
+    """A started emulator on a fresh catalog, stopped when the fixture that yields from this ends."""
+    srv = EmulatorServer(generate_catalog(products=products, seed=seed), token=TOKEN, **options).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
 @pytest.fixture(scope="module")
 def server():
-    srv = EmulatorServer(generate_catalog(products=200, seed=1), token=TOKEN).start()
-    yield srv
-    srv.stop()
+    yield from serving(200, 1)
 
 
 @pytest.fixture
 def fresh():
     """A private server for tests that mutate data, faults or spend the rate budget."""
-    srv = EmulatorServer(generate_catalog(products=60, seed=3), token=TOKEN).start()
-    yield srv
-    srv.stop()
+    yield from serving(60, 3)
 
 
 def get(srv, path, headers=AUTH, **params):
@@ -184,7 +190,9 @@ def test_filter_archived_and_updated(server):
 
 
 def test_unknown_filter_and_bad_date_rejected(server):
-    assert error_code(get(server, "/entity/assortment", filter="colour=red")) == 1034
+    unknown = get(server, "/entity/assortment", filter="colour=red")
+    assert unknown.status_code == 412 and error_code(unknown) == 1034
+    assert unknown.json()["errors"][0]["error"] == "Ошибка фильтрации: Неизвестное поле фильтрации 'colour'"
     assert error_code(get(server, "/entity/product", filter="updated>=yesterday")) == 1035
 
 
@@ -243,12 +251,13 @@ def test_stock_current_reports(fresh):
 
 def test_stock_report_rows_and_modes(server):
     catalog = server.catalog
-    rows = get(server, "/report/stock/all", filter="stockMode=all").json()
-    stocked = [i for i in catalog.items.values() if i.stock is not None and not i.archived]
-    assert rows["meta"]["size"] == len(stocked)
+    rows = get(server, "/report/stock/all", filter="stockMode=all;quantityMode=all").json()
+    in_reports = [i for i in catalog.items.values() if i.operated and not i.archived]
+    assert rows["meta"]["size"] == len(in_reports)
     assert {r["meta"]["type"] for r in rows["rows"]} == {"product", "variant"}
     default = get(server, "/report/stock/all").json()
-    assert all(r["stock"] != 0 for r in default["rows"])
+    assert default["meta"]["size"] < len(in_reports)
+    assert all(r["quantity"] != 0 for r in default["rows"])
     by_store = get(server, "/report/stock/bystore", limit=5).json()["rows"]
     assert all(len(r["stockByStore"]) == 3 for r in by_store)
     variant_row = next(r for r in rows["rows"] if r["meta"]["type"] == "variant")
@@ -284,8 +293,9 @@ def test_fault_switches(fresh):
         requests.get(fresh.base_url + "/entity/uom", headers=AUTH)
     fresh.faults.reset_rate = 0.0
     fresh.faults.truncate_rate = 1.0
-    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
-        requests.get(fresh.base_url + "/entity/uom", headers=AUTH)
+    truncated = requests.get(fresh.base_url + "/entity/uom", headers=AUTH)
+    with pytest.raises(ValueError):
+        truncated.json()
     fresh.faults.truncate_rate = 0.0
     fresh.faults.fail_after = {"path": "/entity/assortment", "after": 2, "status": 500}
     statuses = [get(fresh, "/entity/assortment", limit=1).status_code for _ in range(4)]
@@ -293,6 +303,37 @@ def test_fault_switches(fresh):
     assert get(fresh, "/entity/uom").status_code == 200
     fresh.faults.fail_after = None
     assert get(fresh, "/entity/assortment", limit=1).status_code == 200
+
+
+@pytest.mark.parametrize("framing", ["close", "length", "chunked"])
+def test_truncated_answer_is_a_decodable_gzip_prefix(fresh, framing):
+    """A cut connection delivers the start of the gzip stream: it decodes to the start of the JSON, then stops."""
+    whole = json.dumps(get(fresh, "/entity/assortment").json(), ensure_ascii=False, separators=(",", ":"))
+    assert requests.post(fresh.origin + "/_emulator/faults",
+                         json={"truncate_rate": 1.0, "truncate_framing": framing}).status_code == 200
+    conn = http.client.HTTPConnection(fresh.origin.split("//")[1])
+    conn.request("GET", "/api/remap/1.2/entity/assortment", headers=AUTH)
+    raw = conn.getresponse()
+    try:
+        body = raw.read()
+        complete = True
+    except http.client.IncompleteRead as error:
+        body, complete = error.partial, False
+    conn.close()
+    assert body[:2] == b"\x1f\x8b" and raw.getheader("Connection") == "close"
+    text = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body).decode("utf-8")
+    assert whole.startswith(text) and len(whole) // 3 < len(text) < len(whole)
+    with pytest.raises(zlib.error, match="incomplete or truncated"):
+        zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    if framing == "close":  # no length given: the client cannot tell, and meets the JSON cut short
+        assert complete and raw.getheader("Content-Length") is None and raw.getheader("Transfer-Encoding") is None
+        with pytest.raises(ValueError):
+            requests.get(fresh.base_url + "/entity/assortment", headers=AUTH).json()
+    else:  # the announced length or the missing last chunk gives the cut away
+        assert not complete
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            requests.get(fresh.base_url + "/entity/assortment", headers=AUTH)
+    assert requests.post(fresh.origin + "/_emulator/faults", json={"truncate_framing": "half"}).status_code == 400
 
 
 def test_latency_and_http_control(fresh):
