@@ -13,16 +13,15 @@ import json
 import random
 import re
 import secrets
-import socket
-import struct
 import threading
 import time
 from collections import deque
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from .catalog import KIND_BUNDLE, KIND_PRODUCT, KIND_SERVICE, KIND_VARIANT, Catalog, moscow_now
+from .loopback import LoopbackServer, QuietHandler, abort_connection, common_control
 from .render import JSON, Renderer, number
 
 API_PREFIX = "/api/remap/1.2"
@@ -228,8 +227,10 @@ class Query:
         return result
 
 
-class EmulatorServer:
+class EmulatorServer(LoopbackServer):
     """A MoySklad look-alike on a real socket; see the module docstring of emulator for the API."""
+
+    thread_name = "moysklad-emulator"
 
     def __init__(self, catalog: Catalog, host: str = "127.0.0.1", port: int = 0, token: str = "emu-token",
                  login: str = "admin@emu", password: str = "emu-pass"):
@@ -250,27 +251,6 @@ class EmulatorServer:
         self.origin = f"http://{bound_host}:{bound_port}"
         self.base_url = self.origin + API_PREFIX
         self.renderer = Renderer(catalog, self.origin)
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ----------------------------------------------------------------------------
-
-    def start(self) -> "EmulatorServer":
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="moysklad-emulator", daemon=True)
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self.httpd.serve_forever()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
     def set_credentials(self, token: str | None = None, login: str | None = None, password: str | None = None) -> None:
         """Change accepted credentials at runtime (a running client then gets 401)."""
@@ -360,23 +340,10 @@ class EmulatorServer:
         return rows
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "nginx"
-    sys_version = ""
-    timeout = 60
+class _Handler(QuietHandler):
     delay_ms = 0
     entry: dict | None = None
     rate_key: str | None = None
-
-    def log_message(self, format, *args):  # noqa: A002 - quiet server
-        pass
-
-    def do_GET(self):
-        self.dispatch("GET")
-
-    def do_POST(self):
-        self.dispatch("POST")
 
     def do_PUT(self):
         self.dispatch("PUT")
@@ -477,11 +444,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Abort with RST: SO_LINGER 0 then close, before any response byte."""
         self.close_connection = True
         self.settle()
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
+        abort_connection(self.connection)
 
     def send_fault(self, status: int) -> None:
         if status == 503:
@@ -545,19 +508,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def control(self, method: str, path: str, body: bytes) -> None:
         """/_emulator/*: fault switches and stats for out-of-process use (no auth)."""
-        emulator = self.emulator
         try:
-            if path == "/_emulator/stats" and method == "GET":
-                payload = emulator.stats_snapshot()
-            elif path == "/_emulator/faults" and method == "POST":
-                emulator.faults.update(json.loads(body or b"{}"))
-                payload = emulator.faults.as_dict()
-            elif path == "/_emulator/faults" and method == "GET":
-                payload = emulator.faults.as_dict()
-            elif path == "/_emulator/reset-stats" and method == "POST":
-                emulator.reset_stats()
-                payload = {"ok": True}
-            else:
+            payload = common_control(self.emulator, method, path, body)
+            if payload is None:
                 return self.send_bytes(404, b'{"error":"not found"}', {"Content-Type": "application/json"})
         except (ValueError, TypeError) as error:
             return self.send_bytes(400, json.dumps({"error": str(error)}).encode(), {"Content-Type": "application/json"})
