@@ -9,11 +9,14 @@
 
 Catalog structure (emulator.catalog): `items` (dict id -> Item, in assortment order),
 `folders` (dict id -> Folder), `stores`, `price_types`, `uoms` (lists), `attribute_defs`.
+
+The retailCRM API v5 emulator (stock and price uploads, ICML-fed offers) is `emulator.retailcrm.RetailCrmEmulator`.
 """
 
 from .catalog import Catalog, Folder, Item, PriceType, Store, Uom, generate_catalog
 from .server import EmulatorServer, Faults
 from .cli import run
+from .retailcrm import RetailCrmEmulator
 
-__all__ = ["Catalog", "EmulatorServer", "Faults", "Folder", "Item", "PriceType", "Store", "Uom",
-           "generate_catalog", "run"]
+__all__ = ["Catalog", "EmulatorServer", "Faults", "Folder", "Item", "PriceType", "RetailCrmEmulator", "Store",
+           "Uom", "generate_catalog", "run"]
