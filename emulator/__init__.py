@@ -12,13 +12,16 @@
 Catalog structure (emulator.catalog): `items` (dict id -> Item, in assortment order),
 `folders` (dict id -> Folder), `stores`, `price_types`, `uoms` (lists), `attribute_defs`.
 Stock reports follow emulator.stock, webhooks emulator.webhooks.
+
+The retailCRM API v5 emulator (stock and price uploads, ICML-fed offers) is `emulator.retailcrm.RetailCrmEmulator`.
 """
 
 from .catalog import Catalog, Folder, Item, PriceType, Store, Uom, generate_catalog
 from .cli import run
 from .protocol import ApiError
+from .retailcrm import RetailCrmEmulator
 from .server import EmulatorServer, Faults
 from .webhooks import WebhookHub
 
-__all__ = ["ApiError", "Catalog", "EmulatorServer", "Faults", "Folder", "Item", "PriceType", "Store", "Uom",
-           "WebhookHub", "generate_catalog", "run"]
+__all__ = ["ApiError", "Catalog", "EmulatorServer", "Faults", "Folder", "Item", "PriceType", "RetailCrmEmulator", "Store",
+           "Uom", "WebhookHub", "generate_catalog", "run"]

@@ -1,10 +1,11 @@
-"""Blocking runner and the `emulator run` click command (registered in app.py as a Flask CLI group)."""
+"""Blocking runners and the `emulator run` / `emulator retailcrm` click commands (a Flask CLI group in app.py)."""
 
 from __future__ import annotations
 
 import click
 
 from .catalog import generate_catalog
+from .retailcrm import RetailCrmEmulator
 from .server import EmulatorServer
 from .webhooks import STOCK_INTERVAL
 
@@ -20,17 +21,25 @@ def run(port: int = 8081, products: int = 1000, seed: int = 1, host: str = "127.
     print(f"MoySklad emulator: {server.base_url}", flush=True)
     print(f"  Bearer token: {token}   Basic: {login} / {password}", flush=True)
     print(f"  {products} assortment rows, seed {seed}; faults/stats at {server.origin}/_emulator/", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
+    server.serve_until_interrupted()
+
+
+def run_retailcrm(port: int = 8082, host: str = "127.0.0.1", api_key: str = "rcrm-key", sites: tuple = ("shop",),
+                  icml: str | None = None) -> None:
+    """Serve a retailCRM account until interrupted, printing where and with which key to connect."""
+    server = RetailCrmEmulator(host=host, port=port, api_key=api_key, sites=sites)
+    loaded = server.load_icml(icml, sites[0]) if icml else 0
+    print(f"retailCRM emulator: {server.base_url} (API at {server.api_url})", flush=True)
+    print(f"  X-API-Key: {api_key}   sites: {', '.join(sites)}   stores: {', '.join(server.store_codes)}   "
+          f"price types: {', '.join(server.price_type_codes)}", flush=True)
+    print(f"  {loaded} offers known from the ICML for {sites[0]}; state/faults/stats at {server.base_url}/_emulator/",
+          flush=True)
+    server.serve_until_interrupted()
 
 
 @click.group("emulator")
 def emulator_cli() -> None:
-    """MoySklad JSON API 1.2 emulator."""
+    """MoySklad JSON API 1.2 and retailCRM API v5 emulators."""
 
 
 @emulator_cli.command("run")
@@ -49,3 +58,15 @@ def run_command(port, host, products, seed, latency_ms, error_rate, token, login
     """Serve a seeded catalog until Ctrl+C."""
     run(port=port, products=products, seed=seed, host=host, latency_ms=latency_ms, error_rate=error_rate,
         token=token, login=login, password=password, webhook_interval=webhook_interval)
+
+
+@emulator_cli.command("retailcrm")
+@click.option("--port", default=8082, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--api-key", default="rcrm-key", show_default=True)
+@click.option("--site", "sites", multiple=True, default=("shop",), show_default=True,
+              help="Shop code; repeat for more.")
+@click.option("--icml", type=click.Path(exists=True, dir_okay=False), help="Feed whose offers the first shop knows.")
+def retailcrm_command(port, host, api_key, sites, icml) -> None:
+    """Serve a retailCRM account (stock and price uploads) until Ctrl+C."""
+    run_retailcrm(port=port, host=host, api_key=api_key, sites=sites, icml=icml)

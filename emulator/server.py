@@ -12,16 +12,15 @@ import gzip
 import json
 import random
 import secrets
-import socket
-import struct
 import threading
 import time
 import zlib
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from .catalog import KIND_BUNDLE, KIND_PRODUCT, KIND_SERVICE, KIND_VARIANT, Catalog, component_id, moscow_now
+from .loopback import LoopbackServer, QuietHandler, abort_connection, common_control
 from .protocol import EXPAND_LIMIT, ApiError, Query, parse_moment
 from .render import JSON, Renderer
 from .stock import StockReport, current_rows
@@ -162,8 +161,10 @@ class RateLimiter:
         return headers
 
 
-class EmulatorServer:
+class EmulatorServer(LoopbackServer):
     """A MoySklad look-alike on a real socket; see the module docstring of emulator for the API."""
+
+    thread_name = "moysklad-emulator"
 
     def __init__(self, catalog: Catalog, host: str = "127.0.0.1", port: int = 0, token: str = "emu-token",
                  login: str = "admin@emu", password: str = "emu-pass", webhook_interval: float = STOCK_INTERVAL,
@@ -188,34 +189,27 @@ class EmulatorServer:
         # stock webhooks go out every webhook_interval seconds (MoySklad: 1-5 minutes)
         self.webhooks = WebhookHub(catalog, self.base_url, login, stock_interval=webhook_interval,
                                    answer_within=webhook_timeout)
-        self._thread: threading.Thread | None = None
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- lifecycle: the loopback server's, with the webhook sender beside it -----------------------
 
     def start(self) -> "EmulatorServer":
         self.webhooks.start()
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="moysklad-emulator", daemon=True)
-        self._thread.start()
-        return self
+        return super().start()
 
-    def serve_forever(self) -> None:
-        """Serve in this thread (the CLI); close() afterwards."""
+    def serve_until_interrupted(self) -> None:
         self.webhooks.start()
-        self.httpd.serve_forever()
+        try:
+            super().serve_until_interrupted()
+        finally:
+            self.webhooks.stop()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.close()
+        super().stop()
+        self.webhooks.stop()
 
     def close(self) -> None:
         self.webhooks.stop()
         self.httpd.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
     def set_credentials(self, token: str | None = None, login: str | None = None, password: str | None = None) -> None:
         """Change accepted credentials at runtime (a running client then gets 401)."""
@@ -305,24 +299,11 @@ class EmulatorServer:
         return rows
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "nginx"
-    sys_version = ""
-    timeout = 60
+class _Handler(QuietHandler):
     delay_ms = 0
     entry: dict | None = None
     rate_key: str | None = None
     request_body = b""
-
-    def log_message(self, format, *args):  # noqa: A002 - quiet server
-        pass
-
-    def do_GET(self):
-        self.dispatch("GET")
-
-    def do_POST(self):
-        self.dispatch("POST")
 
     def do_PUT(self):
         self.dispatch("PUT")
@@ -423,11 +404,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Abort with RST: SO_LINGER 0 then close, before any response byte."""
         self.close_connection = True
         self.settle()
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
+        abort_connection(self.connection)
 
     def send_fault(self, status: int) -> None:
         if status == 503:
@@ -522,16 +499,9 @@ class _Handler(BaseHTTPRequestHandler):
         """/_emulator/*: fault switches and stats for out-of-process use (no auth)."""
         emulator = self.emulator
         try:
-            if path == "/_emulator/stats" and method == "GET":
-                payload = emulator.stats_snapshot()
-            elif path == "/_emulator/faults" and method == "POST":
-                emulator.faults.update(json.loads(body or b"{}"))
-                payload = emulator.faults.as_dict()
-            elif path == "/_emulator/faults" and method == "GET":
-                payload = emulator.faults.as_dict()
-            elif path == "/_emulator/reset-stats" and method == "POST":
-                emulator.reset_stats()
-                payload = {"ok": True}
+            payload = common_control(emulator, method, path, body)
+            if payload is not None:
+                pass
             elif path == "/_emulator/webhooks" and method == "GET":
                 payload = {"webhook": emulator.webhooks.records("webhook"),
                            "webhookstock": emulator.webhooks.records("webhookstock"),

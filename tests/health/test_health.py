@@ -343,8 +343,8 @@ def test_guard_refusal_offers_a_forced_build(tmp_path, emulator_factory, serve):
 
 def test_orders_waiting_for_1c_are_shown(tmp_path, serve):
     """An order 1C fetched but never confirmed is the classic "orders do not reach 1C" case."""
-    from tests.orders.test_orders import order_payload
     from tests.exchange.test_orders_exchange import Api, Sale, sale_settings
+    from tests.orders.test_orders import order_payload
 
     settings = sale_settings(tmp_path)
     base = serve(settings)

@@ -1,0 +1,1 @@
+"""retailCRM API v5: the client that pushes stock and prices, and its error classification."""
