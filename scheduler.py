@@ -22,18 +22,23 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from core.cron import crontab_trigger
 from core.files import lock_holder, release
-from core.mailbox import BUILD, REBUILD, Mailbox
+from core.mailbox import BUILD, EXCHANGE, REBUILD, Mailbox, Note
 from core.settings import FeedSettings, Settings
 from feeds.build import BuildFailed, build_feed
 from moysklad.errors import MoySkladError
-from store import StoreError
+from exchange.sessions import prune_sessions
+from store import ExchangeLog, StoreError
 
 log = logging.getLogger(__name__)
 
 LOCK_RETRY_SECONDS = 30.0
 MAILBOX_POLL_SECONDS = 2.0
+SWEEP_SECONDS = 300
 MISFIRE_GRACE_SECONDS = 3600  # a run missed by up to an hour (a stalled process, a suspend) still happens, once
 MAX_DEBOUNCE_FACTOR = 5  # a steady stream of webhooks still rebuilds after this many debounce periods
+# After a 1C import the exchange feeds are rebuilt once the exchange has been quiet this long (its next
+# file usually follows within seconds); mode=complete rebuilds at once.
+EXCHANGE_QUIET_SECONDS = 10
 
 
 def start_scheduler(app, *, retry_seconds: float | None = LOCK_RETRY_SECONDS) -> BackgroundScheduler | None:
@@ -83,11 +88,22 @@ def _run_jobs(app, settings: Settings, lock: IO) -> BackgroundScheduler:
     poller = MailboxPoller(scheduler, settings)
     scheduler.add_job(poller.poll, "interval", seconds=MAILBOX_POLL_SECONDS, id="mailbox-poll",
                       name="poll the mailbox (webhooks, the build button)")
+    if settings.exchange.password:
+        scheduler.add_job(sweep_exchange_sessions, "interval", args=[settings], seconds=SWEEP_SECONDS,
+                          id="exchange-sweep", name="sweep expired exchange sessions")
     scheduler.add_listener(lambda event: release(lock), EVENT_SCHEDULER_SHUTDOWN)
     scheduler.start()
     app.extensions["scheduler"] = scheduler
     log.info("scheduler started in process %d: %s", os.getpid(), "; ".join(plan) or "no feeds")
     return scheduler
+
+
+def sweep_exchange_sessions(settings: Settings) -> None:
+    """Expired 1C sessions are logged and their uploads removed even when no 1C logs in again."""
+    with ExchangeLog(settings.exchange_log_path) as log_store:
+        pruned = prune_sessions(log_store, settings.exchange_dir, settings.exchange.session_minutes)
+    if pruned:
+        log.info("exchange: %d expired sessions swept", pruned)
 
 
 def builds_executor(account: Settings) -> str:
@@ -128,8 +144,9 @@ class MailboxPoller:
     """Turns the notes any process leaves into builds on the accounts' build threads.
 
     A ``rebuild`` note (MoySklad webhooks) waits until the webhooks have been quiet for the
-    debounce time, then rebuilds the account's moysklad feeds once; a ``build`` note (the health
-    page's button) builds its feed at the next free moment of its account's thread.
+    debounce time, then rebuilds the account's moysklad feeds once; an ``exchange`` note (a 1C
+    import) does the same for the exchange feeds; a ``build`` note (the health page's button)
+    builds its feed at the next free moment of its account's thread.
     """
 
     def __init__(self, scheduler: BackgroundScheduler, settings: Settings):
@@ -137,42 +154,49 @@ class MailboxPoller:
         self.settings = settings
         self.mailbox: Mailbox = settings.mailbox
         self.accounts = {view.account: view for view in settings.every_account()}
-        self.first_seen: dict[str, float] = {}  # account → when its current burst of webhooks began
+        self.first_seen: dict[tuple[str, str], float] = {}  # (kind, key) → when its current burst of notes began
         self.queued: set[tuple[str, str]] = set()  # (kind, key) of work waiting for a build thread
         self.lock = threading.Lock()
 
     def poll(self) -> None:
         for note in self.mailbox.notes():
             if note.kind == REBUILD:
-                self._rebuild(note)
+                account = self.accounts.get(note.key)
+                self._rebuild(note, account, account.moysklad_feeds if account else (),
+                              self.settings.webhooks.debounce_seconds, "webhook rebuild")
+            elif note.kind == EXCHANGE:
+                quiet = 0 if note.payload.get("urgent") else EXCHANGE_QUIET_SECONDS
+                exchange_feeds = tuple(feed for feed in self.settings.feeds if feed.source == "exchange")
+                self._rebuild(note, self.settings, exchange_feeds, quiet, "rebuild after a 1C exchange")
             elif note.kind == BUILD:
                 self._build(note)
 
-    def _rebuild(self, note) -> None:
-        """Queue a rebuild once requests stopped for the debounce time, or have kept coming too long."""
-        account = self.accounts.get(note.key)
-        if account is None or not account.moysklad_feeds:
+    def _rebuild(self, note: Note, account: Settings | None, feeds: tuple[FeedSettings, ...], quiet: float,
+                 what: str) -> None:
+        """Queue one rebuild of ``feeds`` once requests stopped for ``quiet`` seconds, or have kept
+        coming too long."""
+        if account is None or not feeds:
             self.mailbox.take(note)
             return
-        now, debounce = time.time(), self.settings.webhooks.debounce_seconds
-        first = self.first_seen.setdefault(note.key, note.posted_at)
-        if now - note.posted_at < debounce and now - first < MAX_DEBOUNCE_FACTOR * debounce:
+        now, work = time.time(), (note.kind, note.key)
+        first = self.first_seen.setdefault(work, note.posted_at)
+        if now - note.posted_at < quiet and now - first < MAX_DEBOUNCE_FACTOR * quiet:
             return
         self.mailbox.take(note)
-        del self.first_seen[note.key]
-        if not self._enqueue((REBUILD, note.key)):
+        del self.first_seen[work]
+        if not self._enqueue(work):
             return  # one rebuild already waits for the build thread: it will see these changes too
-        self.scheduler.add_job(self._run_rebuild, args=[account], executor=builds_executor(account),
-                               id=f"webhook-rebuild:{account.account}", name="webhook rebuild",
+        self.scheduler.add_job(self._run_rebuild, args=[work, account, feeds], executor=builds_executor(account),
+                               id=f"{note.kind}-rebuild:{account.account}", name=what,
                                max_instances=2, misfire_grace_time=None)  # one running, one waiting
 
-    def _run_rebuild(self, account: Settings) -> None:
-        """Build every moysklad feed; the first build's incremental sync serves them all."""
-        self._dequeue((REBUILD, account.account))
-        for index, feed in enumerate(account.moysklad_feeds):
+    def _run_rebuild(self, work: tuple[str, str], account: Settings, feeds: tuple[FeedSettings, ...]) -> None:
+        """Build each feed; for moysklad feeds the first build's incremental sync serves them all."""
+        self._dequeue(work)
+        for index, feed in enumerate(feeds):
             run_build(account, feed, sync=index == 0)
 
-    def _build(self, note) -> None:
+    def _build(self, note: Note) -> None:
         found = self.settings.find_feed(note.key)
         if found is None:
             self.mailbox.take(note)
@@ -184,7 +208,7 @@ class MailboxPoller:
                                id=f"manual:{feed.name}", name=f"build feed {feed.name} (asked for on the health page)",
                                misfire_grace_time=None)
 
-    def _run_build(self, account: Settings, feed: FeedSettings, note) -> None:
+    def _run_build(self, account: Settings, feed: FeedSettings, note: Note) -> None:
         """The note stays until the build starts, so the page shows the request as waiting until then."""
         self._dequeue((BUILD, feed.name))
         self.mailbox.take(note)

@@ -43,6 +43,7 @@ ENVIRONMENT = {
     "SKLADBRIDGE_ADMIN_LOGIN": ("admin", "login"),
     "SKLADBRIDGE_LOG_FORMAT": ("log_format",),
     "SKLADBRIDGE_PROXY_HOPS": ("proxy_hops",),
+    "SKLADBRIDGE_ACCEL_REDIRECT": ("accel_redirect",),
     "SKLADBRIDGE_ADMIN_PASSWORD": ("admin", "password"),
 }
 # The same for each of accounts[]: the variable name ends with the account's name, e.g. MOYSKLAD_TOKEN_SHOP_2.
@@ -197,6 +198,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one object per line, for log shippers
     proxy_hops: int = 0  # reverse proxies in front (nginx: 1) whose X-Forwarded-For/-Proto to trust
+    accel_redirect: str = ""  # an internal nginx location mapped to data_dir: nginx then sends the feed files
+    max_feed_downloads: int = 6  # feed downloads one process sends at once; keep it below gunicorn's threads
     public_url: str = "http://127.0.0.1:8080"
     moysklad: MoySkladSettings = field(default_factory=MoySkladSettings)
     feeds: tuple[FeedSettings, ...] = ()
@@ -265,6 +268,11 @@ class Settings:
     def find_feed(self, name: str) -> tuple[Settings, FeedSettings] | None:
         """A feed of any account, with its account's settings."""
         return next(((view, feed) for view, feed in self.every_feed() if feed.name == name), None)
+
+    @property
+    def exchange_dir(self) -> Path:
+        """Exchange sessions' state and uploads, one folder per session."""
+        return self.data_dir / "exchange"
 
     @property
     def exchange_log_path(self) -> Path:
@@ -363,6 +371,9 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"public_url: must be the http(s) address retailCRM reaches this service at, got {settings.public_url!r}")
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"log_format: must be text or json, got {settings.log_format!r}")
+    if settings.accel_redirect and not re.fullmatch(r"/[A-Za-z0-9_./-]*/", settings.accel_redirect):
+        raise ConfigError(f"accel_redirect: the internal nginx location, a path that starts and ends with '/' "
+                          f"(e.g. /_skladbridge_data/), got {settings.accel_redirect!r}")
     if not 0 <= settings.proxy_hops <= 5:
         raise ConfigError(f"proxy_hops: the number of reverse proxies in front (0 when none, 1 for nginx), got {settings.proxy_hops}")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -20,16 +20,17 @@ import time
 from pathlib import Path
 
 from core.clock import utc_now
+from core.mailbox import EXCHANGE, Mailbox
 from exchange.catalog_import import deactivate_untouched, import_file
 from exchange.cml import CommerceMLError
-from exchange.sessions import ExchangeSession, Refused, files_summary
+from exchange.sessions import DEAD_IMPORT_SECONDS, ExchangeSession, Refused, files_summary
 from exchange.uploads import UploadError, archive_names, extract_zip, target_path
 from store import ExchangeLog, StoreBusy, open_catalog
 
 log = logging.getLogger(__name__)
 
 BEAT_SECONDS = 2.0
-STALE_SECONDS = 60.0
+STALE_SECONDS = DEAD_IMPORT_SECONDS
 XML_ORDER = ("import", "offers", "prices", "rests")
 
 
@@ -38,8 +39,9 @@ IMPORT_WAIT_SECONDS = 900
 
 
 def request_import(session: ExchangeSession, name: str, store_path: Path, images_dir: Path, *,
-                   log_path: Path) -> list[str]:
-    """Answer one ``mode=import`` call: start the job the first time, then report on it."""
+                   log_path: Path, mailbox: Mailbox) -> list[str]:
+    """Answer one ``mode=import`` call: start the job the first time, then report on it; a job that
+    changed the catalog asks the scheduler (through the mailbox) to rebuild the exchange feeds."""
     with session.state() as state:
         job = state["imports"].get(name)
         if job is None:
@@ -49,7 +51,7 @@ def request_import(session: ExchangeSession, name: str, store_path: Path, images
             steps = _plan(session, state, name)
             job = state["imports"][name] = {"status": "running", "started": utc_now(), "beat": time.time(),
                                             "progress": f"начата загрузка {name}"}
-            threading.Thread(target=_run, args=(session, name, steps, store_path, images_dir, log_path),
+            threading.Thread(target=_run, args=(session, name, steps, store_path, images_dir, log_path, mailbox),
                              name=f"exchange-import-{session.id}", daemon=True).start()
             log.info("exchange session %s: import of %s started (%s)", session.id, name,
                      ", ".join(f"{kind} {arg}" for kind, arg in steps))
@@ -115,7 +117,7 @@ class _Beat:
 
 
 def _run(session: ExchangeSession, name: str, steps: list[tuple[str, str]], store_path: Path, images_dir: Path,
-         log_path: Path) -> None:
+         log_path: Path, mailbox: Mailbox) -> None:
     """The job: extract and import, then record the outcome in the state file and the session log."""
     beat = _Beat(session, name)
     try:
@@ -128,6 +130,8 @@ def _run(session: ExchangeSession, name: str, steps: list[tuple[str, str]], stor
         state["imports"][name].update(outcome, finished=utc_now())
     log.info("exchange session %s: import of %s %s", session.id, name,
              "done" if outcome["status"] == "ok" else f"failed: {outcome['error']}")
+    if outcome["status"] == "ok":
+        mailbox.post(EXCHANGE)  # debounced by the scheduler: the session's next file may follow at once
     values = {"files": files_summary(state), "bytes": state["bytes"]}
     error = outcome.get("error") or state["failure"]
     if error:
@@ -163,7 +167,7 @@ def _reason(name: str, exc: BaseException) -> str:
     return f"внутренняя ошибка сервера при загрузке {name}; подробности в журнале сервера"
 
 
-def deactivate(session: ExchangeSession, store_path: Path) -> None:
+def deactivate(session: ExchangeSession, store_path: Path, mailbox: Mailbox) -> None:
     """mode=deactivate: what this session's imports did not touch becomes inactive (never deleted).
 
     Refused while an import runs or after one failed: deactivating after a broken import would
@@ -178,10 +182,13 @@ def deactivate(session: ExchangeSession, store_path: Path) -> None:
     with open_catalog(store_path, wait_seconds=IMPORT_WAIT_SECONDS) as store:
         counts = deactivate_untouched(store, session.row["started_at"])
     log.info("exchange session %s: deactivated %s", session.id, counts)
+    if any(counts.values()):
+        mailbox.post(EXCHANGE, urgent=True)
 
 
-def complete(session: ExchangeSession, log_store: ExchangeLog) -> None:
-    """mode=complete: close the session, log its outcome and free its uploads."""
+def complete(session: ExchangeSession, log_store: ExchangeLog, mailbox: Mailbox | None = None) -> None:
+    """mode=complete: close the session, log its outcome and free its uploads. A catalog session that
+    imported something (``mailbox`` given) has its exchange feeds rebuilt at once, without the debounce."""
     state = session.read_state()
     if any(job["status"] == "running" for job in state["imports"].values()):
         raise Refused("импорт ещё идёт: дождитесь его окончания")
@@ -190,3 +197,5 @@ def complete(session: ExchangeSession, log_store: ExchangeLog) -> None:
                              files=files_summary(state), bytes=state["bytes"])
     session.close()
     log.info("exchange session %s: complete", session.id)
+    if mailbox is not None and any(job["status"] == "ok" for job in state["imports"].values()):
+        mailbox.post(EXCHANGE, urgent=True)

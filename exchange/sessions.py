@@ -27,6 +27,8 @@ COOKIE_NAME = "skladbridge_exchange"
 MAX_FAILURES = 5
 FAILURE_WINDOW = 600
 MAX_TRACKED_ADDRESSES = 10_000
+# An import whose heartbeat stopped this long ago died with its worker (it beats every 2 s).
+DEAD_IMPORT_SECONDS = 60.0
 
 
 class Refused(Exception):
@@ -120,21 +122,44 @@ def find_session(log: ExchangeLog, root: Path, tokens: list[str], minutes: int) 
     raise Refused("сеанс обмена не найден: выполните авторизацию заново (mode=checkauth)")
 
 
-def prune_sessions(log: ExchangeLog, root: Path, minutes: int) -> None:
-    """Remove the folders of sessions that expired (1C never sent complete) and log them as such."""
+def prune_sessions(log: ExchangeLog, root: Path, minutes: int) -> int:
+    """Remove the folders of sessions that expired (1C never sent complete, or its worker was killed)
+    and log them as such, with the bytes that did arrive; returns how many went."""
+    pruned = 0
     for folder in root.iterdir() if root.is_dir() else ():
         if not folder.name.isdigit():
             continue
         session = ExchangeSession(root, {"id": int(folder.name)})
         state = session.read_state()
-        running = any(job["status"] == "running" for job in state["imports"].values())
+        running = any(job["status"] == "running" and time.time() - job.get("beat", 0) < DEAD_IMPORT_SECONDS
+                      for job in state["imports"].values())
         if running or not session.expired(state, minutes):
             continue
+        _count_interrupted_upload(session, state)
         row = log.session(session.id)
         if row and not row["finished_at"]:
             log.update_session(session.id, finished_at=utc_now(), result="expired",
                                files=files_summary(state), bytes=state["bytes"])
         shutil.rmtree(folder, ignore_errors=True)
+        pruned += 1
+    return pruned
+
+
+def _count_interrupted_upload(session: ExchangeSession, state: dict) -> None:
+    """A chunk whose worker died mid-request: count what reached the disk and mark the file interrupted."""
+    receiving = state.pop("receiving", None)
+    if not receiving:
+        return
+    name = receiving["name"]
+    try:
+        arrived = max(0, (session.upload_dir / name).stat().st_size - receiving["from"])
+    except OSError:
+        arrived = 0
+    state["bytes"] += arrived
+    key = name if "/" not in name else name.split("/")[0] + "/"
+    entry = state["files"].setdefault(key, {"bytes": 0} if "/" not in name else {"files": 0, "bytes": 0})
+    entry["bytes"] += arrived
+    entry["interrupted"] = True
 
 
 def files_summary(state: dict) -> list[dict]:

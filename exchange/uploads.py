@@ -87,13 +87,19 @@ def receive(session: ExchangeSession, name: str, stream, declared_length: int | 
             path = target_path(session.upload_dir, name)
             _start_or_append(state, name, path)
             new = not path.exists()
+            # a worker killed mid-chunk leaves this behind: the sweep then counts what did arrive
+            state["receiving"] = {"name": name, "from": path.stat().st_size if not new else 0, "new": new}
+        written = 0
         try:
             written = append_stream(stream, path, limit, too_large)
         except OSError as exc:
             raise UploadError(f"не удалось записать файл {name}: {exc.strerror or exc}") from None
-        with session.state() as state:
-            state["bytes"] += written
-            _count_file(state, name, written, new)
+        finally:
+            with session.state() as state:
+                state.pop("receiving", None)
+                if written:
+                    state["bytes"] += written
+                    _count_file(state, name, written, new)
     log.info("exchange session %s: %s bytes appended to %r", session.id, written, name)
     return path, written
 

@@ -66,7 +66,7 @@ def exchange() -> Response:
         try:
             if mode == "checkauth":
                 return _text(_checkauth(log_store, settings))
-            session = find_session(log_store, _root(settings), _tokens(), settings.exchange.session_minutes)
+            session = find_session(log_store, settings.exchange_dir, _tokens(), settings.exchange.session_minutes)
             try:
                 answer = modes[mode](session, log_store, settings)
                 session.touch()
@@ -108,7 +108,7 @@ def _record_failure(log_store: ExchangeLog, session: ExchangeSession, reason: st
 
 def _checkauth(log_store: ExchangeLog, settings: Settings) -> list[str]:
     """HTTP Basic login; repeated failures from one address are refused for a while."""
-    config, root = settings.exchange, _root(settings)
+    config, root = settings.exchange, settings.exchange_dir
     address = request.remote_addr or "unknown"
     throttle = LoginThrottle(root / "login-failures.json")
     wait = throttle.refused_for(address)
@@ -140,15 +140,21 @@ def _file(session, log_store, settings: Settings) -> list[str]:
 
 
 def _import(session, log_store, settings: Settings) -> list[str]:
-    return request_import(session, _filename(), settings.store_path, settings.images_dir, log_path=log_store.path)
+    return request_import(session, _filename(), settings.store_path, settings.images_dir, log_path=log_store.path,
+                          mailbox=settings.mailbox)
 
 
 def _deactivate(session, log_store, settings: Settings) -> list[str]:
-    deactivate(session, settings.store_path)
+    deactivate(session, settings.store_path, settings.mailbox)
     return ["success"]
 
 
 def _complete(session, log_store, settings: Settings) -> list[str]:
+    complete(session, log_store, settings.mailbox)
+    return ["success"]
+
+
+def _sale_complete(session, log_store, settings: Settings) -> list[str]:
     complete(session, log_store)
     return ["success"]
 
@@ -176,7 +182,7 @@ def _sale_import(session, log_store, settings: Settings) -> list[str]:
 
 SESSION_MODES = {"init": _init, "file": _file, "import": _import, "deactivate": _deactivate, "complete": _complete}
 SALE_MODES = {"init": _init, "file": _sale_file, "import": _sale_import, "query": _query, "success": _success,
-              "complete": _complete}
+              "complete": _sale_complete}
 MODES = {"catalog": SESSION_MODES, "sale": SALE_MODES}
 
 
@@ -189,10 +195,6 @@ def _filename() -> str:
 def _tokens() -> list[str]:
     """Session tokens the request carries: the cookie from checkauth, else the sessid parameter."""
     return [token for token in (request.cookies.get(COOKIE_NAME), request.args.get("sessid")) if token]
-
-
-def _root(settings: Settings):
-    return settings.data_dir / "exchange"
 
 
 def _text(lines: list[str]) -> Response:

@@ -4,6 +4,7 @@ and the cached pictures they link to (public: retailCRM fetches picture links wi
 from __future__ import annotations
 
 import os
+import threading
 
 from flask import Blueprint, Response, abort, current_app, request, send_from_directory
 from werkzeug.wsgi import wrap_file
@@ -44,6 +45,32 @@ def _feed(name: str):
 def _serve(account, feed) -> Response:
     """Open the file first: a build renaming a new file over it cannot change what this reply sends."""
     paths = feed_paths(account.feeds_dir, feed.name)
+    if account.accel_redirect:
+        return _hand_to_proxy(account, paths["xml"])
+    slots = _download_slots(account.max_feed_downloads) if request.method == "GET" else None
+    if slots is None:
+        return _send_file(paths)
+    if not slots.acquire(blocking=False):
+        return Response("Сейчас раздаётся слишком много файлов; повторите через 30 секунд\n", status=503,
+                        mimetype="text/plain", headers={"Retry-After": "30"})
+    try:
+        return _send_file(paths, slots.release)
+    except BaseException:
+        slots.release()
+        raise
+
+
+def _download_slots(limit: int) -> threading.BoundedSemaphore | None:
+    """This process's download slots, so that slow downloads leave threads for everything else."""
+    if not limit:
+        return None
+    slots = current_app.extensions.get("feed_downloads")
+    return slots or current_app.extensions.setdefault("feed_downloads", threading.BoundedSemaphore(limit))
+
+
+def _send_file(paths: dict, release=None) -> Response:
+    """The feed (gzipped when asked and ready) with validators; ``release`` is called once the server
+    closes the file: after its last byte, or when the client went away."""
     wants_gzip = "gzip" in (request.headers.get("Accept-Encoding") or "").lower()
     handle = None
     if wants_gzip:
@@ -55,7 +82,11 @@ def _serve(account, feed) -> Response:
     if handle is None:
         handle = _open(paths["xml"])
     if handle is None:
-        return Response("Фид ещё не собран: first build has not finished yet\n", status=404, mimetype="text/plain")
+        if release:
+            release()
+        return _not_built()
+    if release:
+        handle = _ReleasingFile(handle, release)
     stat = os.fstat(handle.fileno())
     etag = f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}" + ("-gz" if gzipped else "")
     response = Response(wrap_file(request.environ, handle), mimetype="application/xml", direct_passthrough=True)
@@ -68,6 +99,48 @@ def _serve(account, feed) -> Response:
     if gzipped:
         response.headers["Content-Encoding"] = "gzip"
     return response.make_conditional(request, accept_ranges=True, complete_length=stat.st_size)
+
+
+class _ReleasingFile:
+    """A feed file that frees its download slot when the server closes it (sendfile still works:
+    the server sees the real file descriptor)."""
+
+    def __init__(self, handle, release):
+        self.handle, self._release = handle, release
+
+    def fileno(self) -> int:
+        return self.handle.fileno()
+
+    def read(self, size: int = -1) -> bytes:
+        return self.handle.read(size)
+
+    def seek(self, *args) -> int:
+        return self.handle.seek(*args)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def close(self) -> None:
+        self.handle.close()
+        release, self._release = self._release, None
+        if release:
+            release()
+
+
+def _hand_to_proxy(account, path) -> Response:
+    """nginx sends the file (the .gz beside it when the client accepts gzip, with gzip_static) and
+    answers conditional requests; the app only decided that this client may have it."""
+    if not path.exists():
+        return _not_built()
+    response = Response(b"", mimetype="application/xml")
+    response.headers["Content-Type"] = "application/xml; charset=utf-8"
+    response.headers["X-Accel-Redirect"] = account.accel_redirect + path.relative_to(account.instance_dir).as_posix()
+    response.cache_control.no_cache = True
+    return response
+
+
+def _not_built() -> Response:
+    return Response("Фид ещё не собран: first build has not finished yet\n", status=404, mimetype="text/plain")
 
 
 def _open(path):

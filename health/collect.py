@@ -23,6 +23,9 @@ RECENT_SESSIONS = 20
 SKIPPED_EXAMPLES = 3
 # A feed is stale when its last published build is older than this many schedule intervals.
 STALE_INTERVALS = 2
+# ... or when its source changed after its last build and no rebuild followed within this long (a 1C
+# exchange asks for one at once: this is the time it may take, not a schedule).
+CHANGE_GRACE_SECONDS = 120
 
 STATE_TEXTS = {
     "fresh": "свежий",
@@ -144,11 +147,12 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
     interval = schedule_interval_seconds(feed, now)
     error_run = _failed_attempt(last, last_sync, feed)
     age = _age(last_ok["finished_at"], now) if last_ok else None
+    changed = _changed_after(store, feed, last_ok)
     if error_run:
         state = "failing"
     elif last_ok is None:
         state = "pending"
-    elif age > STALE_INTERVALS * interval:
+    elif age > STALE_INTERVALS * interval or (changed and _age(changed, now) > CHANGE_GRACE_SECONDS):
         state = "stale"
     else:
         state = "fresh"
@@ -174,11 +178,9 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
             "guard": counts.get("guard"),
         },
         "file": {"exists": file.exists(), "size": _size(file)},
-        "last_attempt": None if last is None else {
-            "run_id": last["id"], "status": last["status"], "started_at": last["started_at"],
-            "finished_at": last["finished_at"], "mode": last["mode"], "guard": last["counts"].get("guard"),
-        },
+        "last_attempt": _attempt(error_run if error_run and error_run["kind"] == "sync" else last),
         "building": bool(last and last["status"] == "running"),
+        "source_changed_at": changed,
         "skipped": _skipped(last_ok),
         "error": _error(error_run),
         "totals": store.run_totals(source, "build"),
@@ -186,6 +188,27 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
                      "seconds": run["counts"].get("build_seconds"), "offers": run["counts"].get("offers")}
                     for run in reversed(history)],
     }
+
+
+def _changed_after(store: CatalogStore, feed: FeedSettings, build: dict | None) -> str | None:
+    """When a 1C import (or deactivation) changed an exchange feed's catalog after its last published
+    build began, or None. MoySklad feeds sync as their build's first step, so theirs never lags."""
+    if feed.source != "exchange" or build is None:
+        return None
+    change = store.last_run("exchange", status="ok")
+    if change is None or change["id"] < build["id"]:  # run ids are in start order; a build waits for an import to commit
+        return None
+    archived = any(count for key, count in change["counts"].items() if key.startswith("archived_"))
+    return change["finished_at"] if change["kind"] == "import" or archived else None
+
+
+def _attempt(run: dict | None) -> dict | None:
+    """The latest attempt to publish: the last build, or the MoySklad sync that failed after it (which
+    stopped the next build before it had a run of its own)."""
+    if run is None:
+        return None
+    return {"run_id": run["id"], "kind": run["kind"], "status": run["status"], "started_at": run["started_at"],
+            "finished_at": run["finished_at"], "mode": run["mode"], "guard": run["counts"].get("guard")}
 
 
 def _failed_attempt(last_build: dict | None, sync: dict | None, feed: FeedSettings) -> dict | None:

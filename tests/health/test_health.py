@@ -187,6 +187,21 @@ def test_rejected_credentials_are_explained(tmp_path, emulator, serve):
     assert "revoked-token" not in str(body)
 
 
+def test_the_last_attempt_is_the_sync_that_failed_after_a_good_build(tmp_path, emulator, serve):
+    """A build published, then the token was revoked: the next attempt died in its sync, before the build
+    got a run of its own; the JSON must not go on saying the last attempt was ok."""
+    settings = Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator),
+                        feeds=(FeedSettings(name="main", pictures="none"),))
+    run_build(settings, settings.feeds[0])
+    base = serve(settings)
+    assert requests.get(base + "/health.json", timeout=10).json()["feeds"][0]["last_attempt"]["status"] == "ok"
+    emulator.set_credentials(token="a-new-token-was-issued")
+    run_build(settings, settings.feeds[0])
+    feed = requests.get(base + "/health.json", timeout=10).json()["feeds"][0]
+    assert (feed["last_attempt"]["kind"], feed["last_attempt"]["status"]) == ("sync", "failed")
+    assert feed["last_success"] is not None and feed["state"] == "failing"
+
+
 def test_secrets_are_never_shown(tmp_path, emulator, serve):
     secrets = {"feed": "feed-token-0123456789", "exchange": "exchange-password-1", "api": "api-key-0123456789abcdef",
                "admin": ADMIN[1], "moysklad": EMULATOR_TOKEN}

@@ -1,0 +1,99 @@
+"""A finished 1C exchange refreshes the exchange feed by itself, and the health page never calls an
+outdated exchange feed fresh: the app and its scheduler under a real server, 1C over loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from core.settings import FeedSettings
+from emulator.harness import wait_for
+from scheduler import run_build, start_scheduler
+from tests.exchange.test_commerceml import catalog, package
+from tests.exchange.test_exchange import OneC, exchange_settings
+
+FEED = "shop"
+
+
+def offers_file(prices: dict[str, str]) -> str:
+    return package("".join(f"<Предложение><Ид>{good}</Ид><Наименование>Товар {good}</Наименование><Цены><Цена>"
+                           f"<ИдТипаЦены>retail</ИдТипаЦены><ЦенаЗаЕдиницу>{price}</ЦенаЗаЕдиницу></Цена></Цены>"
+                           f"<Количество>5</Количество></Предложение>" for good, price in prices.items()))
+
+
+def one_c_exchange(base: str, prices: dict[str, str], finish: bool = True) -> None:
+    """1C sends a catalog and its prices and imports both; ``finish`` ends the session as 1C does."""
+    client = OneC(base)
+    assert client.checkauth()[0] == "success"
+    client.init()
+    files = {"import.xml": catalog([(good, f"Товар {good}") for good in prices]).encode(),
+             "offers.xml": offers_file(prices).encode()}
+    for name, data in files.items():
+        assert client.send(name, data) == ["success"]
+        assert client.import_(name)[0] == ["success"]
+    if finish:
+        assert client.call("complete") == ["success"]
+
+
+@pytest.fixture
+def shop(tmp_path):
+    """The service with one exchange feed whose schedule would rebuild it only every 10 hours."""
+    settings = dataclasses.replace(exchange_settings(tmp_path),
+                                   feeds=(FeedSettings(name=FEED, source="exchange", pictures="none", min_ratio=0,
+                                                       interval_minutes=600),))
+    from app import create_app
+
+    app = create_app(settings)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    yield settings, app, base
+    scheduler = app.extensions.get("scheduler")
+    if scheduler:
+        scheduler.shutdown(wait=True)
+    server.shutdown()
+
+
+def served(base: str) -> str:
+    response = requests.get(f"{base}/feeds/{FEED}.xml", timeout=10)
+    return response.text if response.status_code == 200 else ""
+
+
+def test_a_finished_exchange_publishes_the_new_catalog_without_any_command(shop):
+    settings, app, base = shop
+    start_scheduler(app, retry_seconds=None)
+    one_c_exchange(base, {"kettle": "1990.00"})
+    wait_for(lambda: '<offer id="kettle"' in served(base) and "<price>1990.00</price>" in served(base), 60,
+             "the exchange feed to show the imported catalog")
+
+    one_c_exchange(base, {"kettle": "2490.00", "mug": "350.00"})
+    wait_for(lambda: "<price>2490.00</price>" in served(base) and '<offer id="mug"' in served(base), 60,
+             "the exchange feed to show the new prices")
+    assert "<price>1990.00</price>" not in served(base)
+
+
+def test_imports_without_complete_still_rebuild_once_the_exchange_is_quiet(shop):
+    """Older 1C versions never send mode=complete: the rebuild follows the last import by itself."""
+    settings, app, base = shop
+    start_scheduler(app, retry_seconds=None)
+    one_c_exchange(base, {"kettle": "990.00"}, finish=False)
+    wait_for(lambda: "<price>990.00</price>" in served(base), 60, "the debounced rebuild after the last import")
+
+
+def test_a_feed_built_before_the_last_import_is_not_fresh(shop, monkeypatch):
+    """Without a scheduler nothing rebuilds: the page must say the feed is outdated, not «свежий»."""
+    settings, app, base = shop
+    run_build(settings, settings.feeds[0])
+    one_c_exchange(base, {"kettle": "990.00"})
+    monkeypatch.setattr("health.collect.CHANGE_GRACE_SECONDS", 0)
+    feed = requests.get(base + "/health.json", timeout=10).json()["feeds"][0]
+    assert feed["state"] == "stale" and feed["source_changed_at"]
+    assert requests.get(base + "/healthz", timeout=10).status_code == 503
+
+    run_build(settings, settings.feeds[0])
+    feed = requests.get(base + "/health.json", timeout=10).json()["feeds"][0]
+    assert feed["state"] == "fresh" and feed["source_changed_at"] is None
