@@ -14,6 +14,7 @@ import math
 import os
 import resource
 import shutil
+import stat
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -178,6 +179,7 @@ class RecordBatch:
         self.offers: dict[tuple, list[dict]] = {}  # by column set: an offers file sets fewer columns
         self.children: dict[str, tuple[list, list]] = {t: ([], []) for t in ("prices", "attributes", "images", "stock")}
         self.image_cache: list[dict] = []
+        self.started = utc_now()  # when its pictures were fetched, as the picture cache records it
 
     def offer(self, row: dict) -> None:
         self.offers.setdefault(tuple(row), []).append(row)
@@ -209,7 +211,9 @@ class CatalogParser:
         self.outbox: list[tuple] = []  # messages for the writer, handed out after each record
         self.path = path
         self.upload_dir = upload_dir.resolve()
+        self.upload_prefix = str(self.upload_dir) + os.sep
         self.images_dir = images_dir
+        self.images_made = False
         self.batch = RecordBatch()
         self.counts: Counter = Counter()
         self.checked = False
@@ -554,34 +558,49 @@ class CatalogParser:
             except Malformed as exc:
                 self._skip("picture", owner_id, relative, str(exc))
                 continue
-            rows.append({"owner_id": owner_id, "position": len(rows), "filename": Path(relative).name, "size": size,
-                         "href": f"exchange:/download/{image_id}", "updated": self.updated})
+            rows.append({"owner_id": owner_id, "position": len(rows), "filename": os.path.basename(relative),
+                         "size": size, "href": f"exchange:/download/{image_id}", "updated": self.updated})
             self.batch.image_cache.append({"image_id": image_id, "owner_id": owner_id, "position": len(rows) - 1,
-                                            "size": size, "local_file": local_file, "fetched_at": utc_now()})
+                                            "size": size, "local_file": local_file, "fetched_at": self.batch.started})
         return rows
 
     def _copy_picture(self, relative: str) -> tuple[str, str, int]:
-        """Copy an uploaded picture into the images folder the feeds serve; refuse anything but jpg/png ≤ 2 MB."""
-        source = (self.upload_dir / relative).resolve()
-        if not source.is_relative_to(self.upload_dir):
+        """Put an uploaded picture into the images folder the feeds serve; refuse anything but jpg/png
+        ≤ 2 MB, and any path out of the upload folder. The picture is hard-linked (a copy only across
+        file systems): the upload goes with its session, the served file stays."""
+        source = os.path.normpath(os.path.join(self.upload_prefix, relative))
+        if not source.startswith(self.upload_prefix):
             raise Malformed("путь картинки ведёт за пределы папки обмена")
-        if not source.is_file():
-            raise Malformed("файл картинки не был загружен")
-        size = source.stat().st_size
-        if size > MAX_PICTURE_BYTES:
-            raise Malformed(f"картинка больше 2 МБ ({size} байт)")
-        with open(source, "rb") as handle:
+        try:  # uploads are never symbolic links (see exchange.uploads): refuse one rather than follow it
+            handle = open(os.open(source, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+        except OSError:
+            raise Malformed("файл картинки не был загружен") from None
+        with handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise Malformed("файл картинки не был загружен")
+            if info.st_size > MAX_PICTURE_BYTES:
+                raise Malformed(f"картинка больше 2 МБ ({info.st_size} байт)")
             head = handle.read(8)
         extension = next((ext for magic, ext in PICTURE_TYPES if head.startswith(magic)), None)
         if extension is None:
             raise Malformed("картинка не в формате JPEG или PNG")
         image_id = str(uuid.uuid5(uuid.NAMESPACE_URL, relative))
         local_file = f"{image_id}.{extension}"
-        self.images_dir.mkdir(parents=True, exist_ok=True)
-        partial = self.images_dir / f".{local_file}.{os.getpid()}.tmp"
-        shutil.copyfile(source, partial)
-        os.replace(partial, self.images_dir / local_file)  # a feed being served never sees half a picture
-        return image_id, local_file, size
+        if not self.images_made:
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+            self.images_made = True
+        target = os.path.join(self.images_dir, local_file)
+        try:
+            os.link(source, target)  # a new picture: it appears whole, in one step
+        except OSError:  # it exists (a feed may be serving it: replace it atomically), or no hard links here
+            partial = os.path.join(self.images_dir, f".{local_file}.{os.getpid()}.tmp")
+            try:
+                os.link(source, partial)
+            except OSError:  # another file system, or one without hard links
+                shutil.copyfile(source, partial)
+            os.replace(partial, target)
+        return image_id, local_file, info.st_size
 
     # the end of the file
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -115,6 +116,20 @@ def _start_or_append(state: dict, name: str, path: Path) -> None:
         path.unlink(missing_ok=True)
     if name.lower().endswith(".zip"):
         state["zips"][name] = "pending"
+    _unshare(path)
+
+
+def _unshare(path: Path) -> None:
+    """A picture an import already linked into the images folder gets a file of its own before more
+    is appended to it: appending must never change a picture the feeds serve."""
+    try:
+        if path.stat().st_nlink < 2:
+            return
+    except OSError:  # not there (a new file), or not reachable: appending will say what is wrong
+        return
+    copy = path.with_name(f".{path.name}.unshare")
+    shutil.copyfile(path, copy)
+    os.replace(copy, path)
 
 
 def _count_file(state: dict, name: str, written: int, new: bool) -> None:

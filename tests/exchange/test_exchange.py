@@ -398,3 +398,27 @@ def test_a_refusal_during_an_import_is_answered_at_once_and_logged_after(tmp_pat
     assert client.import_("import.xml")[0] == ["success"]
     [logged] = sessions(settings)
     assert logged["result"] == "failed" and logged["error"] == "дождитесь окончания загрузки import.xml"
+
+
+def test_a_picture_sent_again_after_its_import_never_changes_the_served_one(tmp_path, serve):
+    """Imported pictures are hard-linked into the images folder; 1C appending to the same name later
+    must get a file of its own, not grow the picture the feeds link to."""
+    from tests.exchange.test_commerceml import catalog
+
+    settings = exchange_settings(tmp_path, zip=False)
+    base = serve(settings)
+    client = OneC(base)
+    client.checkauth()
+    jpeg = b"\xff\xd8\xff\xe0" + picture(3)
+    assert client.send("import_files/ab/kettle.jpg", jpeg) == ["success"]
+    document = catalog([("kettle", "Чайник")], extra="<Картинка>import_files/ab/kettle.jpg</Картинка>")
+    assert client.send("import.xml", document.encode()) == ["success"]
+    assert client.import_("import.xml")[0] == ["success"]
+    served = [path for path in settings.images_dir.iterdir() if path.suffix == ".jpg"]
+    assert len(served) == 1 and served[0].read_bytes() == jpeg
+
+    assert client.send("import_files/ab/kettle.jpg", b"more bytes") == ["success"]  # appended, as 1C does
+    upload = settings.data_dir / "exchange" / str(sessions(settings)[0]["id"]) / "upload" / "import_files/ab/kettle.jpg"
+    assert upload.read_bytes() == jpeg + b"more bytes"
+    assert served[0].read_bytes() == jpeg
+    assert requests.get(f"{base}/images/{served[0].name}", timeout=10).content == jpeg
