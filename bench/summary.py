@@ -89,8 +89,9 @@ def serve_rows(figures: dict) -> Iterator[Row]:
 
 def import_rows(figures: dict) -> Iterator[Row]:
     for r in figures["results"]:
-        yield Row(f"import {r['file']}", f"{r['goods']:,} goods, {r['mb']:.1f} MB", f"{r['mb_per_s']:.1f} MB/s",
-                  f"{r['seconds']:.2f} s", "", r["peak_rss_mb"] + r["parser_rss_mb"], r["goals"])
+        yield Row(f"import {r['file']} ({r['shape']})", f"{r['goods']:,} goods, {r['mb']:.1f} MB",
+                  f"{r['mb_per_s']:.1f} MB/s = {r['ratio']:.0%} of bare pass {r['bare_mb_per_s']:.1f} MB/s",
+                  f"{r['seconds']:.2f} s", "", r["rss_sum_mb"], r["goals"])
 
 
 def print_table(rows: list[Row]) -> None:
