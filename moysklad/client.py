@@ -377,7 +377,10 @@ def _gunzip(chunks: Iterable[bytes], path: str) -> Iterator[bytes]:
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         for chunk in chunks:
-            yield inflater.decompress(chunk)
+            while chunk:  # in pieces of at most DOWNLOAD_CHUNK: a page unpacks to megabytes
+                yield inflater.decompress(chunk, DOWNLOAD_CHUNK)
+                chunk = inflater.unconsumed_tail
+        yield inflater.flush()
     except zlib.error as exc:
         raise TransportFailure(f"MoySklad sent a corrupt compressed answer for {path}: {exc}") from exc
     if not inflater.eof:
