@@ -13,12 +13,14 @@ import ctypes
 import datetime as dt
 import json
 import logging
+import math
 import multiprocessing
 import os
 import re
 import shutil
 import signal
 import string
+import tempfile
 import threading
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -39,6 +41,9 @@ MAX_PRICE_KOPECKS = 99_999_999 * 100
 MAX_TEXT = 255
 MAX_LINK = 2000
 UNCATEGORIZED_ID = "uncategorized"
+NOT_TRACKED = "NOT_TRACKED"  # MoySklad trackingType of goods under no mandatory marking
+# floor(free / quantity in the bundle) of figures like 2.25 / 0.75 must not lose a whole set to rounding
+BUNDLE_EPSILON = 1e-9
 SKIP_EXAMPLES = 5
 # XML 1.0 forbids these code points; MoySklad happily stores them.
 XML_INVALID_CHARS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0xD800, 0xE000), 0xFFFE, 0xFFFF])
@@ -69,12 +74,14 @@ class RenderStats:
     offers: int = 0
     inactive: int = 0
     categories: int = 0
+    category_ids: set = field(default_factory=set)  # the folders published offers sit in
     skipped: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
 
     def merge(self, other: "RenderStats") -> None:
         self.offers += other.offers
         self.inactive += other.inactive
+        self.category_ids |= other.category_ids
         self.skipped.update(other.skipped)
         for reason, examples in other.examples.items():
             shown = self.examples.setdefault(reason, [])
@@ -270,12 +277,38 @@ def activity(row, options: RenderOptions) -> str:
     return "inactive"
 
 
-def quantity(row, rule: str) -> float:
-    stock = row["stock_total"] or 0.0
-    reserve = row["reserve_total"] or 0.0
-    in_transit = row["in_transit_total"] or 0.0
+def available(stock: float | None, reserve: float | None, in_transit: float | None, rule: str) -> float:
+    """What the feed's quantity rule counts of stock figures (summed over its warehouses), never below 0."""
+    stock, reserve, in_transit = stock or 0.0, reserve or 0.0, in_transit or 0.0
     value = {"free": stock - reserve, "stock": stock, "quantity": stock - reserve + in_transit}[rule]
     return max(value, 0.0)
+
+
+def quantity(row, rule: str) -> float | None:
+    """The offer's quantity under the rule; None for a bundle that nothing in stock limits."""
+    if row["kind"] == "bundle":
+        return bundle_quantity(json.loads(row["components_json"] or "[]"), rule)
+    return available(row["stock_total"], row["reserve_total"], row["in_transit_total"], rule)
+
+
+def bundle_quantity(components: list, rule: str) -> float | None:
+    """How many whole bundles the components make: min over them of floor(available ÷ quantity in the bundle).
+
+    Each component counts under the feed's rule (free, stock or quantity) over the feed's
+    warehouses. A component missing, archived or removed makes it 0, as does a bundle with no
+    components known; services are not stocked and limit nothing, so a bundle of services only
+    has no quantity (None).
+    """
+    if not components:
+        return 0.0
+    sets = []
+    for per_bundle, kind, unavailable, figures in components:
+        if unavailable or not per_bundle or per_bundle <= 0:
+            return 0.0
+        if kind == "service":
+            continue
+        sets.append(math.floor(available(*figures, rule) / per_bundle + BUNDLE_EPSILON))
+    return float(min(sets)) if sets else None
 
 
 def offer_xml(row, options: RenderOptions, category_ids: set[str]) -> str:
@@ -297,8 +330,9 @@ def offer_xml(row, options: RenderOptions, category_ids: set[str]) -> str:
 
     kind = row["kind"]
     head = f'<offer id="{attr(row["id"])}" productId="{attr(row["product_id"])}"'
-    if kind != "service" and kind != "bundle":
-        head += f' quantity="{decimal(quantity(row, feed.quantity))}"'
+    amount = quantity(row, feed.quantity) if kind != "service" else None
+    if amount is not None:
+        head += f' quantity="{decimal(amount)}"'
     parts = [head + (' type="service">' if kind == "service" else ' type="product">')]
     add = parts.append
 
@@ -362,6 +396,8 @@ def offer_xml(row, options: RenderOptions, category_ids: set[str]) -> str:
     barcode = _barcode(row["barcodes"]) if row["barcodes"] else None
     if barcode:
         add(f"<barcode>{barcode}</barcode>")
+    if row["tracking_type"] and row["tracking_type"] != NOT_TRACKED:  # «Честный знак»: marked goods
+        add("<markable>Y</markable>")
     add("</offer>")
     return "".join(parts)
 
@@ -427,6 +463,19 @@ def category_tree(rows) -> list[tuple[str, str | None, str]]:
     return order
 
 
+def published_categories(rows, used: set[str]) -> list:
+    """The folders a feed publishes: every live one, and an archived one only while it holds (itself
+    or below it) an offer of the feed or a live folder, so the published tree stays connected."""
+    by_id = {row["id"]: row for row in rows}
+    wanted = {row["id"] for row in rows if not row["archived"]} | (used & by_id.keys())
+    kept = set()
+    for category_id in wanted:
+        while category_id in by_id and category_id not in kept:  # up to the root (or a looping link)
+            kept.add(category_id)
+            category_id = by_id[category_id]["parent_id"]
+    return [row for row in rows if row["id"] in kept]
+
+
 # --- the whole file --------------------------------------------------------------------------------
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -438,36 +487,43 @@ def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, pr
                 scratch_dir: Path | None = None) -> RenderStats:
     """Write the whole ICML document to ``out``.
 
-    Big catalogs are rendered by one process per core, each writing a part of the offers to a
-    file in ``scratch_dir`` (beside the target) that is then copied in; memory stays flat either way.
+    The offers are rendered first, into a temporary file in ``scratch_dir`` (beside the target),
+    because which archived folders are published depends on the offers that sit in them; big
+    catalogs are rendered by one process per core, each writing a part of the offers to a file of
+    its own. The header and categories then go to ``out`` and the offers are copied in after
+    them; memory stays flat either way.
     """
-    stats = RenderStats()
     feed = options.feed
-    categories = category_tree(reader.categories(options.source))
-    category_ids = {c[0] for c in categories}
+    folders = reader.categories(options.source)
+    folder_ids = {row["id"] for row in folders}
     parts = render_processes(reader.offer_count(options.source)) if scratch_dir else 1
     moscow = options.now.astimezone(MOSCOW)
-    with etree.xmlfile(out, encoding="utf-8") as xf:
-        xf.write_declaration()
-        with xf.element("yml_catalog", date=moscow.strftime("%Y-%m-%d %H:%M:%S")):
-            with xf.element("shop"):
-                xf.write(_text_element("name", clean_text(options.shop_name)))
-                xf.write(_text_element("company", clean_text(options.company or options.shop_name)))
-                with xf.element("categories"):
-                    for category_id, parent_id, name in categories:
-                        element = _text_element("category", name, id=category_id)
-                        if parent_id:
-                            element.set("parentId", parent_id)
-                        xf.write(element)
-                    xf.write(_text_element("category", clean_text(feed.uncategorized) or "Без категории", id=UNCATEGORIZED_ID))
-                    stats.categories = len(categories) + 1
-                with xf.element("offers"):
-                    xf.flush()  # offers go straight to the file, after what xmlfile has written so far
-                    if parts == 1:
-                        stats.merge(write_offers(reader, options, category_ids, out, progress=progress))
-                    else:
-                        log.info("feed %s: %d processes render the offers", feed.name, parts)
-                        stats.merge(_render_in_parts(reader.path, options, out, scratch_dir, parts, progress))
+    with tempfile.TemporaryFile(dir=scratch_dir) as offers_file:
+        if parts == 1:
+            stats = write_offers(reader, options, folder_ids, offers_file, progress=progress)
+        else:
+            log.info("feed %s: %d processes render the offers", feed.name, parts)
+            stats = _render_in_parts(reader.path, options, offers_file, scratch_dir, parts, progress)
+        categories = category_tree(published_categories(folders, stats.category_ids))
+        with etree.xmlfile(out, encoding="utf-8") as xf:
+            xf.write_declaration()
+            with xf.element("yml_catalog", date=moscow.strftime("%Y-%m-%d %H:%M:%S")):
+                with xf.element("shop"):
+                    xf.write(_text_element("name", clean_text(options.shop_name)))
+                    xf.write(_text_element("company", clean_text(options.company or options.shop_name)))
+                    with xf.element("categories"):
+                        for category_id, parent_id, name in categories:
+                            element = _text_element("category", name, id=category_id)
+                            if parent_id:
+                                element.set("parentId", parent_id)
+                            xf.write(element)
+                        xf.write(_text_element("category", clean_text(feed.uncategorized) or "Без категории",
+                                               id=UNCATEGORIZED_ID))
+                        stats.categories = len(categories) + 1
+                    with xf.element("offers"):
+                        xf.flush()  # offers go straight to the file, after what xmlfile has written so far
+                        offers_file.seek(0)
+                        shutil.copyfileobj(offers_file, out, 1 << 20)
     return stats
 
 
@@ -494,6 +550,8 @@ def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: se
         if state == "inactive":
             markup = markup[:-8] + "<productActivity>N</productActivity></offer>"
             stats.inactive += 1
+        if row["category_id"] in category_ids:
+            stats.category_ids.add(row["category_id"])
         batch.append(markup)
         stats.offers += 1
         if len(batch) >= 1000:
@@ -532,8 +590,8 @@ def _render_part(store_path: str, feed: FeedSettings, images_url: str, now: dt.d
     """One worker process: its own read-only connection, its share of the offers, its own file."""
     with CatalogReader(store_path) as reader, open(path, "wb") as out:
         options = resolve_options(reader, feed, images_url, now)
-        category_ids = {c[0] for c in category_tree(reader.categories(options.source))}
-        return write_offers(reader, options, category_ids, out, part=part, parts=parts)
+        folder_ids = {row["id"] for row in reader.categories(options.source)}
+        return write_offers(reader, options, folder_ids, out, part=part, parts=parts)
 
 
 def _render_in_parts(store_path, options: RenderOptions, out: BinaryIO, scratch_dir: Path, parts: int,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from moysklad.client import MoySkladClient
 from moysklad.errors import CredentialsRejected, MoySkladError
-from moysklad.sync import ALL_ITEMS, WITHOUT_STOCK
+from moysklad.sync import ALL_ITEMS, STOCK_REPORT_FILTER, WITHOUT_STOCK
 
 
 @dataclass
@@ -57,7 +57,7 @@ def check_connection(client: MoySkladClient) -> CheckReport:
     _fact(report, "catalog", counts)
 
     try:
-        page = client.get("/report/stock/all", {"limit": 1, "filter": "stockMode=all"})
+        page = client.get("/report/stock/all", {"limit": 1, "filter": STOCK_REPORT_FILTER})
         report.facts.append(("stock report", "OK"))
         rows = page.get("rows") or []
         if rows and "price" not in rows[0]:

@@ -1,7 +1,9 @@
 """HTTP client for the MoySklad JSON API 1.2: auth, gzip, paging, rate pacing and retries.
 
-Retries wrap the send only: a request is retried on 5xx, timeouts, resets and truncated bodies
-with bounded exponential backoff, waits as told on 429, and never repeats other 4xx.
+Retries wrap the send and the reading of the body: a request is retried on 5xx, timeouts, resets
+and bodies that arrive cut off or do not decode or parse (an unfinished gzip stream, unterminated
+JSON, a bare array without its closing bracket), with the same bounded exponential backoff in every
+read path; it waits as told on 429 and never repeats other 4xx.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
@@ -44,9 +46,13 @@ DOWNLOAD_CHUNK = 1 << 16
 T = TypeVar("T")
 
 
+# The paged stock reports; their short forms (/report/stock/all/current, /bystore/current) cost 1 unit.
+FIVE_UNIT_REPORTS = ("/report/stock/all", "/report/stock/bystore")
+
+
 def request_cost(path: str, auth_kind: str) -> int:
-    """Units MoySklad charges: 5 for stock reports, 4 for anything sent with login/password."""
-    cost = 5 if path.startswith("/report/stock") else 1
+    """Units MoySklad charges: 5 for the paged stock reports, at least 4 for anything sent with login/password."""
+    cost = 5 if path.rstrip("/") in FIVE_UNIT_REPORTS else 1
     return max(cost, 4) if auth_kind == "basic" else cost
 
 
@@ -128,6 +134,7 @@ class MoySkladClient:
         self.auth_kind = settings.auth_kind
         self.stats_lock = threading.Lock()
         self.requests = 0
+        self.units = 0  # of MoySklad's budget, what the requests sent cost (request_cost each, as paced)
         self.throttled = 0
         self.retries = 0
         self.server_date = None  # the Date header of the latest answer: MoySklad's clock, not ours
@@ -151,39 +158,45 @@ class MoySkladClient:
     # --- single requests --------------------------------------------------------------------
 
     def get(self, path: str, params: dict | None = None, headers: dict | None = None):
-        """GET one JSON document (object or array)."""
-        return _decode(self._send(path, params, headers).content, path)
+        """GET one JSON document (object or array); a body that does not parse is fetched again."""
+        return self._send(path, params, headers, receive=lambda response: _decode(response.content, path))
 
     def get_page(self, path: str, params: dict, headers: dict | None) -> dict:
         """GET one page of a list and check it has the list shape."""
         return _as_page(self.get(path, params, headers), path)
 
     def _fetch_compressed(self, path: str, params: dict, headers: dict | None) -> tuple[bytes, str]:
-        """The body as it came over the wire (gzip), and its Content-Encoding."""
-        response = self._send(path, params, headers, read="raw")
-        return response.wire_body, response.headers.get("Content-Encoding", "")
+        """The body as it came over the wire (gzip, a tenth of the size) and its Content-Encoding;
+        a gzip stream that does not end whole is fetched again."""
+        def receive(response: requests.Response) -> tuple[bytes, str]:
+            wire = response.raw.read(decode_content=False)
+            response.raw.release_conn()  # read to the end: the connection stays alive
+            encoding = response.headers.get("Content-Encoding", "")
+            if "gzip" in encoding:
+                _check_gzip(wire, path)
+            return wire, encoding
+
+        return self._send(path, params, headers, receive=receive)
 
     def _page_from_wire(self, wire: tuple[bytes, str], path: str, params: dict, headers: dict | None) -> dict:
-        """Unpack and parse a prefetched page; a corrupt one is fetched again (with its own retries)."""
+        """Unpack and parse a prefetched page; one that still does not parse is fetched again (with its own retries)."""
         body, encoding = wire
         try:
             if "gzip" in encoding:
                 body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
             return _as_page(_decode(body, path), path)
         except (zlib.error, TransportFailure) as exc:
-            self._count("retries")
-            log.warning("page of %s arrived corrupt (%s); fetching it again", path, exc)
+            self._back_off(f"page of {path} arrived unreadable ({exc})", 1)
             return self.get_page(path, params, headers)
 
-    def _send(self, path: str, params: dict | None, headers: dict | None, read: str = "decoded",
-              redirect: bool = False) -> requests.Response:
-        """Send with pacing and retries; return a 2xx response (or a 3xx one when ``redirect``).
+    def _send(self, path: str, params: dict | None, headers: dict | None,
+              receive: Callable[[requests.Response], T] | None = None, redirect: bool = False):
+        """Send with pacing and retries; return what ``receive`` made of a 2xx answer.
 
-        ``read`` says what happens to a 2xx body inside the retry loop: ``decoded`` (``.content``),
-        ``raw`` (``.wire_body``: the compressed bytes, a tenth of the size) or ``stream`` (left
-        unread for the caller).
+        ``receive`` reads the body inside the retry loop, so a body cut off on the way or one that
+        does not decode or parse (it raises :class:`TransportFailure`) is retried like a reset.
+        Without ``receive`` the answer itself is returned, read whole (a 3xx one too when ``redirect``).
         """
-        stream = read != "decoded"
         url = self.base_url + path if path.startswith("/") else path
         api_path = _api_path(url, self.base_path)
         cost = request_cost(api_path, self.auth_kind)
@@ -194,23 +207,29 @@ class MoySkladClient:
             try:
                 with self.in_flight:
                     self._count("requests")
+                    self._count("units", cost)
                     response = self.session.get(
-                        url, params=params, headers=headers, stream=stream,
+                        url, params=params, headers=headers, stream=True,
                         timeout=(self.settings.connect_timeout, self.settings.read_timeout), allow_redirects=False,
                     )
-                    self.gate.observe(response.headers)
-                    # read the body inside the try: truncation shows up here
-                    if response.status_code >= 300 or read == "decoded":
-                        _ = response.content
-                    elif read == "raw":
-                        response.wire_body = response.raw.read(decode_content=False)
-                        response.raw.release_conn()  # read to the end: the connection stays alive
+                    try:
+                        self.gate.observe(response.headers)
+                        if response.status_code < 300 and receive is not None:
+                            received = receive(response)
+                        else:
+                            received = response
+                            _ = response.content
+                    except BaseException:
+                        response.close()  # a body read halfway: the connection cannot be reused
+                        raise
                 if response.status_code < 300 or (redirect and response.is_redirect):
                     self._note_date(response)
-                    return response
+                    return received
                 error = classify(response.status_code, response.content, response.headers, api_path, url)
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
                 error = TransportFailure(f"no complete answer from MoySklad for {api_path}: {_reason(exc)}", url=url)
+            except TransportFailure as exc:
+                error = exc
             if isinstance(error, RateLimited):
                 throttled_in_a_row += 1
                 self._count("throttled")
@@ -232,13 +251,15 @@ class MoySkladClient:
 
     # --- lists ------------------------------------------------------------------------------
 
-    def iter_pages(self, path: str, params: dict | None = None, headers: dict | None = None) -> Iterator[dict]:
+    def iter_pages(self, path: str, params: dict | None = None, headers: dict | None = None,
+                   limit: int | None = None) -> Iterator[dict]:
         """Yield every page of a list in order, fetching up to ``max_in_flight`` pages ahead.
 
         The first page tells the size; the remaining offsets are then requested in parallel and
-        handed out in order, so at most a few pages are in memory at once.
+        handed out in order, so at most a few pages are in memory at once. ``limit`` overrides
+        the page size (``expand`` works only up to 100).
         """
-        limit = self.settings.page_size
+        limit = min(limit or self.settings.page_size, self.settings.page_size)
         base = dict(params or {}, limit=limit)
         first = self.get_page(path, dict(base, offset=0), headers)
         yield first
@@ -281,29 +302,13 @@ class MoySkladClient:
         """Yield the objects of a bare JSON array answer (the current-stock reports) one by one.
 
         Those answers are not paged and can hold hundreds of thousands of rows, so the body is
-        first downloaded whole to a temporary file (retrying as needed), then parsed
-        incrementally: memory stays flat whatever the catalog size.
+        first downloaded whole to a temporary file, unpacked and checked to be complete (the gzip
+        stream ended, the array closed), retrying as needed, then parsed incrementally: memory
+        stays flat whatever the catalog size, and nothing is yielded from a cut-off answer.
         """
-        for attempt in range(self.settings.max_retries + 1):
-            response = self._send(path, params, None, read="stream")
-            spool = tempfile.TemporaryFile()
-            try:
-                try:
-                    for chunk in response.iter_content(chunk_size=1 << 16):
-                        spool.write(chunk)
-                except requests.RequestException as exc:
-                    if attempt >= self.settings.max_retries:
-                        raise TransportFailure(f"the answer for {path} broke off: {_reason(exc)}") from exc
-                    self._count("retries")
-                    log.warning("answer for %s broke off (%s); retrying", path, _reason(exc))
-                    continue
-                finally:
-                    response.close()
-                spool.seek(0)
-                yield from _parse_array(spool, path)
-                return
-            finally:
-                spool.close()
+        spool = self._send(path, params, None, receive=lambda response: _spool_array(response, path))
+        with spool:
+            yield from _parse_array(spool, path)
 
     # --- files ------------------------------------------------------------------------------
 
@@ -347,9 +352,9 @@ class MoySkladClient:
         log.warning("%s; retry %d/%d in %.1fs", reason, retry, self.settings.max_retries, delay)
         time.sleep(delay)
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, n: int = 1) -> None:
         with self.stats_lock:
-            setattr(self, name, getattr(self, name) + 1)
+            setattr(self, name, getattr(self, name) + n)
 
     def _note_date(self, response: requests.Response) -> None:
         value = response.headers.get("Date")
@@ -364,7 +369,47 @@ def _decode(body: bytes, path: str):
     try:
         return json.loads(body)
     except ValueError as exc:
-        raise TransportFailure(f"MoySklad sent an unreadable answer for {path}: {exc}") from exc
+        raise TransportFailure(f"MoySklad's answer for {path} is not whole JSON (cut off on the way?): {exc}") from exc
+
+
+def _gunzip(chunks: Iterable[bytes], path: str) -> Iterator[bytes]:
+    """Unpack a gzip stream chunk by chunk; :class:`TransportFailure` when it is corrupt or ends early."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        for chunk in chunks:
+            while chunk:  # in pieces of at most DOWNLOAD_CHUNK: a page unpacks to megabytes
+                yield inflater.decompress(chunk, DOWNLOAD_CHUNK)
+                chunk = inflater.unconsumed_tail
+        yield inflater.flush()
+    except zlib.error as exc:
+        raise TransportFailure(f"MoySklad sent a corrupt compressed answer for {path}: {exc}") from exc
+    if not inflater.eof:
+        raise TransportFailure(f"MoySklad's answer for {path} was cut off (the gzip stream ends early)")
+
+
+def _check_gzip(wire: bytes, path: str) -> None:
+    """Raise :class:`TransportFailure` unless ``wire`` is one whole gzip stream (unpacked and thrown away)."""
+    for _ in _gunzip((wire[start:start + DOWNLOAD_CHUNK] for start in range(0, len(wire), DOWNLOAD_CHUNK)), path):
+        pass
+
+
+def _spool_array(response: requests.Response, path: str):
+    """The unpacked body of a bare-array answer in a temporary file, checked to be complete."""
+    spool = tempfile.TemporaryFile()
+    try:
+        chunks = response.raw.stream(DOWNLOAD_CHUNK, decode_content=False)
+        for part in _gunzip(chunks, path) if "gzip" in response.headers.get("Content-Encoding", "") else chunks:
+            spool.write(part)
+        response.raw.release_conn()
+        size = spool.tell()
+        spool.seek(max(0, size - 64))
+        if not spool.read().rstrip().endswith(b"]"):
+            raise TransportFailure(f"the JSON array from {path} ended early (truncated answer)")
+        spool.seek(0)
+        return spool
+    except BaseException:
+        spool.close()
+        raise
 
 
 def _as_page(data, path: str) -> dict:

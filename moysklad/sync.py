@@ -1,7 +1,17 @@
 """Catalog sync: MoySklad → catalog store, full or incremental, as one transaction.
 
-Requests for N items: ceil(N/1000) assortment pages + ceil(N/1000) stock-report pages (unit cost
-and first image) + three current-stock reports + a handful of reference lists.
+Requests of a full sync for N assortment rows (B of them bundles, F folders, S goods in the stock
+report: operated and not archived, S ≤ N):
+
+    4 reference requests (company settings, legal entity, warehouses, units)
+    + ceil(F/1000) folder pages + ceil(N/1000) assortment pages
+    + 3 current-stock reports (1 unit each) + ceil(S/1000) stock-report pages (5 units each)
+    + ceil(B/100) bundle pages (``expand=components`` works only up to limit 100)
+    ≤ 2 × ceil(N/1000) + ceil(F/1000) + ceil(B/100) + 7.
+
+An incremental run asks the same lists with ``updated>=bookmark`` (one page each when little
+changed, bundles included) and the stock reports whole: 10 + ceil(S/1000) when little changed.
+A bundle whose components do not all come inline costs one more request (its components list).
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ from moysklad.client import MoySkladClient
 from moysklad.transform import (
     MalformedItem,
     assortment_records,
+    bundle_component_records,
     category_record,
+    component_record,
     price_type_records,
     quantity,
     reference_record,
@@ -31,6 +43,12 @@ SOURCE = "moysklad"
 BOOKMARK_FORMAT = "%Y-%m-%d %H:%M:%S"
 ALL_ITEMS = "archived=true;archived=false"
 WITHOUT_STOCK = {"X-Lognex-Remap-Beta-Feature": "assortmentWithoutStock"}
+# quantityMode defaults to nonEmpty: without it goods with nothing available (and their cost and
+# first image) are missing from /report/stock/all (DOMAIN.md, "Details that are easy to get wrong").
+STOCK_REPORT_FILTER = "stockMode=all;quantityMode=all"
+EXPAND_LIMIT = 100  # MoySklad ignores expand on list pages above this limit
+# Set once every bundle's components were read; until then an incremental run reads them all.
+COMPONENTS_READ = "bundle_components_read"
 # stockType of /report/stock/bystore/current → column of the stock table
 STOCK_COLUMNS = {"stock": "stock", "reserve": "reserve", "inTransit": "in_transit"}
 
@@ -48,6 +66,7 @@ class SyncResult:
     seconds: float
     bookmark: str
     changed_since: str | None = None  # what this run asked for (None: everything)
+    units: int = 0  # what the requests cost of MoySklad's budget (45 units / 3 s)
 
 
 def sync_catalog(
@@ -62,7 +81,7 @@ def sync_catalog(
     """Pull the catalog into the store; the bookmark moves only when the whole run commits."""
     progress = progress or (lambda stage, count: None)
     started = time.monotonic()
-    before = (client.requests, client.throttled, client.retries)
+    before = (client.requests, client.throttled, client.retries, client.units)
     with store.run(SOURCE, "sync") as run:
         previous = store.setting(SOURCE, "bookmark")
         mode = "full" if full or not previous or _full_due(store, full_sync_hours) else "incremental"
@@ -76,6 +95,9 @@ def sync_catalog(
             _save_references(client, run)
             consistent = _save_categories(client, run, changed_since, progress)
             consistent &= _save_assortment(client, run, changed_since, progress)
+            _save_bundle_components(client, run, changed_since if store.setting(SOURCE, COMPONENTS_READ) else None,
+                                    progress)
+            run.set_setting(COMPONENTS_READ, server_now.isoformat())
             _save_stock(client, run, progress)
             _save_costs_and_images(client, run, progress)
             if mode == "full":
@@ -96,6 +118,7 @@ def sync_catalog(
         run_id=run.id, mode=mode, counts=dict(run.stats.counts), requests=run.stats.requests,
         throttled=run.stats.throttled, retries=run.stats.retries,
         seconds=time.monotonic() - started, bookmark=bookmark, changed_since=changed_since,
+        units=client.units - before[3],
     )
     log.info("moysklad sync #%d (%s) in %.1f s: %s; %d requests, %d throttled (429), %d retries",
              result.run_id, mode, result.seconds, result.counts, result.requests, result.throttled, result.retries)
@@ -183,6 +206,34 @@ def _save_assortment(client: MoySkladClient, run: CatalogRun, changed_since: str
     return len(sizes) <= 1
 
 
+def _save_bundle_components(client: MoySkladClient, run: CatalogRun, changed_since: str | None,
+                            progress: Progress) -> None:
+    """What each new or changed bundle is made of (all of them when ``changed_since`` is None).
+
+    Read with ``expand=components`` at limit 100, the only limit at which MoySklad expands; a bundle
+    whose components did not all come inline is asked for its components list. A malformed bundle
+    keeps the components it had.
+    """
+    params = {"filter": _filter(changed_since), "expand": "components"}
+    for page in client.iter_pages("/entity/bundle", params, limit=EXPAND_LIMIT):
+        bundle_ids, components = [], []
+        for row in page["rows"]:
+            try:
+                bundle_id, parts = bundle_component_records(row)
+                if parts is None:
+                    parts = [component_record(bundle_id, part)
+                             for part in client.iter_rows(f"/entity/bundle/{bundle_id}/components")]
+            except MalformedItem as exc:
+                _skip(run, row, "bundle", str(exc))
+                continue
+            bundle_ids.append(bundle_id)
+            components.extend(parts)
+        run.stats.add("bundle_components", run.replace_children(
+            "bundle_components", "bundle_id", bundle_ids, components, ("source", "bundle_id", "component_id")))
+        run.stats.add("bundles_read", len(bundle_ids))
+        progress("bundle components", run.stats.counts["bundles_read"])
+
+
 def _save_stock(client: MoySkladClient, run: CatalogRun, progress: Progress) -> None:
     """Per-warehouse stock, reserve and in transit; always read whole (three cheap requests)."""
     run.clear("stock")
@@ -198,10 +249,13 @@ def _save_stock(client: MoySkladClient, run: CatalogRun, progress: Progress) -> 
 
 
 def _save_costs_and_images(client: MoySkladClient, run: CatalogRun, progress: Progress) -> None:
-    """Unit cost (себестоимость) and the first image of every product and variant, from the stock report."""
+    """Unit cost (себестоимость) and the first image of every product and variant, from the stock report.
+
+    Goods that never took part in an operation are in no stock report: their cost stays unknown.
+    """
     run.clear("images")
     done = 0
-    for page in client.iter_pages("/report/stock/all", {"filter": "stockMode=all"}):
+    for page in client.iter_pages("/report/stock/all", {"filter": STOCK_REPORT_FILTER}):
         costs, images = [], []
         for row in page["rows"]:
             try:

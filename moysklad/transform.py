@@ -242,11 +242,38 @@ def assortment_records(row: dict) -> AssortmentRecords:
         "weight": _number(row, "weight"),
         "volume": _number(row, "volume"),
         "variants_count": row.get("variantsCount") if isinstance(row.get("variantsCount"), int) else 0,
+        # products and bundles carry it; a variant is marked as its product (Variant has no trackingType)
+        "tracking_type": _text(row, "trackingType"),
         "archived": offer["archived"],
         "updated": offer["updated"],
     }
     records.attributes = attribute_records(row, item_id)
     return records
+
+
+def bundle_component_records(row: dict) -> tuple[str, list[dict] | None]:
+    """A row of ``/entity/bundle?expand=components``: (bundle id, its components), or None for the
+    components when the row does not hold them all (expand ignored, or more than it inlines)."""
+    bundle_id, _ = _identity(row, "bundle")
+    block = row.get("components") if isinstance(row.get("components"), dict) else {}
+    rows, meta = block.get("rows"), block.get("meta")
+    size = meta.get("size") if isinstance(meta, dict) else None
+    if not isinstance(rows, list) or (isinstance(size, int) and size > len(rows)):
+        return bundle_id, None
+    return bundle_id, [component_record(bundle_id, component) for component in rows]
+
+
+def component_record(bundle_id: str, row: dict) -> dict:
+    """One bundle component (BundleComponent): the good, variant or service and how many go in the bundle."""
+    if not isinstance(row, dict):
+        raise MalformedItem("a bundle component is not a JSON object")
+    component_id = linked_id(row, "assortment")
+    if not component_id:
+        raise MalformedItem("a bundle component has no link to its good")
+    amount = _number(row, "quantity")
+    if amount is None or amount <= 0:
+        raise MalformedItem(f"a bundle component has no positive quantity: {row.get('quantity')!r}")
+    return {"bundle_id": bundle_id, "component_id": component_id, "quantity": amount}
 
 
 def stock_report_record(row: dict) -> tuple[str, int | None, dict | None]:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from core.clock import utc_now
+from store.bundles import BUNDLES_SCHEMA, COMPONENTS
 from store.database import Database, StoreError
 from store.images import IMAGE_CACHE_SCHEMA, ImageCacheRows
 from store.orders import ORDERS_SCHEMA, OrderBook
@@ -32,7 +33,7 @@ CREATE TABLE IF NOT EXISTS products (
     code TEXT, article TEXT, external_code TEXT, category_id TEXT, description TEXT,
     unit_id TEXT, vat REAL, vat_enabled INTEGER, weight REAL, volume REAL,
     variants_count INTEGER NOT NULL DEFAULT 0, archived INTEGER NOT NULL DEFAULT 0,
-    removed INTEGER NOT NULL DEFAULT 0, removed_at TEXT, updated TEXT, seen_run INTEGER,
+    removed INTEGER NOT NULL DEFAULT 0, removed_at TEXT, updated TEXT, seen_run INTEGER, tracking_type TEXT,
     PRIMARY KEY (source, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offers (
     source TEXT NOT NULL, id TEXT NOT NULL, product_id TEXT NOT NULL, kind TEXT NOT NULL,
@@ -90,7 +91,9 @@ class CatalogStore(Database, RunLog, OrderBook, ImageCacheRows):
     Open it with :func:`open_catalog` in a ``with`` block.
     """
 
-    SCHEMA = CATALOG_SCHEMA + RUNS_SCHEMA + IMAGE_CACHE_SCHEMA + ORDERS_SCHEMA
+    SCHEMA = CATALOG_SCHEMA + RUNS_SCHEMA + IMAGE_CACHE_SCHEMA + ORDERS_SCHEMA + BUNDLES_SCHEMA
+    # products.tracking_type (MoySklad trackingType: mandatory marking) came after the table
+    ADDED_COLUMNS = (("products", "tracking_type", "TEXT"),)
 
     @property
     def run_class(self):
@@ -167,7 +170,8 @@ class CatalogReader:
         """Every offer a feed may publish, joined with its product card, price, stock and attributes.
 
         A product with variants is left out (its variants are the offers), unless all of them were
-        removed before ``removed_before``. Rows come grouped by product.
+        removed before ``removed_before``. A bundle comes with its components and their stock over
+        the same warehouses (``components_json``). Rows come grouped by product.
         """
         params = {"source": source, "price_type": price_type_id, "removed_before": removed_before}
         stock_filter = ""
@@ -186,6 +190,8 @@ class CatalogReader:
                    p.code AS product_code, p.external_code AS product_external_code,
                    p.article AS product_article, p.archived AS product_archived, p.removed AS product_removed,
                    p.removed_at AS product_removed_at, p.updated AS product_updated, p.id IS NOT NULL AS has_product,
+                   p.tracking_type,
+                   CASE WHEN o.kind = 'bundle' THEN {COMPONENTS.format(stock_filter=stock_filter)} END AS components_json,
                    {"po.buy_price" if with_product_buy_price else "NULL"} AS product_buy_price,
                    st.stock AS stock_total, st.reserve AS reserve_total, st.in_transit AS in_transit_total,
                    (SELECT value FROM prices WHERE source = :source AND offer_id = o.id

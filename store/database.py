@@ -29,6 +29,8 @@ class Database:
     """A connection to one store file with its schema in place."""
 
     SCHEMA = ""
+    # (table, column, declaration) added to a table after it was first created: added where missing
+    ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = ()
 
     def __init__(self, path: str | os.PathLike, wait_seconds: float = 30):
         """``wait_seconds``: how long a write waits for another writer to commit (SQLite has one writer)."""
@@ -47,6 +49,8 @@ class Database:
                 with locked(self.path.with_name(f"{self.path.name}.schema.lock")):
                     if not self._schema_complete():
                         self.db.conn.executescript(self.SCHEMA)
+                        for table, column, declaration in self._missing_columns():
+                            self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
 
@@ -61,7 +65,13 @@ class Database:
 
     def _schema_complete(self) -> bool:
         wanted = set(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", self.SCHEMA))
-        return wanted <= {name for (name,) in self.db.execute("SELECT name FROM sqlite_master")}
+        return wanted <= {name for (name,) in self.db.execute("SELECT name FROM sqlite_master")} \
+            and not self._missing_columns()
+
+    def _missing_columns(self) -> list[tuple[str, str, str]]:
+        """The ADDED_COLUMNS a store file created by an earlier version lacks."""
+        return [(table, column, declaration) for table, column, declaration in self.ADDED_COLUMNS
+                if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}]
 
     @contextlib.contextmanager
     def immediate(self):

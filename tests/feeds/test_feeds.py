@@ -3,6 +3,7 @@
 import collections
 import dataclasses
 import json
+from decimal import Decimal
 
 import pytest
 from lxml import etree
@@ -12,6 +13,7 @@ from emulator.harness import client_settings
 from feeds.build import BuildFailed, build_feed
 from feeds.icml import clean_text, param_code
 from store import CatalogStore
+from tests.moysklad.test_sync import dump
 
 
 def feed_settings(tmp_path, emulator, **options) -> Settings:
@@ -40,6 +42,14 @@ def rubles(kopecks):
     return f"{round(kopecks) // 100}.{round(kopecks) % 100:02d}"
 
 
+def nothing_available(catalog, item) -> bool:
+    """A good in stock with all of it reserved (the stock report's default quantityMode leaves it out)."""
+    stores = range(len(catalog.stores))
+    stock, reserve = (sum(item.stock[3 * w + k] for w in stores) for k in (0, 1))
+    in_transit = sum(item.stock[3 * w + 2] for w in stores)
+    return item.operated and stock > 0 and stock - reserve + in_transit == 0
+
+
 @pytest.fixture
 def catalog_feed(tmp_path, emulator):
     """A default feed built from the emulator's catalog: (settings, parsed document, build result)."""
@@ -64,7 +74,9 @@ def test_every_product_or_each_of_its_variants_is_one_offer(catalog_feed, emulat
     for item in live(catalog):
         if item.kind == "variant" and item.id in offers:
             assert offers[item.id].get("productId") == item.parent_id
-            assert offers[item.id].findtext("productName") == clean_text(catalog.items[item.parent_id].name)
+            # a product without a name lends none: its variants' offers carry their own name there
+            product_name = clean_text(catalog.items[item.parent_id].name) or clean_text(item.name)
+            assert offers[item.id].findtext("productName") == product_name
         elif item.id in offers:
             assert offers[item.id].get("productId") == item.id
 
@@ -82,9 +94,13 @@ def test_names_prices_cost_and_codes_follow_the_catalog(catalog_feed, emulator):
         assert offer.findtext("xmlId") == item.external_code
         prices = item.sale_prices or catalog.items[item.parent_id].sale_prices  # a variant without its own takes the product's
         assert offer.findtext("price") == rubles(prices[0])
-        if item.stocked:
+        if item.operated:  # in the stock report, whatever is available
             assert offer.findtext("purchasePrice") == rubles(item.cost)
             checked["cost"] += 1
+            checked["cost, nothing available"] += nothing_available(catalog, item)
+        elif item.stocked:  # never took part in an operation: in no stock report, cost unknown
+            assert offer.findtext("purchasePrice") is None
+            checked["no cost"] += 1
         if item.kind == "variant":
             params = {p.get("name"): (p.get("code"), p.text) for p in offer.iterfind("param")}
             for index, value in item.characteristics:
@@ -96,6 +112,7 @@ def test_names_prices_cost_and_codes_follow_the_catalog(catalog_feed, emulator):
         if article:
             assert offer.find("param[@code='article']").text == article
     assert checked["cost"] and checked["own price"] and checked["product price"]
+    assert checked["cost, nothing available"] and checked["no cost"]
 
 
 def test_free_stock_sums_the_warehouses_and_never_goes_negative(tmp_path, emulator):
@@ -171,7 +188,7 @@ def test_categories_form_a_tree_and_every_offer_points_into_it(catalog_feed, emu
         assert parent is None or parent in seen  # parents come first
         seen.add(category.get("id"))
     folders = emulator.catalog.folders
-    assert {f.id for f in folders.values()} <= set(categories)
+    assert {f.id for f in folders.values() if not f.archived} <= set(categories)
     for offer in document.iterfind(".//offer"):
         assert offer.findtext("categoryId") in categories
     in_no_folder = [i for i in live(emulator.catalog) if i.kind != "variant" and not i.folder_id]
@@ -188,7 +205,7 @@ def test_hostile_names_are_escaped_cleaned_capped_or_skipped(catalog_feed, emula
     assert any("🎁" in n for n in names)
     assert any("Товарс управляющимсимволом" in n for n in names)
     assert all(0 < len(n) <= 255 for n in names)
-    empty = [i for i in live(emulator.catalog) if not clean_text(i.name)]
+    empty = [i for i in live(emulator.catalog) if not clean_text(i.name) and not i.variant_ids]  # offers only
     assert result.skipped["пустое наименование"] == len(empty) > 0
     store = CatalogStore(settings.store_path)
     skipped = store.skipped_items(result.run_id)
@@ -346,3 +363,136 @@ def test_the_build_is_recorded_with_counts(catalog_feed):
     assert counts["size"] == (settings.data_dir / "feeds" / "main.xml").stat().st_size
     assert counts["skipped_by_reason"] == result.skipped
     assert json.loads(json.dumps(counts["skipped_examples"]))["пустое наименование"][0]["id"]
+
+
+def published_goods(catalog, offers):
+    """(item, its offer) for every live item of the catalog that the feed has an offer for."""
+    return ((item, offers[item.id]) for item in live(catalog) if item.id in offers)
+
+
+def card_of(catalog, item):
+    return catalog.items[item.parent_id] if item.parent_id else item
+
+
+def bundle_by_hand(catalog, bundle, rule="free", stores=None):
+    """What a bundle can be sold of, from the emulator's own objects, in exact decimals."""
+    stores = range(len(catalog.stores)) if stores is None else stores
+    sets = []
+    for part_id, per_bundle in bundle.components:
+        good = catalog.items.get(part_id)
+        if good is None or good.archived or card_of(catalog, good).archived:
+            return 0
+        if good.kind == "service":
+            continue
+        stock, reserve, in_transit = (sum(Decimal(str(good.stock[3 * w + k])) for w in stores) for k in range(3))
+        value = {"free": stock - reserve, "stock": stock, "quantity": stock - reserve + in_transit}[rule]
+        sets.append(max(value, 0) // Decimal(str(per_bundle)))
+    return min(sets) if sets else None
+
+
+def test_zero_available_goods_keep_cost_and_picture_and_never_operated_ones_publish_0(tmp_path, emulator):
+    catalog = emulator.catalog
+    settings = feed_settings(tmp_path, emulator, pictures="cache")
+    build(settings)
+    offers = offers_by_id(parse(settings))
+    seen = collections.Counter()
+    for item, offer in published_goods(catalog, offers):
+        if not item.stocked:
+            continue
+        if nothing_available(catalog, item):
+            assert offer.findtext("purchasePrice") == rubles(item.cost), item.name
+            assert float(offer.get("quantity")) == 0
+            own = catalog.image_ids(item)
+            if own:
+                assert offer.findtext("picture") == f"{settings.images_url}/{own[0]}.png", item.name
+                seen["picture"] += 1
+            seen["nothing available"] += 1
+        elif not item.operated:
+            assert offer.get("quantity") == "0" and offer.find("purchasePrice") is None, item.name
+            seen["never operated"] += 1
+    assert seen["nothing available"] and seen["picture"] and seen["never operated"]
+
+
+def test_bundles_publish_as_many_as_their_components_make(tmp_path, emulator_factory):
+    emulator = emulator_factory(products=1500, seed=6)
+    catalog = emulator.catalog
+    bundles = [b for b in live(catalog) if b.kind == "bundle" and clean_text(b.name)]
+    first = catalog.stores[0]
+    seen = collections.Counter()
+    for rule, stores in (("free", None), ("stock", None), ("quantity", None), ("free", (first.name,))):
+        options = {"quantity": rule, "min_ratio": 0} | ({"stores": stores} if stores else {})
+        settings = feed_settings(tmp_path / f"{rule}-{bool(stores)}", emulator, **options)
+        build(settings)
+        offers = offers_by_id(parse(settings))
+        for bundle in bundles:
+            expected = bundle_by_hand(catalog, bundle, rule, [0] if stores else None)
+            published = offers[bundle.id].get("quantity")
+            assert (None if published is None else Decimal(published)) == expected, (rule, stores, bundle.name)
+            parts = [catalog.items.get(part) for part, _ in bundle.components]
+            seen["sellable"] += bool(expected)
+            seen["archived component"] += any(p is not None and p.archived for p in parts)
+            seen["fractional"] += any(not float(q).is_integer() for _, q in bundle.components) and bool(expected)
+            seen["service"] += any(p is not None and p.kind == "service" for p in parts)
+    assert all(seen[case] for case in ("sellable", "archived component", "fractional", "service")), seen
+
+
+def test_archived_folders_are_published_only_while_the_feed_has_goods_in_them(catalog_feed, emulator):
+    _, document, _ = catalog_feed
+    folders = emulator.catalog.folders
+    published = {c.get("id") for c in document.iterfind(".//category")}
+    used = {o.findtext("categoryId") for o in document.iterfind(".//offer")}
+    children = collections.defaultdict(list)
+    for folder in folders.values():
+        children[folder.parent_id].append(folder)
+
+    def holds(folder) -> bool:  # a good of the feed or a live folder in it, or below it
+        return folder.id in used or any(not child.archived or holds(child) for child in children[folder.id])
+
+    for folder in folders.values():
+        assert (folder.id in published) == (not folder.archived or holds(folder)), folder.name
+    empty, full = list(folders.values())[-1], list(folders.values())[-2]  # as the generator makes them
+    assert empty.archived and empty.id not in published
+    assert full.archived and full.id in published
+    assert sum(f.archived and f.id not in published for f in folders.values()) >= 1
+
+
+def test_marked_goods_are_markable(catalog_feed, emulator):
+    _, document, _ = catalog_feed
+    catalog = emulator.catalog
+    offers = offers_by_id(document)
+    seen = collections.Counter()
+    for item, offer in published_goods(catalog, offers):
+        marked = card_of(catalog, item).tracking_type != "NOT_TRACKED"
+        assert offer.findtext("markable") == ("Y" if marked else None), item.name
+        seen[(item.kind, marked)] += 1
+    assert seen[("product", True)] and seen[("variant", True)] and seen[("product", False)]
+    assert [child.tag for child in next(o for o in offers.values() if o.find("markable") is not None)][-1] == "markable"
+
+
+def test_a_full_sync_through_truncated_answers_publishes_the_same_feed(tmp_path, emulator_factory):
+    server = emulator_factory(products=1500, seed=4)
+
+    def settings_for(name):
+        return Settings(data_dir=tmp_path / name, feeds=(FeedSettings(name="main", pictures="none"),),
+                        moysklad=client_settings(server, page_size=100, max_retries=8), public_url="https://feeds.example")
+
+    clean = settings_for("clean")
+    build(clean)
+    server.faults.update({"truncate_rate": 0.08, "seed": 3})
+    faulty = settings_for("faulty")
+    result = build(faulty)
+    server.faults.update({"truncate_rate": 0.0})
+
+    assert result.published and result.sync.retries > 0  # only truncation was switched on
+    with CatalogStore(clean.store_path) as a, CatalogStore(faulty.store_path) as b:
+        left, right = dump(a), dump(b)
+        bundles = [sorted(map(tuple, s.db.execute("SELECT * FROM bundle_components").fetchall())) for s in (a, b)]
+    for table in ("categories", "products", "offers", "prices", "stock", "images", "attributes", "warehouses"):
+        assert left[table] == right[table], table
+    assert bundles[0] == bundles[1] and bundles[0]
+
+    def body(settings):
+        root = parse(settings).getroot()
+        return [etree.tostring(element) for element in root.iter("category", "offer")]
+
+    assert body(faulty) == body(clean)

@@ -43,6 +43,9 @@ def test_check_prints_what_the_account_holds(tmp_path, emulator):
     assert f"{len(catalog.items)} assortment items ({archived} archived), {len(catalog.folders)} groups" in out
     assert "stock report" in out and "unit cost" in out
     assert "MoySklad connection OK." in out
+    # asked as the sync asks it: goods with nothing available are in the report too
+    assert [e["query"]["filter"] for e in emulator.request_log if e["path"] == "/report/stock/all"] == [
+        "stockMode=all;quantityMode=all"]
 
 
 def test_check_with_a_wrong_token_exits_non_zero_and_says_what_to_fix(tmp_path, emulator):

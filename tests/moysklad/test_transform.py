@@ -7,7 +7,9 @@ import pytest
 from moysklad.transform import (
     MalformedItem,
     assortment_records,
+    bundle_component_records,
     category_record,
+    component_record,
     id_from_href,
     price_type_records,
     stock_report_record,
@@ -126,3 +128,18 @@ def test_errors_are_classified_once_with_words_a_person_can_act_on():
     error = classify(412, b'{"errors":[{"error":"first"},{"error":"second","code":3000}]}', {}, "/x", "u")
     assert isinstance(error, RequestRejected) and not error.retriable
     assert "first; second" in str(error) and error.codes == (3000,)
+
+
+def test_bundles_carry_tracking_type_and_their_components(shared_fixtures):
+    bundle = load(shared_fixtures, "bundle_list.json")["rows"][0]
+    assert assortment_records(bundle).product["tracking_type"] == "NOT_TRACKED"
+    assert bundle_component_records(bundle) == (bundle["id"], None)  # not expanded: to be asked for
+    listed = load(shared_fixtures, "bundle_components.json")["rows"]
+    expanded = dict(bundle, components={"meta": {"size": len(listed)}, "rows": listed})
+    assert bundle_component_records(expanded) == (bundle["id"], [
+        {"bundle_id": bundle["id"], "component_id": "b3d8d132-ee08-11e6-8af5-581e00000013", "quantity": 1.0},
+        {"bundle_id": bundle["id"], "component_id": "b01e8dfd-ee08-11e6-8af5-581e00000005", "quantity": 1.0}])
+    partial = dict(bundle, components={"meta": {"size": len(listed) + 1}, "rows": listed})
+    assert bundle_component_records(partial) == (bundle["id"], None)  # more than came inline
+    with pytest.raises(MalformedItem, match="no positive quantity"):
+        component_record(bundle["id"], dict(listed[0], quantity=0))

@@ -122,3 +122,17 @@ def test_a_killed_run_is_noticed_by_the_next_one(store, tmp_path):
     runs = store.recent_runs()
     assert [r["status"] for r in runs] == ["ok", "interrupted"]
     assert "process killed" in runs[1]["error"]
+
+
+def test_a_store_made_before_tracking_type_gains_the_column_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "catalog.sqlite"
+    with CatalogStore(path) as store:
+        with store.run("moysklad", "sync") as run:
+            run.upsert_products([{"id": "p", "kind": "product", "name": "Кроссовки"}])
+        store.db.execute("ALTER TABLE products DROP COLUMN tracking_type")  # as an earlier version made it
+        store.db.conn.commit()
+    with CatalogStore(path) as store:
+        with store.run("moysklad", "sync") as run:
+            run.upsert_products([{"id": "q", "kind": "product", "name": "Ботинки", "tracking_type": "SHOES"}])
+        rows = {r["id"]: (r["name"], r["tracking_type"]) for r in store.db.query("SELECT * FROM products")}
+    assert rows == {"p": ("Кроссовки", None), "q": ("Ботинки", "SHOES")}

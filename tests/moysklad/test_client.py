@@ -1,0 +1,53 @@
+"""Answers cut off on the way, in every read path of the client, against the emulator over loopback:
+single documents, prefetched pages and bare-array reports are fetched again with the usual back-off,
+never more than ``max_retries`` times, and the error after giving up says what happened."""
+
+import collections
+
+import pytest
+
+from emulator.harness import client_settings
+from moysklad.client import MoySkladClient
+from moysklad.errors import TransportFailure
+
+FRAMINGS = ("close", "length", "chunked")
+READS = {
+    "get": lambda client: client.get("/entity/assortment", {"limit": 100})["rows"],
+    "pages": lambda client: [row for page in client.iter_pages("/entity/assortment") for row in page["rows"]],
+    "array": lambda client: list(client.iter_array("/report/stock/bystore/current", {"stockType": "reserve"})),
+}
+# what the error says happened, per framing of the cut (see emulator.server.TRUNCATE_FRAMINGS)
+GAVE_UP = {"close": ("is not whole JSON (cut off on the way?)", "was cut off (the gzip stream ends early)"),
+           "length": ("answer truncated",), "chunked": ("connection broken (Response ended prematurely)",)}
+
+
+def read(server, what, **settings):
+    client = MoySkladClient(client_settings(server, **settings))
+    try:
+        return READS[what](client), client.retries
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+@pytest.mark.parametrize("what", READS)
+def test_a_cut_off_answer_is_fetched_again_and_reads_as_a_whole_one(emulator, what, framing):
+    clean, _ = read(emulator, what, page_size=20)
+    emulator.faults.update({"truncate_rate": 0.5, "truncate_framing": framing, "seed": 2})
+    emulator.reset_stats()
+    rows, retries = read(emulator, what, page_size=20, max_retries=10)
+    assert rows == clean and len(rows) > 20
+    assert retries > 0
+    attempts = collections.Counter((e["path"], e["query"].get("offset")) for e in emulator.request_log)
+    assert max(attempts.values()) <= 11
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+@pytest.mark.parametrize("what", READS)
+def test_an_answer_always_cut_off_fails_after_max_retries_saying_so(emulator, what, framing):
+    emulator.faults.update({"truncate_rate": 1.0, "truncate_framing": framing})
+    with pytest.raises(TransportFailure) as error:
+        read(emulator, what, max_retries=2)
+    assert emulator.stats["requests"] == 3
+    assert str(error.value).endswith("(gave up after 3 attempts)")
+    assert any(words in str(error.value) for words in GAVE_UP[framing]), str(error.value)
