@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import click
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core.logging_setup import configure_logging
-from core.settings import Settings, load_settings
+from core.settings import ConfigError, Settings, load_settings, prepare_data_dirs
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the app from settings (by default read from SKLADBRIDGE_CONFIG / ./config.yaml)."""
-    settings = settings or load_settings()
+    """Build the app from settings (by default read from SKLADBRIDGE_CONFIG / ./config.yaml).
+
+    A config mistake raises :class:`ConfigError` (one line); on the command line it becomes click's
+    one-line error and exit status 1 instead of a traceback.
+    """
+    try:
+        settings = settings or load_settings()
+        prepare_data_dirs(settings)
+    except ConfigError as exc:
+        if click.get_current_context(silent=True) is not None:
+            raise click.ClickException(f"config error: {exc}") from None
+        raise
     configure_logging(settings)
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     if settings.proxy_hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,
                                 x_host=settings.proxy_hops)
-    for account in settings.every_account():
-        account.data_dir.mkdir(parents=True, exist_ok=True)
 
     from exchange.web import exchange_bp
     from feeds.web import feeds_bp
@@ -37,5 +46,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     for group in (moysklad_cli, emulator_cli, feeds_cli):
         app.cli.add_command(group)
     if settings.is_demo:
-        app.logger.warning("no config file: running the demo against the bundled MoySklad emulator")
+        app.logger.warning(settings.demo_notice)
     return app

@@ -68,3 +68,15 @@ class ScrubbingLogger(Logger):
 
 
 logger_class = ScrubbingLogger
+
+
+def on_starting(server):
+    """Read the configuration once in the master before any worker boots: a mistake is one line and exit 1
+    (wsgi.py does the same for a gunicorn started without this file)."""
+    from core.settings import ConfigError, load_settings, prepare_data_dirs
+
+    try:
+        prepare_data_dirs(load_settings())
+    except ConfigError as exc:
+        print(f"skladbridge: config error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -25,6 +25,7 @@ from core.files import lock_holder, release
 from core.mailbox import BUILD, EXCHANGE, REBUILD, Mailbox, Note
 from core.settings import FeedSettings, Settings
 from feeds.build import BuildFailed, build_feed
+from feeds.publish import failure_outcome
 from moysklad.errors import MoySkladError
 from exchange.sessions import prune_sessions
 from store import ExchangeLog, StoreError
@@ -130,14 +131,15 @@ def run_build(settings: Settings, feed: FeedSettings, sync: bool = True, force: 
     try:
         result = build_feed(settings, feed, sync=sync, force=force)
     except (BuildFailed, MoySkladError, StoreError) as exc:
-        log.error("feed %s: build failed in %.1f s, the previous file stays published: %s",
-                  feed.name, time.monotonic() - started, exc)
+        log.error("feed %s: build failed in %.1f s, %s: %s",
+                  feed.name, time.monotonic() - started, failure_outcome(settings.feeds_dir, feed.name), exc)
     except Exception:  # a bug must not stop the other feeds' builds
-        log.exception("feed %s: build crashed in %.1f s, the previous file stays published",
-                      feed.name, time.monotonic() - started)
+        log.exception("feed %s: build crashed in %.1f s, %s",
+                      feed.name, time.monotonic() - started, failure_outcome(settings.feeds_dir, feed.name))
     else:
-        log.info("feed %s: build #%d published in %.1f s, %d offers", feed.name, result.run_id,
-                 result.seconds, result.offers)
+        log.info("feed %s: build #%d published in %.1f s, %d offers%s", feed.name, result.number,
+                 result.seconds, result.offers,
+                 f"; build #{result.with_pictures.number} added the new pictures" if result.with_pictures else "")
 
 
 class MailboxPoller:

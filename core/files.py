@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -38,17 +39,23 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
-def try_lock(path: Path, *, note_pid: bool = False) -> IO | None:
+def try_lock(path: Path, *, note_pid: bool = False, patience: float = 0.0) -> IO | None:
     """The lock on ``path`` held for as long as the returned file stays open, or None when taken.
 
-    With ``note_pid`` the holder writes its pid into the file, for whoever finds it taken.
+    With ``note_pid`` the holder writes its pid into the file, for whoever finds it taken. With
+    ``patience`` a lock taken only for a moment (by :func:`lock_is_held`) is tried again that long.
     """
     handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                return None
+            time.sleep(0.01)
     if note_pid:
         handle.seek(0)
         handle.truncate()
@@ -61,6 +68,21 @@ def release(handle: IO) -> None:
     """Give up a lock taken with :func:`try_lock`."""
     fcntl.flock(handle, fcntl.LOCK_UN)
     handle.close()
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether a live process holds the lock on ``path`` (probed with a shared lock released at once)."""
+    try:
+        handle = open(path)
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def lock_holder(path: Path) -> str:

@@ -1,9 +1,10 @@
 """Configuration: a YAML file plus environment variables for secrets.
 
 The file is the one named by ``SKLADBRIDGE_CONFIG`` (default ``./config.yaml``). Without any file
-the service runs the demo: the bundled MoySklad emulator with a generated catalog. Every key is
-declared once, in the dataclasses below; ``config.example.yaml`` documents each of them and a
-test keeps the two in step.
+the service runs the demo (the bundled MoySklad emulator with a generated catalog, in a data
+folder of its own), unless MoySklad credentials or an address are in the environment: those name
+a real account, served with one feed ``main``. Every key is declared once, in the dataclasses
+below; ``config.example.yaml`` documents each of them and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import copy
 import dataclasses
 import os
 import re
+import tempfile
 import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -25,6 +28,8 @@ from core.mailbox import Mailbox
 
 DEFAULT_CONFIG_PATH = "config.yaml"
 DEFAULT_MOYSKLAD_URL = "https://api.moysklad.ru/api/remap/1.2"
+# The old host answers JSON API 1.2 no more since 2023-12-01 (DOMAIN.md, MoySklad API section).
+RETIRED_MOYSKLAD_HOST = "online.moysklad.ru"
 FEED_SOURCES = ("moysklad", "exchange")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -208,7 +213,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     accounts: tuple[AccountSettings, ...] = ()
-    source_path: Path | None = None  # the file it was read from; None for the demo defaults
+    source_path: Path | None = None  # the file it was read from; None for the demo or the environment alone
 
     @property
     def account(self) -> str:
@@ -283,6 +288,13 @@ class Settings:
     def is_demo(self) -> bool:
         return self.moysklad.emulator is not None
 
+    @property
+    def demo_notice(self) -> str:
+        """What the demo says about itself in the log and on the command line: it is nobody's account."""
+        return (f"DEMO: no config file, so this is the demo: a generated catalog from the bundled MoySklad emulator, "
+                f"kept in {self.data_dir}, not your account. To use yours: cp config.example.yaml config.yaml and "
+                "set MOYSKLAD_TOKEN")
+
 
 @dataclass(frozen=True)
 class AccountView(Settings):
@@ -304,29 +316,40 @@ DEMO = {
     "moysklad": {"emulator": {}},
     "feeds": [{"name": "demo", "source": "moysklad"}],
 }
+# The demo's store, feeds and pictures live in a folder of their own (inside SKLADBRIDGE_DATA_DIR when
+# set), never in the ./data a copied config.example.yaml uses: its generated goods must not become
+# a real account's feed.
+DEMO_DATA_DIR = "demo-data"
+# Any of these without a config file names a real account: the service serves it, never the demo.
+ACCOUNT_VARIABLES = ("MOYSKLAD_TOKEN", "MOYSKLAD_LOGIN", "MOYSKLAD_PASSWORD", "MOYSKLAD_BASE_URL")
+# What a real account gets when only the environment configures it: one feed, as in config.example.yaml.
+ENVIRONMENT_ONLY = {"feeds": [{"name": "main", "source": "moysklad"}]}
 
 
 def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Settings:
-    """Read the config file (or the demo defaults when there is none) and apply the environment."""
+    """Read the config file (or the demo defaults when there is none) and apply the environment.
+
+    Every :class:`ConfigError` is one line naming the file (and for YAML the line) and the key.
+    """
     environ = os.environ if environ is None else environ
     explicit = path is not None or "SKLADBRIDGE_CONFIG" in environ
     config_path = Path(path if path is not None else environ.get("SKLADBRIDGE_CONFIG", DEFAULT_CONFIG_PATH))
+    demo = False
     if config_path.exists():
-        try:
-            raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{config_path}: the top level must be a mapping of keys, not {type(raw).__name__}")
+        raw = _read_yaml(config_path)
         base_dir = config_path.resolve().parent
     elif explicit:
         raise ConfigError(f"config file {config_path} does not exist (named by SKLADBRIDGE_CONFIG or --config)")
+    elif any(environ.get(variable) for variable in ACCOUNT_VARIABLES):
+        raw, base_dir, config_path = copy.deepcopy(ENVIRONMENT_ONLY), Path.cwd(), None
     else:
-        raw, base_dir, config_path = copy.deepcopy(DEMO), Path.cwd(), None
+        raw, base_dir, config_path, demo = copy.deepcopy(DEMO), Path.cwd(), None, True
 
     for variable, key_path in ENVIRONMENT.items():
         if environ.get(variable):
             _set_path(raw, key_path, environ[variable])
+    if demo:
+        raw["data_dir"] = os.path.join(raw.get("data_dir") or ".", DEMO_DATA_DIR)
     for account in raw.get("accounts") or []:
         if isinstance(account, dict) and isinstance(account.get("name"), str):
             for prefix, key_path in ACCOUNT_ENVIRONMENT.items():
@@ -334,17 +357,58 @@ def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping
                 if value:
                     _set_path(account, key_path, value)
 
-    settings = _build(Settings, raw, "")
-    data_dir = settings.data_dir if settings.data_dir.is_absolute() else base_dir / settings.data_dir
-    settings = dataclasses.replace(settings, data_dir=data_dir, source_path=config_path)
-    _check(settings)
+    try:
+        settings = _build(Settings, raw, "")
+        data_dir = settings.data_dir if settings.data_dir.is_absolute() else base_dir / settings.data_dir
+        settings = dataclasses.replace(settings, data_dir=data_dir, source_path=config_path)
+        _check(settings)
+    except ConfigError as exc:
+        origin = config_path or ("the environment (no config file)" if not demo else None)
+        raise ConfigError(f"{origin}: {exc}" if origin else str(exc)) from None
     return settings
+
+
+def _read_yaml(config_path: Path) -> dict:
+    """The parsed file; a YAML mistake is reported with its line and column."""
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{config_path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(config_path)
+        problem = " ".join(str(part) for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part)
+        raise ConfigError(f"{where}: not valid YAML: {problem or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_path}: cannot be read: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: the top level must be a mapping of keys, not {type(raw).__name__}")
+    return raw
+
+
+def prepare_data_dirs(settings: Settings) -> None:
+    """Create every account's data directory and make sure this user can write there.
+
+    Run at start-up, so a data_dir that cannot be used is one config error, not a traceback later.
+    """
+    for view in settings.every_account():
+        directory = view.data_dir
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as exc:
+            key = "data_dir" if not view.account else f"data_dir of account {view.account}"
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"{key}: {directory} cannot be {'created' if not directory.is_dir() else 'written'} "
+                              f"by this user (uid {os.getuid()}): {reason}; set data_dir (or SKLADBRIDGE_DATA_DIR) "
+                              "to a folder the service may write") from None
 
 
 def _check(settings: Settings) -> None:
     """Rules that span several keys."""
-    main_uses_moysklad = bool(settings.moysklad_feeds) or not settings.accounts
-    _check_moysklad(settings.moysklad, "moysklad", credentials=main_uses_moysklad)
+    # Credentials only where a feed reads the MoySklad API: an install fed by 1C needs no token.
+    users = ", ".join(feed.name for feed in settings.moysklad_feeds)
+    _check_moysklad(settings.moysklad, "moysklad", credentials=bool(users),
+                    needed_by=f"feed{'s' if len(settings.moysklad_feeds) > 1 else ''} {users} (source: moysklad)")
     seen: set[str] = set()
     _check_feeds(settings.feeds, "feeds", seen)
     names = set()
@@ -358,7 +422,7 @@ def _check(settings: Settings) -> None:
         names.add(account.name)
         if account.moysklad.emulator is not None:
             raise ConfigError(f"{where}.moysklad.emulator: only the main account can run the demo emulator")
-        _check_moysklad(account.moysklad, f"{where}.moysklad", credentials=True,
+        _check_moysklad(account.moysklad, f"{where}.moysklad", credentials=True, needed_by=f"account {account.name}",
                         variables=f"MOYSKLAD_TOKEN_{_variable_suffix(account.name)}")
         for feed_index, feed in enumerate(account.feeds):
             if feed.source != "moysklad":
@@ -380,15 +444,19 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
 
 
-def _check_moysklad(ms: MoySkladSettings, where: str, credentials: bool, variables: str = "MOYSKLAD_TOKEN") -> None:
-    if ms.emulator is None and credentials:
-        if not ms.token and not (ms.login and ms.password):
+def _check_moysklad(ms: MoySkladSettings, where: str, credentials: bool, needed_by: str = "",
+                    variables: str = "MOYSKLAD_TOKEN") -> None:
+    if ms.emulator is None:
+        if credentials and not ms.token and not (ms.login and ms.password):
             raise ConfigError(
-                f"{where}: no credentials: set {where}.token (or {variables}), "
-                f"or {where}.login and {where}.password"
+                f"{where}: no credentials{', needed by ' + needed_by if needed_by else ''}: set {where}.token "
+                f"(or {variables}), or {where}.login and {where}.password"
             )
         if not ms.base_url.startswith(("https://", "http://")):
             raise ConfigError(f"{where}.base_url: must be an http(s) URL, got {ms.base_url!r}")
+        if urlsplit(ms.base_url).hostname == RETIRED_MOYSKLAD_HOST:
+            raise ConfigError(f"{where}.base_url: {RETIRED_MOYSKLAD_HOST} refuses JSON API 1.2 since 2023-12-01; "
+                              f"use {DEFAULT_MOYSKLAD_URL}")
     if not 1 <= ms.max_in_flight <= 5:
         raise ConfigError(f"{where}.max_in_flight: MoySklad allows at most 5 parallel requests, got {ms.max_in_flight}")
     if not 1 <= ms.page_size <= 1000:

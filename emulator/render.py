@@ -118,6 +118,16 @@ class Renderer:
                            "value": value})
         return result
 
+    def attribute_metadata(self) -> dict:
+        """GET /entity/product/metadata/attributes: the custom fields goods, services and bundles share
+        (md/_general.md:458; shaped as fixtures/moysklad/product_metadata_attributes.json)."""
+        href = f"{self.base}/entity/product/metadata/attributes"
+        return {"meta": {"href": href, "mediaType": JSON},
+                "rows": [{"meta": {"href": f"{href}/{definition.id}", "type": "attributemetadata", "mediaType": JSON},
+                          "id": definition.id, "name": definition.name, "type": definition.type,
+                          "required": False, "show": True}
+                         for definition in self.catalog.attribute_defs]}
+
     def owned(self, body: dict) -> dict:
         body.update(owner=self.employee_ref, shared=True, group=self.group_ref)
         return body

@@ -546,6 +546,7 @@ class _Handler(QuietHandler):
             ("entity", "uom"): self.uoms,
             ("entity", "productfolder"): self.folders,
             ("entity", "assortment"): self.assortment,
+            ("entity", "product", "metadata", "attributes"): self.product_attributes,
             ("report", "stock", "all"): self.stock_all,
             ("report", "stock", "bystore"): self.stock_bystore,
             ("report", "stock", "all", "current"): self.stock_current,
@@ -659,6 +660,9 @@ class _Handler(QuietHandler):
         renderer = self.emulator.renderer
         rows = list(range(len(self.emulator.catalog.ids.organizations)))
         return self.page(path, query, "organization", rows, lambda i: renderer.organization(i, self.emulator.started))
+
+    def product_attributes(self, query, path):
+        return self.emulator.renderer.attribute_metadata()
 
     def currencies(self, query, path):
         return self.page(path, query, "currency", [0], lambda _: self.emulator.renderer.currency())

@@ -1,19 +1,38 @@
-"""A feed build: sync the source (MoySklad), cache pictures, render the ICML file, publish it."""
+"""A feed build: check the feed's names, sync the source (MoySklad), render the ICML file, publish it, and
+fetch new pictures.
+
+Many new pictures are fetched after the publication: the feed goes out at once with the pictures
+already cached, the new ones are downloaded, and the feed is published once more with them. So
+retailCRM can load the goods seconds after the sync rather than after minutes of downloads (a first
+build of 20,000 goods waits for some 13,000 pictures); a few new pictures are fetched first and the
+feed is published once.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.settings import FeedSettings, Settings
 from feeds.icml import RenderError, RenderStats, render_icml, resolve_options
+from feeds.progress import BuildProgress
 from feeds.publish import GuardRefused, PublishRefused, publish, remove_leftovers
+from moysklad import images
+from moysklad.check import feed_name_problems
+from moysklad.client import MoySkladClient
 from moysklad.connect import open_client
+from moysklad.errors import MoySkladError
 from moysklad.sync import SyncResult, sync_catalog
-from store import CatalogReader, open_catalog
+from store import CatalogReader, StoreError, open_catalog
 
 log = logging.getLogger(__name__)
+
+# Up to this many new pictures are fetched before the only publication; more are fetched after a first one.
+PICTURES_BEFORE_PUBLISH = 50
+PICTURES_MODE = "pictures"  # the run mode of the publication that adds the pictures fetched after the first
 
 
 @dataclass
@@ -30,10 +49,13 @@ class BuildResult:
     render_seconds: float = 0.0
     guard: str = ""
     sync: SyncResult | None = None
+    number: int = 0  # the feed's own build counter (build №3), unlike run_id which every source shares
+    pictures_waiting: int = 0  # new pictures this publication went out without
+    with_pictures: BuildResult | None = None  # the publication that added them, once they were fetched
 
 
 class BuildFailed(Exception):
-    """The build did not publish; the previous feed file stays served. The message says why."""
+    """The build did not publish; the previous feed file (if any) stays served. The message says why."""
 
 
 def feed_source(feed: FeedSettings) -> str:
@@ -43,36 +65,105 @@ def feed_source(feed: FeedSettings) -> str:
 
 def sync_source(settings: Settings, progress=None) -> SyncResult:
     """Bring the store up to date with MoySklad, then refresh the pictures the feeds link to."""
-    ms = settings.moysklad
-    with open_client(ms) as client, open_catalog(settings.store_path) as store:
-        result = sync_catalog(client, store, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours,
-                              progress=progress)
-        modes = {feed.pictures for feed in settings.moysklad_feeds}
-        if modes & {"cache", "permanent"}:
-            _refresh_pictures(client, store, settings, modes, result)
+    with open_client(settings.moysklad) as client:
+        result = _sync(client, settings, progress)
+        _refresh_pictures(client, settings, result, progress)
         return result
 
 
-def _refresh_pictures(client, store, settings: Settings, modes: set[str], result: SyncResult) -> None:
-    from moysklad import images
-
-    if "cache" in modes:
-        images.cache_images(client, store, settings.images_dir)
-    if "permanent" in modes:
-        images.fetch_permanent_links(client, store, changed_since=result.changed_since)
-
-
 def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, sync: bool = True,
-               progress=None) -> BuildResult:
-    """Sync (for source moysklad, unless ``sync`` is false), render and publish one feed."""
+               echo: Callable[[str], None] | None = None) -> BuildResult:
+    """Check the feed's names, sync (source moysklad, unless ``sync`` is false), render and publish one feed.
+
+    ``echo`` receives progress lines for a person (the command line); any process sees the progress
+    through :func:`feeds.progress.read_progress`.
+    """
     started = time.monotonic()
-    sync_result = sync_source(settings, progress) if sync and feed.source == "moysklad" else None
+    with BuildProgress(settings.data_dir, feed.name, echo) as progress:
+        if not (sync and feed.source == "moysklad"):
+            return _publish(settings, feed, force, started, progress)
+        with open_client(settings.moysklad) as client:
+            _check_names(settings, feed)
+            sync_result = _sync(client, settings, progress)
+            waiting = _pictures_waiting(settings, sync_result)
+            if waiting <= PICTURES_BEFORE_PUBLISH:
+                _refresh_pictures(client, settings, sync_result, progress)
+                result = _publish(settings, feed, force, started, progress)
+            else:
+                result = _publish(settings, feed, force, started, progress, pictures_waiting=waiting)
+                progress.note(f"  published build #{result.number} with {result.offers} offers; {waiting} new pictures "
+                              "are fetched now and the feed is published again with them")
+                if not _refresh_pictures(client, settings, sync_result, progress):
+                    progress.note("  the new pictures were not fetched (see the log); the next build tries again")
+                elif feed.pictures != "none":
+                    result.with_pictures = _publish(settings, feed, False, time.monotonic(), progress, mode=PICTURES_MODE)
+        result.sync = sync_result
+        return result
+
+
+def _check_names(settings: Settings, feed: FeedSettings) -> None:
+    """Before the sync (minutes on a first build), make sure the feed's price type, warehouses and
+    attributes exist: one try of one small request per kind of name. A missing name fails the build
+    at once; when MoySklad does not answer, the sync that follows finds out (with its retries)."""
+    quick = dataclasses.replace(settings.moysklad, max_retries=0)
+    try:
+        with open_client(quick) as client:
+            problems = feed_name_problems(client, [feed])
+    except MoySkladError as exc:
+        log.info("feed %s: names not checked before the sync: %s", feed.name, exc)
+        return
+    if problems:
+        # recorded as this feed's failed build, for the page
+        with open_catalog(settings.store_path) as store, store.run(feed_source(feed), "build"):
+            raise BuildFailed("; ".join(problems))
+
+
+def _sync(client: MoySkladClient, settings: Settings, progress) -> SyncResult:
+    ms = settings.moysklad
+    with open_catalog(settings.store_path) as store:
+        return sync_catalog(client, store, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours,
+                            progress=progress)
+
+
+def _picture_modes(settings: Settings) -> set[str]:
+    """Pictures are shared by the account's feeds: each mode any of them uses is kept up to date."""
+    return {feed.pictures for feed in settings.moysklad_feeds} & {"cache", "permanent"}
+
+
+def _pictures_waiting(settings: Settings, result: SyncResult) -> int:
+    """How many pictures (downloads or links) the account's feeds lack after a sync."""
+    modes = _picture_modes(settings)
+    with open_catalog(settings.store_path) as store:
+        waiting = images.pending_downloads(store, settings.images_dir) if "cache" in modes else 0
+        if "permanent" in modes:
+            waiting += images.pending_permanent_links(store, result.changed_since)
+    return waiting
+
+
+def _refresh_pictures(client: MoySkladClient, settings: Settings, result: SyncResult, progress) -> bool:
+    """Download new pictures and ask new CDN links; False when that failed (the feed goes without them)."""
+    modes = _picture_modes(settings)
+    try:
+        with open_catalog(settings.store_path) as store:
+            if "cache" in modes:
+                images.cache_images(client, store, settings.images_dir, progress=progress)
+            if "permanent" in modes:
+                images.fetch_permanent_links(client, store, changed_since=result.changed_since, progress=progress)
+    except (MoySkladError, StoreError) as exc:
+        log.warning("pictures not refreshed, the next build tries again: %s", exc)
+        return False
+    return True
+
+
+def _publish(settings: Settings, feed: FeedSettings, force: bool, started: float, progress,
+             pictures_waiting: int = 0, mode: str | None = None) -> BuildResult:
+    """Render the feed from the store and publish it, as one build run."""
     feeds_dir = settings.feeds_dir
     with open_catalog(settings.store_path) as store:
         last = store.last_run(feed_source(feed), "build", "ok")
         previous_active = last["counts"].get("active") if last else None
         try:
-            with store.run(feed_source(feed), "build", "forced" if force else None) as run:
+            with store.run(feed_source(feed), "build", "forced" if force else mode) as run:
                 remove_leftovers(feeds_dir, feed.name)
                 rendered: list[RenderStats] = []  # filled by write(), which publish() calls
 
@@ -96,19 +187,22 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
                     stats = rendered[0] if rendered else RenderStats()
                     _record(run, stats)
                 run.stats.counts.update(size=published.size, published=True,
-                                        guard="forced" if force else "passed",
+                                        guard="forced" if force else "passed", pictures_waiting=pictures_waiting,
                                         build_seconds=round(time.monotonic() - started, 3))
         except (RenderError, PublishRefused) as exc:
             raise BuildFailed(str(exc)) from exc
         except OSError as exc:  # a full disk, say: an operator's problem, not a crash (publish removed its temp files)
             raise BuildFailed(f"cannot write the feed file in {feeds_dir}: {exc}") from exc
+        number = store.run_number(feed_source(feed), "build", run.id)
     seconds = time.monotonic() - started
-    log.info("feed %s built in %.1fs: %d offers (%d inactive), %d skipped, %d bytes", feed.name, seconds,
-             stats.offers, stats.inactive, sum(stats.skipped.values()), published.size)
+    log.info("feed %s built in %.1fs: %d offers (%d inactive), %d skipped, %d bytes%s", feed.name, seconds,
+             stats.offers, stats.inactive, sum(stats.skipped.values()), published.size,
+             f"; {pictures_waiting} new pictures follow" if pictures_waiting else
+             " with the pictures fetched after the first publication" if mode == PICTURES_MODE else "")
     return BuildResult(run_id=run.id, feed=feed.name, published=True, offers=stats.offers,
                        skipped=dict(stats.skipped), size=published.size, seconds=seconds,
                        render_seconds=run.stats.counts["render_seconds"],
-                       guard=run.stats.counts["guard"], sync=sync_result)
+                       guard=run.stats.counts["guard"], number=number, pictures_waiting=pictures_waiting)
 
 
 def _record(run, stats: RenderStats) -> None:

@@ -8,7 +8,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from feeds.build import BuildFailed, build_feed
+from feeds.build import BuildFailed, BuildResult, build_feed
+from feeds.publish import failure_outcome
 from moysklad.errors import MoySkladError
 from store import StoreError
 
@@ -32,14 +33,20 @@ def build_command(name: str | None, force: bool, no_sync: bool):
     for account, feed in feeds:
         click.echo(f"feed {feed.name} ({feed.source}{', account ' + account.account if account.account else ''}):", err=True)
         try:
-            result = build_feed(account, feed, force=force, sync=not no_sync,
-                                progress=lambda stage, count: click.echo(f"  {stage}: {count}", err=True))
+            result = build_feed(account, feed, force=force, sync=not no_sync, echo=lambda line: click.echo(line, err=True))
         except (BuildFailed, MoySkladError, StoreError) as exc:
-            click.echo(f"  FAILED, the previous file stays published: {exc}", err=True)
+            click.echo(f"  FAILED, {failure_outcome(account.feeds_dir, feed.name)}: {exc}", err=True)
             failed = True
             continue
-        skipped = ", ".join(f"{count} {reason}" for reason, count in result.skipped.items()) or "none"
-        click.echo(f"  published {result.offers} offers, {result.size / 1e6:.1f} MB in {result.seconds:.1f}s; "
-                   f"skipped: {skipped}; guard: {result.guard}")
+        click.echo(_summary(result))
+        if result.with_pictures:
+            click.echo(f"  published again with the new pictures: build #{result.with_pictures.number}, "
+                       f"{result.with_pictures.size / 1e6:.1f} MB")
         click.echo(f"  {settings.public_url}/feeds/{feed.token + '/' if feed.token else ''}{feed.name}.xml")
     sys.exit(1 if failed else 0)
+
+
+def _summary(result: BuildResult) -> str:
+    skipped = ", ".join(f"{count} {reason}" for reason, count in result.skipped.items()) or "none"
+    return (f"  published {result.offers} offers, {result.size / 1e6:.1f} MB in {result.seconds:.1f}s (build "
+            f"#{result.number}); skipped: {skipped}; guard: {result.guard}")

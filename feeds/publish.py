@@ -41,6 +41,11 @@ def feed_paths(feeds_dir: Path, name: str) -> dict[str, Path]:
     }
 
 
+def failure_outcome(feeds_dir: Path, name: str) -> str:
+    """What readers get after a failed build, as the command line and the log say it."""
+    return "the previous file stays published" if feed_paths(feeds_dir, name)["xml"].exists() else "nothing is published yet"
+
+
 def remove_leftovers(feeds_dir: Path, name: str) -> None:
     """Temp files of a build that was killed; builds of one feed never overlap, so none is live."""
     for leftover in feeds_dir.glob(f".{name}.*.tmp"):
@@ -81,9 +86,10 @@ def publish(feeds_dir: Path, name: str, write: Callable[[BinaryIO], tuple[int, i
         try:
             parsed = count_offers(tmp_xml)
         except etree.XMLSyntaxError as exc:
-            raise PublishRefused(f"the new file is not well-formed XML ({exc}); the previous feed stays published") from exc
+            raise PublishRefused(f"the new file is not well-formed XML ({exc}); {failure_outcome(feeds_dir, name)}") from exc
         if parsed != written:
-            raise PublishRefused(f"the new file holds {parsed} offers but {written} were written; the previous feed stays published")
+            raise PublishRefused(f"the new file holds {parsed} offers but {written} were written; "
+                                 f"{failure_outcome(feeds_dir, name)}")
         if previous_active and not force and active < min_ratio * previous_active:
             raise GuardRefused(
                 f"the new feed has {active} active offers, fewer than {min_ratio:.0%} of the {previous_active} "

@@ -12,9 +12,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.clock import MOSCOW
 from core.cron import crontab_trigger
+from core.russian import counted, grouped, plural
 from core.settings import FeedSettings, Settings, redacted
-from feeds.build import feed_source
+from feeds.build import PICTURES_MODE, feed_source
+from feeds.progress import read_progress
 from feeds.publish import feed_paths
 from store import CatalogStore, ExchangeLog, StoreError, open_catalog
 
@@ -31,7 +34,21 @@ STATE_TEXTS = {
     "fresh": "свежий",
     "stale": "устарел",
     "failing": "ошибка сборки",
+    "building": "собирается",  # the first build runs: nothing is published yet, and nothing is wrong
     "pending": "ещё не собран",
+}
+# What a build's progress steps are called on the page (the sync's, the pictures', the renderer's).
+STAGE_TEXTS = {
+    "start": "начало",
+    "categories": "синхронизация с МоимСкладом: группы товаров",
+    "assortment": "синхронизация с МоимСкладом: товары",
+    "stock stock": "синхронизация с МоимСкладом: остатки",
+    "stock reserve": "синхронизация с МоимСкладом: резервы",
+    "stock inTransit": "синхронизация с МоимСкладом: товары в пути",
+    "unit costs": "синхронизация с МоимСкладом: себестоимость",
+    "pictures": "загрузка картинок",
+    "picture links": "ссылки на картинки",
+    "render": "запись файла фида",
 }
 
 
@@ -49,6 +66,10 @@ CREDENTIALS_REJECTED = Advice(
     "переменную MOYSKLAD_TOKEN, затем перезапустите сервис. Выпуск нового токена отзывает старый.")
 # Known failures, matched on the error text the run recorded (first match wins).
 ADVICE = (
+    (r"holds MoySklad account|holds the demo's",
+     Advice("В этой папке данных каталог другого аккаунта МоегоСклада",
+            "Один каталог — один аккаунт. Укажите для этого аккаунта свой data_dir (или раздел accounts), либо, "
+            "чтобы заменить старый каталог, остановите сервис, перенесите папку данных и запустите снова.")),
     (r"rejected the credentials|HTTP 401|\b1056\b", CREDENTIALS_REJECTED),
     (r"lacks the permission|HTTP 403",
      Advice("У пользователя МоегоСклада не хватает прав",
@@ -68,8 +89,8 @@ ADVICE = (
             "соберите фид принудительно: flask --app app feeds build ИМЯ --force.")),
     (r"No space left|Errno 28|disk full|Disk quota|File too large|Errno 27",
      Advice("На диске закончилось место",
-            "Освободите место на диске сервера (каталог data_dir); прежний фид продолжает раздаваться.")),
-    (r"price type|warehouse|unknown field|template",
+            "Освободите место на диске сервера (каталог data_dir).")),
+    (r"price type|warehouse|not an attribute|unknown field|template",
      Advice("Ошибка в настройках фида",
             "Исправьте настройку фида, названную в тексте ошибки, в файле конфигурации и перезапустите сервис.")),
     (r"stopped without finishing|interrupted|service was stopping",
@@ -79,8 +100,7 @@ ADVICE = (
      Advice("Каталог был занят другой загрузкой",
             "Обычно проходит само; следующая сборка по расписанию повторит попытку.")),
 )
-DEFAULT_ADVICE = Advice("Сборка завершилась ошибкой",
-                        "Подробности — в тексте ошибки ниже и в журнале сервиса. Прежний фид продолжает раздаваться.")
+DEFAULT_ADVICE = Advice("Сборка завершилась ошибкой", "Подробности — в тексте ошибки ниже и в журнале сервиса.")
 
 
 def advice_for(error: str | None) -> Advice | None:
@@ -119,8 +139,12 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
             feeds += [_feed(store, view, feed, now, last_sync, reveal_tokens) for feed in view.feeds]
             if view is settings:
                 exchange = _exchange(settings, store)
+    notes = []
     for feed in feeds:
-        if feed["state"] != "fresh":
+        if feed["state"] == "building":
+            notes.append(f"фид {feed['name']}: {feed['state_text']} (первая сборка)"
+                         + (f" — {feed['progress']['text']}" if feed["progress"].get("text") else ""))
+        elif feed["state"] != "fresh":
             problems.append(f"фид {feed['name']}: {feed['state_text']}"
                             + (f" — {feed['error']['title']}" if feed["error"] else ""))
     return {
@@ -128,6 +152,7 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
         "checked_at": _iso(now),
         "demo": settings.is_demo,
         "problems": problems,
+        "notes": notes,  # not problems: a first build running
         "store": accounts[0]["store"],
         "feeds": feeds,
         "moysklad": accounts[0]["moysklad"],
@@ -142,16 +167,20 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
     """One feed: its state, the published file, the last attempt and its history."""
     source = feed_source(feed)
     history = store.runs_of(source, "build", HISTORY_BUILDS)
+    newest = store.run_number(source, "build", history[0]["id"]) if history else 0
+    numbers = {run["id"]: newest - index for index, run in enumerate(history)}  # the feed's own build №, newest first
     last_ok = next((run for run in history if run["status"] == "ok"), None) or store.last_run(source, "build", "ok")
     last = history[0] if history else None
     interval = schedule_interval_seconds(feed, now)
     error_run = _failed_attempt(last, last_sync, feed)
     age = _age(last_ok["finished_at"], now) if last_ok else None
     changed = _changed_after(store, feed, last_ok)
+    progress = read_progress(settings.data_dir, feed.name)
+    building = progress is not None or bool(last and last["status"] == "running")
     if error_run:
         state = "failing"
     elif last_ok is None:
-        state = "pending"
+        state = "building" if building else "pending"
     elif age > STALE_INTERVALS * interval or (changed and _age(changed, now) > CHANGE_GRACE_SECONDS):
         state = "stale"
     else:
@@ -167,25 +196,30 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
         "state_text": STATE_TEXTS[state],
         "url": f"{settings.public_url.rstrip('/')}/feeds/{token_part}{feed.name}.xml",
         "schedule": {"cron": feed.cron or None, "interval_seconds": round(interval),
-                     "text": f"по расписанию «{feed.cron}»" if feed.cron else f"каждые {duration_text(interval)}"},
+                     "text": f"по расписанию «{feed.cron}» (время сервера)" if feed.cron else every_text(interval)},
         "stale_after_seconds": round(STALE_INTERVALS * interval),
         "stale_after_text": duration_text(STALE_INTERVALS * interval),
         "next_run_at": _iso(next_run(feed, now, last)),
         "last_success": None if last_ok is None else {
-            "run_id": last_ok["id"], "finished_at": last_ok["finished_at"], "age_seconds": round(age),
+            "run_id": last_ok["id"],
+            "number": numbers.get(last_ok["id"]) or store.run_number(source, "build", last_ok["id"]),
+            "finished_at": last_ok["finished_at"], "age_seconds": round(age),
             "offers": counts.get("offers"), "active": counts.get("active"), "inactive": counts.get("inactive"),
             "categories": counts.get("categories"), "seconds": counts.get("build_seconds"),
-            "guard": counts.get("guard"),
+            "guard": counts.get("guard"), "pictures_waiting": counts.get("pictures_waiting") or 0,
+            "with_pictures": last_ok["mode"] == PICTURES_MODE,
         },
         "file": {"exists": file.exists(), "size": _size(file)},
-        "last_attempt": _attempt(error_run if error_run and error_run["kind"] == "sync" else last),
-        "building": bool(last and last["status"] == "running"),
+        "last_attempt": _attempt(error_run if error_run and error_run["kind"] == "sync" else last, numbers, store),
+        "building": building,
+        "progress": _progress(progress) if progress is not None else {},
         "source_changed_at": changed,
         "skipped": _skipped(last_ok),
-        "error": _error(error_run),
+        "error": _error(error_run, numbers.get(error_run["id"]) if error_run else None, store),
         "totals": store.run_totals(source, "build"),
-        "history": [{"run_id": run["id"], "started_at": run["started_at"], "status": run["status"],
-                     "seconds": run["counts"].get("build_seconds"), "offers": run["counts"].get("offers")}
+        "history": [{"run_id": run["id"], "number": numbers[run["id"]], "started_at": run["started_at"],
+                     "status": run["status"], "seconds": run["counts"].get("build_seconds"),
+                     "offers": run["counts"].get("offers")}
                     for run in reversed(history)],
     }
 
@@ -202,13 +236,29 @@ def _changed_after(store: CatalogStore, feed: FeedSettings, build: dict | None) 
     return change["finished_at"] if change["kind"] == "import" or archived else None
 
 
-def _attempt(run: dict | None) -> dict | None:
+def _attempt(run: dict | None, numbers: dict[int, int], store: CatalogStore) -> dict | None:
     """The latest attempt to publish: the last build, or the MoySklad sync that failed after it (which
     stopped the next build before it had a run of its own)."""
     if run is None:
         return None
-    return {"run_id": run["id"], "kind": run["kind"], "status": run["status"], "started_at": run["started_at"],
+    return {"run_id": run["id"], "number": numbers.get(run["id"]) or store.run_number(run["source"], run["kind"], run["id"]),
+            "kind": run["kind"], "status": run["status"], "started_at": run["started_at"],
             "finished_at": run["finished_at"], "mode": run["mode"], "guard": run["counts"].get("guard")}
+
+
+def _progress(progress: dict) -> dict:
+    """A running build's step as its process last wrote it, with a Russian line for the page."""
+    stage, done, total = progress.get("stage"), progress.get("done") or 0, progress.get("total")
+    text = STAGE_TEXTS.get(stage, stage or "")
+    if stage and stage != "start":
+        text += f": {grouped(done)}" + (f" из {grouped(total)} ({done * 100 // total} %)" if total else "")
+        if progress.get("rate"):
+            text += f", {progress['rate']:.1f} в секунду".replace(".", ",")
+        left = progress.get("seconds_left")
+        if left is not None and total and done < total:
+            text += f", осталось около {duration_text(max(left, 1))}"
+    return {"stage": stage, "done": done, "total": total, "rate": progress.get("rate"),
+            "seconds_left": progress.get("seconds_left"), "started_at": progress.get("started_at"), "text": text}
 
 
 def _failed_attempt(last_build: dict | None, sync: dict | None, feed: FeedSettings) -> dict | None:
@@ -221,12 +271,14 @@ def _failed_attempt(last_build: dict | None, sync: dict | None, feed: FeedSettin
     return None
 
 
-def _error(run: dict | None) -> dict | None:
+def _error(run: dict | None, number: int | None, store: CatalogStore) -> dict | None:
+    """A failed run in plain words; ``number`` is its place among its own kind (build №3, sync №12)."""
     if run is None:
         return None
     advice = advice_for(run["error"] or run["status"])
-    what = "синхронизация с МоимСкладом" if run["kind"] == "sync" else "сборка"
-    return {"run_id": run["id"], "kind": run["kind"], "at": run["finished_at"] or run["started_at"],
+    what = "Синхронизация с МоимСкладом" if run["kind"] == "sync" else "Сборка"
+    return {"run_id": run["id"], "number": number or store.run_number(run["source"], run["kind"], run["id"]),
+            "kind": run["kind"], "at": run["finished_at"] or run["started_at"],
             "text": run["error"] or "", "title": advice.title, "action": advice.action, "what": what}
 
 
@@ -254,25 +306,56 @@ def _moysklad(store: CatalogStore, settings: Settings, last: dict | None) -> dic
     else:  # failed for another reason: the credentials worked when a sync last succeeded
         credentials = "ok" if last_ok else "unknown"
     totals = store.run_totals("moysklad", "sync")
+    bookmark = store.setting("moysklad", "bookmark")
     return {
         "base_url": "встроенный эмулятор (демо)" if settings.moysklad.emulator else settings.moysklad.base_url,
         "credentials": credentials,
-        "last_sync": _run_summary(last),
-        "last_successful_sync": _run_summary(last_ok),
-        "bookmark": store.setting("moysklad", "bookmark"),
+        "last_sync": _run_summary(last, store),
+        "last_successful_sync": _run_summary(last_ok, store),
+        "bookmark": bookmark,  # MoySklad's Moscow wall-clock time, as the API filters take it
+        "bookmark_at": _moscow_to_iso(bookmark),
         "catalog": store.counts("moysklad"),
         "totals": totals,
-        "error": _error(last) if last and last["status"] in ("failed", "interrupted") else None,
+        "totals_text": _api_usage(totals["requests"], totals["throttled"], totals["retries"]),
+        "error": _error(last, None, store) if last and last["status"] in ("failed", "interrupted") else None,
     }
 
 
-def _run_summary(run: dict | None) -> dict | None:
+def _api_usage(requests: int | None, throttled: int | None, retries: int | None) -> str:
+    """«57 запросов, без ответов 429 и повторов» / «57 запросов, 3 ответа 429 (МойСклад ограничил частоту), 2 повтора»."""
+    parts = [counted(requests or 0, "запрос", "запроса", "запросов")]
+    if throttled:
+        parts.append(counted(throttled, "ответ", "ответа", "ответов") + " 429 (МойСклад ограничивал частоту)")
+    if retries:
+        parts.append(counted(retries, "повтор", "повтора", "повторов"))
+    if not throttled and not retries:
+        parts.append("без ответов 429 и повторов")
+    elif not throttled:
+        parts.append("без ответов 429")
+    elif not retries:
+        parts.append("без повторов")
+    return ", ".join(parts)
+
+
+def _moscow_to_iso(moment: str | None) -> str | None:
+    """A MoySklad moment («2026-11-29 05:02:00», Moscow time) as an ISO time the page shows in its own zone."""
+    if not moment:
+        return None
+    try:
+        return _iso(dt.datetime.fromisoformat(moment).replace(tzinfo=MOSCOW))
+    except ValueError:
+        return None
+
+
+def _run_summary(run: dict | None, store: CatalogStore) -> dict | None:
     if run is None:
         return None
     counts = run["counts"]
-    return {"run_id": run["id"], "kind": run["kind"], "status": run["status"], "mode": run["mode"],
+    return {"run_id": run["id"], "number": store.run_number(run["source"], run["kind"], run["id"]),
+            "kind": run["kind"], "status": run["status"], "mode": run["mode"],
             "started_at": run["started_at"], "finished_at": run["finished_at"], "requests": run["requests"],
             "throttled": run["throttled"], "retries": run["retries"], "error": run["error"],
+            "usage_text": _api_usage(run["requests"], run["throttled"], run["retries"]),
             "rows": {k: v for k, v in counts.items() if isinstance(v, int)}}
 
 
@@ -292,7 +375,7 @@ def _exchange(settings: Settings, store: CatalogStore) -> dict:
             "imports": store.run_totals("exchange", "import"), "catalog": store.counts("exchange"),
             "orders": store.orders_summary(),
             "last_import": None if last_import is None else {
-                **_run_summary(last_import), "seconds": _seconds(last_import)}}
+                **_run_summary(last_import, store), "seconds": _seconds(last_import)}}
 
 
 def _seconds(run: dict) -> float | None:
@@ -306,8 +389,9 @@ SESSION_RESULTS = {"open": "идёт", "ok": "успешно", "failed": "оши
 
 
 def healthz(data: dict) -> tuple[int, list[str]]:
-    """The monitor's answer: 200 when every feed is fresh and the store opens, else 503 and the reasons."""
-    return (200, ["ok"]) if data["ok"] else (503, data["problems"])
+    """The monitor's answer: 200 when every feed is fresh (or being built for the first time, said in a
+    note) and the store opens, else 503 and the reasons."""
+    return (200, ["ok", *data["notes"]]) if data["ok"] else (503, data["problems"])
 
 
 # --- the schedule -----------------------------------------------------------------------------------
@@ -355,6 +439,24 @@ def _size(path: Path) -> int | None:
         return path.stat().st_size
     except OSError:
         return None
+
+
+# (unit in seconds, its forms after a count, the form of «каждый» that goes with the one-form)
+EVERY_UNITS = ((86400, ("день", "дня", "дней"), "каждый"), (3600, ("час", "часа", "часов"), "каждый"),
+               (60, ("минуту", "минуты", "минут"), "каждую"), (1, ("секунду", "секунды", "секунд"), "каждую"))
+
+
+def every_text(seconds: float) -> str:
+    """How often, as Russian says it: «каждый час», «каждые 30 минут», «каждые 2 часа», «каждую 21 минуту»."""
+    seconds = max(1, round(seconds))
+    for size, forms, each in EVERY_UNITS:
+        if seconds % size == 0:
+            count = seconds // size
+            noun = plural(count, *forms)
+            if count == 1:
+                return f"{each} {noun}"
+            return f"{each if noun == forms[0] else 'каждые'} {count} {noun}"
+    return f"каждые {seconds} секунд"  # not reached: every whole number of seconds divides by 1
 
 
 def duration_text(seconds: float) -> str:

@@ -11,7 +11,7 @@ import datetime as dt
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-FEED_STATES = ("fresh", "stale", "failing", "pending")
+FEED_STATES = ("fresh", "stale", "failing", "building", "pending")
 
 
 def render_metrics(data: dict) -> tuple[bytes, str]:

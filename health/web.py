@@ -9,6 +9,7 @@ token cookie set with the page (double submit), and from another origin it is re
 from __future__ import annotations
 
 import datetime as dt
+import math
 import secrets
 from urllib.parse import urlsplit
 
@@ -17,7 +18,8 @@ from markupsafe import Markup, escape
 
 from core.credentials import basic_auth_matches, tokens_match
 from core.mailbox import BUILD
-from health.collect import HISTORY_BUILDS, collect, duration_text, healthz
+from core.russian import grouped, plural
+from health.collect import collect, duration_text, healthz
 from health.metrics import render_metrics
 from store import open_catalog
 
@@ -57,7 +59,7 @@ def page():
     refresh = any(f["building"] or f["name"] in requested for f in data["feeds"]) or (banner and banner["running"])
     html = render_template("health.html", data=data, requested=requested, csrf=token, banner=banner,
                            refresh=refresh, protected=bool(settings.admin.password),
-                           scheduler_running=settings.mailbox.reader_running())
+                           scheduler_running=settings.mailbox.reader_running(), zone=time_zone())
     response = Response(html, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
@@ -120,24 +122,29 @@ def _banner(data: dict, name: str, after: int | None) -> dict | None:
         return None
     last = feed["last_attempt"]
     error = feed["error"]
+    still_served = "Прежний файл продолжает раздаваться." if feed["file"]["exists"] else "Фид ещё не опубликован."
     if error and error["kind"] == "sync" and error["run_id"] > (after or 0):
         # the MoySklad sync that starts a build failed: that build never got a run of its own
         return {"feed": name, "running": False, "kind": "bad",
-                "text": f"Сборка фида «{name}» не удалась: {error['title']}. Прежний файл продолжает раздаваться."}
+                "text": f"Сборка фида «{name}» не удалась: {error['title']}. {still_served}"}
     if last is None or last["run_id"] <= (after or 0):
         return {"feed": name, "running": True, "kind": "info",
                 "text": f"Сборка фида «{name}» запрошена и скоро начнётся; страница обновляется сама."}
     if last["status"] == "running":
         return {"feed": name, "running": True, "kind": "info",
-                "text": f"Идёт сборка №{last['run_id']} фида «{name}»; страница обновляется сама."}
+                "text": f"Идёт сборка №{last['number']} фида «{name}»; страница обновляется сама."}
+    if last["status"] == "ok" and feed["building"]:  # published; the new pictures are being fetched for the next one
+        return {"feed": name, "running": True, "kind": "info",
+                "text": f"Сборка №{last['number']} фида «{name}» опубликована; догружаются новые картинки, с ними фид "
+                        "будет опубликован ещё раз. Страница обновляется сама."}
     if last["status"] == "ok":
-        success = feed["last_success"]
+        offers = feed["last_success"]["offers"]
         return {"feed": name, "running": False, "kind": "ok",
-                "text": f"Сборка №{last['run_id']} фида «{name}» завершена: опубликовано "
-                        f"{success['offers']} предложений."}
+                "text": f"Сборка №{last['number']} фида «{name}» завершена: опубликовано "
+                        f"{grouped(offers)} {plural(offers, 'предложение', 'предложения', 'предложений')}."}
     return {"feed": name, "running": False, "kind": "bad",
-            "text": f"Сборка №{last['run_id']} фида «{name}» не удалась: {error['title'] if error else last['status']}. "
-                    "Прежний файл продолжает раздаваться."}
+            "text": f"Сборка №{last['number']} фида «{name}» не удалась: {error['title'] if error else last['status']}. "
+                    f"{still_served}"}
 
 
 def _settings():
@@ -148,12 +155,19 @@ def _settings():
 
 @status_bp.app_template_filter("when")
 def when(text: str | None) -> str:
-    """An ISO time as the server's local time with its UTC offset: «29.11.2026 05:12 (UTC+03:00)»."""
+    """An ISO time as the server's local time: «29.11.2026 05:12» (the page names the zone once)."""
     if not text:
         return "—"
-    moment = dt.datetime.fromisoformat(text).astimezone()
-    offset = moment.strftime("%z")
-    return f"{moment:%d.%m.%Y %H:%M} (UTC{offset[:3]}:{offset[3:]})"
+    return f"{dt.datetime.fromisoformat(text).astimezone():%d.%m.%Y %H:%M}"
+
+
+def time_zone() -> str:
+    """The server's time zone as the page names it once: «MSK, UTC+03:00» or «UTC»."""
+    now = dt.datetime.now().astimezone()
+    offset = now.strftime("%z")
+    utc = "UTC" if offset in ("+0000", "-0000") else f"UTC{offset[:3]}:{offset[3:]}"
+    name = now.tzname() or ""
+    return utc if name in ("", "UTC") or name.startswith(("+", "-")) else f"{name}, {utc}"
 
 
 @status_bp.app_template_filter("ago")
@@ -167,38 +181,100 @@ def ago(text: str | None) -> str:
     return f"{duration_text(seconds)} назад" if seconds > 0 else f"через {duration_text(-seconds)}"
 
 
+@status_bp.app_template_filter("ahead")
+def ahead(text: str | None) -> str:
+    """When a coming run starts: «через 5 мин», or «сейчас, в очереди» once it is due."""
+    if not text:
+        return "—"
+    seconds = (dt.datetime.fromisoformat(text) - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    return f"через {duration_text(seconds)}" if seconds >= 30 else "сейчас, в очереди сборок"
+
+
 @status_bp.app_template_filter("size")
 def size(value: int | None) -> str:
     if value is None:
         return "—"
     for unit, step in (("ГБ", 1 << 30), ("МБ", 1 << 20), ("КБ", 1 << 10)):
         if value >= step:
-            return f"{value / step:.1f} {unit}"
+            return f"{value / step:.1f} {unit}".replace(".", ",")
     return f"{value} Б"
 
 
 @status_bp.app_template_filter("number")
 def number(value) -> str:
     """Thousands separated by a thin space, as Russian texts write them."""
-    return "—" if value is None else f"{value:,}".replace(",", "\u202f")
+    return "—" if value is None else grouped(value)
+
+
+@status_bp.app_template_filter("plural")
+def plural_filter(count, one: str, few: str, many: str) -> str:
+    """The noun after a count: {{ n|number }} {{ n|plural("сборка", "сборки", "сборок") }}."""
+    return plural(count or 0, one, few, many)
+
+
+# The chart's geometry in viewBox units: it scales to the card's width, so labels stay legible on a phone.
+CHART = {"width": 320, "height": 150, "left": 46, "right": 6, "top": 18, "bottom": 22, "font": 12}
+CHART_SLOTS = 10  # bars are at least this narrow: a few builds do not make a few huge bars
 
 
 @status_bp.app_template_global("bar_chart")
 def bar_chart(history: list[dict], key: str, unit: str, label: str) -> Markup:
-    """An inline SVG bar chart of the last builds; failed builds in red, each bar titled with its value."""
-    width, height, gap = 300, 60, 2
+    """An SVG bar chart of the last builds, oldest on the left, with labelled axes: a round value scale, the
+    first and last build numbers, the latest value; failed builds red, each bar titled with its figures."""
+    c = CHART
+    plot_width, plot_height = c["width"] - c["left"] - c["right"], c["height"] - c["top"] - c["bottom"]
     values = [run.get(key) or 0 for run in history]
-    top = max(values, default=0) or 1
-    bar = (width - gap * (HISTORY_BUILDS - 1)) / HISTORY_BUILDS  # a slot per build shown, newest on the right
-    offset = (HISTORY_BUILDS - len(values)) * (bar + gap)
-    bars = []
+    top = _round_up(max(values, default=0))
+    gap = 2
+    bar = (plot_width - gap * (max(len(values), CHART_SLOTS) - 1)) / max(len(values), CHART_SLOTS)
+    base = c["top"] + plot_height
+    left, right = c["left"], c["width"] - c["right"]
+    parts = [f'<line class="axis" x1="{left}" y1="{base}" x2="{right}" y2="{base}" stroke="#8a94a3"/>',
+             f'<line class="axis" x1="{left}" y1="{c["top"]}" x2="{left}" y2="{base}" stroke="#8a94a3"/>']
+    for fraction in (0, 0.5, 1) if top else (0,):  # the scale: 0, half and the top
+        y = base - fraction * plot_height
+        tick = _value(top * fraction, unit)
+        parts.append(f'<text class="tick" x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{tick}</text>')
+        if fraction:
+            parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#e3e7ec"/>')
     for index, (run, value) in enumerate(zip(history, values)):
-        h = max(1.0, value / top * (height - 4)) if value else 1.0
+        h = max(1.0, value / top * plot_height) if value else 1.0
         color = "#2e7d32" if run["status"] == "ok" else "#999" if run["status"] == "running" else "#c62828"
         if run["status"] in ("failed", "interrupted"):
-            h = max(h, height * 0.35)  # a failed build stands out even when it got no figures
-        title = f"№{run['run_id']} {when(run['started_at'])}: {value:g} {unit}" if value else f"№{run['run_id']}: {run['status']}"
-        bars.append(f'<rect x="{offset + index * (bar + gap):.1f}" y="{height - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
-                    f'fill="{color}"><title>{escape(title)}</title></rect>')
-    return Markup(f'<svg class="chart" role="img" aria-label="{escape(label)}" viewBox="0 0 {width} {height}" '
-                  f'width="{width}" height="{height}">{"".join(bars)}</svg>')
+            h = max(h, plot_height * 0.35)  # a failed build stands out even when it got no figures
+        title = (f"№{run['number']} {when(run['started_at'])}: {_value(value, unit)}" if value
+                 else f"№{run['number']}: {RUN_STATUSES.get(run['status'], run['status'])}")
+        parts.append(f'<rect x="{left + 1 + index * (bar + gap):.1f}" y="{base - h:.1f}" width="{bar:.1f}" '
+                     f'height="{h:.1f}" fill="{color}"><title>{escape(title)}</title></rect>')
+    if history:
+        axis = f'class="tick" y="{base + 16}"'
+        parts.append(f'<text {axis} x="{left + 1}" text-anchor="start">№{history[0]["number"]}</text>')
+        if len(history) > 1:
+            end = left + 1 + len(history) * (bar + gap) - gap
+            parts.append(f'<text {axis} x="{end:.1f}" text-anchor="end">№{history[-1]["number"]}</text>')
+        latest = _value(values[-1], unit) if history[-1]["status"] == "ok" else RUN_STATUSES.get(history[-1]["status"], "")
+        parts.append(f'<text class="latest" x="{right}" y="{c["top"] - 5}" text-anchor="end">'
+                     f'последняя: {escape(latest)}</text>')
+    summary = f"{label}: последняя {_value(values[-1], unit)}, наибольшая {_value(max(values), unit)}" if history else label
+    return Markup(f'<svg class="chart" role="img" aria-label="{escape(summary)}" viewBox="0 0 {c["width"]} {c["height"]}" '
+                  f'font-size="{c["font"]}" fill="#3b4656">{"".join(parts)}</svg>')
+
+
+def _round_up(value: float) -> float:
+    """The scale's top: the value rounded up to 1, 2, 4 or 5 times a power of ten, so its half is round too."""
+    if value <= 0:
+        return 0
+    power = 10 ** math.floor(math.log10(value))
+    return next(step * power for step in (1, 2, 4, 5, 10) if step * power >= value)
+
+
+RUN_STATUSES = {"ok": "успешно", "failed": "ошибка", "running": "идёт", "interrupted": "прервана"}
+
+
+def _value(value: float, unit: str) -> str:
+    """A chart value with its unit: «12,3 с», «0,25 с», «1 204»."""
+    if value >= 100 or value == int(value):
+        text = grouped(round(value))
+    else:
+        text = (f"{value:.1f}" if value >= 10 else f"{value:.2f}".rstrip("0")).replace(".", ",")
+    return f"{text} {unit}".strip()

@@ -1,12 +1,20 @@
-"""Connection check, like MoySklad's own «Проверить соединение»: credentials, permissions, what is there."""
+"""Connection check, like MoySklad's own «Проверить соединение»: credentials, permissions, what is there,
+and whether every name the feeds use (price type, warehouses, attributes) exists in the account."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
+from core.settings import DEFAULT_MOYSKLAD_URL, FeedSettings
 from moysklad.client import MoySkladClient
-from moysklad.errors import CredentialsRejected, MoySkladError
+from moysklad.errors import CredentialsRejected, MoySkladError, PermissionMissing, ServerFailure
 from moysklad.sync import ALL_ITEMS, STOCK_REPORT_FILTER, WITHOUT_STOCK
+
+API_PATH = "/api/remap/1.2"  # every JSON API 1.2 address ends so
+ATTRIBUTES = "/entity/product/metadata/attributes"  # custom fields of goods, services and bundles alike
+NAMES_SHOWN = 15  # known names listed in a problem, at most
 
 
 @dataclass
@@ -15,14 +23,16 @@ class CheckReport:
 
     facts: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    account: dict | None = None  # the account reached: id and name of its first legal entity
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def check_connection(client: MoySkladClient) -> CheckReport:
-    """Ask for a little of everything a sync needs; stop early only when the credentials fail."""
+def check_connection(client: MoySkladClient, feeds: Iterable[FeedSettings] = ()) -> CheckReport:
+    """Ask for a little of everything a sync needs and for the names the feeds use; stop early when
+    MoySklad does not answer at all or refuses the credentials."""
     report = CheckReport()
     report.facts.append(("API", f"{client.base_url} ({'token' if client.auth_kind == 'bearer' else 'login and password'})"))
     try:
@@ -30,13 +40,21 @@ def check_connection(client: MoySkladClient) -> CheckReport:
     except CredentialsRejected as exc:
         report.problems.append(str(exc))
         return report
-    except MoySkladError as exc:
+    except PermissionMissing as exc:
         report.problems.append(f"company settings: {exc}")
         company = {}
+    except MoySkladError as exc:
+        report.problems.append(unreachable(client.base_url, exc))
+        return report
     report.facts.append(("credentials", "OK"))
 
-    _fact(report, "company", lambda: ", ".join(
-        row.get("name", "?") for row in client.get("/entity/organization", {"limit": 10})["rows"]) or "(no legal entities)")
+    def company_names() -> str:
+        rows = [row for row in client.get("/entity/organization", {"limit": 10})["rows"] if isinstance(row, dict)]
+        if rows and isinstance(rows[0].get("accountId"), str):
+            report.account = {"id": rows[0]["accountId"], "name": rows[0].get("name") or "?"}
+        return ", ".join(row.get("name", "?") for row in rows) or "(no legal entities)"
+
+    _fact(report, "company", company_names)
     currency = company.get("currency") or {}
     if currency:
         report.facts.append(("currency", f"{currency.get('isoCode') or '?'} ({currency.get('name') or '?'})"))
@@ -70,7 +88,84 @@ def check_connection(client: MoySkladClient) -> CheckReport:
         report.problems.append(str(exc))
     except MoySkladError as exc:
         report.problems.append(f"stock report: {exc}")
+
+    moysklad_feeds = [feed for feed in feeds if feed.source == "moysklad"]
+    try:
+        missing = feed_name_problems(client, moysklad_feeds, company or None)
+    except MoySkladError as exc:
+        report.problems.append(f"the feeds' names could not be checked: {exc}")
+        return report
+    report.problems += missing
+    for feed in moysklad_feeds:
+        if not any(problem.startswith(f"feed {feed.name}: ") for problem in missing):
+            report.facts.append((f"feed {feed.name}", "every name it uses exists"
+                                 if _named_things(feed) else "uses no names (default price type, all warehouses)"))
     return report
+
+
+def unreachable(base_url: str, exc: MoySkladError) -> str:
+    """What to fix when the first request got no MoySklad answer: the host, the port or the path."""
+    parts = urlsplit(base_url)
+    address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    text = str(exc)
+    if isinstance(exc, ServerFailure):
+        return f"MoySklad answered with a server error ({text}): it is usually down for a while; try again later"
+    if "connection refused" in text:
+        problem = f"{address} refuses connections (nothing listens there)"
+    elif "cannot resolve" in text:
+        problem = f"the host name {parts.hostname} does not resolve"
+    elif "timed out" in text:
+        problem = f"{address} did not answer in time"
+    else:
+        problem = f"{base_url} did not answer as MoySklad does ({text})"
+    if not parts.path.rstrip("/").endswith(API_PATH):
+        advice = (f"the address must end in {API_PATH} (MoySklad's is {DEFAULT_MOYSKLAD_URL}); "
+                  f"{base_url} has the path {parts.path or '/'}")
+    else:
+        advice = (f"check moysklad.base_url (or MOYSKLAD_BASE_URL; MoySklad's is {DEFAULT_MOYSKLAD_URL}) "
+                  "and that this server may reach that host")
+    return f"cannot reach MoySklad: {problem}: {advice}"
+
+
+def feed_name_problems(client: MoySkladClient, feeds: Iterable[FeedSettings], company: dict | None = None) -> list[str]:
+    """Every name the feeds use that the account lacks, with the names it has: one small request per
+    kind of name used (company settings for price types, warehouses, product attributes), none when unused."""
+    feeds = [feed for feed in feeds if feed.source == "moysklad"]
+    problems = []
+    if any(feed.price_type for feed in feeds):
+        company = company if company is not None else client.get("/context/companysettings")
+        known = [p.get("name") for p in company.get("priceTypes") or [] if isinstance(p, dict)]
+        problems += [f"feed {feed.name}: price_type «{feed.price_type}» is not a price type in MoySklad "
+                     f"(price types there: {_names(known)})"
+                     for feed in feeds if feed.price_type and feed.price_type not in known]
+    if any(feed.stores for feed in feeds):
+        known = [row.get("name") for row in client.iter_rows("/entity/store", {"filter": ALL_ITEMS})]
+        problems += [f"feed {feed.name}: stores: «{name}» is not a warehouse in MoySklad (warehouses there: {_names(known)})"
+                     for feed in feeds for name in feed.stores if name not in known]
+    if any(_attributes_named(feed) for feed in feeds):
+        known = [row.get("name") for row in client.get(ATTRIBUTES).get("rows") or [] if isinstance(row, dict)]
+        problems += [f"feed {feed.name}: {key} «{name}» is not an attribute of goods in MoySklad (attributes there: "
+                     f"{_names(known)})" for feed in feeds for key, name in _attributes_named(feed) if name not in known]
+    return problems
+
+
+def _attributes_named(feed: FeedSettings) -> list[tuple[str, str]]:
+    """(config key, attribute name) of every attribute the feed publishes."""
+    named = [("vendor_attribute", feed.vendor_attribute)] if feed.vendor_attribute else []
+    named += [(f"params[{index}].attribute", param.attribute) for index, param in enumerate(feed.params)]
+    named += [(f"dimension_attributes[{index}]", name) for index, name in enumerate(feed.dimension_attributes)]
+    return named
+
+
+def _named_things(feed: FeedSettings) -> bool:
+    return bool(feed.price_type or feed.stores or _attributes_named(feed))
+
+
+def _names(names: list) -> str:
+    """Known names for a message: quoted, the first few, and how many more."""
+    shown = [f"«{name}»" for name in names[:NAMES_SHOWN] if isinstance(name, str)]
+    more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+    return ", ".join(shown) + more if shown else "none"
 
 
 def _fact(report: CheckReport, label: str, read) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -11,8 +12,12 @@ from flask.cli import AppGroup
 from moysklad.check import check_connection
 from moysklad.connect import open_client
 from moysklad.errors import MoySkladError
-from moysklad.sync import sync_catalog
+from moysklad.sync import account_conflict, client_address, held_account, sync_catalog
 from store import StoreError, open_catalog
+
+# The check tries each request once with short timeouts: a person waits at the terminal (builds keep their retries).
+CHECK_CONNECT_TIMEOUT = 5.0
+CHECK_READ_TIMEOUT = 20.0
 
 moysklad_cli = AppGroup("moysklad", help="Check the MoySklad connection and sync the catalog.")
 
@@ -34,10 +39,25 @@ def _account(name: str):
 @moysklad_cli.command("check")
 @ACCOUNT_OPTION
 def check_command(account: str):
-    """Verify credentials and permissions; print the company, currency, price types, stores and counts."""
+    """Verify the address, credentials and permissions and every name the feeds use; print what the account holds."""
     settings = _account(account)
-    with open_client(settings.moysklad) as client:
-        report = check_connection(client)
+    ms = settings.moysklad
+    if settings.is_demo:
+        click.echo(settings.demo_notice)
+    elif not ms.token and not (ms.login and ms.password):
+        click.echo("No MoySklad credentials are configured (moysklad.token or MOYSKLAD_TOKEN, or a login and "
+                   "password): no feed of this config reads the MoySklad API, so there is nothing to check.", err=True)
+        sys.exit(1)
+    quick = dataclasses.replace(ms, max_retries=0, connect_timeout=min(ms.connect_timeout, CHECK_CONNECT_TIMEOUT),
+                                read_timeout=min(ms.read_timeout, CHECK_READ_TIMEOUT))
+    with open_client(quick) as client:
+        report = check_connection(client, settings.feeds)
+        address = client_address(client)
+    if report.account and settings.store_path.exists():
+        with open_catalog(settings.store_path) as store:
+            conflict = account_conflict(settings.store_path, held_account(store), {**report.account, "address": address})
+        if conflict:
+            report.problems.append(f"a sync would be refused: {conflict}")
     width = max(len(label) for label, _ in report.facts) + 2
     for label, value in report.facts:
         click.echo(f"  {label + ' ':.<{width}} {value}")
@@ -46,7 +66,7 @@ def check_command(account: str):
     if not report.ok:
         click.echo("MoySklad connection check failed: fix the problems above and run it again.", err=True)
         sys.exit(1)
-    click.echo("MoySklad connection OK.")
+    click.echo("MoySklad connection OK" + (" (the DEMO emulator, not your account)." if settings.is_demo else "."))
 
 
 @moysklad_cli.command("sync")
@@ -60,7 +80,8 @@ def sync_command(full: bool, account: str):
         with open_client(ms) as client, open_catalog(settings.store_path) as store:
             result = sync_catalog(
                 client, store, full=full, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours,
-                progress=lambda stage, count: click.echo(f"  {stage}: {count}", err=True),
+                progress=lambda stage, count, total=None: click.echo(f"  {stage}: {count}" + (f"/{total}" if total else ""),
+                                                                     err=True),
             )
     except (MoySkladError, StoreError) as exc:
         click.echo(f"Sync failed, the catalog store is unchanged: {exc}", err=True)

@@ -468,10 +468,16 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, requests.Timeout):
         return "timed out"
     if isinstance(exc, requests.ConnectionError):
-        text = str(exc)
-        if "reset" in text.lower():
+        text = str(exc).lower()
+        if "reset" in text:
             return "connection reset"
-        return "connection failed" if "Max retries" in text or "refused" in text.lower() else f"connection error ({text[:200]})"
+        if "refused" in text:
+            return "connection refused"
+        if "resolve" in text or "name or service not known" in text or "nodename nor servname" in text:
+            return "cannot resolve the host name"
+        if "timed out" in text:
+            return "timed out"
+        return "connection failed" if "max retries" in text else f"connection error ({str(exc)[:200]})"
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
         return "answer truncated" if "IncompleteRead" in repr(exc) or "ncomplete" in str(exc) else f"connection broken ({str(exc)[:200]})"
     if isinstance(exc, requests.exceptions.ContentDecodingError):

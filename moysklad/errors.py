@@ -64,6 +64,10 @@ class TransportFailure(MoySkladError):
     retriable = True
 
 
+class AccountMismatch(MoySkladError):
+    """The catalog store holds another MoySklad account (or the demo's): syncing would mix two catalogs."""
+
+
 def error_messages(body: bytes | str | None) -> tuple[list[str], tuple[int, ...]]:
     """The ``errors[].error`` texts and codes of a MoySklad error body; empty when it has none."""
     if not body:

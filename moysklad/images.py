@@ -109,31 +109,46 @@ class ImageRejected(Exception):
 
 def cache_images(client: MoySkladClient, store: CatalogStore, images_dir: Path, *,
                  progress: Progress | None = None) -> ImageCacheResult:
-    """Download new and changed first images, drop files no longer referenced; run after a sync."""
-    progress = progress or (lambda stage, count: None)
+    """Download new and changed first images, drop files no longer referenced; run after a sync.
+
+    ``progress`` hears ``("pictures", done, total)``: 0 before the first download, then after each one.
+    """
+    progress = progress or (lambda stage, count, total=None: None)
     images_dir.mkdir(parents=True, exist_ok=True)
     result = ImageCacheResult()
     with _exclusive(images_dir):
-        wanted, invalid = _referenced_images(store)
-        if invalid:
-            result.failed[INVALID_LINK] = invalid
-        cached = store.cached_images(SOURCE)
-        todo = []
-        for image in wanted.values():
-            state = _cache_state(cached.get(image.image_id), image, images_dir)
-            if state == "current":
-                result.unchanged += 1
-            elif state:  # rejected before for its content, and the file has not changed since
-                _tally(result.failed, state)
-            else:
-                todo.append(image)
+        wanted, todo = _plan(store, images_dir, result)
+        progress("pictures", 0, len(todo))
         for done, outcome in enumerate(_parallel(lambda image: _fetch(client, images_dir, image, MAX_PICTURE_BYTES), todo), 1):
             _record(store, outcome, result)
-            progress("images", done)
+            progress("pictures", done, len(todo))
         result.removed = _prune(store, images_dir, set(wanted))
     log.info("images: %d downloaded (%d bytes), %d unchanged, %d removed, failed %s",
              result.downloaded, result.bytes, result.unchanged, result.removed, result.failed or "none")
     return result
+
+
+def pending_downloads(store: CatalogStore, images_dir: Path) -> int:
+    """How many first images :func:`cache_images` would download now (new or changed ones)."""
+    return len(_plan(store, images_dir, ImageCacheResult())[1])
+
+
+def _plan(store: CatalogStore, images_dir: Path, result: ImageCacheResult) -> tuple[dict[str, Image], list[Image]]:
+    """The images the catalog links to and those of them to download; the others are counted in ``result``."""
+    wanted, invalid = _referenced_images(store)
+    if invalid:
+        result.failed[INVALID_LINK] = invalid
+    cached = store.cached_images(SOURCE)
+    todo = []
+    for image in wanted.values():
+        state = _cache_state(cached.get(image.image_id), image, images_dir)
+        if state == "current":
+            result.unchanged += 1
+        elif state:  # rejected before for its content, and the file has not changed since
+            _tally(result.failed, state)
+        else:
+            todo.append(image)
+    return wanted, todo
 
 
 def _referenced_images(store: CatalogStore) -> tuple[dict[str, Image], int]:
@@ -281,17 +296,20 @@ def _parallel(task: Callable, items: Iterable) -> Iterator:
 # --- permanent mode ------------------------------------------------------------------------------
 
 def fetch_permanent_links(client: MoySkladClient, store: CatalogStore, *,
-                          changed_since: str | None = None) -> PermanentLinksResult:
+                          changed_since: str | None = None, progress: Progress | None = None) -> PermanentLinksResult:
     """Store each item's first-image CDN link: one request per item, so only for changed items.
 
     ``changed_since`` is a MoySklad moment ("YYYY-MM-DD HH:MM:SS", as the sync bookmark); items
     whose image has no link yet are asked regardless.
     """
+    progress = progress or (lambda stage, count, total=None: None)
     result = PermanentLinksResult()
     referenced = set(_referenced_images(store)[0])
     items = _items_to_link(store, changed_since)
+    progress("picture links", 0, len(items))
     for item, image_id, link, reason in _parallel(lambda item: _permanent_link(client, item), items):
         result.requested += 1
+        progress("picture links", result.requested, len(items))
         if reason:
             _tally(result.failed, reason)
             continue
@@ -302,6 +320,11 @@ def fetch_permanent_links(client: MoySkladClient, store: CatalogStore, *,
     log.info("permanent image links: %d items asked, %d links stored, failed %s",
              result.requested, result.stored, result.failed or "none")
     return result
+
+
+def pending_permanent_links(store: CatalogStore, changed_since: str | None) -> int:
+    """How many items :func:`fetch_permanent_links` would ask MoySklad about now."""
+    return len(_items_to_link(store, changed_since))
 
 
 def _items_to_link(store: CatalogStore, changed_since: str | None) -> list[dict]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from core.clock import MOSCOW
 from moysklad.client import MoySkladClient
+from moysklad.errors import AccountMismatch
 from moysklad.transform import (
     MalformedItem,
     assortment_records,
@@ -52,7 +53,10 @@ COMPONENTS_READ = "bundle_components_read"
 # stockType of /report/stock/bystore/current → column of the stock table
 STOCK_COLUMNS = {"stock": "stock", "reserve": "reserve", "inTransit": "in_transit"}
 
-Progress = Callable[[str, int], None]
+# Called as progress(stage, done) or progress(stage, done, total) as a step advances.
+Progress = Callable[..., None]
+# What a store records as the address of the demo's emulator (its port changes with every start).
+DEMO_ADDRESS = "demo"
 
 
 @dataclass
@@ -79,7 +83,7 @@ def sync_catalog(
     progress: Progress | None = None,
 ) -> SyncResult:
     """Pull the catalog into the store; the bookmark moves only when the whole run commits."""
-    progress = progress or (lambda stage, count: None)
+    progress = progress or (lambda *step: None)
     started = time.monotonic()
     before = (client.requests, client.throttled, client.retries, client.units)
     with store.run(SOURCE, "sync") as run:
@@ -91,8 +95,10 @@ def sync_catalog(
             company = client.get("/context/companysettings")
             server_now = (client.server_date or dt.datetime.now(dt.timezone.utc)).astimezone(MOSCOW)
             bookmark = (server_now - dt.timedelta(minutes=overlap_minutes)).strftime(BOOKMARK_FORMAT)
+            organizations = client.get("/entity/organization", {"limit": 1}).get("rows") or []
+            _claim_account(store, run, client, organizations)
             _save_company(run, company)
-            _save_references(client, run)
+            _save_references(client, run, organizations)
             consistent = _save_categories(client, run, changed_since, progress)
             consistent &= _save_assortment(client, run, changed_since, progress)
             _save_bundle_components(client, run, changed_since if store.setting(SOURCE, COMPONENTS_READ) else None,
@@ -153,9 +159,58 @@ def _save_company(run: CatalogRun, company: dict) -> None:
     run.stats.add("price_types", len(price_types))
 
 
-def _save_references(client: MoySkladClient, run: CatalogRun) -> None:
+def _claim_account(store: CatalogStore, run: CatalogRun, client: MoySkladClient, organizations: list) -> None:
+    """One store holds one MoySklad account: the first sync records which (its ``accountId``, address and
+    name), and a sync that reaches another account, or the demo's emulator instead of a real account or
+    the other way round, is refused before it writes anything."""
+    row = next((row for row in organizations if isinstance(row, dict) and isinstance(row.get("accountId"), str)), None)
+    if row is None:
+        return  # MoySklad always sends it; without it there is nothing to compare, and the claim stays
+    reached = {"id": row["accountId"], "address": client_address(client),
+               "name": row.get("name") if isinstance(row.get("name"), str) else "?"}
+    held = held_account(store)
+    if held["id"] is None:
+        for key, value in reached.items():
+            run.set_setting(f"account_{key}", value)
+        return
+    conflict = account_conflict(store.path, held, reached)
+    if conflict:
+        raise AccountMismatch(conflict + "; nothing was synced")
+    if held["address"] != reached["address"]:
+        log.info("MoySklad account %s is now reached at %s (was %s)", reached["id"], reached["address"], held["address"])
+        run.set_setting("account_address", reached["address"])
+
+
+def client_address(client: MoySkladClient) -> str:
+    """The address a store records for the account a client reaches (the demo's emulator by name)."""
+    return DEMO_ADDRESS if client.settings.emulator is not None else client.base_url
+
+
+def held_account(store: CatalogStore) -> dict:
+    """The account a store holds: id, address and name, each None before its first sync."""
+    return {key: store.setting(SOURCE, f"account_{key}") for key in ("id", "address", "name")}
+
+
+def account_conflict(store_path, held: dict, reached: dict) -> str | None:
+    """Why the account ``reached`` must not be synced into the store holding ``held``; None when it may."""
+    if held["id"] is None:
+        return None
+    if held["id"] == reached["id"] and (held["address"] == DEMO_ADDRESS) == (reached["address"] == DEMO_ADDRESS):
+        return None
+    return (f"the catalog store {store_path} holds {_account_text(held)}, but moysklad.base_url and the "
+            f"credentials reach {_account_text(reached)}. One store holds one account: give this one a data_dir "
+            f"of its own (or an entry in accounts:), or, to replace the old catalog, stop the service and move "
+            f"{store_path.parent} aside, then sync again")
+
+
+def _account_text(account: dict) -> str:
+    if account["address"] == DEMO_ADDRESS:
+        return f"the demo's generated catalog (the bundled emulator, account {account['id']})"
+    return f"MoySklad account «{account['name']}» (accountId {account['id']} at {account['address']})"
+
+
+def _save_references(client: MoySkladClient, run: CatalogRun, organizations: list) -> None:
     """Legal entity name, warehouses and units: small lists, replaced whole on every run."""
-    organizations = client.get("/entity/organization", {"limit": 1}).get("rows") or []
     if organizations and isinstance(organizations[0].get("name"), str):
         run.set_setting("company", organizations[0]["name"])
     warehouses = _valid(run, "warehouse", client.iter_rows("/entity/store", {"filter": ALL_ITEMS}),
@@ -182,6 +237,7 @@ def _save_assortment(client: MoySkladClient, run: CatalogRun, changed_since: str
     pages = client.iter_pages("/entity/assortment", {"filter": _filter(changed_since)}, WITHOUT_STOCK)
     for page in pages:
         sizes.add(page["meta"].get("size"))
+        total = page["meta"].get("size") if isinstance(page["meta"].get("size"), int) else None
         products, offers, prices, attributes, owners = [], [], [], [], []
         for row in page["rows"]:
             try:
@@ -201,7 +257,7 @@ def _save_assortment(client: MoySkladClient, run: CatalogRun, changed_since: str
         run.stats.add("prices", run.replace_children("prices", "offer_id", owners, prices, ("source", "offer_id", "price_type_id")))
         run.stats.add("attributes", run.replace_children("attributes", "owner_id", owners, attributes, ("source", "owner_id", "attribute_id")))
         run.stats.add("assortment_rows", len(page["rows"]))
-        progress("assortment", run.stats.counts["assortment_rows"])
+        progress("assortment", run.stats.counts["assortment_rows"], total)
         del page, products, offers, prices, attributes  # a parsed page is large: free it before the next arrives
     return len(sizes) <= 1
 

@@ -86,6 +86,7 @@ class RunLog:
                      "started_at": utc_now(), "pid": os.getpid()}
                 ).last_pk
             run = self.run_class(self, run_id, source)
+            run.mode = mode  # kept unless the run itself says otherwise (a sync says full or incremental)
             try:
                 with self.immediate():
                     yield run
@@ -158,6 +159,11 @@ class RunLog:
         """The latest runs of one source and kind, newest first (the health page's history)."""
         rows = self.db.query("SELECT * FROM runs WHERE source = ? AND kind = ? ORDER BY id DESC LIMIT ?", [source, kind, limit])
         return [_decode_run(r) for r in rows]
+
+    def run_number(self, source: str, kind: str, run_id: int) -> int:
+        """A run's place among the runs of its source and kind (a feed's build №3), whatever other sources ran."""
+        return self.db.execute("SELECT count(*) FROM runs WHERE source = ? AND kind = ? AND id <= ?",
+                               [source, kind, run_id]).fetchone()[0]
 
     def run_totals(self, source: str, kind: str) -> dict:
         """Runs, failures, API requests, 429s and retries over every recorded run (for metrics)."""

@@ -1,11 +1,14 @@
 """Configuration: defaults, environment secrets, errors that name the key, the example kept in step."""
 
+import os
 import re
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
 
-from core.settings import ConfigError, load_settings, redacted, setting_keys
+from core.settings import ConfigError, load_settings, prepare_data_dirs, redacted, setting_keys
 from emulator.harness import ROOT
 
 
@@ -15,13 +18,43 @@ def write(tmp_path, text):
     return path
 
 
-def test_without_a_config_file_the_demo_runs_on_the_emulator(tmp_path, monkeypatch):
+def test_without_a_config_file_the_demo_runs_on_the_emulator_in_a_folder_of_its_own(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = load_settings(environ={})
     assert settings.is_demo
     assert settings.moysklad.emulator.products > 0
-    assert settings.data_dir == tmp_path / "data"
+    assert settings.data_dir == tmp_path / "demo-data"  # never the ./data a copied config.example.yaml uses
     assert [f.name for f in settings.feeds] == ["demo"]
+    assert "DEMO" in settings.demo_notice and str(tmp_path / "demo-data") in settings.demo_notice
+    in_docker = load_settings(environ={"SKLADBRIDGE_DATA_DIR": str(tmp_path / "volume")})
+    assert in_docker.is_demo and in_docker.data_dir == tmp_path / "volume" / "demo-data"
+
+
+@pytest.mark.parametrize("variables", [{"MOYSKLAD_TOKEN": "real-token"},
+                                       {"MOYSKLAD_LOGIN": "admin@shop", "MOYSKLAD_PASSWORD": "secret-pass"},
+                                       {"MOYSKLAD_BASE_URL": "https://proxy.example/api/remap/1.2", "MOYSKLAD_TOKEN": "t"}])
+def test_moysklad_credentials_in_the_environment_without_a_file_mean_a_real_account(tmp_path, monkeypatch, variables):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ=variables)
+    assert not settings.is_demo
+    assert settings.data_dir == tmp_path / "data"
+    assert [(f.name, f.source) for f in settings.feeds] == [("main", "moysklad")]
+    assert settings.moysklad.base_url == variables.get("MOYSKLAD_BASE_URL", "https://api.moysklad.ru/api/remap/1.2")
+
+
+def test_an_address_alone_in_the_environment_is_a_real_account_missing_its_credentials(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        load_settings(environ={"MOYSKLAD_BASE_URL": "https://api.moysklad.ru/api/remap/1.2"})
+    assert str(error.value).startswith("the environment (no config file): moysklad: no credentials, needed by feed main")
+    assert "MOYSKLAD_TOKEN" in str(error.value)
+
+
+def test_an_exchange_only_config_needs_no_moysklad_section(tmp_path):
+    path = write(tmp_path, "exchange: {login: 1c, password: exchange-pass}\nfeeds: [{name: shop, source: exchange}]\n")
+    settings = load_settings(path, environ={})
+    assert not settings.is_demo and not settings.moysklad.token
+    assert [f.source for f in settings.feeds] == ["exchange"] and settings.moysklad_feeds == ()
 
 
 def test_a_named_config_that_is_missing_is_an_error(tmp_path):
@@ -50,7 +83,8 @@ def test_login_and_password_are_enough(tmp_path):
 @pytest.mark.parametrize(
     "text, key, problem",
     [
-        ("moysklad: {}\n", "moysklad", "no credentials"),
+        ("moysklad: {}\nfeeds: [{name: main}]\n", "moysklad", "no credentials, needed by feed main (source: moysklad)"),
+        ("feeds: [{name: a}, {name: b, source: exchange}, {name: c}]\n", "moysklad", "needed by feeds a, c"),
         ("moysklad: {token: t, page_sise: 10}\n", "moysklad.page_sise", "unknown key"),
         ("moysklad: {token: t, max_in_flight: 9}\n", "moysklad.max_in_flight", "at most 5"),
         ("moysklad: {token: t, read_timeout: soon}\n", "moysklad.read_timeout", "must be a number"),
@@ -59,21 +93,50 @@ def test_login_and_password_are_enough(tmp_path):
         ("moysklad: {token: t}\nfeeds: [{source: moysklad}]\n", "feeds[0].name", "required"),
         ("moysklad: {token: t}\nfeeds: [{name: 'Main Feed'}]\n", "feeds[0].name", "lowercase"),
         ("moysklad: {token: t, base_url: api.moysklad.ru}\n", "moysklad.base_url", "http"),
+        ("moysklad: {token: t, base_url: 'https://online.moysklad.ru/api/remap/1.2'}\n", "moysklad.base_url",
+         "online.moysklad.ru refuses JSON API 1.2 since 2023-12-01; use https://api.moysklad.ru/api/remap/1.2"),
         ("- just\n- a list\n", "top level", "mapping"),
         ("moysklad: [token]\n", "moysklad", "mapping"),
     ],
 )
 def test_config_errors_name_the_key_and_the_problem(tmp_path, text, key, problem):
+    path = write(tmp_path, text)
     with pytest.raises(ConfigError) as error:
-        load_settings(write(tmp_path, text), environ={})
+        load_settings(path, environ={})
+    assert str(error.value).startswith(f"{path}: ")
     assert key in str(error.value)
     assert problem in str(error.value)
+    assert "\n" not in str(error.value)  # one line
 
 
-def test_broken_yaml_is_reported_with_the_file(tmp_path):
-    path = write(tmp_path, "moysklad: {token: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+def test_broken_yaml_is_reported_with_the_file_and_the_line(tmp_path):
+    path = write(tmp_path, "log_level: INFO\nmoysklad:\n  token: t\n   base_url: x\n")
+    with pytest.raises(ConfigError) as error:
         load_settings(path, environ={})
+    assert str(error.value).startswith(f"{path}, line 4, column 12: not valid YAML: ")
+    assert "\n" not in str(error.value)
+
+
+def test_a_data_dir_that_cannot_be_created_or_written_is_a_config_error(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    settings = load_settings(write(tmp_path, "data_dir: a-file/data\n"), environ={})
+    with pytest.raises(ConfigError) as error:
+        prepare_data_dirs(settings)
+    assert str(error.value).startswith(f"data_dir: {tmp_path / 'a-file' / 'data'} cannot be created by this user")
+    assert "SKLADBRIDGE_DATA_DIR" in str(error.value)
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root writes through modes: take a folder the kernel keeps read-only instead
+        read_only = Path("/sys")
+        try:
+            tempfile.TemporaryFile(dir=read_only).close()
+            pytest.skip("no folder here is read-only for root")
+        except OSError:
+            pass
+    settings = load_settings(write(tmp_path, f"data_dir: {read_only}\n"), environ={})
+    with pytest.raises(ConfigError, match=rf"^data_dir: {re.escape(str(read_only))} cannot be written by this user"):
+        prepare_data_dirs(settings)
 
 
 def documented_keys(text: str) -> set[str]:

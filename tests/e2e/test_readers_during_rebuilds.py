@@ -11,6 +11,8 @@ import pytest
 import requests
 from lxml import etree
 
+from core.russian import counted
+
 pytestmark = pytest.mark.e2e
 
 READERS = 50
@@ -74,8 +76,9 @@ def test_fifty_readers_get_only_whole_published_files_during_twenty_rebuilds(sit
                 done = shop.cli_build("main")
                 assert done.returncode == 0 and f"published {offers + 1} offers" in done.stdout, done.stderr
             else:
-                assert shop.build_now() == (f"Сборка №{shop.feed_health()['last_attempt']['run_id']} фида «main» "
-                                            f"завершена: опубликовано {offers + 1} предложений.")
+                published_now = counted(offers + 1, "предложение", "предложения", "предложений")
+                assert shop.build_now() == (f"Сборка №{shop.feed_health()['last_attempt']['number']} фида «main» "
+                                            f"завершена: опубликовано {published_now}.")
             offers += 1
             digest = hashlib.sha256(shop.published()).hexdigest()
             assert digest not in published  # every rebuild published a different file

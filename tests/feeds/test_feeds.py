@@ -276,14 +276,42 @@ def test_price_type_and_purchase_price_rules(tmp_path, emulator):
             assert offers[item.id].findtext("purchasePrice") == expected
 
 
-def test_an_unknown_price_type_or_warehouse_fails_the_build_by_name(tmp_path, emulator):
-    settings = feed_settings(tmp_path, emulator, price_type="Цена для своих")
-    with pytest.raises(BuildFailed, match="price type «Цена для своих» does not exist"):
-        build(settings)
-    settings = feed_settings(tmp_path, emulator, stores=("Склад на Луне",))
-    with pytest.raises(BuildFailed, match="warehouse «Склад на Луне» does not exist"):
-        build(settings)
+def test_a_name_the_account_lacks_fails_the_build_before_the_sync(tmp_path, emulator):
+    """A wrong price type, warehouse or attribute is found with one small request, not after a whole sync."""
+    catalog = emulator.catalog
+    price_types = ", ".join(f"«{p.name}»" for p in catalog.price_types)
+    warehouses = ", ".join(f"«{s.name}»" for s in catalog.stores)
+    attributes = ", ".join(f"«{a.name}»" for a in catalog.attribute_defs)
+    cases = (({"price_type": "Цена для своих"}, "/context/companysettings",
+              f"feed main: price_type «Цена для своих» is not a price type in MoySklad (price types there: {price_types})"),
+             ({"stores": ("Основной склад", "Склад на Луне")}, "/entity/store",
+              f"feed main: stores: «Склад на Луне» is not a warehouse in MoySklad (warehouses there: {warehouses})"),
+             ({"params": (ParamMapping("Материал"), ParamMapping("Цвет корпуса"))}, "/entity/product/metadata/attributes",
+              (f"feed main: params[1].attribute «Цвет корпуса» is not an attribute of goods in MoySklad "
+               f"(attributes there: {attributes})")))
+    for options, asked, message in cases:
+        emulator.reset_stats()
+        settings = feed_settings(tmp_path, emulator, **options)
+        with pytest.raises(BuildFailed) as error:
+            build(settings)
+        assert str(error.value) == message
+        assert [entry["path"] for entry in emulator.request_log] == [asked]  # one request, no sync
+        store = CatalogStore(settings.store_path)
+        failed = store.last_run("feed:main", "build")
+        store.close()
+        assert (failed["status"], failed["error"]) == ("failed", message)  # the health page shows it
     assert not (settings.data_dir / "feeds" / "main.xml").exists()
+
+
+def test_a_name_gone_from_the_store_fails_the_render_by_name(tmp_path, emulator):
+    settings = feed_settings(tmp_path, emulator)
+    build(settings)
+    renamed = feed_settings(tmp_path, emulator, price_type="Цена для своих")
+    with pytest.raises(BuildFailed, match="price type «Цена для своих» does not exist"):
+        build(renamed, sync=False)  # no MoySklad request: the renderer finds it in the store
+    moved = feed_settings(tmp_path, emulator, stores=("Склад на Луне",))
+    with pytest.raises(BuildFailed, match="warehouse «Склад на Луне» does not exist"):
+        build(moved, sync=False)
 
 
 def test_an_out_of_range_price_skips_the_offer_with_its_reason(tmp_path, emulator):

@@ -21,6 +21,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import make_server
 
 from core.mailbox import BUILD
+from core.russian import plural
 from core.settings import AdminSettings, ApiSettings, ExchangeSettings, FeedSettings, Settings
 from emulator.harness import EMULATOR_TOKEN, ROOT, client_settings
 from feeds.build import BuildFailed, build_feed, sync_source
@@ -97,23 +98,32 @@ def test_health_page_in_chromium_shows_each_state_in_russian(three_feeds, browse
     assert "Фид «fresh» свежий" in fresh
     offers = published_offers(settings, "fresh")
     assert re.search(rf"Предложений\n{offers:,} \(в продаже".replace(",", "\u202f"), fresh)
-    assert browser.find_element("id", "url-fresh").get_attribute("value") == f"{settings.public_url}/feeds/fresh.xml"
+    assert browser.find_element("id", "url-fresh").text == f"{settings.public_url}/feeds/fresh.xml"
+    assert "Администрирование → Магазины → <магазин> → Каталог, «Загружать из ICML»" in fresh
     assert "Защита от обнуления\nпройдена" in fresh
+    assert "Расписание\nкаждый час;" in fresh and "(сборка №1)" in fresh
 
     stale = card_text(browser, "stale")
     assert "Фид «stale» устарел" in stale
     assert "3 ч назад" in stale
-    assert "устаревшим фид считается, если не обновлялся 1 ч" in stale
+    assert "каждые 30 минут; устаревшим фид считается, если не обновлялся 1 ч" in stale
 
     broken = card_text(browser, "broken")
     assert "Фид «broken» ошибка сборки" in broken
     assert "Ошибка в настройках фида" in broken
     assert "Что делать: Исправьте настройку фида" in broken
     assert "price type «Нет такой цены» does not exist" in broken
+    assert "Сборка №1, " in broken  # the feed's own first build, whatever ran before it
     assert "Последняя публикация\nещё не было" in broken
+    assert "Ссылка для retailCRM появится здесь после первой публикации фида." in broken
+    assert not browser.find_elements("id", "url-broken") and "Прежний файл" not in broken  # there is none
 
     moysklad = browser.find_element("id", "moysklad").text
-    assert "Доступ\nработает" in moysklad and "ответов 429 0" in moysklad
+    assert "Доступ\nработает" in moysklad
+    assert re.search(r"Всего\n1 синхронизация, с ошибкой 0; \d+ запрос(а|ов)?, без ответов 429 и повторов", moysklad)
+    body = browser.find_element("tag name", "body").text
+    zone = browser.find_element("id", "zone").text
+    assert zone.startswith("Время на странице — по часам сервера (") and body.count("UTC") == zone.count("UTC")
 
     shot = tmp_path / "health.png"
     browser.save_screenshot(str(shot))
@@ -312,8 +322,10 @@ def test_build_button_in_chromium_runs_a_build_and_shows_its_result(tmp_path, em
             if "завершена" in banner or "не удалась" in banner:
                 break
             time.sleep(0.5)
-        second = wait_for_build(settings, after=first)
-        assert banner == f"Сборка №{second} фида «main» завершена: опубликовано {published_offers(settings, 'main')} предложений."
+        wait_for_build(settings, after=first)
+        offers = published_offers(settings, "main")
+        assert banner == (f"Сборка №2 фида «main» завершена: опубликовано {offers} "
+                          f"{plural(offers, 'предложение', 'предложения', 'предложений')}.")
         browser.save_screenshot(str(tmp_path / "after-build.png"))
     finally:
         server.shutdown()

@@ -66,9 +66,10 @@ def test_first_run_downloads_every_first_image_and_the_second_nothing(server, cl
     assert len(wanted) > 10
 
     seen = []
-    first = cache_images(client, store, images_dir, progress=lambda stage, count: seen.append((stage, count)))
+    first = cache_images(client, store, images_dir, progress=lambda *step: seen.append(step))
 
-    assert seen[-1] == ("images", len(wanted))
+    assert seen[0] == ("pictures", 0, len(wanted)) and seen[-1] == ("pictures", len(wanted), len(wanted))
+    assert [step[1] for step in seen] == list(range(len(wanted) + 1))
     assert (first.downloaded, first.unchanged, first.failed) == (len(wanted), 0, {})
     files = {p.name for p in images_dir.iterdir() if not p.name.startswith(".")}
     assert files == {f"{image_id}.png" for image_id in wanted}

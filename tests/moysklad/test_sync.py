@@ -223,7 +223,7 @@ def test_credentials_revoked_mid_run_fail_the_run_without_damage(emulator, store
     run_sync(emulator, store)
     before = dump(store)
 
-    def revoke(stage, count):
+    def revoke(stage, count, total=None):
         if stage == "assortment":
             emulator.set_credentials(token="someone-issued-a-new-token")
 

@@ -1,0 +1,123 @@
+"""The first day, walked as a newcomer walks it, over loopback: the demo in its own folder, then the example
+config against an account (the emulator plays the real one), then the usual mistakes, each one line; and an
+install fed by 1C alone, with no MoySklad section at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+from lxml import etree
+
+from emulator.harness import EMULATOR_TOKEN, ROOT, Gunicorn, wait_for
+from tests.exchange.test_commerceml import catalog, package
+from tests.exchange.test_exchange import LOGIN, PASSWORD, OneC
+
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("MOYSKLAD_", "SKLADBRIDGE_", "EXCHANGE_"))}
+
+
+def flask(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``flask --app app ARGS`` run from a folder of the newcomer's, as README says."""
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=workdir,
+                          env={**CLEAN_ENV, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True, timeout=300)
+
+
+def offer_ids(path: Path) -> set[str]:
+    return {offer.get("id") for offer in etree.parse(str(path)).iterfind(".//offer")}
+
+
+def test_from_the_demo_to_an_account_without_traps(tmp_path, emulator_factory):
+    workdir = tmp_path / "checkout"
+    workdir.mkdir()
+
+    # 1. README's demo: no config file, no credentials
+    demo = flask(workdir, "feeds", "build")
+    assert demo.returncode == 0, demo.stderr
+    assert (f"WARNING app: DEMO: no config file, so this is the demo: a generated catalog from the bundled MoySklad "
+            f"emulator, kept in {workdir / 'demo-data'}, not your account.") in demo.stderr.splitlines()[0]
+    demo_feed = workdir / "demo-data" / "feeds" / "demo.xml"
+    demo_ids = offer_ids(demo_feed)
+    assert demo_ids and not (workdir / "data").exists()
+
+    # 2. README's Configuration: the example config, a token and an address (the emulator plays the account)
+    shop = emulator_factory(products=60, seed=5)
+    shutil.copy(ROOT / "config.example.yaml", workdir / "config.yaml")
+    account = {"MOYSKLAD_TOKEN": EMULATOR_TOKEN, "MOYSKLAD_BASE_URL": shop.base_url}
+    check = flask(workdir, "moysklad", "check", **account)
+    assert check.returncode == 0, check.stderr
+    assert "DEMO" not in check.stdout and check.stdout.rstrip().endswith("MoySklad connection OK.")
+    built = flask(workdir, "feeds", "build", **account)
+    assert built.returncode == 0, built.stderr
+    ids = offer_ids(workdir / "data" / "feeds" / "main.xml")
+    assert ids and ids <= set(shop.catalog.items) and not ids & demo_ids  # only that account's goods
+
+    # 3. pointing the account at the demo's folder by mistake: refused, the demo's feed untouched
+    before = demo_feed.read_bytes()
+    mixed = flask(workdir, "feeds", "build", SKLADBRIDGE_DATA_DIR=str(workdir / "demo-data"), **account)
+    assert mixed.returncode == 1
+    assert (f"FAILED, nothing is published yet: the catalog store {workdir / 'demo-data' / 'catalog.sqlite'} holds the "
+            "demo's generated catalog") in mixed.stderr
+    assert "give this one a data_dir of its own" in mixed.stderr
+    assert demo_feed.read_bytes() == before
+
+    # 4. the usual mistakes: one line each, exit status 1, no traceback
+    config = workdir / "config.yaml"
+    example = config.read_text(encoding="utf-8")
+    mistakes = [
+        (example, {}, ("moysklad: no credentials, needed by feed main (source: moysklad): set moysklad.token "
+                       "(or MOYSKLAD_TOKEN), or moysklad.login and moysklad.password")),
+        (example.replace('  token: ""', '  tokn: ""'), account, "moysklad.tokn: unknown key (known keys: base_url, token"),
+        (example.replace("log_level: INFO", "log_level: INFO\n  oops: [1"), account,
+         f"config.yaml, line {example.splitlines().index('log_level: INFO') + 2}, column 7: not valid YAML: "),
+        (example.replace("data_dir: ./data", "data_dir: ./config.yaml/data"), account,
+         f"data_dir: {workdir / 'config.yaml' / 'data'} cannot be created by this user"),
+        (example, {**account, "MOYSKLAD_BASE_URL": "https://online.moysklad.ru/api/remap/1.2"},
+         ("moysklad.base_url: online.moysklad.ru refuses JSON API 1.2 since 2023-12-01; "
+          "use https://api.moysklad.ru/api/remap/1.2")),
+    ]
+    for text, env, line in mistakes:
+        config.write_text(text, encoding="utf-8")
+        for command in (("moysklad", "check"), ("feeds", "build")):
+            result = flask(workdir, *command, **env)
+            assert result.returncode == 1, (line, result.stderr)
+            assert result.stderr.startswith("Error: config error: ") and line in result.stderr, result.stderr
+            assert result.stderr.count("\n") == 1 and result.stdout == ""  # one line and nothing else
+
+    # ... and the same mistake when gunicorn boots: it stops with the line in its log
+    (tmp_path / "service").mkdir()
+    server = Gunicorn(tmp_path / "service", example.replace('  token: ""', '  tokn: ""'), workers=2,
+                      environ={"MOYSKLAD_TOKEN": EMULATOR_TOKEN})
+    assert server.process.wait(timeout=60) != 0
+    server.log_file.close()
+    log = server.log()
+    assert "skladbridge: config error: " in log and "moysklad.tokn: unknown key" in log
+    assert "Traceback" not in log and log.count("config error") == 1
+
+
+def test_an_exchange_only_install_starts_and_exchanges_without_a_moysklad_section(tmp_path):
+    """Issue 13, item 8: a shop fed by 1C needs no MoySklad token; its service starts and its feed follows 1C."""
+    config = (f"data_dir: data\nexchange:\n  login: {LOGIN}\n  zip: false\n"
+              "feeds:\n  - name: shop\n    source: exchange\n    pictures: none\n    interval_minutes: 0.05\n")
+    server = Gunicorn(tmp_path, config, workers=2, environ={"EXCHANGE_PASSWORD": PASSWORD}).wait_ready(timeout=60)
+    try:
+        goods = [("kettle", "Чайник"), ("mug", "Кружка")]
+        offers = "".join(f"<Предложение><Ид>{good}</Ид><Наименование>{name}</Наименование><Цены><Цена>"
+                         f"<ИдТипаЦены>retail</ИдТипаЦены><ЦенаЗаЕдиницу>{price}</ЦенаЗаЕдиницу><Валюта>руб</Валюта>"
+                         f"</Цена></Цены><Количество>5</Количество></Предложение>"
+                         for (good, name), price in zip(goods, (1490, 350), strict=True))
+        OneC(server.base).exchange({"import.xml": catalog(goods).encode(), "offers.xml": package(offers).encode()},
+                                   ["import.xml", "offers.xml"])
+        feed = server.data_dir / "feeds" / "shop.xml"
+        wait_for(lambda: feed.exists() and offer_ids(feed) == {"kettle", "mug"}, 60, "the exchange feed to hold 1C's goods")
+        prices = {o.get("id"): o.findtext("price") for o in etree.parse(str(feed)).iterfind(".//offer")}
+        assert prices == {"kettle": "1490.00", "mug": "350.00"}
+        health = wait_for(lambda: (body := requests.get(server.base + "/health.json", timeout=10).json())["ok"] and body,
+                          30, "a healthy page")
+        assert health["moysklad"] is None and health["feeds"][0]["state"] == "fresh"
+    finally:
+        server.stop()
+    assert "no credentials" not in server.log() and "Traceback" not in server.log()
