@@ -22,11 +22,15 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from core.cron import crontab_trigger
 from core.files import lock_holder, release
-from core.mailbox import BUILD, REBUILD, Mailbox
+from core.mailbox import BUILD, REBUILD, STOCK, Mailbox
 from core.settings import FeedSettings, Settings
 from feeds.build import BuildFailed, build_feed
+from moysklad.connect import open_client
 from moysklad.errors import MoySkladError
-from store import StoreError
+from moysklad.stock import apply_stock_changes, merge_requests
+from retailcrm.errors import RetailCrmError
+from retailcrm.push import MappingError, push_feed
+from store import StoreError, open_catalog
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,38 @@ def run_build(settings: Settings, feed: FeedSettings, sync: bool = True, force: 
     else:
         log.info("feed %s: build #%d published in %.1f s, %d offers", feed.name, result.run_id,
                  result.seconds, result.offers)
+        if feed.retailcrm is not None:
+            run_push(settings, feed)
+
+
+def run_push(settings: Settings, feed: FeedSettings, offer_ids: list[str] | None = None,
+             received_at: float | None = None) -> None:
+    """Push what changed to retailCRM; a failure is recorded and logged, never raised (the next push catches up)."""
+    try:
+        push_feed(settings, feed, offer_ids=offer_ids, received_at=received_at)
+    except (RetailCrmError, MappingError, StoreError) as exc:
+        log.error("feed %s: retailCRM push failed, the next push sends what is missing: %s", feed.name, exc)
+    except Exception:  # a bug must not stop the builds
+        log.exception("feed %s: retailCRM push crashed, the next push sends what is missing", feed.name)
+
+
+def run_stock_update(settings: Settings, request: dict) -> None:
+    """A stock webhook's fast path: the changed stock into the store, then pushed to retailCRM (no sync, no render)."""
+    try:
+        with open_client(settings.moysklad) as client, open_catalog(settings.store_path) as store:
+            update = apply_stock_changes(client, store, request.get("changed_since"))
+    except (MoySkladError, StoreError) as exc:
+        log.error("stock webhook%s: reading the changed stock failed, the next webhook or build catches up: %s",
+                  f" of {settings.account}" if settings.account else "", exc)
+        return
+    except Exception:
+        log.exception("stock webhook: reading the changed stock crashed")
+        return
+    if update.offer_ids == []:
+        return
+    for feed in settings.moysklad_feeds:
+        if feed.retailcrm is not None:
+            run_push(settings, feed, offer_ids=update.offer_ids, received_at=request.get("received_at"))
 
 
 class MailboxPoller:
@@ -129,7 +165,9 @@ class MailboxPoller:
 
     A ``rebuild`` note (MoySklad webhooks) waits until the webhooks have been quiet for the
     debounce time, then rebuilds the account's moysklad feeds once; a ``build`` note (the health
-    page's button) builds its feed at the next free moment of its account's thread.
+    page's button) builds its feed at the next free moment of its account's thread; a ``stock``
+    note (a stock webhook, for feeds that push to retailCRM) reads the changed stock and pushes it
+    at the next free moment of that thread, without waiting.
     """
 
     def __init__(self, scheduler: BackgroundScheduler, settings: Settings):
@@ -139,6 +177,7 @@ class MailboxPoller:
         self.accounts = {view.account: view for view in settings.every_account()}
         self.first_seen: dict[str, float] = {}  # account → when its current burst of webhooks began
         self.queued: set[tuple[str, str]] = set()  # (kind, key) of work waiting for a build thread
+        self.stock_waiting: dict[str, dict] = {}  # account → the stock request its build thread will take next
         self.lock = threading.Lock()
 
     def poll(self) -> None:
@@ -147,6 +186,8 @@ class MailboxPoller:
                 self._rebuild(note)
             elif note.kind == BUILD:
                 self._build(note)
+            elif note.kind == STOCK:
+                self._stock(note)
 
     def _rebuild(self, note) -> None:
         """Queue a rebuild once requests stopped for the debounce time, or have kept coming too long."""
@@ -171,6 +212,27 @@ class MailboxPoller:
         self._dequeue((REBUILD, account.account))
         for index, feed in enumerate(account.moysklad_feeds):
             run_build(account, feed, sync=index == 0)
+
+    def _stock(self, note) -> None:
+        """A stock webhook: at once (no debounce) on the account's build thread, after what runs there now;
+        requests arriving meanwhile join the one waiting."""
+        self.mailbox.take(note)
+        account = self.accounts.get(note.key)
+        if account is None or not any(feed.retailcrm for feed in account.moysklad_feeds):
+            return
+        with self.lock:
+            waiting = self.stock_waiting.get(note.key)
+            self.stock_waiting[note.key] = merge_requests(waiting, note.payload)
+            if waiting is not None:
+                return
+        self.scheduler.add_job(self._run_stock, args=[account], executor=builds_executor(account),
+                               id=f"stock:{account.account}", name="stock webhook push",
+                               max_instances=2, misfire_grace_time=None)  # one running, one waiting
+
+    def _run_stock(self, account: Settings) -> None:
+        with self.lock:
+            request = self.stock_waiting.pop(account.account)
+        run_stock_update(account, request)
 
     def _build(self, note) -> None:
         found = self.settings.find_feed(note.key)
