@@ -13,7 +13,9 @@ from retailcrm.client import API_PREFIX, RetailCrmClient
 from retailcrm.errors import KeyRejected, RetailCrmError
 from store import CatalogReader, StoreError
 
-NEEDED_METHODS = (API_PREFIX + "/store/inventories/upload", API_PREFIX + "/store/prices/upload")
+# The methods a push calls. retailCRM lists a key's methods without the version ("/api/integration-modules/{code}"
+# in api-client-php's ApiTest testCredentials), the emulator with it: compared by their ends.
+NEEDED_METHODS = ("/store/inventories/upload", "/store/prices/upload")
 
 
 def check_feed(settings: Settings, feed: FeedSettings, client: RetailCrmClient) -> CheckReport:
@@ -31,10 +33,11 @@ def check_feed(settings: Settings, feed: FeedSettings, client: RetailCrmClient) 
         return report
     report.facts.append(("API key", "accepted"))
     methods = credentials.get("credentials")
-    if isinstance(methods, list):
+    if isinstance(methods, list) and methods:
         for method in NEEDED_METHODS:
-            if method not in methods:
-                report.problems.append(f"the API key may not call {method}: allow it in the key's settings in retailCRM")
+            if not any(isinstance(allowed, str) and allowed.endswith(method) for allowed in methods):
+                report.problems.append(f"the API key may not call {API_PREFIX}{method}: allow it in the key's "
+                                       f"settings in retailCRM")
     if credentials.get("siteAccess") == "access_selective" and crm.site not in (credentials.get("sitesAvailable") or []):
         report.problems.append(f"the API key has no access to the shop {crm.site!r} (it may use: "
                                f"{', '.join(credentials.get('sitesAvailable') or []) or 'none'})")

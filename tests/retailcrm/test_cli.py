@@ -75,3 +75,15 @@ def test_a_failing_push_exits_1_and_says_the_next_one_catches_up(tmp_path, emula
     crm.faults.revoked = True
     result = flask(env, "retailcrm", "push")
     assert result.returncode == 1 and "FAILED" in result.stderr and "rejected the API key" in result.stderr
+
+
+def test_check_names_what_a_limited_key_may_not_do(tmp_path, emulator, crm):  # noqa: F811
+    from emulator.retailcrm import REFERENCES
+
+    crm.add_key("limited-key-0123", sites=("outlet",), methods=list(REFERENCES))
+    env = dict(write_config(tmp_path, emulator, crm), RETAILCRM_API_KEY_MAIN="limited-key-0123")
+    result = flask(env, "retailcrm", "check")
+    assert result.returncode == 1
+    assert "may not call /api/v5/store/inventories/upload" in result.stderr
+    assert "may not call /api/v5/store/prices/upload" in result.stderr
+    assert "no access to the shop 'shop' (it may use: outlet)" in result.stderr
