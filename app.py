@@ -42,8 +42,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from emulator.cli import emulator_cli
     from feeds.cli import feeds_cli
     from moysklad.cli import moysklad_cli
+    from retailcrm.cli import retailcrm_cli
 
-    for group in (moysklad_cli, emulator_cli, feeds_cli):
+    for group in (moysklad_cli, emulator_cli, feeds_cli, retailcrm_cli):
         app.cli.add_command(group)
     if settings.is_demo:
         app.logger.warning(settings.demo_notice)

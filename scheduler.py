@@ -22,13 +22,17 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from core.cron import crontab_trigger
 from core.files import lock_holder, release
-from core.mailbox import BUILD, EXCHANGE, REBUILD, Mailbox, Note
+from core.mailbox import BUILD, EXCHANGE, REBUILD, STOCK, Mailbox, Note
 from core.settings import FeedSettings, Settings
+from exchange.sessions import prune_sessions
 from feeds.build import BuildFailed, build_feed
 from feeds.publish import failure_outcome
+from moysklad.connect import open_client
 from moysklad.errors import MoySkladError
-from exchange.sessions import prune_sessions
-from store import ExchangeLog, StoreError
+from moysklad.stock import apply_stock_changes, merge_requests
+from retailcrm.errors import RetailCrmError
+from retailcrm.push import MappingError, push_feed
+from store import ExchangeLog, StoreError, open_catalog
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +144,38 @@ def run_build(settings: Settings, feed: FeedSettings, sync: bool = True, force: 
         log.info("feed %s: build #%d published in %.1f s, %d offers%s", feed.name, result.number,
                  result.seconds, result.offers,
                  f"; build #{result.with_pictures.number} added the new pictures" if result.with_pictures else "")
+        if feed.retailcrm is not None:
+            run_push(settings, feed)
+
+
+def run_push(settings: Settings, feed: FeedSettings, offer_ids: list[str] | None = None,
+             received_at: float | None = None) -> None:
+    """Push what changed to retailCRM; a failure is recorded and logged, never raised (the next push catches up)."""
+    try:
+        push_feed(settings, feed, offer_ids=offer_ids, received_at=received_at)
+    except (RetailCrmError, MappingError, StoreError) as exc:
+        log.error("feed %s: retailCRM push failed, the next push sends what is missing: %s", feed.name, exc)
+    except Exception:  # a bug must not stop the builds
+        log.exception("feed %s: retailCRM push crashed, the next push sends what is missing", feed.name)
+
+
+def run_stock_update(settings: Settings, request: dict) -> None:
+    """A stock webhook's fast path: the changed stock into the store, then pushed to retailCRM (no sync, no render)."""
+    try:
+        with open_client(settings.moysklad) as client, open_catalog(settings.store_path) as store:
+            update = apply_stock_changes(client, store, request.get("changed_since"))
+    except (MoySkladError, StoreError) as exc:
+        log.error("stock webhook%s: reading the changed stock failed, the next webhook or build catches up: %s",
+                  f" of {settings.account}" if settings.account else "", exc)
+        return
+    except Exception:
+        log.exception("stock webhook: reading the changed stock crashed")
+        return
+    if update.offer_ids == []:
+        return
+    for feed in settings.moysklad_feeds:
+        if feed.retailcrm is not None:
+            run_push(settings, feed, offer_ids=update.offer_ids, received_at=request.get("received_at"))
 
 
 class MailboxPoller:
@@ -148,7 +184,9 @@ class MailboxPoller:
     A ``rebuild`` note (MoySklad webhooks) waits until the webhooks have been quiet for the
     debounce time, then rebuilds the account's moysklad feeds once; an ``exchange`` note (a 1C
     import) does the same for the exchange feeds; a ``build`` note (the health page's button)
-    builds its feed at the next free moment of its account's thread.
+    builds its feed at the next free moment of its account's thread; a ``stock`` note (a stock
+    webhook, for feeds that push to retailCRM) reads the changed stock and pushes it at the next
+    free moment of that thread, without waiting.
     """
 
     def __init__(self, scheduler: BackgroundScheduler, settings: Settings):
@@ -158,6 +196,7 @@ class MailboxPoller:
         self.accounts = {view.account: view for view in settings.every_account()}
         self.first_seen: dict[tuple[str, str], float] = {}  # (kind, key) → when its current burst of notes began
         self.queued: set[tuple[str, str]] = set()  # (kind, key) of work waiting for a build thread
+        self.stock_waiting: dict[str, dict] = {}  # account → the stock request its build thread will take next
         self.lock = threading.Lock()
 
     def poll(self) -> None:
@@ -172,6 +211,8 @@ class MailboxPoller:
                 self._rebuild(note, self.settings, exchange_feeds, quiet, "rebuild after a 1C exchange")
             elif note.kind == BUILD:
                 self._build(note)
+            elif note.kind == STOCK:
+                self._stock(note)
 
     def _rebuild(self, note: Note, account: Settings | None, feeds: tuple[FeedSettings, ...], quiet: float,
                  what: str) -> None:
@@ -197,6 +238,27 @@ class MailboxPoller:
         self._dequeue(work)
         for index, feed in enumerate(feeds):
             run_build(account, feed, sync=index == 0)
+
+    def _stock(self, note: Note) -> None:
+        """A stock webhook: at once (no debounce) on the account's build thread, after what runs there now;
+        requests arriving meanwhile join the one waiting."""
+        self.mailbox.take(note)
+        account = self.accounts.get(note.key)
+        if account is None or not any(feed.retailcrm for feed in account.moysklad_feeds):
+            return
+        with self.lock:
+            waiting = self.stock_waiting.get(note.key)
+            self.stock_waiting[note.key] = merge_requests(waiting, note.payload)
+            if waiting is not None:
+                return
+        self.scheduler.add_job(self._run_stock, args=[account], executor=builds_executor(account),
+                               id=f"stock:{account.account}", name="stock webhook push",
+                               max_instances=2, misfire_grace_time=None)  # one running, one waiting
+
+    def _run_stock(self, account: Settings) -> None:
+        with self.lock:
+            request = self.stock_waiting.pop(account.account)
+        run_stock_update(account, request)
 
     def _build(self, note: Note) -> None:
         found = self.settings.find_feed(note.key)

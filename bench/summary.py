@@ -1,11 +1,13 @@
-"""Benchmark summary: runs the sync, feed (build and render), serve and import benchmarks, prints one table.
+"""Benchmark summary: runs the sync, feed (build and render), serve, import and retailCRM push benchmarks,
+prints one table.
 
 Each benchmark runs as its own script with --json, so its processes (and their peak RSS) are its own
 and the figures come from the same code that prints its own table. Each table row gives what was
 measured, its size, throughput, time, requests where they count, peak RSS, the goals the script
 checks and whether they were met. Progress goes to stderr.
 
-    python bench/summary.py                  # --size small: sync and render 10k rows, serve 20k rows, import 20k goods
+    python bench/summary.py                  # --size small: sync and render 10k rows, serve 20k rows, import 20k goods,
+                                             #   retailCRM push 10k rows
     python bench/summary.py --size full      # 100k rows and 100k goods everywhere (several minutes more)
     python bench/summary.py --clients 20 --seconds 5
 """
@@ -21,9 +23,9 @@ from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
 BENCH = Path(__file__).resolve().parent
-SIZES = {  # (sync rows, feed rows, serve rows, import goods)
-    "small": (10_000, 10_000, 20_000, 20_000),
-    "full": (100_000, 100_000, 100_000, 100_000),
+SIZES = {  # (sync rows, feed rows, serve rows, import goods, retailCRM push rows)
+    "small": (10_000, 10_000, 20_000, 20_000, 10_000),
+    "full": (100_000, 100_000, 100_000, 100_000, 100_000),
 }
 COLUMNS = ("benchmark", "size", "throughput", "time", "requests", "peak RSS", "goal", "result")
 
@@ -94,6 +96,21 @@ def import_rows(figures: dict) -> Iterator[Row]:
                   f"{r['seconds']:.2f} s", "", r["rss_sum_mb"], r["goals"])
 
 
+def retailcrm_rows(figures: dict) -> Iterator[Row]:
+    for r in figures["results"]:
+        fast, full, goals = r["fast"], r["full"], r["goals"]
+        yield Row("retailCRM: stock webhook → retailCRM", f"{r['offers']:,} offers, {r['changes']} changes",
+                  f"{r['changes'] / fast['seconds']:,.0f} values/s", f"{fast['seconds']:.1f} s",
+                  f"MoySklad {fast['moysklad_requests']} ({fast['moysklad_units']} units), "
+                  f"retailCRM {fast['retailcrm_requests']}",
+                  0.0, {goal: met for goal, met in goals.items() if not goal.startswith("full push")})
+        yield Row("retailCRM: full push", f"{r['offers']:,} offers, {full['records']:,} values",
+                  f"{full['records'] / full['seconds']:,.0f} values/s",
+                  f"{full['seconds']:.1f} s ({full['ratio']:.2f}x floor)",
+                  f"{full['requests']} (floor {full['floor_seconds']:.0f} s)",
+                  0.0, {goal: met for goal, met in goals.items() if goal.startswith(("full push", "no 503"))})
+
+
 def print_table(rows: list[Row]) -> None:
     cells = [COLUMNS] + [row.cells() for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
@@ -109,7 +126,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50, help="serve: concurrent clients")
     parser.add_argument("--seconds", type=float, default=10, help="serve: load per kind of request")
     args = parser.parse_args()
-    sync_size, feed_size, serve_size, import_size = SIZES[args.size]
+    sync_size, feed_size, serve_size, import_size, push_size = SIZES[args.size]
     started = time.monotonic()
     rows = [
         *run_script(sync_rows, "sync_bench.py", "--rows", str(sync_size)),
@@ -117,6 +134,7 @@ def main() -> None:
         *run_script(serve_rows, "serve_bench.py", "--rows", str(serve_size), "--clients", str(args.clients),
                     "--seconds", f"{args.seconds:g}"),
         *run_script(import_rows, "exchange_parse_bench.py", "--goods", str(import_size)),
+        *run_script(retailcrm_rows, "retailcrm_bench.py", "--rows", str(push_size)),
     ]
     print(f"benchmark summary (--size {args.size}), {time.monotonic() - started:.0f} s; "
           "sync and build against the emulator at 20 ms latency with MoySklad's limits")

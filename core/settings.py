@@ -65,7 +65,11 @@ PICTURE_RULES = ("cache", "permanent", "none")
 # BOM, or 3.1 (UTF-8 with a BOM, each order in a <Контейнер>, for the 1C-Bitrix module >= 6.5).
 ORDER_FORMATS = ("2.05-cp1251", "2.05-utf8", "3.1")
 # Keys whose values redacted() hides.
-SECRET_NAMES = ("token", "password", "secret", "key", "webhook_secret")
+SECRET_NAMES = ("token", "password", "secret", "key", "webhook_secret", "api_key")
+# The retailCRM API key of every feed that pushes to retailCRM; RETAILCRM_API_KEY_<FEED> (the feed's
+# name upper-cased, '-' as '_') wins over it for one feed.
+RETAILCRM_KEY_VARIABLE = "RETAILCRM_API_KEY"
+ALL_WAREHOUSES = "all"
 
 
 class ConfigError(ValueError):
@@ -115,6 +119,69 @@ class ParamMapping:
 
 
 @dataclass(frozen=True)
+class StoreTarget:
+    """A retailCRM warehouse (by code) and the source's warehouses whose stock is summed into it."""
+
+    code: str
+    warehouses: tuple[str, ...] = ()  # names; empty = every warehouse ("all")
+
+
+@dataclass(frozen=True)
+class PriceTarget:
+    """A retailCRM price type (by code) and the source's price type (by name) that fills it."""
+
+    code: str
+    price_type: str
+
+
+def _store_targets(value, key: str) -> tuple[StoreTarget, ...]:
+    """``{code: "all" | [warehouse name, ...]}`` as written in the config."""
+    targets = []
+    for code, warehouses in _code_mapping(value, key):
+        if warehouses == ALL_WAREHOUSES:
+            targets.append(StoreTarget(code))
+        elif (isinstance(warehouses, list) and warehouses
+              and all(isinstance(name, str) and name.strip() for name in warehouses)):
+            targets.append(StoreTarget(code, tuple(warehouses)))
+        else:
+            raise ConfigError(f"{key}.{code}: must be \"{ALL_WAREHOUSES}\" or a list of warehouse names, "
+                              f"got {warehouses!r}")
+    return tuple(targets)
+
+
+def _price_targets(value, key: str) -> tuple[PriceTarget, ...]:
+    """``{code: price type name}`` as written in the config."""
+    targets = []
+    for code, name in _code_mapping(value, key):
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{key}.{code}: must be the name of a price type, got {name!r}")
+        targets.append(PriceTarget(code, name))
+    return tuple(targets)
+
+
+def _code_mapping(value, key: str) -> list[tuple[str, object]]:
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: must be a mapping of retailCRM codes, got {type(value).__name__}")
+    for code in value:
+        if not isinstance(code, str) or not code.strip():
+            raise ConfigError(f"{key}: {code!r} is not a retailCRM code")
+    return list(value.items())
+
+
+@dataclass(frozen=True)
+class RetailCrmSettings:
+    """Where a feed's stock and prices are pushed through retailCRM's API v5, and what goes where."""
+
+    url: str = ""
+    api_key: str = ""
+    site: str = ""
+    stores: tuple[StoreTarget, ...] = field(default=(), metadata={"convert": _store_targets})
+    prices: tuple[PriceTarget, ...] = field(default=(), metadata={"convert": _price_targets})
+
+
+@dataclass(frozen=True)
 class FeedSettings:
     """One published ICML catalog file and the rules that turn the store into it."""
 
@@ -139,6 +206,7 @@ class FeedSettings:
     min_ratio: float = 0.7
     interval_minutes: float = 60
     cron: str = ""
+    retailcrm: RetailCrmSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -356,6 +424,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping
                 value = environ.get(prefix + _variable_suffix(account["name"]))
                 if value:
                     _set_path(account, key_path, value)
+    _set_retailcrm_keys(raw, environ)
 
     try:
         settings = _build(Settings, raw, "")
@@ -401,6 +470,19 @@ def prepare_data_dirs(settings: Settings) -> None:
             raise ConfigError(f"{key}: {directory} cannot be {'created' if not directory.is_dir() else 'written'} "
                               f"by this user (uid {os.getuid()}): {reason}; set data_dir (or SKLADBRIDGE_DATA_DIR) "
                               "to a folder the service may write") from None
+
+
+def _set_retailcrm_keys(raw: dict, environ: typing.Mapping[str, str]) -> None:
+    """The retailCRM API key from the environment, for each feed that has a retailcrm section."""
+    lists = [raw.get("feeds")] + [a.get("feeds") for a in raw.get("accounts") or [] if isinstance(a, dict)]
+    for feeds in lists:
+        for feed in feeds if isinstance(feeds, list) else ():
+            if not (isinstance(feed, dict) and isinstance(feed.get("retailcrm"), dict)):
+                continue
+            name = feed.get("name") if isinstance(feed.get("name"), str) else ""
+            key = environ.get(f"{RETAILCRM_KEY_VARIABLE}_{_variable_suffix(name)}") or environ.get(RETAILCRM_KEY_VARIABLE)
+            if key:
+                feed["retailcrm"]["api_key"] = key
 
 
 def _check(settings: Settings) -> None:
@@ -492,6 +574,22 @@ def _check_feeds(feeds: tuple[FeedSettings, ...], where_list: str, seen: set[str
         for param_index, param in enumerate(feed.params):
             if not param.attribute:
                 raise ConfigError(f"{where}.params[{param_index}].attribute: name the MoySklad attribute")
+        if feed.retailcrm is not None:
+            _check_retailcrm(feed.retailcrm, f"{where}.retailcrm", feed.name)
+
+
+def _check_retailcrm(crm: RetailCrmSettings, where: str, feed: str) -> None:
+    """A retailcrm section must say where to push (account, key, shop) and at least one thing to push."""
+    if not crm.url.startswith(("https://", "http://")):
+        raise ConfigError(f"{where}.url: the retailCRM account address, e.g. https://shop.retailcrm.ru, "
+                          f"got {crm.url!r}")
+    if not crm.api_key:
+        raise ConfigError(f"{where}.api_key: set the retailCRM API key ({where}.api_key, or "
+                          f"{RETAILCRM_KEY_VARIABLE}_{_variable_suffix(feed)} or {RETAILCRM_KEY_VARIABLE})")
+    if not crm.site:
+        raise ConfigError(f"{where}.site: name the retailCRM shop (its symbolic code) this feed is loaded into")
+    if not crm.stores and not crm.prices:
+        raise ConfigError(f"{where}: map at least one retailCRM warehouse (stores) or price type (prices)")
 
 
 def _variable_suffix(account: str) -> str:
@@ -543,7 +641,8 @@ def _build(cls, raw, where: str):
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{key}: required")
             continue
-        values[name] = _convert(hints[name], raw[name], key)
+        convert = f.metadata.get("convert")  # a key whose YAML shape is not its type's (a mapping of codes)
+        values[name] = convert(raw[name], key) if convert else _convert(hints[name], raw[name], key)
     return cls(**values)
 
 
@@ -601,8 +700,8 @@ def setting_keys(cls=Settings, prefix: str = "") -> set[str]:
         hint = hints[f.name]
         inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
         target = inner[0]
-        if cls is AccountSettings and f.name in ("moysklad", "feeds"):
-            keys.add(key)  # the same keys as the top-level moysklad and feeds, documented there
+        if cls is AccountSettings and f.name in ("moysklad", "feeds") or "convert" in f.metadata:
+            keys.add(key)  # the same keys as the top-level moysklad and feeds; or a mapping of the user's codes
         elif typing.get_origin(hint) is tuple:
             keys.add(key)
             if dataclasses.is_dataclass(typing.get_args(hint)[0]):

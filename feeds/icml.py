@@ -277,6 +277,8 @@ def activity(row, options: RenderOptions) -> str:
     return "inactive"
 
 
+# --- the values of one offer: the feed publishes them and the retailCRM push sends them -----------
+
 def available(stock: float | None, reserve: float | None, in_transit: float | None, rule: str) -> float:
     """What the feed's quantity rule counts of stock figures (summed over its warehouses), never below 0."""
     stock, reserve, in_transit = stock or 0.0, reserve or 0.0, in_transit or 0.0
@@ -311,6 +313,47 @@ def bundle_quantity(components: list, rule: str) -> float | None:
     return float(min(sets)) if sets else None
 
 
+def offer_quantity(row, rule: str) -> float | None:
+    """What the feed says can be sold, over the row's warehouses: None for services (no stock of their
+    own) and bundles of services only, 0 for archived or removed goods, else the feed's quantity rule
+    (for a bundle, what its components make)."""
+    if row["kind"] == "service":
+        return None
+    if row["archived"] or row["product_archived"] or row["removed"] or row["product_removed"]:
+        return 0.0
+    return quantity(row, rule)
+
+
+def offer_price(row) -> int | None:
+    """The price in kopecks of the row's price type: the offer's own, else its product's."""
+    return row["own_price"] if row["own_price"] is not None else row["product_price"]
+
+
+def purchase_price(row, rule: str) -> int | None:
+    """The purchase price in kopecks by the feed's rule (unit cost, the card's buy price, none); None
+    when there is none or it is outside what retailCRM takes."""
+    purchase = None
+    if rule == "cost":
+        purchase = row["cost"]
+    elif rule == "buyPrice":
+        purchase = row["buy_price"] if row["buy_price"] is not None else row["product_buy_price"]
+    return purchase if purchase is not None and 0 <= purchase <= MAX_PRICE_KOPECKS else None
+
+
+def published_name(row) -> str:
+    """The offer's name as the feed publishes it; raises :class:`OfferSkipped` with the reason when
+    the feed cannot publish the offer at all."""
+    if not row["has_product"]:
+        raise OfferSkipped("в каталоге нет карточки товара")
+    name = clean_text(row["name"])
+    if not name:
+        raise OfferSkipped("пустое наименование")
+    price = offer_price(row)
+    if price is not None and not 0 <= price <= MAX_PRICE_KOPECKS:
+        raise OfferSkipped("цена вне допустимого диапазона (0 … 99 999 999)")
+    return name
+
+
 def offer_xml(row, options: RenderOptions, category_ids: set[str]) -> str:
     """One ``<offer>`` as escaped markup; raises :class:`OfferSkipped` when it cannot be published.
 
@@ -319,18 +362,12 @@ def offer_xml(row, options: RenderOptions, category_ids: set[str]) -> str:
     finished file is parsed back by lxml before it is published.
     """
     feed = options.feed
-    if not row["has_product"]:
-        raise OfferSkipped("в каталоге нет карточки товара")
-    name = clean_text(row["name"])
-    if not name:
-        raise OfferSkipped("пустое наименование")
-    price = row["own_price"] if row["own_price"] is not None else row["product_price"]
-    if price is not None and not 0 <= price <= MAX_PRICE_KOPECKS:
-        raise OfferSkipped("цена вне допустимого диапазона (0 … 99 999 999)")
+    name = published_name(row)
+    price = offer_price(row)
 
     kind = row["kind"]
     head = f'<offer id="{attr(row["id"])}" productId="{attr(row["product_id"])}"'
-    amount = quantity(row, feed.quantity) if kind != "service" else None
+    amount = offer_quantity(row, feed.quantity)
     if amount is not None:
         head += f' quantity="{decimal(amount)}"'
     parts = [head + (' type="service">' if kind == "service" else ' type="product">')]
@@ -342,12 +379,8 @@ def offer_xml(row, options: RenderOptions, category_ids: set[str]) -> str:
             add(f"<url>{text(link)}</url>")
     if price is not None:
         add(f"<price>{money(price)}</price>")
-    purchase = None
-    if feed.purchase_price == "cost":
-        purchase = row["cost"]
-    elif feed.purchase_price == "buyPrice":
-        purchase = row["buy_price"] if row["buy_price"] is not None else row["product_buy_price"]
-    if purchase is not None and 0 <= purchase <= MAX_PRICE_KOPECKS:
+    purchase = purchase_price(row, feed.purchase_price)
+    if purchase is not None:
         add(f"<purchasePrice>{money(purchase)}</purchasePrice>")
     category = row["category_id"]
     add(f"<categoryId>{attr(category if category in category_ids else UNCATEGORIZED_ID)}</categoryId>")
@@ -527,14 +560,18 @@ def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, pr
     return stats
 
 
+def removed_before(options: RenderOptions) -> str:
+    """Goods removed before this moment are out of the inactive window: the feed no longer lists them."""
+    return (options.now - options.inactive_after).isoformat(timespec="seconds")
+
+
 def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: set[str], out: BinaryIO,
                  part: int = 0, parts: int = 1, progress=None) -> RenderStats:
     """Write the ``<offer>`` elements (of one part of the catalog) to ``out``, 1000 at a time."""
     stats = RenderStats()
     feed = options.feed
-    removed_before = (options.now - options.inactive_after).isoformat(timespec="seconds")
     rows = reader.offers(options.source, price_type_id=options.price_type_id, warehouse_ids=options.warehouse_ids,
-                         include_bundles=feed.include_bundles, removed_before=removed_before,
+                         include_bundles=feed.include_bundles, removed_before=removed_before(options),
                          with_attributes=options.needs_attributes, with_pictures=feed.pictures != "none",
                          with_product_buy_price=feed.purchase_price == "buyPrice", part=part, parts=parts)
     batch = []

@@ -19,6 +19,7 @@ from core.settings import FeedSettings, Settings, redacted
 from feeds.build import PICTURES_MODE, feed_source
 from feeds.progress import read_progress
 from feeds.publish import feed_paths
+from retailcrm.push import push_source
 from store import CatalogStore, ExchangeLog, StoreError, open_catalog
 
 HISTORY_BUILDS = 30
@@ -132,7 +133,8 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
             account["store"] = {"ok": False, "path": str(view.store_path), "error": str(exc)}
             continue
         with store:
-            for source in ("moysklad", "exchange", *(feed_source(feed) for feed in view.feeds)):
+            for source in ("moysklad", "exchange", *(feed_source(feed) for feed in view.feeds),
+                           *(push_source(feed) for feed in view.feeds if feed.retailcrm)):
                 store.settle_dead_runs(source)
             last_sync = store.last_run("moysklad", "sync") if view.moysklad_feeds else None
             account["moysklad"] = _moysklad(store, view, last_sync) if view.moysklad_feeds else None
@@ -221,6 +223,7 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
                      "status": run["status"], "seconds": run["counts"].get("build_seconds"),
                      "offers": run["counts"].get("offers")}
                     for run in reversed(history)],
+        "retailcrm": _retailcrm(store, feed) if feed.retailcrm else None,
     }
 
 
@@ -259,6 +262,53 @@ def _progress(progress: dict) -> dict:
             text += f", осталось около {duration_text(max(left, 1))}"
     return {"stage": stage, "done": done, "total": total, "rate": progress.get("rate"),
             "seconds_left": progress.get("seconds_left"), "started_at": progress.get("started_at"), "text": text}
+
+
+PUSH_INTERRUPTED = Advice("Отправка в retailCRM прервана: процесс сервиса был остановлен",
+                          "Принятое retailCRM сохранено; следующая отправка (после сборки или вебхука остатков) "
+                          "пошлёт остальное.")
+PUSH_FAILED = Advice("Отправка в retailCRM завершилась ошибкой",
+                     "Подробности — в тексте ошибки ниже и в журнале сервиса. Следующая отправка повторит то, что не дошло.")
+
+
+def _retailcrm(store: CatalogStore, feed: FeedSettings) -> dict:
+    """The feed's pushes to retailCRM: the last one, the last that succeeded, what waits, the totals."""
+    source = push_source(feed)
+    last = store.last_run(source, "push")
+    last_ok = store.last_run(source, "push", "ok")
+    totals = store.push_totals(source)
+    latest_stock = store.last_run("moysklad", "stock") if feed.source == "moysklad" else None
+    failed = last if last and last["status"] in ("failed", "interrupted") else None
+    error = None
+    if failed:
+        advice = failed["counts"].get("advice") or {}
+        fallback = PUSH_INTERRUPTED if failed["status"] == "interrupted" else PUSH_FAILED
+        error = {"run_id": failed["id"], "at": failed["finished_at"] or failed["started_at"],
+                 "text": failed["error"] or "", "title": advice.get("title") or fallback.title,
+                 "action": advice.get("action") or fallback.action}
+    return {
+        "url": feed.retailcrm.url, "site": feed.retailcrm.site,
+        "stores": [target.code for target in feed.retailcrm.stores],
+        "prices": [target.code for target in feed.retailcrm.prices],
+        "last_push": _push_summary(last), "last_success": _push_summary(last_ok),
+        "waiting": store.waiting_offers(feed.name),
+        "last_stock_webhook": None if latest_stock is None else {
+            "run_id": latest_stock["id"], "status": latest_stock["status"], "finished_at": latest_stock["finished_at"],
+            "goods": latest_stock["counts"].get("offers"), "requests": latest_stock["requests"]},
+        "totals": totals,
+        "error": error,
+    }
+
+
+def _push_summary(run: dict | None) -> dict | None:
+    if run is None:
+        return None
+    counts = run["counts"]
+    return {"run_id": run["id"], "status": run["status"], "mode": run["mode"], "started_at": run["started_at"],
+            "finished_at": run["finished_at"], "offers": counts.get("offers", 0), "records": counts.get("records", 0),
+            "batches": counts.get("batches", 0), "not_found": counts.get("not_found", 0),
+            "requests": run["requests"], "throttled": run["throttled"], "retries": run["retries"],
+            "seconds": counts.get("seconds"), "latency_seconds": counts.get("latency_seconds")}
 
 
 def _failed_attempt(last_build: dict | None, sync: dict | None, feed: FeedSettings) -> dict | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 FEED_STATES = ("fresh", "stale", "failing", "building", "pending")
 
@@ -61,6 +61,41 @@ class _HealthCollector:
         yield _counter("skladbridge_feed_builds", "Builds started.", per_feed(lambda f: f["totals"]["runs"]), ["feed"])
         yield _counter("skladbridge_feed_build_failures", "Builds that failed or were interrupted.",
                        per_feed(lambda f: f["totals"]["failed"]), ["feed"])
+        yield from _HealthCollector._retailcrm([feed for feed in feeds if feed.get("retailcrm")])
+
+    @staticmethod
+    def _retailcrm(feeds: list[dict]):
+        def per_feed(pick):
+            return [((feed["name"],), value) for feed in feeds if (value := pick(feed["retailcrm"])) is not None]
+
+        def total(key):
+            return per_feed(lambda crm: crm["totals"][key])
+
+        yield _counter("skladbridge_retailcrm_pushes", "Pushes of stock and prices to retailCRM started.",
+                       total("runs"), ["feed"])
+        yield _counter("skladbridge_retailcrm_push_failures", "Pushes to retailCRM that failed or were interrupted.",
+                       total("failed"), ["feed"])
+        yield _counter("skladbridge_retailcrm_pushed_records", "Warehouse and price values retailCRM accepted.",
+                       total("records"), ["feed"])
+        yield _counter("skladbridge_retailcrm_pushed_offers", "Offers whose values retailCRM accepted (per push, summed).",
+                       total("offers"), ["feed"])
+        yield _counter("skladbridge_retailcrm_not_found", "Offers retailCRM answered as not found (per push, summed).",
+                       total("not_found"), ["feed"])
+        yield _counter("skladbridge_retailcrm_requests", "Requests sent to the retailCRM API by pushes.",
+                       total("requests"), ["feed"])
+        yield _counter("skladbridge_retailcrm_throttled", "retailCRM answers 'Rate limit exceeded' (503/429).",
+                       total("throttled"), ["feed"])
+        yield _gauge("skladbridge_retailcrm_waiting_offers", "Offers retailCRM does not know yet (until it loads the ICML).",
+                     per_feed(lambda crm: crm["waiting"]), ["feed"])
+        yield _gauge("skladbridge_retailcrm_last_push_timestamp_seconds", "When a push last succeeded (Unix time).",
+                     per_feed(lambda crm: crm["last_success"] and _timestamp(crm["last_success"]["finished_at"])), ["feed"])
+        latency = SummaryMetricFamily("skladbridge_retailcrm_webhook_latency_seconds",
+                                      "From a MoySklad stock webhook received to its values accepted by retailCRM.",
+                                      labels=["feed"])
+        for feed in feeds:
+            totals = feed["retailcrm"]["totals"]
+            latency.add_metric([feed["name"]], count_value=totals["latency_count"], sum_value=totals["latency_sum"])
+        yield latency
 
     @staticmethod
     def _moysklad(moysklad: dict):

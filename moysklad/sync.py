@@ -52,6 +52,10 @@ EXPAND_LIMIT = 100  # MoySklad ignores expand on list pages above this limit
 COMPONENTS_READ = "bundle_components_read"
 # stockType of /report/stock/bystore/current → column of the stock table
 STOCK_COLUMNS = {"stock": "stock", "reserve": "reserve", "inTransit": "in_transit"}
+# MoySklad's time (Moscow) up to which the store's stock is known: a stock webhook's report is read from it.
+STOCK_BOOKMARK = "stock_bookmark"
+# Goods whose stock was being recalculated are left out of a report: read a few minutes back again.
+STOCK_OVERLAP = dt.timedelta(minutes=5)
 
 # Called as progress(stage, done) or progress(stage, done, total) as a step advances.
 Progress = Callable[..., None]
@@ -290,8 +294,16 @@ def _save_bundle_components(client: MoySkladClient, run: CatalogRun, changed_sin
         progress("bundle components", run.stats.counts["bundles_read"])
 
 
+def stock_bookmark(server_date: dt.datetime | None) -> str | None:
+    """The stock bookmark for stock read just after MoySklad's clock said ``server_date``."""
+    if server_date is None:
+        return None
+    return (server_date.astimezone(MOSCOW) - STOCK_OVERLAP).strftime(BOOKMARK_FORMAT)
+
+
 def _save_stock(client: MoySkladClient, run: CatalogRun, progress: Progress) -> None:
     """Per-warehouse stock, reserve and in transit; always read whole (three cheap requests)."""
+    run.set_setting(STOCK_BOOKMARK, stock_bookmark(client.server_date))
     run.clear("stock")
     for stock_type, column in STOCK_COLUMNS.items():
         rows = client.iter_array("/report/stock/bystore/current", {"stockType": stock_type})

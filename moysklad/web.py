@@ -4,18 +4,24 @@ MoySklad wants an answer within 1.5 s, and the request may reach any gunicorn wo
 one process runs the scheduler, so the receiver only leaves a note in the mailbox (a ``rebuild``
 note per account, whose time is that of the latest request); the scheduler picks it up once the
 webhooks have been quiet for ``webhooks.debounce_seconds``.
+
+A stock webhook (``reportUrl``) leaves a ``stock`` note instead when feeds of the account push to
+retailCRM: the scheduler applies it at once from the cheap changedSince report and pushes what
+changed (no sync, no render). Feeds without a ``retailcrm`` section are rebuilt as before.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
 from core.credentials import tokens_match
-from core.mailbox import REBUILD
+from core.mailbox import REBUILD, STOCK
+from moysklad.stock import merge_requests, report_moment
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +39,33 @@ def moysklad_webhook(secret: str):
                      if tokens_match(secret, account.webhooks.secret)), None)
     if settings is None:
         abort(404)
+    received_at = time.time()
     body = _read_body()
     if body is None:
         return jsonify({"error": f"the body is larger than {MAX_BODY_BYTES} bytes"}), 413
     try:
-        changes = catalog_changes(json.loads(body))
+        payload = json.loads(body)
+        changes = catalog_changes(payload)
+        changed_since = report_moment(payload["reportUrl"]) if changes == ["stock"] else None
     except ValueError as exc:
         log.warning("webhook POST /webhooks/moysklad/***: rejected: %s", exc)
         return jsonify({"error": str(exc)}), 400
-    feeds = [feed.name for feed in settings.moysklad_feeds]
-    rebuild = bool(changes and feeds)
+    pushing = [feed.name for feed in settings.moysklad_feeds if feed.retailcrm is not None]
+    rebuilt = [feed.name for feed in settings.moysklad_feeds if not (changes == ["stock"] and feed.retailcrm)]
+    rebuild = bool(changes and rebuilt)
+    stock = changes == ["stock"] and bool(pushing)
     if rebuild:
         settings.mailbox.post(REBUILD, settings.account)
+    if stock:
+        waiting = settings.mailbox.note(STOCK, settings.account)
+        request = merge_requests(waiting.payload if waiting else None,
+                                 {"changed_since": changed_since, "received_at": received_at})
+        settings.mailbox.post(STOCK, settings.account, **request)
     summary = ", ".join(f"{count} {change}" for change, count in Counter(changes).items())
-    log.info("webhook POST /webhooks/moysklad/***: %s; %s", summary or "no change the feeds show",
-             f"rebuild of {', '.join(feeds)} requested" if rebuild else "no rebuild")
-    return jsonify({"ok": True, "rebuild": rebuild})
+    log.info("webhook POST /webhooks/moysklad/***: %s; %s%s", summary or "no change the feeds show",
+             f"rebuild of {', '.join(rebuilt)} requested" if rebuild else "no rebuild",
+             f"; stock push of {', '.join(pushing)} requested" if stock else "")
+    return jsonify({"ok": True, "rebuild": rebuild, "stock": stock})
 
 
 def _read_body() -> bytes | None:

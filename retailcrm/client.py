@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import requests
@@ -30,8 +30,11 @@ API_PREFIX = "/api/v5"
 CREDENTIALS_PATH = "/api/credentials"
 MAX_BATCH = 250  # api-client-dotnet Versions/V3/Stores.cs and V4/Stores.cs refuse more
 USER_AGENT = "skladbridge/0.1 (+stock and price push)"
-# The server counts a request when it arrives, we when we send it: stretch our window a little.
-WINDOW_MARGIN = 0.1
+# A request counts from when its answer arrived, by which time the server has counted it: the
+# server never sees more than the limit in any of its windows, whatever the latency. The margin
+# covers timer granularity only.
+WINDOW_MARGIN = 0.01
+IN_FLIGHT = math.inf  # a request sent and not answered yet holds its place in the window
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,10 @@ class UploadResult:
 
 
 class RequestWindow:
-    """At most ``limit`` requests in any window of ``window`` seconds, for every client of one key."""
+    """At most ``limit`` requests in any window of ``window`` seconds, for every client of one key.
+
+    Each request holds a place from when it is sent until ``window`` seconds after its answer came.
+    """
 
     def __init__(self, limit: int, window: float = RATE_WINDOW + WINDOW_MARGIN, clock=time.monotonic,
                  sleep=time.sleep):
@@ -51,25 +57,30 @@ class RequestWindow:
         self.window = window
         self.clock = clock
         self.sleep = sleep
-        self.sent: deque[float] = deque()
+        self.places: list[list[float]] = []  # [when the answer came], IN_FLIGHT until then
         self.paused_until = 0.0
         self.lock = threading.Lock()
 
-    def acquire(self) -> float:
-        """Block until one more request fits; return the seconds waited."""
-        waited = 0.0
+    def acquire(self) -> list[float]:
+        """Block until one more request fits; return its place, for :meth:`answered`."""
         while True:
             with self.lock:
                 now = self.clock()
-                while self.sent and self.sent[0] + self.window <= now:
-                    self.sent.popleft()
-                if now >= self.paused_until and len(self.sent) < self.limit:
-                    self.sent.append(now)
-                    return waited
-                delay = self.paused_until - now if now < self.paused_until else self.sent[0] + self.window - now
-            delay = max(delay, 0.005)
-            self.sleep(delay)
-            waited += delay
+                self.places = [place for place in self.places if place[0] + self.window > now]
+                if now >= self.paused_until and len(self.places) < self.limit:
+                    place = [IN_FLIGHT]
+                    self.places.append(place)
+                    return place
+                if now < self.paused_until:
+                    delay = self.paused_until - now
+                else:  # the first place to free up; an answer still awaited is checked for again shortly
+                    delay = min(place[0] + self.window - now for place in self.places)
+            self.sleep(min(max(delay, 0.005), 0.05))
+
+    def answered(self, place: list[float]) -> None:
+        """The request of ``place`` got its answer (or failed): its place frees up ``window`` seconds from now."""
+        with self.lock:
+            place[0] = self.clock()
 
     def pause(self, seconds: float) -> None:
         """retailCRM said the key is over its limit: nobody using the key sends until then."""
@@ -182,10 +193,13 @@ class RetailCrmClient:
         url = self.url + path
         attempt = 0
         while True:
-            self.window.acquire()
+            place = self.window.acquire()
             self._count("requests")
             try:
-                response = self.session.request(method, url, data=form, timeout=self.timeout, allow_redirects=False)
+                try:
+                    response = self.session.request(method, url, data=form, timeout=self.timeout, allow_redirects=False)
+                finally:
+                    self.window.answered(place)
                 if response.status_code < 300:
                     return _decode(response.content, path)
                 error = classify(response.status_code, response.content, response.headers, path, url)

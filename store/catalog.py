@@ -20,6 +20,7 @@ from store.bundles import BUNDLES_SCHEMA, COMPONENTS
 from store.database import Database, StoreError
 from store.images import IMAGE_CACHE_SCHEMA, ImageCacheRows
 from store.orders import ORDERS_SCHEMA, OrderBook
+from store.retailcrm import RETAILCRM_SCHEMA, PushedValues
 from store.runs import RUNS_SCHEMA, Run, RunLog
 
 CATALOG_SCHEMA = """
@@ -85,13 +86,14 @@ PICTURES = """SELECT json_group_array(json_array(c.local_file, coalesce(c.perman
 RECONCILED_TABLES = ("categories", "products", "offers")
 
 
-class CatalogStore(Database, RunLog, OrderBook, ImageCacheRows):
-    """The catalog, the runs that write it, the orders and the picture cache: one file, one connection.
+class CatalogStore(Database, RunLog, OrderBook, ImageCacheRows, PushedValues):
+    """The catalog, the runs that write it, the orders, the picture cache and what was pushed to
+    retailCRM: one file, one connection.
 
     Open it with :func:`open_catalog` in a ``with`` block.
     """
 
-    SCHEMA = CATALOG_SCHEMA + RUNS_SCHEMA + IMAGE_CACHE_SCHEMA + ORDERS_SCHEMA + BUNDLES_SCHEMA
+    SCHEMA = CATALOG_SCHEMA + RUNS_SCHEMA + IMAGE_CACHE_SCHEMA + ORDERS_SCHEMA + BUNDLES_SCHEMA + RETAILCRM_SCHEMA
     # products.tracking_type (MoySklad trackingType: mandatory marking) came after the table
     ADDED_COLUMNS = (("products", "tracking_type", "TEXT"),)
 
@@ -158,6 +160,9 @@ class CatalogReader:
     def units(self, source: str) -> dict[str, sqlite3.Row]:
         return {r["id"]: r for r in self.conn.execute("SELECT * FROM units WHERE source=?", [source])}
 
+    def bundle_ids(self, source: str) -> list[str]:
+        return [row[0] for row in self.conn.execute("SELECT id FROM offers WHERE source = ? AND kind = 'bundle'", [source])]
+
     def categories(self, source: str) -> list[sqlite3.Row]:
         return self.conn.execute(
             "SELECT id, parent_id, name, archived FROM categories WHERE source=? AND removed=0 ORDER BY name, id", [source]
@@ -166,12 +171,13 @@ class CatalogReader:
     def offers(self, source: str, *, price_type_id: str | None, warehouse_ids: list[str] | None,
                include_bundles: bool, removed_before: str, with_attributes: bool = True,
                with_pictures: bool = True, with_product_buy_price: bool = True, part: int = 0,
-               parts: int = 1) -> Iterator[dict]:
+               parts: int = 1, offer_ids: list[str] | None = None) -> Iterator[dict]:
         """Every offer a feed may publish, joined with its product card, price, stock and attributes.
 
         A product with variants is left out (its variants are the offers), unless all of them were
         removed before ``removed_before``. A bundle comes with its components and their stock over
-        the same warehouses (``components_json``). Rows come grouped by product.
+        the same warehouses (``components_json``). Rows come grouped by product. ``offer_ids`` narrows
+        it to those offers (a push after a stock change).
         """
         params = {"source": source, "price_type": price_type_id, "removed_before": removed_before}
         stock_filter = ""
@@ -180,6 +186,11 @@ class CatalogReader:
             params.update(zip(names, warehouse_ids))
             stock_filter = f" AND warehouse_id IN ({', '.join(':' + n for n in names)})"
         bundles = "" if include_bundles else " AND o.kind != 'bundle'"
+        if offer_ids is not None:
+            params["offer_ids"] = json.dumps(list(offer_ids))
+            only = "IN (SELECT value FROM json_each(:offer_ids))"
+            stock_filter += f" AND offer_id {only}"
+            bundles += f" AND o.id {only}"
         if parts > 1:  # one share of the catalog for one of several rendering processes
             bundles += " AND o.rowid % :parts = :part"
             params.update(parts=parts, part=part)

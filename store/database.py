@@ -80,7 +80,18 @@ class Database:
         A deferred one that reads first and writes later fails outright with "database is
         locked" when another writer committed in between; a run reads its bookmark before writing.
         """
-        self.db.execute("BEGIN IMMEDIATE")
+        with self._transaction("BEGIN IMMEDIATE"):
+            yield
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A transaction that takes no lock on the file until it writes there: for temporary tables."""
+        with self._transaction("BEGIN"):
+            yield
+
+    @contextlib.contextmanager
+    def _transaction(self, begin: str):
+        self.db.execute(begin)
         try:
             yield
         except BaseException:

@@ -71,12 +71,14 @@ class RunLog:
     run_class = Run
 
     @contextlib.contextmanager
-    def run(self, source: str, kind: str, mode: str | None = None) -> Iterator[Run]:
+    def run(self, source: str, kind: str, mode: str | None = None, one_transaction: bool = True) -> Iterator[Run]:
         """One writer run: an exclusive lock, a row in ``runs`` and one data transaction.
 
         The data is committed only when the block ends without an exception; the run row then
         says ``ok``. On an exception the data rolls back, the row says ``failed`` with the
-        error, and the exception propagates.
+        error, and the exception propagates. Without ``one_transaction`` the block commits its
+        own writes as it goes (a push to retailCRM records each batch retailCRM accepted) and
+        holds no write lock in between.
         """
         with self._writer_lock(source):
             self._close_interrupted_runs(source)
@@ -88,9 +90,14 @@ class RunLog:
             run = self.run_class(self, run_id, source)
             run.mode = mode  # kept unless the run itself says otherwise (a sync says full or incremental)
             try:
-                with self.immediate():
+                if one_transaction:
+                    with self.immediate():
+                        yield run
+                        self._finish(run, "ok", None)
+                else:
                     yield run
-                    self._finish(run, "ok", None)
+                    with self.db.atomic():
+                        self._finish(run, "ok", None)
             except BaseException as exc:
                 with self.db.atomic():
                     self._finish(run, "interrupted" if _is_shutdown(exc) else "failed", _describe(exc))

@@ -141,7 +141,7 @@ def test_a_webhook_rebuilds_only_its_own_account(tmp_path, emulator_factory, ser
     base = serve(settings)
     reply = requests.post(f"{base}/webhooks/moysklad/client-b-hook-0123456789",
                           json={"events": [{"meta": {"type": "product"}, "action": "UPDATE"}]}, timeout=5)
-    assert reply.json() == {"ok": True, "rebuild": True}
+    assert reply.json() == {"ok": True, "rebuild": True, "stock": False}
     mailbox = Mailbox(tmp_path / "data")
     assert mailbox.note(REBUILD, "client-b") is not None and mailbox.note(REBUILD) is None
     assert requests.post(f"{base}/webhooks/moysklad/wrong-secret", json={}, timeout=5).status_code == 404

@@ -161,9 +161,13 @@ def documented_keys(text: str) -> set[str]:
     return keys
 
 
+# Keys whose value maps codes the user chooses (retailCRM warehouses, price types): the example's entries are not keys.
+USER_CODE_MAPPINGS = ("feeds[].retailcrm.stores", "feeds[].retailcrm.prices")
+
+
 def test_the_example_config_documents_every_key_and_nothing_else():
     text = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
-    documented = documented_keys(text)
+    documented = {key for key in documented_keys(text) if not key.startswith(tuple(m + "." for m in USER_CODE_MAPPINGS))}
     assert documented == setting_keys()
 
 
@@ -175,3 +179,60 @@ def test_the_example_config_loads_once_it_has_credentials(tmp_path):
     settings = load_settings(path, environ={"MOYSKLAD_TOKEN": "t"})
     assert not settings.is_demo
     assert settings.feeds[0].name == "main"
+
+
+RETAILCRM_CONTRACT = """moysklad: {token: t}
+feeds:
+  - name: main
+    source: moysklad
+    retailcrm:
+      url: https://shop.retailcrm.ru     # account URL
+      api_key: ""                         # env RETAILCRM_API_KEY (RETAILCRM_API_KEY_<FEED> per feed)
+      site: shop-code                     # the retailCRM shop this feed is loaded into
+      stores:                             # retailCRM warehouse code: MoySklad warehouses summed into it
+        main: all                         #   "all" or a list of MoySklad warehouse names
+        spb: [Склад Питер]
+      prices:                             # retailCRM price type code: MoySklad price type name
+        wholesale: Оптовая цена
+  - name: second-shop
+    retailcrm: {url: https://other.retailcrm.ru, site: other, prices: {base: Цена продажи}}
+  - name: plain
+"""
+
+
+def test_the_retailcrm_section_of_the_issue_loads_with_keys_from_the_environment(tmp_path):
+    settings = load_settings(write(tmp_path, RETAILCRM_CONTRACT),
+                             environ={"RETAILCRM_API_KEY": "all-feeds-key", "RETAILCRM_API_KEY_SECOND_SHOP": "own-key"})
+    main, second, plain = settings.feeds
+    crm = main.retailcrm
+    assert (crm.url, crm.site, crm.api_key) == ("https://shop.retailcrm.ru", "shop-code", "all-feeds-key")
+    assert [(t.code, t.warehouses) for t in crm.stores] == [("main", ()), ("spb", ("Склад Питер",))]
+    assert [(t.code, t.price_type) for t in crm.prices] == [("wholesale", "Оптовая цена")]
+    assert second.retailcrm.api_key == "own-key" and second.retailcrm.stores == ()
+    assert plain.retailcrm is None  # without the section nothing changes
+    shown = redacted(settings)
+    assert shown["feeds"][0]["retailcrm"]["api_key"] == "***" and "all-feeds-key" not in repr(shown)
+    assert "own-key" not in repr(shown)
+
+
+@pytest.mark.parametrize("section, key, problem", [
+    ("{url: https://s.retailcrm.ru, site: s, stores: {main: all}}", "feeds[0].retailcrm.api_key", "RETAILCRM_API_KEY_MAIN"),
+    ("{url: s.retailcrm.ru, api_key: k, site: s, stores: {main: all}}", "feeds[0].retailcrm.url", "account address"),
+    ("{url: https://s.retailcrm.ru, api_key: k, stores: {main: all}}", "feeds[0].retailcrm.site", "shop"),
+    ("{url: https://s.retailcrm.ru, api_key: k, site: s}", "feeds[0].retailcrm", "at least one"),
+    ("{url: https://s.retailcrm.ru, api_key: k, site: s, stores: {main: everything}}", "feeds[0].retailcrm.stores.main",
+     '"all" or a list'),
+    ("{url: https://s.retailcrm.ru, api_key: k, site: s, stores: {main: []}}", "feeds[0].retailcrm.stores.main",
+     '"all" or a list'),
+    ("{url: https://s.retailcrm.ru, api_key: k, site: s, stores: [main]}", "feeds[0].retailcrm.stores", "mapping"),
+    ("{url: https://s.retailcrm.ru, api_key: k, site: s, prices: {wholesale: [a]}}", "feeds[0].retailcrm.prices.wholesale",
+     "name of a price type"),
+    ("{url: https://s.retailcrm.ru, api_key: k, site: s, stores: {main: all}, key: x}", "feeds[0].retailcrm.key",
+     "unknown key"),
+])
+def test_retailcrm_section_errors_name_the_key_and_the_problem(tmp_path, section, key, problem):
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, f"moysklad: {{token: t}}\nfeeds:\n  - name: main\n    retailcrm: {section}\n"),
+                      environ={})
+    assert key in str(error.value)
+    assert problem in str(error.value)

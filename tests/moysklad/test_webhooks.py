@@ -74,7 +74,7 @@ def test_the_vendor_example_asks_for_a_rebuild_within_the_deadline(live_app, app
     started = time.monotonic()
     response = post(hook_url(live_app), payload)
     assert time.monotonic() - started < MOYSKLAD_DEADLINE
-    assert response.status_code == 200 and response.json() == {"ok": True, "rebuild": True}
+    assert response.status_code == 200 and response.json() == {"ok": True, "rebuild": True, "stock": False}
     assert app_settings.mailbox.note(REBUILD) is not None
 
 
@@ -91,7 +91,7 @@ def test_every_catalog_entity_asks_for_a_rebuild(live_app, kind):
 
 def test_changes_the_feeds_do_not_show_ask_for_nothing(live_app, app_settings):
     response = post(hook_url(live_app), product_event("CREATE", "customerorder"))
-    assert response.status_code == 200 and response.json() == {"ok": True, "rebuild": False}
+    assert response.status_code == 200 and response.json() == {"ok": True, "rebuild": False, "stock": False}
     assert app_settings.mailbox.note(REBUILD) is None
 
 

@@ -1,0 +1,120 @@
+"""A stock webhook's fast path: the stock that changed, read from MoySklad's short report into the store.
+
+No sync and no render: three requests to ``/report/stock/bystore/current`` (``stockType`` stock,
+reserve, inTransit: one figure per request, per warehouse, as the store keeps them) with
+``changedSince``, which lists every good whose stock changed since then with its current figures
+on every warehouse (zero lines included). The webhook's own ``reportUrl`` is never fetched: only
+its ``changedSince`` is taken, and the request goes to the configured MoySklad address.
+
+``changedSince`` is the earlier of the webhook's and the store's stock bookmark (where the last
+sync or fast path left off), so a webhook that was missed, merged or failed is caught up by the
+next one; MoySklad refuses moments more than 24 hours back, and then the report is read whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+from core.clock import MOSCOW
+from moysklad.client import MoySkladClient
+from moysklad.sync import BOOKMARK_FORMAT, SOURCE, STOCK_BOOKMARK, STOCK_COLUMNS, stock_bookmark
+from moysklad.transform import quantity
+from store import CatalogStore
+
+log = logging.getLogger(__name__)
+
+REPORT = "/report/stock/bystore/current"
+# MoySklad: changedSince "не должно превышать 24 часа" back; keep a margin for the clocks.
+CHANGED_SINCE_LIMIT = dt.timedelta(hours=23, minutes=50)
+MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+
+
+@dataclass
+class StockUpdate:
+    """What one fast-path run read and changed (recorded as a ``moysklad`` run of kind ``stock``)."""
+
+    run_id: int
+    mode: str  # "changes" (changedSince) or "full" (no usable moment: the whole report)
+    changed_since: str | None
+    offer_ids: list[str] | None  # the goods whose stock changed; None after a whole read (any may have)
+    rows: int
+    requests: int
+    throttled: int
+    retries: int
+    seconds: float
+
+
+def report_moment(report_url) -> str | None:
+    """The ``changedSince`` of a stock webhook's ``reportUrl`` (Moscow time), or None when it has none.
+
+    Raises ValueError when ``report_url`` is not a text at all (a malformed payload).
+    """
+    if not isinstance(report_url, str):
+        raise ValueError(f"reportUrl must be a text, got {type(report_url).__name__}")
+    values = parse_qs(urlsplit(report_url).query).get("changedSince") or [""]
+    moment = values[0].strip()
+    return moment if MOMENT.match(moment) else None
+
+
+def merge_requests(waiting: dict | None, new: dict) -> dict:
+    """Two stock requests as one: the earliest moment to read from, the earliest webhook to answer for."""
+    if not waiting:
+        return dict(new)
+    merged = dict(new)
+    for key in ("changed_since", "received_at"):
+        known = [value for value in (waiting.get(key), new.get(key)) if value]
+        merged[key] = min(known) if known else None
+    return merged
+
+
+def apply_stock_changes(client: MoySkladClient, store: CatalogStore, changed_since: str | None) -> StockUpdate:
+    """Read the stock that changed since ``changed_since`` (or the bookmark) into the store, in one run."""
+    started = time.monotonic()
+    before = (client.requests, client.throttled, client.retries)
+    changed: set[str] = set()
+    with store.run(SOURCE, "stock") as run:
+        since = read_from(changed_since, store.setting(SOURCE, STOCK_BOOKMARK))
+        run.mode = "changes" if since else "full"
+        try:
+            if since is None:
+                run.clear("stock")
+            bookmark = None
+            for stock_type, column in STOCK_COLUMNS.items():
+                params = {"stockType": stock_type, **({"changedSince": since} if since else {})}
+                rows = [row for row in client.iter_array(REPORT, params)
+                        if isinstance(row, dict) and isinstance(row.get("assortmentId"), str)]
+                bookmark = bookmark or stock_bookmark(client.server_date)
+                run.stats.add(f"stock_{column}_rows", run.merge_stock(
+                    ((row["assortmentId"], row.get("storeId") or "", quantity(row.get(stock_type))) for row in rows),
+                    column))
+                changed.update(row["assortmentId"] for row in rows)
+            run.stats.add("offers", len(changed))
+            run.set_setting(STOCK_BOOKMARK, bookmark)
+        finally:
+            run.stats.requests = client.requests - before[0]
+            run.stats.throttled = client.throttled - before[1]
+            run.stats.retries = client.retries - before[2]
+    update = StockUpdate(run_id=run.id, mode=run.mode, changed_since=since,
+                         offer_ids=sorted(changed) if since else None,
+                         rows=sum(v for k, v in run.stats.counts.items() if k.endswith("_rows")),
+                         requests=run.stats.requests, throttled=run.stats.throttled, retries=run.stats.retries,
+                         seconds=time.monotonic() - started)
+    log.info("moysklad stock #%d (%s since %s) in %.1f s: %d goods changed, %d rows; %d requests",
+             update.run_id, update.mode, since or "-", update.seconds, len(changed), update.rows, update.requests)
+    return update
+
+
+def read_from(changed_since: str | None, bookmark: str | None, now: dt.datetime | None = None) -> str | None:
+    """The moment to read changes from: the earlier of the webhook's and the bookmark; None (read the
+    whole report) when the store has no bookmark yet or the moment is too far back for MoySklad."""
+    if not bookmark:
+        return None
+    earliest = min(filter(None, (changed_since, bookmark)))
+    now = now or dt.datetime.now(MOSCOW)
+    moment = dt.datetime.strptime(earliest, BOOKMARK_FORMAT).replace(tzinfo=MOSCOW)
+    return earliest if now - moment < CHANGED_SINCE_LIMIT else None

@@ -1,0 +1,94 @@
+"""``retailcrm check``: will a feed's push work? The key, the shop, every mapped warehouse and price type.
+
+Asks retailCRM what the key may do and which shops, warehouses and price types the account has,
+and the catalog store which warehouses and price types the feed's source has (after a sync or an
+exchange). Every problem names what is missing and what exists.
+"""
+
+from __future__ import annotations
+
+from core.settings import FeedSettings, Settings
+from moysklad.check import CheckReport
+from retailcrm.client import API_PREFIX, RetailCrmClient
+from retailcrm.errors import KeyRejected, RetailCrmError
+from store import CatalogReader, StoreError
+
+# The methods a push calls. retailCRM lists a key's methods without the version ("/api/integration-modules/{code}"
+# in api-client-php's ApiTest testCredentials), the emulator with it: compared by their ends.
+NEEDED_METHODS = ("/store/inventories/upload", "/store/prices/upload")
+
+
+def check_feed(settings: Settings, feed: FeedSettings, client: RetailCrmClient) -> CheckReport:
+    """Check one feed's retailcrm section against retailCRM and the catalog store."""
+    crm = feed.retailcrm
+    report = CheckReport()
+    report.facts.append(("retailCRM", f"{crm.url}, shop {crm.site}"))
+    try:
+        credentials = client.credentials()
+    except KeyRejected as exc:
+        report.problems.append(str(exc))
+        return report
+    except RetailCrmError as exc:
+        report.problems.append(f"credentials: {exc}")
+        return report
+    report.facts.append(("API key", "accepted"))
+    methods = credentials.get("credentials")
+    if isinstance(methods, list) and methods:
+        for method in NEEDED_METHODS:
+            if not any(isinstance(allowed, str) and allowed.endswith(method) for allowed in methods):
+                report.problems.append(f"the API key may not call {API_PREFIX}{method}: allow it in the key's "
+                                       f"settings in retailCRM")
+    if credentials.get("siteAccess") == "access_selective" and crm.site not in (credentials.get("sitesAvailable") or []):
+        report.problems.append(f"the API key has no access to the shop {crm.site!r} (it may use: "
+                               f"{', '.join(credentials.get('sitesAvailable') or []) or 'none'})")
+    _codes(report, "shop", [crm.site], lambda: client.sites(), "retailcrm.site")
+    _codes(report, "warehouses", [t.code for t in crm.stores], lambda: client.stores(), "retailcrm.stores")
+    _codes(report, "price types", [t.code for t in crm.prices], lambda: client.price_types(), "retailcrm.prices")
+    _catalog_names(report, settings, feed)
+    return report
+
+
+def _codes(report: CheckReport, what: str, wanted: list[str], fetch, key: str) -> None:
+    """retailCRM must have every code the config names."""
+    if not wanted:
+        return
+    try:
+        known = fetch()
+    except RetailCrmError as exc:
+        report.problems.append(f"{what}: {exc}")
+        return
+    report.facts.append((f"retailCRM {what}", ", ".join(known) or "(none)"))
+    for code in wanted:
+        if code not in known:
+            report.problems.append(f"{key}: retailCRM has no {what[:-1] if what.endswith('s') else what} with the code "
+                                   f"{code!r} (it has: {', '.join(known) or 'none'})")
+
+
+def _catalog_names(report: CheckReport, settings: Settings, feed: FeedSettings) -> None:
+    """The catalog must have every warehouse and price type name the config maps (once it has any)."""
+    crm, source = feed.retailcrm, feed.source
+    warehouses, price_types = [], []
+    if settings.store_path.exists():
+        try:
+            with CatalogReader(settings.store_path) as reader:
+                warehouses = [row["name"] for row in reader.warehouses(source)]
+                price_types = [row["name"] for row in reader.price_types(source)]
+        except StoreError as exc:
+            report.problems.append(f"the catalog store cannot be read: {exc}")
+            return
+    if not warehouses and not price_types:
+        command = "moysklad sync" if source == "moysklad" else "feeds build"
+        report.facts.append((f"{source} catalog", f"not loaded yet: names checked at the first push "
+                                                  f"(run `flask --app app {command}`)"))
+        return
+    report.facts.append((f"{source} warehouses", ", ".join(warehouses) or "(none)"))
+    report.facts.append((f"{source} price types", ", ".join(price_types) or "(none)"))
+    for target in crm.stores:
+        for name in target.warehouses:
+            if name not in warehouses:
+                report.problems.append(f"retailcrm.stores.{target.code}: the {source} catalog has no warehouse «{name}» "
+                                       f"(it has: {', '.join(warehouses) or 'none'})")
+    for target in crm.prices:
+        if target.price_type not in price_types:
+            report.problems.append(f"retailcrm.prices.{target.code}: the {source} catalog has no price type "
+                                   f"«{target.price_type}» (it has: {', '.join(price_types) or 'none'})")

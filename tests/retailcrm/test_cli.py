@@ -1,0 +1,89 @@
+"""``flask --app app retailcrm check|push`` as an operator runs them: real processes, both emulators on loopback."""
+
+import os
+
+from emulator.harness import EMULATOR_TOKEN
+from tests.moysklad.test_cli import flask
+from tests.retailcrm.test_push import KEY, SITE, crm  # noqa: F401  (crm is a fixture)
+
+
+def write_config(tmp_path, emulator, crm, stores="{main: all, spb: [Склад Санкт-Петербург]}",  # noqa: F811
+                 prices="{wholesale: Оптовая цена}"):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"data_dir: data\nmoysklad:\n  base_url: {emulator.base_url}\n  retry_base_delay: 0.05\n"
+        f"feeds:\n  - name: main\n    pictures: none\n"
+        f"    retailcrm: {{url: '{crm.base_url}', site: {SITE}, stores: {stores}, prices: {prices}}}\n"
+        f"  - name: plain\n    pictures: none\n", encoding="utf-8")
+    return dict(os.environ, SKLADBRIDGE_CONFIG=str(path), MOYSKLAD_TOKEN=EMULATOR_TOKEN, RETAILCRM_API_KEY=KEY)
+
+
+def test_check_passes_when_the_key_shop_warehouses_and_price_types_exist(tmp_path, emulator, crm):  # noqa: F811
+    env = write_config(tmp_path, emulator, crm)
+    assert flask(env, "moysklad", "sync").returncode == 0
+    result = flask(env, "retailcrm", "check")
+    assert result.returncode == 0, result.stderr
+    assert "accepted" in result.stdout and "retailCRM connection OK." in result.stdout
+    assert "Склад Санкт-Петербург" in result.stdout and "wholesale" in result.stdout
+    assert KEY not in result.stdout + result.stderr
+
+
+def test_check_exits_1_naming_what_is_missing_and_what_exists(tmp_path, emulator, crm):  # noqa: F811
+    env = write_config(tmp_path, emulator, crm, stores="{main: all, msk: [Склад Питер]}", prices="{retail: Цена продажи}")
+    assert flask(env, "moysklad", "sync").returncode == 0
+    result = flask(env, "retailcrm", "check", "main")
+    assert result.returncode == 1
+    err = result.stderr
+    assert "retailcrm.stores: retailCRM has no warehouse with the code 'msk' (it has: main, spb)" in err
+    assert "retailcrm.prices: retailCRM has no price type with the code 'retail' (it has: base, wholesale)" in err
+    assert "retailcrm.stores.msk: the moysklad catalog has no warehouse «Склад Питер» (it has: " in err
+    assert "Основной склад" in err
+
+
+def test_check_names_a_rejected_key(tmp_path, emulator, crm):  # noqa: F811
+    env = dict(write_config(tmp_path, emulator, crm), RETAILCRM_API_KEY_MAIN="not-the-key-123")
+    result = flask(env, "retailcrm", "check")
+    assert result.returncode == 1 and "the API key is wrong or was deleted" in result.stderr
+    assert "not-the-key-123" not in result.stdout + result.stderr
+
+
+def test_push_prints_progress_and_a_summary_and_full_sends_everything_again(tmp_path, emulator, crm):  # noqa: F811
+    env = write_config(tmp_path, emulator, crm)
+    assert flask(env, "feeds", "build", "main").returncode == 0
+    crm.load_icml(tmp_path / "data" / "feeds" / "main.xml", SITE)
+    first = flask(env, "retailcrm", "push", "main")
+    assert first.returncode == 0, first.stderr
+    assert "stock:" in first.stderr and "prices:" in first.stderr
+    assert "0 not found" in first.stdout and "throttled (503)" in first.stdout
+    offers = int(first.stdout.split("s: ")[1].split(" offers")[0])
+    assert offers > 100
+    again = flask(env, "retailcrm", "push")
+    assert again.returncode == 0 and "0 offers pushed (0 values) in 0 batches" in again.stdout
+    full = flask(env, "retailcrm", "push", "--full")
+    assert "full push #" in full.stdout and f": {offers} offers pushed" in full.stdout
+
+
+def test_push_of_a_feed_that_does_not_push_exits_2_naming_the_ones_that_do(tmp_path, emulator, crm):  # noqa: F811
+    env = write_config(tmp_path, emulator, crm)
+    result = flask(env, "retailcrm", "push", "plain")
+    assert result.returncode == 2 and "feeds that do: main" in result.stderr
+
+
+def test_a_failing_push_exits_1_and_says_the_next_one_catches_up(tmp_path, emulator, crm):  # noqa: F811
+    env = write_config(tmp_path, emulator, crm)
+    assert flask(env, "feeds", "build", "main").returncode == 0
+    crm.faults.revoked = True
+    result = flask(env, "retailcrm", "push")
+    assert result.returncode == 1 and "FAILED" in result.stderr and "rejected the API key" in result.stderr
+
+
+def test_check_names_what_a_limited_key_may_not_do(tmp_path, emulator, crm):  # noqa: F811
+    from emulator.retailcrm import REFERENCES
+
+    crm.add_key("limited-key-0123", sites=("outlet",), methods=list(REFERENCES))
+    env = dict(write_config(tmp_path, emulator, crm), RETAILCRM_API_KEY_MAIN="limited-key-0123")
+    result = flask(env, "retailcrm", "check")
+    assert result.returncode == 1
+    assert "may not call /api/v5/store/inventories/upload" in result.stderr
+    assert "may not call /api/v5/store/prices/upload" in result.stderr
+    assert "no access to the shop 'shop' (it may use: outlet)" in result.stderr

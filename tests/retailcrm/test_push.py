@@ -1,0 +1,306 @@
+"""Pushes to retailCRM over loopback with both emulators: what the feed says, only changes, batches, faults."""
+
+import pytest
+import requests
+from lxml import etree
+
+from core.settings import FeedSettings, PriceTarget, RetailCrmSettings, Settings, StoreTarget
+from emulator.harness import client_settings
+from emulator.retailcrm import INVENTORIES, PRICES, RetailCrmEmulator
+from feeds.build import build_feed
+from retailcrm.client import RetailCrmClient
+from retailcrm.errors import KeyRejected, ServerFailure, TransportFailure, UnknownReference
+from retailcrm.push import MappingError, push_feed, push_source
+from scheduler import run_build
+from store import open_catalog
+
+KEY = "rcrm-key-0123456789"
+SITE = "shop"
+
+
+@pytest.fixture
+def crm():
+    server = RetailCrmEmulator(api_key=KEY, sites=(SITE,)).start()
+    yield server
+    server.stop()
+
+
+def crm_client(crm, **overrides) -> RetailCrmClient:
+    """A client with short back-off, so fault tests stay quick (the service's own waits longer)."""
+    options = dict(retry_base_delay=0.02, retry_max_delay=0.2, connect_timeout=2, read_timeout=5, max_retries=3)
+    options.update(overrides)
+    return RetailCrmClient(crm.base_url, KEY, **options)
+
+
+def pushing_settings(tmp_path, emulator, crm, **crm_options) -> Settings:
+    """Feed "main" pushes to retailCRM: warehouse main = all, spb = the St Petersburg warehouse, wholesale prices.
+    Feed "spb" publishes that warehouse and price type in its ICML file: what the feed says for them."""
+    catalog = emulator.catalog
+    spb, wholesale = catalog.stores[-1].name, catalog.price_types[1].name
+    options = dict(url=crm.base_url, api_key=KEY, site=SITE, stores=(StoreTarget("main"), StoreTarget("spb", (spb,))),
+                   prices=(PriceTarget("wholesale", wholesale),))
+    options.update(crm_options)
+    return Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator), public_url="https://feeds.example",
+                    feeds=(FeedSettings(name="main", pictures="none", retailcrm=RetailCrmSettings(**options)),
+                           FeedSettings(name="spb", pictures="none", stores=(spb,), price_type=wholesale)))
+
+
+def build_and_load(settings: Settings, crm) -> dict:
+    """Build both feeds, let retailCRM load the main one (as it does every 3 hours); the main feed's offers by id."""
+    build_feed(settings, settings.feeds[0])
+    build_feed(settings, settings.feeds[1], sync=False)
+    crm.load_icml(feed_file(settings, "main"), SITE)
+    return offers(settings, "main")
+
+
+def feed_file(settings: Settings, name: str):
+    return settings.data_dir / "feeds" / f"{name}.xml"
+
+
+def offers(settings: Settings, name: str) -> dict:
+    return {o.get("id"): o for o in etree.parse(str(feed_file(settings, name))).iterfind(".//offer")}
+
+
+def push(settings, crm, **kwargs):
+    with crm_client(crm) as client:
+        return push_feed(settings, settings.feeds[0], client=client, **kwargs)
+
+
+def number(text):
+    return float(text) if text is not None else None
+
+
+def assert_crm_says_what_the_feeds_say(settings, crm, services=True):
+    main, spb = offers(settings, "main"), offers(settings, "spb")
+    checked = {"stock": 0, "service": 0, "inactive": 0, "price": 0, "no price": 0}
+    for offer_id, offer in main.items():
+        stock, prices = crm.stock(SITE, offer_id), crm.prices(SITE, offer_id)
+        if offer.get("quantity") is None:  # services (and bundles) carry no stock in the feed: none is pushed
+            assert stock == {}, offer_id
+            checked["service"] += 1
+        else:
+            purchase = number(offer.findtext("purchasePrice"))
+            assert stock["main"]["available"] == float(offer.get("quantity")), offer_id
+            assert stock["spb"]["available"] == float(spb[offer_id].get("quantity")), offer_id
+            assert stock["main"].get("purchasePrice") == purchase == stock["spb"].get("purchasePrice"), offer_id
+            checked["stock"] += 1
+            checked["inactive"] += offer.findtext("productActivity") == "N"
+        wholesale = number(spb[offer_id].findtext("price"))
+        assert prices.get("wholesale") == wholesale, offer_id
+        checked["price" if wholesale is not None else "no price"] += 1
+    assert checked["stock"] and checked["price"] and (checked["service"] or not services), checked
+    return checked
+
+
+def test_a_full_push_equals_what_the_feed_says_per_offer_warehouse_and_price_type(tmp_path, emulator, crm):
+    catalog = emulator.catalog
+    archived = next(i for i in catalog.items.values() if i.kind == "product" and not i.variant_ids and not i.archived
+                    and i.operated and i.stock[0] - i.stock[1] > 0)
+    catalog.update_item(archived.id, archived=True)
+    settings = pushing_settings(tmp_path, emulator, crm)
+    published = build_and_load(settings, crm)
+    result = push(settings, crm)
+    assert assert_crm_says_what_the_feeds_say(settings, crm)["inactive"]
+    # archived goods are published with productActivity N and 0 available, and pushed the same
+    assert published[archived.id].findtext("productActivity") == "N" and published[archived.id].get("quantity") == "0"
+    assert crm.stock(SITE, archived.id)["main"]["available"] == 0
+    assert result.offers == len(published) and result.not_found == 0 and result.waiting == 0
+    stats = crm.stats_snapshot()
+    assert stats["rate_limited"] == 0 and stats["max_upload_items"] <= 250
+    assert stats["status"] == {"200": result.requests}
+    with open_catalog(settings.store_path) as store:
+        run = store.last_run(push_source(settings.feeds[0]), "push")
+    assert run["status"] == "ok" and run["counts"]["records"] == result.records and run["requests"] == result.requests
+
+
+def test_after_a_push_only_what_changed_is_sent(tmp_path, emulator, crm):
+    settings = pushing_settings(tmp_path, emulator, crm)
+    build_and_load(settings, crm)
+    push(settings, crm)
+    crm.reset_stats()
+    assert push(settings, crm).requests == 0  # nothing changed: nothing sent
+
+    catalog = emulator.catalog
+    good = next(i for i in catalog.items.values() if i.kind == "product" and i.stocked and not i.variant_ids
+                and not i.archived and i.operated)
+    catalog.set_stock(good.id, catalog.stores[-1].id, stock=good.stock[-3] + 7)
+    priced = next(i for i in catalog.items.values() if i.kind == "service" and not i.archived)
+    catalog.update_item(priced.id, sale_prices=(priced.sale_prices[0], 4321_00.0, *priced.sale_prices[2:]))
+    build_feed(settings, settings.feeds[0])
+    build_feed(settings, settings.feeds[1], sync=False)
+    result = push(settings, crm)
+
+    assert result.offers == 2 and result.batches == 2
+    assert crm.stats_snapshot()["by_path"] == {INVENTORIES: 1, PRICES: 1}
+    assert crm.prices(SITE, priced.id)["wholesale"] == 4321
+    assert_crm_says_what_the_feeds_say(settings, crm)
+
+    crm.reset_stats()
+    everything = push_feed(settings, settings.feeds[0], full=True, client=crm_client(crm))
+    assert everything.offers == len(offers(settings, "main"))  # --full sends everything again
+
+
+def test_a_10000_offer_full_push_goes_in_batches_of_250_without_tripping_the_rate_limit(tmp_path, emulator_factory, crm):
+    emulator = emulator_factory(products=13_500, seed=3)
+    settings = pushing_settings(tmp_path, emulator, crm)
+    published = build_and_load(settings, crm)
+    assert len(published) >= 10_000
+    with RetailCrmClient(crm.base_url, KEY) as client:  # the service's own settings
+        result = push_feed(settings, settings.feeds[0], client=client)
+        assert client.throttled == 0 and client.retries == 0
+    stats = crm.stats_snapshot()
+    assert stats["rate_limited"] == 0 and set(stats["status"]) == {"200"}
+    assert stats["max_upload_items"] == 250
+    stock_offers = sum(1 for o in published.values() if o.get("quantity") is not None)
+    assert stats["by_path"] == {INVENTORIES: -(-stock_offers // 250), PRICES: -(-len(published) // 250)}
+    assert result.offers == len(published) and result.not_found == 0
+
+
+def test_offers_retailcrm_does_not_know_yet_wait_and_go_out_once_it_loads_the_feed(tmp_path, emulator, crm):
+    settings = pushing_settings(tmp_path, emulator, crm)
+    build_feed(settings, settings.feeds[0])
+    build_feed(settings, settings.feeds[1], sync=False)
+    published = offers(settings, "main")
+    known = sorted(published)[: len(published) // 2]
+    crm.load_icml(b"<yml_catalog><shop><offers>" + b"".join(f'<offer id="{i}"/>'.encode() for i in known)
+                  + b"</offers></shop></yml_catalog>", SITE)
+
+    first = push(settings, crm)
+    assert first.not_found == len(published) - len(known) == first.waiting
+    assert first.offers == len(known)
+    with open_catalog(settings.store_path) as store:
+        assert store.waiting_offers("main") == first.waiting
+        assert store.last_run(push_source(settings.feeds[0]), "push")["status"] == "ok"  # not an error
+
+    crm.load_icml(feed_file(settings, "main"), SITE)  # retailCRM loads the ICML file
+    second = push(settings, crm)
+    assert second.offers == first.waiting and second.not_found == 0 and second.waiting == 0
+    assert_crm_says_what_the_feeds_say(settings, crm)
+
+
+# --- faults ------------------------------------------------------------------------------------------
+
+def failed_push(settings, crm, error, **client_options):
+    with crm_client(crm, **client_options) as client, pytest.raises(error) as caught:
+        push_feed(settings, settings.feeds[0], client=client)
+    with open_catalog(settings.store_path) as store:
+        run = store.last_run(push_source(settings.feeds[0]), "push")
+    assert run["status"] == "failed" and run["error"] == str(caught.value)
+    return caught.value, run
+
+
+def test_retailcrm_down_mid_push_loses_nothing_and_the_next_push_sends_the_rest(tmp_path, emulator_factory, crm):
+    settings = pushing_settings(tmp_path, emulator_factory(products=1200), crm)
+    published = build_and_load(settings, crm)
+    assert len(published) > 500
+
+    def down_after_the_first_batch(kind, sent, total):
+        crm.faults.outage = True
+
+    with crm_client(crm) as client, pytest.raises(ServerFailure):
+        push_feed(settings, settings.feeds[0], client=client, progress=down_after_the_first_batch)
+    with open_catalog(settings.store_path) as store:
+        run = store.last_run(push_source(settings.feeds[0]), "push")
+    assert run["status"] == "failed" and run["counts"]["batches"] == 1 and run["counts"]["offers"] == 250
+    assert run["counts"]["advice"]["title"] == "retailCRM временно не отвечает"
+    assert feed_file(settings, "main").exists()  # the feed is unaffected
+
+    crm.faults.outage = False
+    crm.reset_stats()
+    rest = push(settings, crm)
+    assert rest.offers == len(published)  # every offer had prices still to send; stock only after the first 250
+    stock_offers = sum(1 for o in published.values() if o.get("quantity") is not None)
+    assert crm.stats_snapshot()["by_path"][INVENTORIES] == -(-(stock_offers - 250) // 250)
+    assert_crm_says_what_the_feeds_say(settings, crm)
+
+
+def test_a_slow_retailcrm_times_out_and_the_next_push_catches_up(tmp_path, emulator, crm):
+    settings = pushing_settings(tmp_path, emulator, crm)
+    build_and_load(settings, crm)
+    crm.faults.latency_ms = 400
+    error, run = failed_push(settings, crm, TransportFailure, read_timeout=0.2, max_retries=1)
+    assert "timed out" in str(error) and run["retries"] == 1
+    assert run["counts"]["advice"]["title"] == "Нет связи с retailCRM"
+    crm.faults.latency_ms = 0
+    push(settings, crm)
+    assert_crm_says_what_the_feeds_say(settings, crm)
+
+
+def test_a_key_spent_by_another_program_is_waited_for_and_the_push_completes(tmp_path, emulator, crm):
+    settings = pushing_settings(tmp_path, emulator, crm)
+    build_and_load(settings, crm)
+    with requests.Session() as other:
+        for _ in range(10):
+            other.get(crm.api_url + "/reference/sites", headers={"X-API-Key": KEY}, timeout=5)
+    result = push(settings, crm)
+    assert result.throttled >= 1 and result.retries >= 1
+    assert_crm_says_what_the_feeds_say(settings, crm)
+
+
+def test_a_revoked_key_fails_at_once_with_advice_and_the_next_push_catches_up(tmp_path, emulator, crm):
+    settings = pushing_settings(tmp_path, emulator, crm)
+    build_and_load(settings, crm)
+    crm.faults.revoked = True
+    error, run = failed_push(settings, crm, KeyRejected)
+    assert run["requests"] == 1 and run["retries"] == 0
+    assert run["counts"]["advice"] == {"title": error.title, "action": error.action}
+    assert KEY not in run["error"]
+    crm.faults.revoked = False
+    push(settings, crm)
+    assert_crm_says_what_the_feeds_say(settings, crm)
+
+
+def test_a_deleted_warehouse_code_fails_naming_it_and_sends_nothing_wrong(tmp_path, emulator, crm):
+    settings = pushing_settings(tmp_path, emulator, crm)
+    build_and_load(settings, crm)
+    crm.store_codes = ("main",)  # someone deleted the spb warehouse in retailCRM
+    error, run = failed_push(settings, crm, UnknownReference)
+    assert "spb" in str(error) and run["counts"]["advice"]["title"] == "retailCRM не знает склад, тип цены или магазин"
+    assert crm.state()[SITE] and all(not offer["stock"] for offer in crm.state()[SITE].values())
+    crm.store_codes = ("main", "spb")  # restored (or the config fixed)
+    push(settings, crm)
+    assert_crm_says_what_the_feeds_say(settings, crm)
+
+
+def test_a_warehouse_name_the_catalog_lacks_is_a_mapping_error_naming_the_known_ones(tmp_path, emulator, crm):
+    settings = pushing_settings(tmp_path, emulator, crm, stores=(StoreTarget("spb", ("Склад Питер",)),))
+    build_and_load(settings, crm)
+    error, run = failed_push(settings, crm, MappingError)
+    assert "«Склад Питер»" in str(error) and emulator.catalog.stores[0].name in str(error)
+    assert run["requests"] == 0 and run["counts"]["advice"]["title"] == MappingError.title
+
+
+def test_a_failing_push_after_a_build_leaves_the_build_published(tmp_path, emulator, crm):
+    settings = pushing_settings(tmp_path, emulator, crm)
+    crm.faults.revoked = True
+    run_build(settings, settings.feeds[0])
+    with open_catalog(settings.store_path) as store:
+        assert store.last_run("feed:main", "build")["status"] == "ok"
+        push_run = store.last_run(push_source(settings.feeds[0]), "push")
+    assert push_run["status"] == "failed" and "rejected the API key" in push_run["error"]
+    assert feed_file(settings, "main").exists()
+
+
+def test_an_exchange_feed_pushes_the_warehouses_and_price_types_of_the_commerceml_files(tmp_path, crm, shared_fixtures):
+    from exchange.catalog_import import import_file
+
+    folder = shared_fixtures / "commerceml" / "1c-ut11-2.07"
+    upload, images = tmp_path / "upload", tmp_path / "data" / "images"
+    upload.mkdir()
+    settings = Settings(data_dir=tmp_path / "data", public_url="https://feeds.example", feeds=(
+        FeedSettings(name="main", source="exchange", pictures="none", min_ratio=0, retailcrm=RetailCrmSettings(
+            url=crm.base_url, api_key=KEY, site=SITE, stores=(StoreTarget("main"), StoreTarget("spb", ("Москва",))),
+            prices=(PriceTarget("wholesale", "BASE"),))),
+        FeedSettings(name="spb", source="exchange", pictures="none", min_ratio=0, stores=("Москва",), price_type="BASE")))
+    with open_catalog(settings.store_path) as store:
+        for name in ("import0_1.xml", "offers0_1.xml"):
+            import_file(store, folder / name, upload_dir=upload, images_dir=images)
+    for feed in settings.feeds:
+        build_feed(settings, feed, sync=False)
+    crm.load_icml(feed_file(settings, "main"), SITE)
+    result = push(settings, crm)
+    assert result.offers == len(offers(settings, "main")) and result.not_found == 0
+    checked = assert_crm_says_what_the_feeds_say(settings, crm, services=False)
+    assert checked["stock"] > 10
+    assert any(crm.stock(SITE, offer_id)["spb"]["available"] != crm.stock(SITE, offer_id)["main"]["available"]
+               for offer_id in offers(settings, "main"))  # one warehouse of three is not all of them
