@@ -186,6 +186,7 @@ class CatalogReader:
             params.update(zip(names, warehouse_ids))
             stock_filter = f" AND warehouse_id IN ({', '.join(':' + n for n in names)})"
         bundles = "" if include_bundles else " AND o.kind != 'bundle'"
+        components = COMPONENTS.format(stock_filter=stock_filter)  # a bundle's components: whatever offers are read
         if offer_ids is not None:
             params["offer_ids"] = json.dumps(list(offer_ids))
             only = "IN (SELECT value FROM json_each(:offer_ids))"
@@ -202,7 +203,7 @@ class CatalogReader:
                    p.article AS product_article, p.archived AS product_archived, p.removed AS product_removed,
                    p.removed_at AS product_removed_at, p.updated AS product_updated, p.id IS NOT NULL AS has_product,
                    p.tracking_type,
-                   CASE WHEN o.kind = 'bundle' THEN {COMPONENTS.format(stock_filter=stock_filter)} END AS components_json,
+                   CASE WHEN o.kind = 'bundle' THEN {components} END AS components_json,
                    {"po.buy_price" if with_product_buy_price else "NULL"} AS product_buy_price,
                    st.stock AS stock_total, st.reserve AS reserve_total, st.in_transit AS in_transit_total,
                    (SELECT value FROM prices WHERE source = :source AND offer_id = o.id
