@@ -342,12 +342,12 @@ def test_an_exchange_across_two_gunicorn_workers(tmp_path):
             cwd=ROOT, env=env, stderr=errors)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
-                requests.get(base + "/status.json", timeout=2)
+                requests.get(base + "/status.json", timeout=10)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still booting
                 assert time.monotonic() < deadline and server.poll() is None, "gunicorn did not start"
                 time.sleep(0.2)
         client = OneC(base)
