@@ -31,13 +31,15 @@ def start_emulator(products: int = 300, seed: int = 1, **options):
 
 
 def emulator_process(products: int, *, seed: int = 7, latency_ms: int = 0, token: str = EMULATOR_TOKEN,
-                     startup_seconds: float = 300) -> tuple[subprocess.Popen, str]:
+                     startup_seconds: float = 300, other_tokens: int = 0) -> tuple[subprocess.Popen, str]:
     """The emulator as a process of its own (``flask emulator run``), so a benchmark measures only
-    its client; returns the process and the API base URL once it accepts connections."""
+    its client; returns the process and the API base URL once it accepts connections. With
+    ``other_tokens`` it also accepts ``<token>-1`` … ``<token>-N``, each a user with its own rate limit."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "app", "emulator", "run", "--port", str(port), "--products",
-         str(products), "--seed", str(seed), "--latency-ms", str(latency_ms), "--token", token],
+         str(products), "--seed", str(seed), "--latency-ms", str(latency_ms), "--token", token,
+         "--other-tokens", str(other_tokens)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def accepts() -> bool:
