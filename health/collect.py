@@ -188,12 +188,12 @@ def _queue(settings: Settings, feeds: list[dict], now: dt.datetime, problems: li
     by_name = {feed["name"]: feed for feed in feeds}
 
     def work(entry: dict, running: bool) -> dict:
-        wait = (entry["started_at"] if running else moment) - entry["queued_at"]
+        wait = round(max(0.0, (entry["started_at"] if running else moment) - entry["queued_at"]))
         return {"account": entry["account"] or "main", "kind": entry["kind"],
                 "kind_text": WORK_TEXTS.get(entry["kind"], entry["kind"]), "feeds": entry["feeds"],
                 "queued_at": _iso(_from_unix(entry["queued_at"])),
                 "started_at": _iso(_from_unix(entry["started_at"])) if running else None,
-                "wait_seconds": round(max(0.0, wait)), "wait_text": duration_text(max(0.0, wait)),
+                "wait_seconds": wait, "wait_text": duration_text(wait),
                 "running_seconds": round(max(0.0, moment - entry["started_at"])) if running else None}
 
     running = [work(entry, True) for entry in state.get("running", [])]
