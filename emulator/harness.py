@@ -107,10 +107,11 @@ class Gunicorn:
 
     ``deployed`` starts it as the deployment does (``gunicorn -c gunicorn.conf.py wsgi:app``, the
     address and worker count in SKLADBRIDGE_BIND/_WORKERS); otherwise plain workers on a free port.
+    ``root`` runs another checkout of the app (a benchmark's "before").
     """
 
     def __init__(self, workdir: Path, config_text: str, workers: int = 2, *, environ: dict | None = None,
-                 deployed: bool = False, app: str = "wsgi:app", options: tuple[str, ...] = ()):
+                 deployed: bool = False, app: str = "wsgi:app", options: tuple[str, ...] = (), root: Path = ROOT):
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.config = self.workdir / "config.yaml"
@@ -125,7 +126,7 @@ class Gunicorn:
             arguments = ["-c", "gunicorn.conf.py", *options]
         self.log_path = self.workdir / "gunicorn.log"
         self.log_file = open(self.log_path, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", *arguments, app], cwd=ROOT, env=self.env,
+        self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", *arguments, app], cwd=root, env=self.env,
                                         stdout=self.log_file, stderr=subprocess.STDOUT)
         self.started = time.monotonic()
 
