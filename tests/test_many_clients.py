@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections import defaultdict
+from itertools import pairwise
 
 import pytest
 import requests
@@ -99,7 +100,7 @@ def test_thirty_accounts_share_a_bounded_fair_pool_and_asked_for_builds_go_first
     assert max(len(state["waiting"]) for state in seen_queue) >= ACCOUNTS - POOL
     # One account's builds never overlap (its store's writer lock, its MoySklad budget).
     for account, builds in builds_by_account(spans).items():
-        assert all(end <= later for (_, end, _), (later, _, _) in zip(builds, builds[1:])), account
+        assert all(end <= later for (_, end, _), (later, _, _) in pairwise(builds)), account
 
     per_account = builds_by_account(spans)
     firsts = {account: builds[0][0] for account, builds in per_account.items()}
@@ -116,8 +117,8 @@ def test_thirty_accounts_share_a_bounded_fair_pool_and_asked_for_builds_go_first
 
     # The page and /metrics show the queue (the scheduler's state file, whichever worker answers).
     assert 'id="queue"' in page and "Очередь сборок" in page and f"до {POOL} сборок" in page
-    assert re.search(rf"^skladbridge_build_pool_size {POOL}\.0$", metrics, re.M)
-    assert re.search(r"^skladbridge_build_queue_waiting \d+\.0$", metrics, re.M)
+    assert re.search(rf"^skladbridge_build_pool_size {POOL}\.0$", metrics, re.MULTILINE)
+    assert re.search(r"^skladbridge_build_queue_waiting \d+\.0$", metrics, re.MULTILINE)
 
 
 def press_build_button(base: str, feed: str) -> None:
