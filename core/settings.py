@@ -255,8 +255,9 @@ class ApiSettings:
 class AccountSettings:
     """Another MoySklad account (another client of the integrator) served by the same instance.
 
-    Its store, feeds, pictures and webhook notes live in ``<data_dir>/accounts/<name>/``, its
-    builds run on a thread of their own, so a failing or slow client never holds up the others.
+    Its store, feeds, pictures and webhook notes live in ``<data_dir>/accounts/<name>/``; its builds
+    take their turn in the instance's one build pool, so a failing or slow client never holds up
+    the others.
     """
 
     name: str = ""
