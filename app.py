@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["SETTINGS"] = settings
     if settings.proxy_hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,
-                                x_host=settings.proxy_hops)
+                                x_host=settings.proxy_hops, x_prefix=settings.proxy_hops)  # /_shard/<name>/
 
     from exchange.web import exchange_bp
     from feeds.web import feeds_bp
@@ -39,12 +39,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (status_bp, webhooks_bp, feeds_bp, exchange_bp, orders_api_bp):
         app.register_blueprint(blueprint)
 
+    from core.shards import shards_cli
     from emulator.cli import emulator_cli
     from feeds.cli import feeds_cli
     from moysklad.cli import moysklad_cli
     from retailcrm.cli import retailcrm_cli
 
-    for group in (moysklad_cli, emulator_cli, feeds_cli, retailcrm_cli):
+    for group in (moysklad_cli, emulator_cli, feeds_cli, retailcrm_cli, shards_cli):
         app.cli.add_command(group)
     if settings.is_demo:
         app.logger.warning(settings.demo_notice)

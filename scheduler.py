@@ -2,8 +2,11 @@
 
 Exactly one process per data directory runs them: the one holding the mailbox's reader lock
 (``<data_dir>/scheduler.lock``, which names its pid). The others (the other gunicorn workers) try
-again every 30 s, so when the owner dies another worker takes over. Within an account builds run
-one at a time on a thread of the account's: they share its store's lock and its MoySklad budget.
+again every 30 s, so when the owner dies another worker takes over. APScheduler decides when a
+feed is due (each feed in a phase of its own, so hundreds do not fall due in the same second); it
+only queues the build in one bounded pool (:mod:`core.build_pool`), which runs at most
+``max_concurrent_builds`` at once, one per account (an account's builds share its store's lock and
+its MoySklad budget), asked-for work before scheduled builds and accounts in turn.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import logging
 import os
 import threading
 import time
+import zlib
+from functools import partial
 from typing import IO
 
-from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from core.build_pool import QUEUE_FILE, SCHEDULED, BuildPool
 from core.cron import crontab_trigger
 from core.files import lock_holder, release
 from core.mailbox import BUILD, EXCHANGE, REBUILD, STOCK, Mailbox, Note
@@ -44,6 +49,8 @@ MAX_DEBOUNCE_FACTOR = 5  # a steady stream of webhooks still rebuilds after this
 # After a 1C import the exchange feeds are rebuilt once the exchange has been quiet this long (its next
 # file usually follows within seconds); mode=complete rebuilds at once.
 EXCHANGE_QUIET_SECONDS = 10
+# A cron feed's run comes up to this long after its time, so feeds on the same crontab do not all fall due at once.
+CRON_JITTER_SECONDS = 60
 
 
 def start_scheduler(app, *, retry_seconds: float | None = LOCK_RETRY_SECONDS) -> BackgroundScheduler | None:
@@ -71,36 +78,58 @@ def _take_over_when_free(app, settings: Settings, retry_seconds: float) -> None:
             return
 
 
+class BuildScheduler(BackgroundScheduler):
+    """APScheduler for the *when*, the build pool for the work; shutting down stops both, then frees the lock."""
+
+    def __init__(self, pool: BuildPool, lock: IO, **options):
+        super().__init__(**options)
+        self.pool = pool
+        self.lock = lock
+
+    def shutdown(self, wait: bool = True) -> None:
+        super().shutdown(wait=wait)
+        self.pool.shutdown(wait=wait)
+        release(self.lock)
+
+
 def _run_jobs(app, settings: Settings, lock: IO) -> BackgroundScheduler:
-    """Schedule every feed (first build at once) and the webhook poll; shutting down frees the lock."""
+    """Schedule every feed, queue its first build at once, poll the mailbox; shutting down frees the lock."""
     for name in ("apscheduler.executors", "apscheduler.scheduler"):
         logging.getLogger(name).setLevel(logging.WARNING)  # our one line per build is enough
     accounts = settings.every_account()
-    scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(1), **{builds_executor(a): ThreadPoolExecutor(1) for a in accounts}},
+    pool = BuildPool(settings.build_pool_size, settings.instance_dir / QUEUE_FILE)
+    scheduler = BuildScheduler(
+        pool, lock, executors={"default": ThreadPoolExecutor(1)},  # its jobs only queue work: quick
         job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": MISFIRE_GRACE_SECONDS},
     )
     now = dt.datetime.now(dt.timezone.utc)
-    plan = []
+    plan = [f"{pool.size} builds at once"]
     for account in accounts:
         for feed in account.feeds:
-            scheduler.add_job(run_build, _trigger(feed), args=[account, feed], id=f"feed:{feed.name}",
-                              name=f"build feed {feed.name}", executor=builds_executor(account), next_run_time=now)
+            scheduler.add_job(queue_build, _trigger(feed, now), args=[pool, account, feed], id=f"feed:{feed.name}",
+                              name=f"build feed {feed.name}")
             plan.append(_describe(feed))
         if account.webhooks.secret and account.moysklad_feeds:
             plan.append(f"webhook rebuilds{' of ' + account.account if account.account else ''} after "
                         f"{settings.webhooks.debounce_seconds} s without changes")
-    poller = MailboxPoller(scheduler, settings)
+    poller = MailboxPoller(pool, settings)
     scheduler.add_job(poller.poll, "interval", seconds=MAILBOX_POLL_SECONDS, id="mailbox-poll",
                       name="poll the mailbox (webhooks, the build button)")
     if settings.exchange.password:
         scheduler.add_job(sweep_exchange_sessions, "interval", args=[settings], seconds=SWEEP_SECONDS,
                           id="exchange-sweep", name="sweep expired exchange sessions")
-    scheduler.add_listener(lambda event: release(lock), EVENT_SCHEDULER_SHUTDOWN)
     scheduler.start()
+    for account in accounts:  # every feed's first build at once: published as soon as the pool gets to it
+        for feed in account.feeds:
+            queue_build(pool, account, feed)
     app.extensions["scheduler"] = scheduler
-    log.info("scheduler started in process %d: %s", os.getpid(), "; ".join(plan) or "no feeds")
+    log.info("scheduler started in process %d: %s", os.getpid(), "; ".join(plan))
     return scheduler
+
+
+def queue_build(pool: BuildPool, account: Settings, feed: FeedSettings) -> None:
+    """A feed is due: its build waits in the pool (once, however often it falls due meanwhile)."""
+    pool.submit(account.account, SCHEDULED, feed.name, partial(run_build, account, feed))
 
 
 def sweep_exchange_sessions(settings: Settings) -> None:
@@ -111,17 +140,15 @@ def sweep_exchange_sessions(settings: Settings) -> None:
         log.info("exchange: %d expired sessions swept", pruned)
 
 
-def builds_executor(account: Settings) -> str:
-    """Each account builds on a thread of its own: a slow or failing client never delays another.
-    Within an account builds run one at a time: they share its store and its MoySklad budget."""
-    return f"builds:{account.account or 'main'}"
-
-
-def _trigger(feed: FeedSettings):
-    """The feed's crontab (in the server's local time) when set, else its interval."""
+def _trigger(feed: FeedSettings, now: dt.datetime):
+    """The feed's crontab (in the server's local time, each run up to a minute late), else its interval in
+    a phase of its own: the first run after the start-up build comes 0.5 to 1.5 intervals later, at a
+    point fixed by the feed's name, so the feeds' runs spread evenly over the interval and stay spread."""
     if feed.cron:
-        return crontab_trigger(feed.cron)
-    return IntervalTrigger(minutes=feed.interval_minutes)
+        return crontab_trigger(feed.cron, jitter=CRON_JITTER_SECONDS)
+    interval = feed.interval_minutes * 60
+    phase = zlib.crc32(feed.name.encode("utf-8")) / 2 ** 32
+    return IntervalTrigger(seconds=interval, start_date=now + dt.timedelta(seconds=interval * (0.5 + phase)))
 
 
 def _describe(feed: FeedSettings) -> str:
@@ -179,24 +206,22 @@ def run_stock_update(settings: Settings, request: dict) -> None:
 
 
 class MailboxPoller:
-    """Turns the notes any process leaves into builds on the accounts' build threads.
+    """Turns the notes any process leaves into work in the build pool, ahead of the scheduled builds.
 
     A ``rebuild`` note (MoySklad webhooks) waits until the webhooks have been quiet for the
     debounce time, then rebuilds the account's moysklad feeds once; an ``exchange`` note (a 1C
     import) does the same for the exchange feeds; a ``build`` note (the health page's button)
-    builds its feed at the next free moment of its account's thread; a ``stock`` note (a stock
-    webhook, for feeds that push to retailCRM) reads the changed stock and pushes it at the next
-    free moment of that thread, without waiting.
+    builds its feed; a ``stock`` note (a stock webhook, for feeds that push to retailCRM) reads the
+    changed stock and pushes it, without waiting. Each runs once its account runs nothing else.
     """
 
-    def __init__(self, scheduler: BackgroundScheduler, settings: Settings):
-        self.scheduler = scheduler
+    def __init__(self, pool: BuildPool, settings: Settings):
+        self.pool = pool
         self.settings = settings
         self.mailbox: Mailbox = settings.mailbox
         self.accounts = {view.account: view for view in settings.every_account()}
         self.first_seen: dict[tuple[str, str], float] = {}  # (kind, key) → when its current burst of notes began
-        self.queued: set[tuple[str, str]] = set()  # (kind, key) of work waiting for a build thread
-        self.stock_waiting: dict[str, dict] = {}  # account → the stock request its build thread will take next
+        self.stock_waiting: dict[str, dict] = {}  # account → the stock request its next stock work takes
         self.lock = threading.Lock()
 
     def poll(self) -> None:
@@ -204,56 +229,51 @@ class MailboxPoller:
             if note.kind == REBUILD:
                 account = self.accounts.get(note.key)
                 self._rebuild(note, account, account.moysklad_feeds if account else (),
-                              self.settings.webhooks.debounce_seconds, "webhook rebuild")
+                              self.settings.webhooks.debounce_seconds)
             elif note.kind == EXCHANGE:
                 quiet = 0 if note.payload.get("urgent") else EXCHANGE_QUIET_SECONDS
                 exchange_feeds = tuple(feed for feed in self.settings.feeds if feed.source == "exchange")
-                self._rebuild(note, self.settings, exchange_feeds, quiet, "rebuild after a 1C exchange")
+                self._rebuild(note, self.settings, exchange_feeds, quiet)
             elif note.kind == BUILD:
                 self._build(note)
             elif note.kind == STOCK:
                 self._stock(note)
 
-    def _rebuild(self, note: Note, account: Settings | None, feeds: tuple[FeedSettings, ...], quiet: float,
-                 what: str) -> None:
+    def _rebuild(self, note: Note, account: Settings | None, feeds: tuple[FeedSettings, ...], quiet: float) -> None:
         """Queue one rebuild of ``feeds`` once requests stopped for ``quiet`` seconds, or have kept
-        coming too long."""
+        coming too long; a rebuild already waiting in the pool will see these changes too."""
         if account is None or not feeds:
             self.mailbox.take(note)
             return
-        now, work = time.time(), (note.kind, note.key)
-        first = self.first_seen.setdefault(work, note.posted_at)
+        now, burst = time.time(), (note.kind, note.key)
+        first = self.first_seen.setdefault(burst, note.posted_at)
         if now - note.posted_at < quiet and now - first < MAX_DEBOUNCE_FACTOR * quiet:
             return
         self.mailbox.take(note)
-        del self.first_seen[work]
-        if not self._enqueue(work):
-            return  # one rebuild already waits for the build thread: it will see these changes too
-        self.scheduler.add_job(self._run_rebuild, args=[work, account, feeds], executor=builds_executor(account),
-                               id=f"{note.kind}-rebuild:{account.account}", name=what,
-                               max_instances=2, misfire_grace_time=None)  # one running, one waiting
+        del self.first_seen[burst]
+        self.pool.submit(account.account, note.kind, "", partial(self._run_rebuild, account, feeds),
+                         feeds=tuple(feed.name for feed in feeds))
 
-    def _run_rebuild(self, work: tuple[str, str], account: Settings, feeds: tuple[FeedSettings, ...]) -> None:
+    @staticmethod
+    def _run_rebuild(account: Settings, feeds: tuple[FeedSettings, ...]) -> None:
         """Build each feed; for moysklad feeds the first build's incremental sync serves them all."""
-        self._dequeue(work)
         for index, feed in enumerate(feeds):
             run_build(account, feed, sync=index == 0)
 
     def _stock(self, note: Note) -> None:
-        """A stock webhook: at once (no debounce) on the account's build thread, after what runs there now;
-        requests arriving meanwhile join the one waiting."""
+        """A stock webhook: at once (no debounce), after what its account runs now; requests arriving
+        meanwhile join the one waiting."""
         self.mailbox.take(note)
         account = self.accounts.get(note.key)
-        if account is None or not any(feed.retailcrm for feed in account.moysklad_feeds):
+        pushing = tuple(feed.name for feed in account.moysklad_feeds if feed.retailcrm) if account else ()
+        if not pushing:
             return
         with self.lock:
             waiting = self.stock_waiting.get(note.key)
             self.stock_waiting[note.key] = merge_requests(waiting, note.payload)
             if waiting is not None:
                 return
-        self.scheduler.add_job(self._run_stock, args=[account], executor=builds_executor(account),
-                               id=f"stock:{account.account}", name="stock webhook push",
-                               max_instances=2, misfire_grace_time=None)  # one running, one waiting
+        self.pool.submit(account.account, STOCK, "", partial(self._run_stock, account), feeds=pushing)
 
     def _run_stock(self, account: Settings) -> None:
         with self.lock:
@@ -261,32 +281,18 @@ class MailboxPoller:
         run_stock_update(account, request)
 
     def _build(self, note: Note) -> None:
+        """The note stays until the build starts, so the page shows the request as waiting until then."""
         found = self.settings.find_feed(note.key)
         if found is None:
             self.mailbox.take(note)
             return
-        if not self._enqueue((BUILD, note.key)):
-            return
         account, feed = found
-        self.scheduler.add_job(self._run_build, args=[account, feed, note], executor=builds_executor(account),
-                               id=f"manual:{feed.name}", name=f"build feed {feed.name} (asked for on the health page)",
-                               misfire_grace_time=None)
+        self.pool.submit(account.account, BUILD, feed.name, partial(self._run_build, account, feed))
 
-    def _run_build(self, account: Settings, feed: FeedSettings, note: Note) -> None:
-        """The note stays until the build starts, so the page shows the request as waiting until then."""
-        self._dequeue((BUILD, feed.name))
-        self.mailbox.take(note)
-        force = bool(note.payload.get("force"))
+    def _run_build(self, account: Settings, feed: FeedSettings) -> None:
+        note = self.mailbox.note(BUILD, feed.name)  # the latest click: it may have asked to force the guard
+        if note is not None:
+            self.mailbox.take(note)
+        force = bool(note and note.payload.get("force"))
         log.info("feed %s: build asked for on the health page%s", feed.name, " (forced past the guard)" if force else "")
         run_build(account, feed, force=force)
-
-    def _enqueue(self, work: tuple[str, str]) -> bool:
-        with self.lock:
-            if work in self.queued:
-                return False
-            self.queued.add(work)
-            return True
-
-    def _dequeue(self, work: tuple[str, str]) -> None:
-        with self.lock:
-            self.queued.discard(work)

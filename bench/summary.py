@@ -1,5 +1,5 @@
-"""Benchmark summary: runs the sync, feed (build and render), serve, import and retailCRM push benchmarks,
-prints one table.
+"""Benchmark summary: runs the sync, feed (build and render), serve, import, retailCRM push and many-clients
+benchmarks, prints one table.
 
 Each benchmark runs as its own script with --json, so its processes (and their peak RSS) are its own
 and the figures come from the same code that prints its own table. Each table row gives what was
@@ -7,8 +7,9 @@ measured, its size, throughput, time, requests where they count, peak RSS, the g
 checks and whether they were met. Progress goes to stderr.
 
     python bench/summary.py                  # --size small: sync and render 10k rows, serve 20k rows, import 20k goods,
-                                             #   retailCRM push 10k rows
-    python bench/summary.py --size full      # 100k rows and 100k goods everywhere (several minutes more)
+                                             #   retailCRM push 10k rows, 30 accounts x 300 rows every 30 s
+    python bench/summary.py --size full      # 100k rows and 100k goods everywhere, 50 and 200 accounts x 500 and
+                                             #   20 x 20,000 every 2 min (half an hour more)
     python bench/summary.py --clients 20 --seconds 5
 """
 
@@ -111,6 +112,15 @@ def retailcrm_rows(figures: dict) -> Iterator[Row]:
                   0.0, {goal: met for goal, met in goals.items() if goal.startswith(("full push", "no 503"))})
 
 
+def many_clients_rows(figures: dict) -> Iterator[Row]:
+    for r in figures["results"]:
+        wait = "" if r["longest_wait_s"] is None else f", longest wait {r['longest_wait_s']:.0f} s"
+        yield Row("many clients: every feed published", f"{r['accounts']} accounts x {r['products']:,} rows",
+                  f"{r['accounts'] / r['all_published_s']:.1f} feeds/s",
+                  f"{r['all_published_s']:.0f} s (steady RSS {r['steady_rss_mb']:.0f} MB{wait})",
+                  f"{r['builds']} builds", r["peak_rss_mb"], r["goals"])
+
+
 def print_table(rows: list[Row]) -> None:
     cells = [COLUMNS] + [row.cells() for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
@@ -135,6 +145,7 @@ def main() -> None:
                     "--seconds", f"{args.seconds:g}"),
         *run_script(import_rows, "exchange_parse_bench.py", "--goods", str(import_size)),
         *run_script(retailcrm_rows, "retailcrm_bench.py", "--rows", str(push_size)),
+        *run_script(many_clients_rows, "many_clients_bench.py", "--size", args.size),
     ]
     print(f"benchmark summary (--size {args.size}), {time.monotonic() - started:.0f} s; "
           "sync and build against the emulator at 20 ms latency with MoySklad's limits")

@@ -10,13 +10,15 @@ CRONTAB_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab'
 WEEKDAY_PART = re.compile(r"(?:(\*)|(\w+)(?:-(\w+))?)(?:/(\d+))?")
 
 
-def crontab_trigger(expr: str) -> CronTrigger:
-    """A crontab expression read as cron does: APScheduler 3's from_crontab takes weekday 0 for Monday."""
+def crontab_trigger(expr: str, jitter: float | None = None) -> CronTrigger:
+    """A crontab expression read as cron does: APScheduler 3's from_crontab takes weekday 0 for Monday.
+    With ``jitter`` each run comes up to that many seconds after its time."""
     fields = expr.split()
     if len(fields) != 5:
         raise ValueError(f"{expr!r}: expected 5 fields (minute hour day month weekday), got {len(fields)}")
     minute, hour, day, month, weekdays = fields
-    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=_crontab_weekdays(weekdays))
+    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=_crontab_weekdays(weekdays),
+                       jitter=jitter)
 
 
 def _crontab_weekdays(field: str) -> str:

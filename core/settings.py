@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from core.build_pool import default_pool_size
 from core.cron import crontab_trigger
 from core.mailbox import Mailbox
 
@@ -70,6 +71,7 @@ SECRET_NAMES = ("token", "password", "secret", "key", "webhook_secret", "api_key
 # name upper-cased, '-' as '_') wins over it for one feed.
 RETAILCRM_KEY_VARIABLE = "RETAILCRM_API_KEY"
 ALL_WAREHOUSES = "all"
+MAX_CONCURRENT_BUILDS = 64
 
 
 class ConfigError(ValueError):
@@ -253,8 +255,9 @@ class ApiSettings:
 class AccountSettings:
     """Another MoySklad account (another client of the integrator) served by the same instance.
 
-    Its store, feeds, pictures and webhook notes live in ``<data_dir>/accounts/<name>/``, its
-    builds run on a thread of their own, so a failing or slow client never holds up the others.
+    Its store, feeds, pictures and webhook notes live in ``<data_dir>/accounts/<name>/``; its builds
+    take their turn in the instance's one build pool, so a failing or slow client never holds up
+    the others.
     """
 
     name: str = ""
@@ -273,6 +276,7 @@ class Settings:
     proxy_hops: int = 0  # reverse proxies in front (nginx: 1) whose X-Forwarded-For/-Proto to trust
     accel_redirect: str = ""  # an internal nginx location mapped to data_dir: nginx then sends the feed files
     max_feed_downloads: int = 6  # feed downloads one process sends at once; keep it below gunicorn's threads
+    max_concurrent_builds: int = 0  # builds (of all accounts) at once; 0 = a few per core (build_pool_size)
     public_url: str = "http://127.0.0.1:8080"
     moysklad: MoySkladSettings = field(default_factory=MoySkladSettings)
     feeds: tuple[FeedSettings, ...] = ()
@@ -296,6 +300,11 @@ class Settings:
     def instance_dir(self) -> Path:
         """The data directory of the whole instance (an account's own folder lies inside it)."""
         return self.data_dir
+
+    @property
+    def build_pool_size(self) -> int:
+        """How many builds the instance runs at once: the setting, or the default for this machine's cores."""
+        return self.max_concurrent_builds or default_pool_size()
 
     @property
     def mailbox(self) -> Mailbox:
@@ -520,6 +529,9 @@ def _check(settings: Settings) -> None:
     if settings.accel_redirect and not re.fullmatch(r"/[A-Za-z0-9_./-]*/", settings.accel_redirect):
         raise ConfigError(f"accel_redirect: the internal nginx location, a path that starts and ends with '/' "
                           f"(e.g. /_skladbridge_data/), got {settings.accel_redirect!r}")
+    if settings.max_concurrent_builds > MAX_CONCURRENT_BUILDS:
+        raise ConfigError(f"max_concurrent_builds: at most {MAX_CONCURRENT_BUILDS} builds at once (0 = a few per core, "
+                          f"{default_pool_size()} on this machine), got {settings.max_concurrent_builds}")
     if not 0 <= settings.proxy_hops <= 5:
         raise ConfigError(f"proxy_hops: the number of reverse proxies in front (0 when none, 1 for nginx), got {settings.proxy_hops}")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

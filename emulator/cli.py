@@ -12,16 +12,24 @@ from .webhooks import STOCK_INTERVAL
 
 def run(port: int = 8081, products: int = 1000, seed: int = 1, host: str = "127.0.0.1", latency_ms: int = 0,
         error_rate: float = 0.0, token: str = "emu-token", login: str = "admin@emu", password: str = "emu-pass",
-        webhook_interval: float = STOCK_INTERVAL) -> None:
+        webhook_interval: float = STOCK_INTERVAL, other_tokens: int = 0) -> None:
     """Serve a generated catalog until interrupted, printing where and how to connect."""
     server = EmulatorServer(generate_catalog(products=products, seed=seed), host=host, port=port, token=token,
-                            login=login, password=password, webhook_interval=webhook_interval)
+                            login=login, password=password, webhook_interval=webhook_interval,
+                            other_tokens=numbered_tokens(token, other_tokens))
     server.faults.latency_ms = latency_ms
     server.faults.error_rate = error_rate
     print(f"MoySklad emulator: {server.base_url}", flush=True)
     print(f"  Bearer token: {token}   Basic: {login} / {password}", flush=True)
+    if other_tokens:
+        print(f"  {other_tokens} more users, each with its own rate limit: {token}-1 ... {token}-{other_tokens}", flush=True)
     print(f"  {products} assortment rows, seed {seed}; faults/stats at {server.origin}/_emulator/", flush=True)
     server.serve_until_interrupted()
+
+
+def numbered_tokens(token: str, count: int) -> tuple[str, ...]:
+    """The tokens of ``count`` more users: ``<token>-1`` … ``<token>-<count>``."""
+    return tuple(f"{token}-{number}" for number in range(1, count + 1))
 
 
 def run_retailcrm(port: int = 8082, host: str = "127.0.0.1", api_key: str = "rcrm-key", sites: tuple = ("shop",),
@@ -54,10 +62,13 @@ def emulator_cli() -> None:
 @click.option("--password", default="emu-pass", show_default=True)
 @click.option("--webhook-interval", default=STOCK_INTERVAL, show_default=True, type=float,
               help="Seconds between stock webhook batches (MoySklad: 60-300).")
-def run_command(port, host, products, seed, latency_ms, error_rate, token, login, password, webhook_interval) -> None:
+@click.option("--other-tokens", default=0, show_default=True, type=int,
+              help="Accept N more tokens, <token>-1 ... <token>-N, each a user with its own rate limit.")
+def run_command(port, host, products, seed, latency_ms, error_rate, token, login, password, webhook_interval,
+                other_tokens) -> None:
     """Serve a seeded catalog until Ctrl+C."""
     run(port=port, products=products, seed=seed, host=host, latency_ms=latency_ms, error_rate=error_rate,
-        token=token, login=login, password=password, webhook_interval=webhook_interval)
+        token=token, login=login, password=password, webhook_interval=webhook_interval, other_tokens=other_tokens)
 
 
 @emulator_cli.command("retailcrm")

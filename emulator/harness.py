@@ -31,13 +31,15 @@ def start_emulator(products: int = 300, seed: int = 1, **options):
 
 
 def emulator_process(products: int, *, seed: int = 7, latency_ms: int = 0, token: str = EMULATOR_TOKEN,
-                     startup_seconds: float = 300) -> tuple[subprocess.Popen, str]:
+                     startup_seconds: float = 300, other_tokens: int = 0) -> tuple[subprocess.Popen, str]:
     """The emulator as a process of its own (``flask emulator run``), so a benchmark measures only
-    its client; returns the process and the API base URL once it accepts connections."""
+    its client; returns the process and the API base URL once it accepts connections. With
+    ``other_tokens`` it also accepts ``<token>-1`` … ``<token>-N``, each a user with its own rate limit."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "app", "emulator", "run", "--port", str(port), "--products",
-         str(products), "--seed", str(seed), "--latency-ms", str(latency_ms), "--token", token],
+         str(products), "--seed", str(seed), "--latency-ms", str(latency_ms), "--token", token,
+         "--other-tokens", str(other_tokens)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def accepts() -> bool:
@@ -105,10 +107,11 @@ class Gunicorn:
 
     ``deployed`` starts it as the deployment does (``gunicorn -c gunicorn.conf.py wsgi:app``, the
     address and worker count in SKLADBRIDGE_BIND/_WORKERS); otherwise plain workers on a free port.
+    ``root`` runs another checkout of the app (a benchmark's "before").
     """
 
     def __init__(self, workdir: Path, config_text: str, workers: int = 2, *, environ: dict | None = None,
-                 deployed: bool = False, app: str = "wsgi:app", options: tuple[str, ...] = ()):
+                 deployed: bool = False, app: str = "wsgi:app", options: tuple[str, ...] = (), root: Path = ROOT):
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.config = self.workdir / "config.yaml"
@@ -123,7 +126,7 @@ class Gunicorn:
             arguments = ["-c", "gunicorn.conf.py", *options]
         self.log_path = self.workdir / "gunicorn.log"
         self.log_file = open(self.log_path, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", *arguments, app], cwd=ROOT, env=self.env,
+        self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", *arguments, app], cwd=root, env=self.env,
                                         stdout=self.log_file, stderr=subprocess.STDOUT)
         self.started = time.monotonic()
 

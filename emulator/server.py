@@ -168,9 +168,12 @@ class EmulatorServer(LoopbackServer):
 
     def __init__(self, catalog: Catalog, host: str = "127.0.0.1", port: int = 0, token: str = "emu-token",
                  login: str = "admin@emu", password: str = "emu-pass", webhook_interval: float = STOCK_INTERVAL,
-                 webhook_timeout: float = ANSWER_WITHIN):
+                 webhook_timeout: float = ANSWER_WITHIN, other_tokens: tuple[str, ...] = ()):
         self.catalog = catalog
         self.token, self.login, self.password = token, login, password
+        # More users' tokens (one emulator standing in for many accounts, as a benchmark of many clients
+        # needs): each has a rate budget and parallel slots of its own, as MoySklad counts them per user.
+        self.other_tokens = frozenset(other_tokens)
         self.faults = Faults()
         self.rate_limiter = RateLimiter()
         self.started = moscow_now()
@@ -253,8 +256,8 @@ class EmulatorServer(LoopbackServer):
     def authenticate(self, header: str | None) -> tuple[str, str]:
         """(auth kind, rate-limit key) or 401."""
         scheme, _, value = (header or "").partition(" ")
-        if scheme.lower() == "bearer" and value.strip() == self.token:
-            return "bearer", "bearer:" + self.token
+        if scheme.lower() == "bearer" and (value.strip() == self.token or value.strip() in self.other_tokens):
+            return "bearer", "bearer:" + value.strip()
         if scheme.lower() == "basic":
             try:
                 login, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")

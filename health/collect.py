@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.build_pool import SCHEDULED, read_queue_state
 from core.clock import MOSCOW
 from core.cron import crontab_trigger
 from core.russian import counted, grouped, plural
@@ -141,6 +142,7 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
             feeds += [_feed(store, view, feed, now, last_sync, reveal_tokens) for feed in view.feeds]
             if view is settings:
                 exchange = _exchange(settings, store)
+    queue = _queue(settings, feeds, now, problems)
     notes = []
     for feed in feeds:
         if feed["state"] == "building":
@@ -160,8 +162,64 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
         "moysklad": accounts[0]["moysklad"],
         "accounts": accounts,
         "exchange": exchange,
+        "queue": queue,
         "settings": redacted(settings),
     }
+
+
+# What each kind of work in the build queue is, on the page.
+WORK_TEXTS = {
+    SCHEDULED: "по расписанию",
+    "rebuild": "вебхук МоегоСклада",
+    "build": "кнопка «Собрать сейчас»",
+    "exchange": "обмен с 1С",
+    "stock": "остатки по вебхуку",
+}
+QUEUE_SHOWN = 10  # waiting works listed on the page (the count says how many there are)
+
+
+def _queue(settings: Settings, feeds: list[dict], now: dt.datetime, problems: list[str]) -> dict | None:
+    """The build pool as the scheduling process last wrote it (any worker may serve the page); each feed
+    gets its place in it, and a build that has waited longer than its feed's interval is a problem."""
+    state = read_queue_state(settings.instance_dir, now.timestamp())
+    if state is None:
+        return None
+    moment = now.timestamp()
+    by_name = {feed["name"]: feed for feed in feeds}
+
+    def work(entry: dict, running: bool) -> dict:
+        wait = round(max(0.0, (entry["started_at"] if running else moment) - entry["queued_at"]))
+        return {"account": entry["account"] or "main", "kind": entry["kind"],
+                "kind_text": WORK_TEXTS.get(entry["kind"], entry["kind"]), "feeds": entry["feeds"],
+                "queued_at": _iso(_from_unix(entry["queued_at"])),
+                "started_at": _iso(_from_unix(entry["started_at"])) if running else None,
+                "wait_seconds": wait, "wait_text": duration_text(wait),
+                "running_seconds": round(max(0.0, moment - entry["started_at"])) if running else None}
+
+    running = [work(entry, True) for entry in state.get("running", [])]
+    waiting = [work(entry, False) for entry in state.get("waiting", [])]
+    for item in running + waiting:
+        for name in item["feeds"]:
+            feed = by_name.get(name)
+            if feed is None or feed.get("queue"):
+                continue
+            feed["queue"] = {"state": "running" if item["started_at"] else "waiting", **item}
+            interval = feed["schedule"]["interval_seconds"]
+            if not item["started_at"] and item["wait_seconds"] > interval:
+                problems.append(f"фид {name}: сборка ждёт в очереди дольше интервала ({item['wait_text']}, "
+                                f"интервал {duration_text(interval)}) — пул сборок не успевает: увеличьте "
+                                f"max_concurrent_builds (сейчас {state['size']}) или разнесите аккаунты по "
+                                "нескольким экземплярам")
+    oldest = max((item["wait_seconds"] for item in waiting), default=0)
+    return {"size": state["size"], "running": len(running), "waiting": len(waiting),
+            "oldest_wait_seconds": oldest, "oldest_wait_text": duration_text(oldest),
+            "longest_wait_seconds": round(state.get("longest_wait_seconds") or 0),
+            "running_works": running, "waiting_works": waiting[:QUEUE_SHOWN],
+            "written_at": _iso(_from_unix(state["written_at"]))}
+
+
+def _from_unix(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
 
 
 def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.datetime, last_sync: dict | None,
@@ -224,6 +282,7 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
                      "offers": run["counts"].get("offers")}
                     for run in reversed(history)],
         "retailcrm": _retailcrm(store, feed) if feed.retailcrm else None,
+        "queue": None,  # its work in the build queue, filled in by _queue
     }
 
 

@@ -33,6 +33,8 @@ class _HealthCollector:
             yield from self._moysklad(data["moysklad"])
         if data.get("exchange"):
             yield from self._exchange(data["exchange"])
+        if data.get("queue"):
+            yield from self._queue(data["queue"])
 
     @staticmethod
     def _feeds(feeds: list[dict]):
@@ -112,6 +114,19 @@ class _HealthCollector:
         if last_ok:
             yield _gauge("skladbridge_moysklad_last_sync_timestamp_seconds", "When a sync last succeeded (Unix time).",
                          [((), _timestamp(last_ok["finished_at"]))])
+
+    @staticmethod
+    def _queue(queue: dict):
+        yield _gauge("skladbridge_build_pool_size", "Builds the instance runs at once (max_concurrent_builds).",
+                     [((), queue["size"])])
+        yield _gauge("skladbridge_build_queue_running", "Builds (and stock pushes) running now.", [((), queue["running"])])
+        yield _gauge("skladbridge_build_queue_waiting", "Builds (and stock pushes) waiting for the pool.",
+                     [((), queue["waiting"])])
+        yield _gauge("skladbridge_build_queue_oldest_wait_seconds", "How long the longest-waiting work has waited.",
+                     [((), queue["oldest_wait_seconds"])])
+        yield _gauge("skladbridge_build_queue_longest_wait_seconds",
+                     "The longest any work waited before it started, since the scheduler started.",
+                     [((), queue["longest_wait_seconds"])])
 
     @staticmethod
     def _exchange(exchange: dict):

@@ -190,6 +190,12 @@ def ahead(text: str | None) -> str:
     return f"через {duration_text(seconds)}" if seconds >= 30 else "сейчас, в очереди сборок"
 
 
+@status_bp.app_template_filter("duration")
+def duration(seconds: float | None) -> str:
+    """A duration as the page writes it: «45 с», «15 мин»."""
+    return "—" if seconds is None else duration_text(seconds)
+
+
 @status_bp.app_template_filter("size")
 def size(value: int | None) -> str:
     if value is None:

@@ -39,20 +39,26 @@ class Database:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), timeout=wait_seconds, check_same_thread=False)
             self.db = sqlite_utils.Database(conn)
-            self.db.enable_wal()
+            if self.db.journal_mode != "wal":  # a new file: switching it needs it to itself, so openers take turns
+                with locked(self._schema_lock):
+                    self.db.enable_wal()
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA journal_size_limit=67108864")  # a big run's WAL shrinks back after it
             self.db.execute("PRAGMA foreign_keys=OFF")
             if not self._schema_complete():
                 # A connection that read the schema while another process was creating it would run the
                 # CREATEs as a writer and wait for that process's whole first run: wait for its creating only.
-                with locked(self.path.with_name(f"{self.path.name}.schema.lock")):
+                with locked(self._schema_lock):
                     if not self._schema_complete():
                         self.db.conn.executescript(self.SCHEMA)
                         for table, column, declaration in self._missing_columns():
                             self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+
+    @property
+    def _schema_lock(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.schema.lock")
 
     def close(self) -> None:
         self.db.close()

@@ -1,5 +1,5 @@
 """Several MoySklad accounts in one instance (one integrator, several clients): each with its own
-store, feeds and pictures, building on its own thread, so one failing client never stops another."""
+store, feeds and pictures, taking turns in one build pool, so one failing client never stops another."""
 
 from __future__ import annotations
 

@@ -172,6 +172,24 @@ def test_parallel_limit_429_1073(fresh):
     assert fresh.stats["max_in_flight"] >= 6
 
 
+def test_other_users_tokens_each_have_their_own_rate_budget():
+    """One emulator standing in for many accounts: MoySklad counts 45 units / 3 s per user, so one
+    user's 429 leaves another's requests alone; a token nobody was given is still a 401."""
+    srv = EmulatorServer(generate_catalog(products=20, seed=4), token=TOKEN, other_tokens=("shop-2", "shop-3")).start()
+    try:
+        def stock_report(token):
+            return requests.get(srv.base_url + "/report/stock/all", params={"limit": 1},
+                                headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"})
+
+        statuses = [stock_report("shop-2").status_code for _ in range(10)]
+        assert statuses[:9] == [200] * 9 and statuses[9] == 429  # 5 units a report: the 10th is over 45
+        assert stock_report("shop-3").status_code == 200
+        assert stock_report(TOKEN).status_code == 200
+        assert stock_report("shop-4").status_code == 401
+    finally:
+        srv.stop()
+
+
 def test_filter_archived_and_updated(server):
     catalog = server.catalog
     every = get(server, "/entity/product", filter="archived=true;archived=false").json()["meta"]["size"]

@@ -1,0 +1,57 @@
+"""The build queue on the operator pages: the scheduling process writes its state to a file, so the page,
+/healthz and /metrics show it whichever worker answers; a build that waits longer than its feed's
+interval is a problem the operator is told about."""
+
+from __future__ import annotations
+
+import threading
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from core.build_pool import QUEUE_FILE, SCHEDULED, BuildPool
+from core.settings import FeedSettings, Settings
+from emulator.harness import client_settings, wait_for
+from tests.health.test_health import browser  # noqa: F401 (a fixture)
+
+WAITING_TOO_LONG = "фид quick: сборка ждёт в очереди дольше интервала"
+
+
+def test_the_queue_and_a_build_waiting_longer_than_its_interval_are_shown(tmp_path, emulator_factory, serve, browser):  # noqa: F811
+    settings = Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator_factory(products=20)),
+                        max_concurrent_builds=1,
+                        feeds=(FeedSettings(name="slow", pictures="none"),
+                               FeedSettings(name="quick", pictures="none", interval_minutes=0.01)))
+    base = serve(settings)
+    pool = BuildPool(settings.build_pool_size, settings.data_dir / QUEUE_FILE)
+    long_build_ends = threading.Event()
+    try:
+        pool.submit("", SCHEDULED, "slow", long_build_ends.wait)  # takes the pool's one place
+        pool.submit("", SCHEDULED, "quick", lambda: None)  # waits behind it, past its 0.6 s interval
+        healthz = wait_for(lambda: (reply := requests.get(base + "/healthz", timeout=10)).status_code == 503
+                           and WAITING_TOO_LONG in reply.text and reply.text, 30, "the wait to be reported")
+        assert "увеличьте max_concurrent_builds (сейчас 1) или разнесите аккаунты" in healthz
+
+        metrics = {sample.name: sample.value for family in text_string_to_metric_families(
+            requests.get(base + "/metrics", timeout=10).text) for sample in family.samples}
+        assert metrics["skladbridge_build_pool_size"] == 1
+        assert (metrics["skladbridge_build_queue_running"], metrics["skladbridge_build_queue_waiting"]) == (1, 1)
+        assert metrics["skladbridge_build_queue_oldest_wait_seconds"] >= 0.6 * 0.5  # whole seconds on the page
+
+        data = requests.get(base + "/health.json", timeout=10).json()
+        feeds = {feed["name"]: feed for feed in data["feeds"]}
+        assert feeds["slow"]["queue"]["state"] == "running" and feeds["quick"]["queue"]["state"] == "waiting"
+        assert data["queue"]["waiting_works"][0]["kind_text"] == "по расписанию"
+
+        browser.get(base + "/")
+        queue = browser.find_element("id", "queue").text
+        assert "Очередь сборок" in queue and "до 1 сборки" in queue
+        assert "Идут сейчас\n1: slow (по расписанию" in queue and "Ждут\n1, дольше всех" in queue
+        assert "ждёт в очереди сборок" in browser.find_element("id", "feed-quick").text
+        assert WAITING_TOO_LONG in browser.find_element("id", "summary").text
+        browser.save_screenshot(str(tmp_path / "queue.png"))
+    finally:
+        long_build_ends.set()
+        pool.shutdown(wait=True)
+    assert wait_for(lambda: requests.get(base + "/health.json", timeout=10).json()["queue"]["running"] == 0, 10,
+                    "the page to show the pool empty")
