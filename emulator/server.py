@@ -35,6 +35,9 @@ PARALLEL_LIMIT = 5
 STOCK_REPORT_COST = 5  # md/reports/_report_stock.md: /report/stock/all and /bystore cost 5 units from 2026-02
 BASIC_AUTH_COST = 4  # login/password requests, as from 2026-12-01
 DOWNLOAD_LINK_TTL = 60.0  # seconds a /download redirect target stays valid
+# md/_restrictions.md: "не более 8 КБ в заголовках запроса (URL, User-Agent, Authorization и т. д.)". The
+# answer to more is not documented; nginx, in front of the API, refuses a long request line with 414.
+HEADER_LIMIT = 8 * 1024
 
 ENTITY_KINDS = {"product": KIND_PRODUCT, "variant": KIND_VARIANT, "service": KIND_SERVICE, "bundle": KIND_BUNDLE}
 WEBHOOK_KINDS = ("webhook", "webhookstock")
@@ -45,6 +48,9 @@ TRUNCATE_FRAMINGS = ("close", "length", "chunked")
 GZIP_FLUSHES = 8  # a truncated answer is a gzip stream flushed this many times; it is cut after half of them
 PROXY_503 = (b"<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
              b"<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n<hr><center>nginx</center>\r\n"
+             b"</body>\r\n</html>\r\n")
+PROXY_414 = (b"<html>\r\n<head><title>414 Request-URI Too Large</title></head>\r\n<body>\r\n"
+             b"<center><h1>414 Request-URI Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n"
              b"</body>\r\n</html>\r\n")
 
 
@@ -115,10 +121,13 @@ class Faults:
 class RateLimiter:
     """Sliding-window units and parallel-request counts per credential."""
 
-    def __init__(self):
+    def __init__(self, units_limited: bool = True):
         self._lock = threading.Lock()
         self._windows: dict[str, deque] = {}
         self._in_flight: dict[str, int] = {}
+        # False only for a benchmark that measures the client's own CPU ("limits off"): no units are
+        # counted and no rate headers sent; the parallel limit stays.
+        self.units_limited = units_limited
 
     def _used(self, window: deque, now: float) -> int:
         while window and window[0][0] <= now - RATE_WINDOW:
@@ -134,6 +143,9 @@ class RateLimiter:
             if self._in_flight.get(key, 0) >= PARALLEL_LIMIT:
                 raise ApiError(429, 1073, "Превышено ограничение на количество параллельных запросов",
                                headers=self._headers(window, used, now, retry_after=1000 * RATE_WINDOW / 3))
+            if not self.units_limited:
+                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+                return {}
             if used + cost > RATE_LIMIT:
                 freed, retry_after = 0, 0.0
                 for moment, units in window:
@@ -168,11 +180,11 @@ class EmulatorServer(LoopbackServer):
 
     def __init__(self, catalog: Catalog, host: str = "127.0.0.1", port: int = 0, token: str = "emu-token",
                  login: str = "admin@emu", password: str = "emu-pass", webhook_interval: float = STOCK_INTERVAL,
-                 webhook_timeout: float = ANSWER_WITHIN):
+                 webhook_timeout: float = ANSWER_WITHIN, rate_limited: bool = True):
         self.catalog = catalog
         self.token, self.login, self.password = token, login, password
         self.faults = Faults()
-        self.rate_limiter = RateLimiter()
+        self.rate_limiter = RateLimiter(units_limited=rate_limited)
         self.started = moscow_now()
         self._lock = threading.Lock()
         self._list_cache: dict = {}
@@ -339,12 +351,19 @@ class _Handler(QuietHandler):
         self.entry, self.rate_key = entry, None
         emulator._enter()
         try:
-            if not is_api:
+            if is_api and self.header_bytes() > HEADER_LIMIT:
+                entry["status"] = 414
+                self.send_bytes(414, PROXY_414, {"Content-Type": "text/html"})
+            elif not is_api:
                 self.serve_file(path, entry)
             else:
                 self.api(method, path, url.query, body, entry)
         finally:
             self.settle()
+
+    def header_bytes(self) -> int:
+        """The request line and headers as they came (what MoySklad's 8 KB limit counts)."""
+        return len(self.raw_requestline) + sum(len(name) + len(value) + 4 for name, value in self.headers.items())
 
     def settle(self) -> None:
         """Account for the request once, before its response bytes leave: stats, log, parallel slot."""
