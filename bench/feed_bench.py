@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from output import PEAK_RSS_MB, print_json, run_measured, table_output  # noqa: E402  (bench scripts live side by side)
-from sync_bench import GOAL_INCREMENTAL_REQUESTS, apply_changes, size_arguments  # noqa: E402
+from sync_bench import GOAL_INCREMENTAL_REQUESTS, apply_changes, size_arguments, warm  # noqa: E402
 
 from emulator.harness import EMULATOR_TOKEN, ROOT, start_emulator  # noqa: E402
 
@@ -67,6 +67,7 @@ def main() -> None:
         server = start_emulator(rows, seed=7, webhook_interval=10 ** 9)
         server.faults.latency_ms = args.latency_ms
         try:
+            warm(server)
             with tempfile.TemporaryDirectory() as tmp:
                 full = child(server.base_url, tmp, "sync")
                 render = child(server.base_url, tmp, "render")

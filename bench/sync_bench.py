@@ -95,6 +95,19 @@ def sync_child(base_url: str, store_path: Path, mode: str, limits: bool, profile
                         what=f"{mode} sync")
 
 
+def warm(server) -> None:
+    """Have the emulator render the big lists once (a full sync, no limits, into a store thrown away):
+    it keeps them rendered, so the measured syncs are paced by MoySklad's limits, not by the emulator."""
+    from emulator.harness import EMULATOR_TOKEN
+
+    limited, server.rate_limiter.units_limited = server.rate_limiter.units_limited, False
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            sync_child(server.base_url, Path(tmp) / "warm.sqlite", "full", False, "", EMULATOR_TOKEN)
+    finally:
+        server.rate_limiter.units_limited = limited
+
+
 def measure(rows: int, latency_ms: int, limits: bool = True, changes: int = 50, profile: str = "") -> dict:
     """A full sync of ``rows`` assortment rows, ``changes`` changes in MoySklad, an incremental sync."""
     from emulator.catalog import KIND_BUNDLE
@@ -104,6 +117,7 @@ def measure(rows: int, latency_ms: int, limits: bool = True, changes: int = 50, 
     server.faults.latency_ms = latency_ms
     try:
         bundles = sum(1 for item in server.catalog.items.values() if item.kind == KIND_BUNDLE)
+        warm(server)
         with tempfile.TemporaryDirectory() as tmp:
             store_path = Path(tmp) / "catalog.sqlite"
             full = sync_child(server.base_url, store_path, "full", limits, profile, EMULATOR_TOKEN)

@@ -39,6 +39,10 @@ DOWNLOAD_LINK_TTL = 60.0  # seconds a /download redirect target stays valid
 # answer to more is not documented; nginx, in front of the API, refuses a long request line with 414.
 HEADER_LIMIT = 8 * 1024
 
+# The big lists, whose answers are kept rendered per catalog version: rendering 1000 rows takes the
+# emulator longer than MoySklad's rate limit lets a client ask for them, so without this a benchmark
+# would measure the emulator.
+RENDERED_LISTS = ("/entity/assortment", "/entity/bundle", "/entity/productfolder", "/report/stock/all")
 ENTITY_KINDS = {"product": KIND_PRODUCT, "variant": KIND_VARIANT, "service": KIND_SERVICE, "bundle": KIND_BUNDLE}
 WEBHOOK_KINDS = ("webhook", "webhookstock")
 # How a truncated answer is framed: "close" (no length, the body ends where the connection does: the
@@ -188,6 +192,7 @@ class EmulatorServer(LoopbackServer):
         self.started = moscow_now()
         self._lock = threading.Lock()
         self._list_cache: dict = {}
+        self._answers: dict[tuple, bytes] = {}  # see rendered_answer
         self._download_links: dict[str, tuple[str, float]] = {}
         self._in_flight = 0
         self.reset_stats()
@@ -295,6 +300,19 @@ class EmulatorServer(LoopbackServer):
         return image_id if expires > time.monotonic() else None
 
     # -- list caching ---------------------------------------------------------------------------
+
+    def rendered_answer(self, key: tuple | None) -> bytes | None:
+        """The gzip body sent before for this key (see _Handler.answer_key), if any."""
+        if key is None:
+            return None
+        with self._lock:
+            return self._answers.get(key)
+
+    def keep_answer(self, key: tuple, compressed: bytes) -> None:
+        with self._lock:
+            if any(old[4] != key[4] or old[5] != key[5] for old in self._answers):
+                self._answers.clear()  # the catalog changed (or the day, for stockDays): all of them are old
+            self._answers[key] = compressed
 
     def cached(self, key: tuple, build) -> list:
         """Filtered row lists keyed by the query and the catalog version, so paging stays O(page)."""
@@ -405,17 +423,28 @@ class _Handler(QuietHandler):
             entry["status"] = error.status
             return self.send_json(error.status, error.body(), error.headers, truncate)
         entry["cost"] = cost
+        answer_key = self.answer_key(method, path, raw_query)
+        compressed = emulator.rendered_answer(answer_key)
         try:
-            status, payload, headers = self.route(method, path, raw_query, body)
+            status, payload, headers = (200, None, {}) if compressed else self.route(method, path, raw_query, body)
         except ApiError as error:
             status, payload, headers = error.status, error.body(), error.headers
         entry["status"] = status
         faults.count_success(path, status)
         headers = {**rate_headers, **headers}
-        if status == 302 or payload is None:
+        if compressed:
+            self.send_compressed(status, compressed, headers, truncate)
+        elif status == 302 or payload is None:
             self.send_bytes(status, b"", headers)
         else:
-            self.send_json(status, payload, headers, truncate)
+            self.send_json(status, payload, headers, truncate, answer_key if status == 200 else None)
+
+    def answer_key(self, method: str, path: str, raw_query: str) -> tuple | None:
+        """What an answer of the big lists depends on: the same key, the same bytes (None: not kept)."""
+        if method != "GET" or path not in RENDERED_LISTS:
+            return None
+        return (path, raw_query, self.headers.get("Accept"), self.headers.get("X-Lognex-Remap-Beta-Feature"),
+                self.emulator.catalog.version, moscow_now().date())
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -433,12 +462,22 @@ class _Handler(QuietHandler):
         code, message = messages.get(status, (1999, "Неизвестная ошибка"))
         self.send_json(status, ApiError(status, code, message).body(), {})
 
-    def send_json(self, status: int, payload, headers: dict, truncate: bool = False) -> None:
+    def send_json(self, status: int, payload, headers: dict, truncate: bool = False, answer_key: tuple | None = None) -> None:
         raw = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         headers = {"Content-Type": "application/json;charset=utf-8", "Content-Encoding": "gzip", **headers}
+        compressed = gzip.compress(raw, compresslevel=5, mtime=0)
+        if answer_key is not None:
+            self.emulator.keep_answer(answer_key, compressed)
         if truncate:
             return self.send_truncated(status, raw, headers)
-        self.send_bytes(status, gzip.compress(raw, compresslevel=5, mtime=0), headers)
+        self.send_bytes(status, compressed, headers)
+
+    def send_compressed(self, status: int, compressed: bytes, headers: dict, truncate: bool) -> None:
+        """An answer kept rendered (see EmulatorServer.rendered_answer), sent as a fresh one would be."""
+        headers = {"Content-Type": "application/json;charset=utf-8", "Content-Encoding": "gzip", **headers}
+        if truncate:
+            return self.send_truncated(status, gzip.decompress(compressed), headers)
+        self.send_bytes(status, compressed, headers)
 
     def send_truncated(self, status: int, raw: bytes, headers: dict) -> None:
         """What a connection cut mid-answer delivers: half of a gzip stream flushed as it went, then the close."""

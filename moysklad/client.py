@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import tempfile
 import threading
@@ -35,8 +36,9 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "skladbridge/0.1 (+catalog sync)"
 WINDOW_SECONDS = 3.0
-# The server counts a request from when it arrives, we from when we send it: stretch our window.
-WINDOW_MARGIN = 0.25
+# MoySklad counts a request from when it arrives, which is before its answer comes back: we count its
+# units until WINDOW_SECONDS after the answer (or the failure), plus this for the clocks' ticks.
+WINDOW_MARGIN = 0.02
 DEFAULT_UNIT_LIMIT = 45
 # Units kept free for other users of the same account and for clock jitter between us and the server.
 UNIT_RESERVE = 5
@@ -64,7 +66,9 @@ def request_cost(path: str, auth_kind: str) -> int:
 class RateGate:
     """Keeps this process inside MoySklad's unit budget (45 units / 3 s) and honours its headers.
 
-    A local sliding window stops us from overspending on our own; the server's
+    A local sliding window stops us from overspending on our own: a request's units count from when
+    it is sent until ``window`` after its answer arrived (MoySklad counted it before that), so the
+    budget is used up to its end without a guessed margin for the network. The server's
     ``X-RateLimit-Remaining`` and 429 answers pause us when someone else shares the account.
     """
 
@@ -74,27 +78,30 @@ class RateGate:
         self.window = window
         self.clock = clock
         self.sleep = sleep
-        self.spent: deque[tuple[float, int]] = deque()
+        self.spent: list[list] = []  # [answered at (inf while on its way), units] per request
         self.paused_until = 0.0
         self.lock = threading.Lock()
 
-    def acquire(self, cost: int) -> float:
-        """Block until ``cost`` units may be spent; return the seconds waited."""
-        waited = 0.0
+    def acquire(self, cost: int) -> list:
+        """Block until ``cost`` units may be spent; the request's entry, for :meth:`answered`."""
         while True:
             with self.lock:
                 now = self.clock()
-                while self.spent and self.spent[0][0] + self.window <= now:
-                    self.spent.popleft()
+                self.spent = [entry for entry in self.spent if entry[0] + self.window > now]
                 used = sum(units for _, units in self.spent)
                 budget = max(cost, self.limit - UNIT_RESERVE)
                 if now >= self.paused_until and used + cost <= budget:
-                    self.spent.append((now, cost))
-                    return waited
-                delay = self.paused_until - now if now < self.paused_until else self.spent[0][0] + self.window - now
-            delay = max(delay, 0.005)
-            self.sleep(delay)
-            waited += delay
+                    entry = [math.inf, cost]
+                    self.spent.append(entry)
+                    return entry
+                frees = min((answered for answered, _ in self.spent), default=now) + self.window
+                delay = self.paused_until - now if now < self.paused_until else frees - now
+            self.sleep(min(max(delay, 0.005), self.window))
+
+    def answered(self, entry: list) -> None:
+        """The request's answer (or its failure) came: its units count for ``window`` from now on."""
+        with self.lock:
+            entry[0] = min(entry[0], self.clock())
 
     def observe(self, headers) -> None:
         """Adopt the server's view after each answer."""
@@ -189,15 +196,18 @@ class MoySkladClient:
         attempt = 0
         throttled_in_a_row = 0
         while True:
-            self.gate.acquire(cost)
+            spent = self.gate.acquire(cost)
             try:
                 with self.in_flight:
                     self._count("requests")
                     self._count("units", cost)
-                    response = self.session.get(
-                        url, params=params, headers=headers, stream=True,
-                        timeout=(self.settings.connect_timeout, self.settings.read_timeout), allow_redirects=False,
-                    )
+                    try:
+                        response = self.session.get(
+                            url, params=params, headers=headers, stream=True,
+                            timeout=(self.settings.connect_timeout, self.settings.read_timeout), allow_redirects=False,
+                        )
+                    finally:
+                        self.gate.answered(spent)
                     try:
                         self.gate.observe(response.headers)
                         if response.status_code < 300 and receive is not None:
