@@ -1,12 +1,16 @@
-"""Feed benchmark: a full build (sync + render + publish) from the emulator, and a render alone.
+"""Feed benchmark: a full build (sync + render + publish) from the emulator, a render alone, and an
+incremental build after a few changes in MoySklad.
 
-For each size: the emulator runs in its own process (20 ms latency, MoySklad's limits on); a child
+For each size: the emulator runs in this process (20 ms latency, MoySklad's limits on); a child
 process does the full build and reports wall time and peak RSS; a second child renders and
-publishes again from the synced store without syncing (render alone). Goals: render >= 50,000
-offers/s, peak RSS < 150 MB and flat from 10k to 100k.
+publishes again from the synced store without syncing (render alone); then C goods change in
+MoySklad (default 50: price edits, stock moves, new goods) and a third child builds again, as a
+webhook's rebuild does (incremental sync + render + publish). Goals: render >= 50,000 offers/s;
+the incremental build after <= 50 changes makes <= 15 MoySklad requests and takes <= 10 s at any
+size (printed beside the full build of the same run); peak RSS < 150 MB and flat from 10k to 100k.
 
     python bench/feed_bench.py                  # 10,000 and 100,000 assortment rows
-    python bench/feed_bench.py --rows 20000
+    python bench/feed_bench.py --rows 20000 --changes 20
     python bench/feed_bench.py --json           # the figures as JSON for bench/summary.py
 """
 
@@ -17,10 +21,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from output import print_json, run_measured, table_output  # noqa: E402  (bench scripts live side by side)
-from sync_bench import size_arguments  # noqa: E402
+from output import PEAK_RSS_MB, print_json, run_measured, table_output  # noqa: E402  (bench scripts live side by side)
+from sync_bench import GOAL_INCREMENTAL_REQUESTS, apply_changes, size_arguments, warm  # noqa: E402
 
-from emulator.harness import ROOT, emulator_process  # noqa: E402
+from emulator.harness import EMULATOR_TOKEN, ROOT, start_emulator  # noqa: E402
+
+GOAL_INCREMENTAL_SECONDS = 10
+GOAL_RENDER_RATE = 50_000
 
 CHILD = r"""
 import json, resource, sys, time
@@ -29,7 +36,7 @@ sys.path.insert(0, sys.argv[1])
 from feeds.build import build_feed
 from core.settings import FeedSettings, MoySkladSettings, Settings
 
-settings = Settings(data_dir=Path(sys.argv[3]), moysklad=MoySkladSettings(base_url=sys.argv[2], token="bench-token"),
+settings = Settings(data_dir=Path(sys.argv[3]), moysklad=MoySkladSettings(base_url=sys.argv[2], token=sys.argv[5]),
                     feeds=(FeedSettings(name="bench", pictures="none", min_ratio=0),))
 started = time.monotonic()
 result = build_feed(settings, settings.feeds[0], sync=sys.argv[4] == "sync")
@@ -37,53 +44,75 @@ seconds = time.monotonic() - started
 print(json.dumps({"offers": result.offers, "seconds": seconds, "size": result.size,
                   "render_seconds": result.render_seconds,
                   "requests": result.sync.requests if result.sync else 0,
-                  "peak_rss_mb": max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024}))
-"""
+                  "units": result.sync.units if result.sync else 0,
+                  "sync_seconds": result.sync.seconds if result.sync else 0,
+                  "peak_rss_mb": max(PEAK_RSS_MB, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}))
+""".replace("PEAK_RSS_MB", PEAK_RSS_MB)
 
 
 def child(base_url: str, data_dir: str, mode: str) -> dict:
-    return run_measured(CHILD, str(ROOT), base_url, data_dir, mode, what="build")
+    return run_measured(CHILD, str(ROOT), base_url, data_dir, mode, EMULATOR_TOKEN, what="build")
 
 
 def main() -> None:
     args = size_arguments(__doc__)
     out = table_output(args)
-    print(f"feed benchmark: emulator latency {args.latency_ms} ms", file=out)
+    print(f"feed benchmark: emulator latency {args.latency_ms} ms, MoySklad limits on; "
+          f"incremental build after {args.changes} changes", file=out)
     print(f"{'rows':>8} {'offers':>8} {'MB':>6} | {'full build s':>12} {'requests':>8} {'RSS MB':>7} | "
-          f"{'render s':>8} {'offers/s':>9} {'+publish s':>10} {'RSS MB':>7}", file=out)
+          f"{'render s':>8} {'offers/s':>9} {'+publish s':>10} {'RSS MB':>7} | {'incr. build s':>13} {'sync s':>6} "
+          f"{'requests':>8} {'units':>5}", file=out)
     results = []
     for rows in args.rows:
-        emulator, base_url = emulator_process(rows, latency_ms=args.latency_ms, token="bench-token")
+        server = start_emulator(rows, seed=7, webhook_interval=10 ** 9)
+        server.faults.latency_ms = args.latency_ms
         try:
+            warm(server)
             with tempfile.TemporaryDirectory() as tmp:
-                full = child(base_url, tmp, "sync")
-                render = child(base_url, tmp, "render")
+                full = child(server.base_url, tmp, "sync")
+                render = child(server.base_url, tmp, "render")
+                apply_changes(server.catalog, args.changes)
+                incremental = child(server.base_url, tmp, "sync")
         finally:
-            emulator.terminate()
-            emulator.wait(timeout=30)
+            server.stop()
         rate = render["offers"] / render["render_seconds"]
-        results.append((full, render, rate))
+        results.append((full, render, rate, incremental))
         print(f"{rows:>8} {render['offers']:>8} {render['size'] / 1e6:>6.1f} | {full['seconds']:>12.1f} "
               f"{full['requests']:>8} {full['peak_rss_mb']:>7.1f} | {render['render_seconds']:>8.2f} {rate:>9.0f} "
-              f"{render['seconds']:>10.2f} {render['peak_rss_mb']:>7.1f}", file=out, flush=True)
-    fast = all(rate >= 50_000 for _, _, rate in results)
-    small = all(max(full["peak_rss_mb"], render["peak_rss_mb"]) < 150 for full, render, _ in results)
-    print(f"goal render >= 50,000 offers/s: {'met' if fast else 'MISSED'}; goal peak RSS < 150 MB: {'met' if small else 'MISSED'}",
-          file=out)
+              f"{render['seconds']:>10.2f} {render['peak_rss_mb']:>7.1f} | {incremental['seconds']:>13.1f} "
+              f"{incremental['sync_seconds']:>6.1f} {incremental['requests']:>8} {incremental['units']:>5}",
+              file=out, flush=True)
+    fast = all(rate >= GOAL_RENDER_RATE for _, _, rate, _ in results)
+    small = all(max(full["peak_rss_mb"], render["peak_rss_mb"], inc["peak_rss_mb"]) < 150 for full, render, _, inc in results)
+    print(f"goal render >= {GOAL_RENDER_RATE:,} offers/s: {'met' if fast else 'MISSED'}; "
+          f"goal peak RSS < 150 MB: {'met' if small else 'MISSED'}", file=out)
+    for rows, (full, _, _, inc) in zip(args.rows, results):
+        print(f"{rows:,} rows: incremental build after {args.changes} changes {inc['seconds']:.1f} s "
+              f"(goal <= {GOAL_INCREMENTAL_SECONDS} s: {'met' if inc['seconds'] <= GOAL_INCREMENTAL_SECONDS else 'MISSED'}; "
+              f"the full build of this run {full['seconds']:.1f} s, {inc['seconds'] / full['seconds']:.0%} of it), "
+              f"{inc['requests']} requests (goal <= {GOAL_INCREMENTAL_REQUESTS}: "
+              f"{'met' if inc['requests'] <= GOAL_INCREMENTAL_REQUESTS else 'MISSED'}; the full build {full['requests']}), "
+              f"{inc['units']} units (the full build {full['units']})", file=out)
     if len(results) > 1:
         growth = results[-1][1]["peak_rss_mb"] - results[0][1]["peak_rss_mb"]
         print(f"render peak RSS growth from {args.rows[0]} to {args.rows[-1]} rows: {growth:+.1f} MB", file=out)
     if args.json:
-        print_json("feed", [json_row(rows, full, render, rate) for rows, (full, render, rate) in zip(args.rows, results)],
+        print_json("feed", [json_row(rows, *figures, args.changes) for rows, figures in zip(args.rows, results)],
                    latency_ms=args.latency_ms)
 
 
-def json_row(rows: int, full: dict, render: dict, rate: float) -> dict:
-    """One size's figures for bench/summary.py: the full build and the render alone, each with its goals."""
-    return {"rows": rows,
+def json_row(rows: int, full: dict, render: dict, rate: float, incremental: dict, changes: int) -> dict:
+    """One size's figures for bench/summary.py: the full build, the render alone and the incremental
+    build, each with its goals."""
+    return {"rows": rows, "changes": changes,
             "full": {**full, "goals": {"peak RSS < 150 MB": full["peak_rss_mb"] < 150}},
             "render": {**render, "offers_per_s": rate,
-                       "goals": {"render >= 50,000 offers/s": rate >= 50_000, "peak RSS < 150 MB": render["peak_rss_mb"] < 150}}}
+                       "goals": {f"render >= {GOAL_RENDER_RATE:,} offers/s": rate >= GOAL_RENDER_RATE,
+                                 "peak RSS < 150 MB": render["peak_rss_mb"] < 150}},
+            "incremental": {**incremental, "goals": {
+                f"<= {GOAL_INCREMENTAL_REQUESTS} requests": incremental["requests"] <= GOAL_INCREMENTAL_REQUESTS,
+                f"<= {GOAL_INCREMENTAL_SECONDS} s": incremental["seconds"] <= GOAL_INCREMENTAL_SECONDS,
+                "peak RSS < 150 MB": incremental["peak_rss_mb"] < 150}}}
 
 
 if __name__ == "__main__":

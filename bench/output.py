@@ -27,6 +27,11 @@ def print_json(benchmark: str, results: list[dict], **extra) -> None:
     print(json.dumps({"benchmark": benchmark, **extra, "results": results}))
 
 
+# A measured child's own peak RSS in MB. Not ru_maxrss: Linux carries the parent's peak across exec,
+# so a child of a benchmark that holds an emulator's catalog would report the benchmark's size.
+PEAK_RSS_MB = "max(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')) / 1024"
+
+
 def run_measured(script: str, *args: str, what: str) -> dict:
     """Run a benchmark's measured part as a Python process of its own (so its peak RSS is its own);
     the script prints its figures as JSON on its last line. Exits naming ``what`` when it fails."""

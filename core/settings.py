@@ -104,6 +104,7 @@ class MoySkladSettings:
     page_size: int = 1000
     overlap_minutes: int = 10
     full_sync_hours: int = 24
+    stock_report_hours: int = 24
     emulator: EmulatorSettings | None = None
 
     @property
@@ -555,6 +556,9 @@ def _check_moysklad(ms: MoySkladSettings, where: str, credentials: bool, needed_
         raise ConfigError(f"{where}.max_in_flight: MoySklad allows at most 5 parallel requests, got {ms.max_in_flight}")
     if not 1 <= ms.page_size <= 1000:
         raise ConfigError(f"{where}.page_size: must be between 1 and 1000, got {ms.page_size}")
+    if ms.stock_report_hours < 0:
+        raise ConfigError(f"{where}.stock_report_hours: hours between whole stock reports, 0 = only on full syncs; "
+                          f"got {ms.stock_report_hours}")
 
 
 def _check_feeds(feeds: tuple[FeedSettings, ...], where_list: str, seen: set[str]) -> None:

@@ -421,6 +421,21 @@ class Catalog:
             self.version += 1
             self._stock_event([item_id], physical=physical)
 
+    def receive(self, item_id: str, store_id: str, quantity: float, unit_cost: float) -> None:
+        """A supply (приёмка): ``quantity`` more on one store, bought at ``unit_cost`` kopecks. An operation:
+        it stamps the stock change, not ``updated``. The unit cost the stock report gives (FIFO: what is in
+        stock at what it cost) becomes the average over the stock held and the stock received."""
+        with self.lock:
+            item = self.items[item_id]
+            if item.stock is None:
+                raise ValueError(f"{item.kind} {item_id} has no stock")
+            held = max(sum(item.stock[0::3]), 0.0)
+            item.cost = (item.cost * held + unit_cost * quantity) / (held + quantity)
+            item.stock[3 * self.store_index(store_id)] += float(quantity)
+            item.stock_changed = moscow_now()
+            self.version += 1
+            self._stock_event([item_id], physical=True)
+
     def set_recalculating(self, item_id: str, recalculating: bool = True) -> None:
         """Mark a good's stock as being recalculated, which every stock report leaves out."""
         # md/reports/_report_stock.md "В отчет попадают только товары с уже пересчитанными остатками"

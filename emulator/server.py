@@ -35,7 +35,14 @@ PARALLEL_LIMIT = 5
 STOCK_REPORT_COST = 5  # md/reports/_report_stock.md: /report/stock/all and /bystore cost 5 units from 2026-02
 BASIC_AUTH_COST = 4  # login/password requests, as from 2026-12-01
 DOWNLOAD_LINK_TTL = 60.0  # seconds a /download redirect target stays valid
+# md/_restrictions.md: "не более 8 КБ в заголовках запроса (URL, User-Agent, Authorization и т. д.)". The
+# answer to more is not documented; nginx, in front of the API, refuses a long request line with 414.
+HEADER_LIMIT = 8 * 1024
 
+# The big lists, whose answers are kept rendered per catalog version: rendering 1000 rows takes the
+# emulator longer than MoySklad's rate limit lets a client ask for them, so without this a benchmark
+# would measure the emulator.
+RENDERED_LISTS = ("/entity/assortment", "/entity/bundle", "/entity/productfolder", "/report/stock/all")
 ENTITY_KINDS = {"product": KIND_PRODUCT, "variant": KIND_VARIANT, "service": KIND_SERVICE, "bundle": KIND_BUNDLE}
 WEBHOOK_KINDS = ("webhook", "webhookstock")
 # How a truncated answer is framed: "close" (no length, the body ends where the connection does: the
@@ -45,6 +52,9 @@ TRUNCATE_FRAMINGS = ("close", "length", "chunked")
 GZIP_FLUSHES = 8  # a truncated answer is a gzip stream flushed this many times; it is cut after half of them
 PROXY_503 = (b"<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
              b"<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n<hr><center>nginx</center>\r\n"
+             b"</body>\r\n</html>\r\n")
+PROXY_414 = (b"<html>\r\n<head><title>414 Request-URI Too Large</title></head>\r\n<body>\r\n"
+             b"<center><h1>414 Request-URI Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n"
              b"</body>\r\n</html>\r\n")
 
 
@@ -115,10 +125,13 @@ class Faults:
 class RateLimiter:
     """Sliding-window units and parallel-request counts per credential."""
 
-    def __init__(self):
+    def __init__(self, units_limited: bool = True):
         self._lock = threading.Lock()
         self._windows: dict[str, deque] = {}
         self._in_flight: dict[str, int] = {}
+        # False only for a benchmark that measures the client's own CPU ("limits off"): no units are
+        # counted and no rate headers sent; the parallel limit stays.
+        self.units_limited = units_limited
 
     def _used(self, window: deque, now: float) -> int:
         while window and window[0][0] <= now - RATE_WINDOW:
@@ -134,6 +147,9 @@ class RateLimiter:
             if self._in_flight.get(key, 0) >= PARALLEL_LIMIT:
                 raise ApiError(429, 1073, "Превышено ограничение на количество параллельных запросов",
                                headers=self._headers(window, used, now, retry_after=1000 * RATE_WINDOW / 3))
+            if not self.units_limited:
+                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+                return {}
             if used + cost > RATE_LIMIT:
                 freed, retry_after = 0, 0.0
                 for moment, units in window:
@@ -168,17 +184,19 @@ class EmulatorServer(LoopbackServer):
 
     def __init__(self, catalog: Catalog, host: str = "127.0.0.1", port: int = 0, token: str = "emu-token",
                  login: str = "admin@emu", password: str = "emu-pass", webhook_interval: float = STOCK_INTERVAL,
-                 webhook_timeout: float = ANSWER_WITHIN, other_tokens: tuple[str, ...] = ()):
+                 webhook_timeout: float = ANSWER_WITHIN, other_tokens: tuple[str, ...] = (),
+                 rate_limited: bool = True):
         self.catalog = catalog
         self.token, self.login, self.password = token, login, password
         # More users' tokens (one emulator standing in for many accounts, as a benchmark of many clients
         # needs): each has a rate budget and parallel slots of its own, as MoySklad counts them per user.
         self.other_tokens = frozenset(other_tokens)
         self.faults = Faults()
-        self.rate_limiter = RateLimiter()
+        self.rate_limiter = RateLimiter(units_limited=rate_limited)
         self.started = moscow_now()
         self._lock = threading.Lock()
         self._list_cache: dict = {}
+        self._answers: dict[tuple, bytes] = {}  # see rendered_answer
         self._download_links: dict[str, tuple[str, float]] = {}
         self._in_flight = 0
         self.reset_stats()
@@ -287,6 +305,19 @@ class EmulatorServer(LoopbackServer):
 
     # -- list caching ---------------------------------------------------------------------------
 
+    def rendered_answer(self, key: tuple | None) -> bytes | None:
+        """The gzip body sent before for this key (see _Handler.answer_key), if any."""
+        if key is None:
+            return None
+        with self._lock:
+            return self._answers.get(key)
+
+    def keep_answer(self, key: tuple, compressed: bytes) -> None:
+        with self._lock:
+            if any(old[4] != key[4] or old[5] != key[5] for old in self._answers):
+                self._answers.clear()  # the catalog changed (or the day, for stockDays): all of them are old
+            self._answers[key] = compressed
+
     def cached(self, key: tuple, build) -> list:
         """Filtered row lists keyed by the query and the catalog version, so paging stays O(page)."""
         key = key + (self.catalog.version,)
@@ -342,12 +373,19 @@ class _Handler(QuietHandler):
         self.entry, self.rate_key = entry, None
         emulator._enter()
         try:
-            if not is_api:
+            if is_api and self.header_bytes() > HEADER_LIMIT:
+                entry["status"] = 414
+                self.send_bytes(414, PROXY_414, {"Content-Type": "text/html"})
+            elif not is_api:
                 self.serve_file(path, entry)
             else:
                 self.api(method, path, url.query, body, entry)
         finally:
             self.settle()
+
+    def header_bytes(self) -> int:
+        """The request line and headers as they came (what MoySklad's 8 KB limit counts)."""
+        return len(self.raw_requestline) + sum(len(name) + len(value) + 4 for name, value in self.headers.items())
 
     def settle(self) -> None:
         """Account for the request once, before its response bytes leave: stats, log, parallel slot."""
@@ -389,17 +427,28 @@ class _Handler(QuietHandler):
             entry["status"] = error.status
             return self.send_json(error.status, error.body(), error.headers, truncate)
         entry["cost"] = cost
+        answer_key = self.answer_key(method, path, raw_query)
+        compressed = emulator.rendered_answer(answer_key)
         try:
-            status, payload, headers = self.route(method, path, raw_query, body)
+            status, payload, headers = (200, None, {}) if compressed else self.route(method, path, raw_query, body)
         except ApiError as error:
             status, payload, headers = error.status, error.body(), error.headers
         entry["status"] = status
         faults.count_success(path, status)
         headers = {**rate_headers, **headers}
-        if status == 302 or payload is None:
+        if compressed:
+            self.send_compressed(status, compressed, headers, truncate)
+        elif status == 302 or payload is None:
             self.send_bytes(status, b"", headers)
         else:
-            self.send_json(status, payload, headers, truncate)
+            self.send_json(status, payload, headers, truncate, answer_key if status == 200 else None)
+
+    def answer_key(self, method: str, path: str, raw_query: str) -> tuple | None:
+        """What an answer of the big lists depends on: the same key, the same bytes (None: not kept)."""
+        if method != "GET" or path not in RENDERED_LISTS:
+            return None
+        return (path, raw_query, self.headers.get("Accept"), self.headers.get("X-Lognex-Remap-Beta-Feature"),
+                self.emulator.catalog.version, moscow_now().date())
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -417,12 +466,22 @@ class _Handler(QuietHandler):
         code, message = messages.get(status, (1999, "Неизвестная ошибка"))
         self.send_json(status, ApiError(status, code, message).body(), {})
 
-    def send_json(self, status: int, payload, headers: dict, truncate: bool = False) -> None:
+    def send_json(self, status: int, payload, headers: dict, truncate: bool = False, answer_key: tuple | None = None) -> None:
         raw = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         headers = {"Content-Type": "application/json;charset=utf-8", "Content-Encoding": "gzip", **headers}
+        compressed = gzip.compress(raw, compresslevel=5, mtime=0)
+        if answer_key is not None:
+            self.emulator.keep_answer(answer_key, compressed)
         if truncate:
             return self.send_truncated(status, raw, headers)
-        self.send_bytes(status, gzip.compress(raw, compresslevel=5, mtime=0), headers)
+        self.send_bytes(status, compressed, headers)
+
+    def send_compressed(self, status: int, compressed: bytes, headers: dict, truncate: bool) -> None:
+        """An answer kept rendered (see EmulatorServer.rendered_answer), sent as a fresh one would be."""
+        headers = {"Content-Type": "application/json;charset=utf-8", "Content-Encoding": "gzip", **headers}
+        if truncate:
+            return self.send_truncated(status, gzip.decompress(compressed), headers)
+        self.send_bytes(status, compressed, headers)
 
     def send_truncated(self, status: int, raw: bytes, headers: dict) -> None:
         """What a connection cut mid-answer delivers: half of a gzip stream flushed as it went, then the close."""

@@ -122,7 +122,7 @@ def _sync(client: MoySkladClient, settings: Settings, progress) -> SyncResult:
     ms = settings.moysklad
     with open_catalog(settings.store_path) as store:
         return sync_catalog(client, store, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours,
-                            progress=progress)
+                            stock_report_hours=ms.stock_report_hours, progress=progress)
 
 
 def _picture_modes(settings: Settings) -> set[str]:

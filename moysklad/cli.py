@@ -80,7 +80,7 @@ def sync_command(full: bool, account: str):
         with open_client(ms) as client, open_catalog(settings.store_path) as store:
             result = sync_catalog(
                 client, store, full=full, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours,
-                progress=lambda stage, count, total=None: click.echo(f"  {stage}: {count}" + (f"/{total}" if total else ""),
+                stock_report_hours=ms.stock_report_hours, progress=lambda stage, count, total=None: click.echo(f"  {stage}: {count}" + (f"/{total}" if total else ""),
                                                                      err=True),
             )
     except (MoySkladError, StoreError) as exc:

@@ -13,24 +13,20 @@ next one; MoySklad refuses moments more than 24 hours back, and then the report 
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import re
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from core.clock import MOSCOW
 from moysklad.client import MoySkladClient
-from moysklad.sync import BOOKMARK_FORMAT, SOURCE, STOCK_BOOKMARK, STOCK_COLUMNS, stock_bookmark
-from moysklad.transform import quantity
+from moysklad.sync import SOURCE, STOCK_BOOKMARK, read_from, read_stock
 from store import CatalogStore
 
 log = logging.getLogger(__name__)
 
-REPORT = "/report/stock/bystore/current"
-# MoySklad: changedSince "не должно превышать 24 часа" back; keep a margin for the clocks.
-CHANGED_SINCE_LIMIT = dt.timedelta(hours=23, minutes=50)
+__all__ = ["StockUpdate", "apply_stock_changes", "merge_requests", "read_from", "report_moment"]
+
 MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 
 
@@ -76,45 +72,21 @@ def apply_stock_changes(client: MoySkladClient, store: CatalogStore, changed_sin
     """Read the stock that changed since ``changed_since`` (or the bookmark) into the store, in one run."""
     started = time.monotonic()
     before = (client.requests, client.throttled, client.retries)
-    changed: set[str] = set()
     with store.run(SOURCE, "stock") as run:
         since = read_from(changed_since, store.setting(SOURCE, STOCK_BOOKMARK))
         run.mode = "changes" if since else "full"
         try:
-            if since is None:
-                run.clear("stock")
-            bookmark = None
-            for stock_type, column in STOCK_COLUMNS.items():
-                params = {"stockType": stock_type, **({"changedSince": since} if since else {})}
-                rows = [row for row in client.iter_array(REPORT, params)
-                        if isinstance(row, dict) and isinstance(row.get("assortmentId"), str)]
-                bookmark = bookmark or stock_bookmark(client.server_date)
-                run.stats.add(f"stock_{column}_rows", run.merge_stock(
-                    ((row["assortmentId"], row.get("storeId") or "", quantity(row.get(stock_type))) for row in rows),
-                    column))
-                changed.update(row["assortmentId"] for row in rows)
-            run.stats.add("offers", len(changed))
-            run.set_setting(STOCK_BOOKMARK, bookmark)
+            changed = read_stock(client, run, since).changed
+            run.stats.add("offers", len(changed or ()))
         finally:
             run.stats.requests = client.requests - before[0]
             run.stats.throttled = client.throttled - before[1]
             run.stats.retries = client.retries - before[2]
     update = StockUpdate(run_id=run.id, mode=run.mode, changed_since=since,
-                         offer_ids=sorted(changed) if since else None,
+                         offer_ids=sorted(changed) if changed is not None else None,
                          rows=sum(v for k, v in run.stats.counts.items() if k.endswith("_rows")),
                          requests=run.stats.requests, throttled=run.stats.throttled, retries=run.stats.retries,
                          seconds=time.monotonic() - started)
     log.info("moysklad stock #%d (%s since %s) in %.1f s: %d goods changed, %d rows; %d requests",
-             update.run_id, update.mode, since or "-", update.seconds, len(changed), update.rows, update.requests)
+             update.run_id, update.mode, since or "-", update.seconds, len(changed or ()), update.rows, update.requests)
     return update
-
-
-def read_from(changed_since: str | None, bookmark: str | None, now: dt.datetime | None = None) -> str | None:
-    """The moment to read changes from: the earlier of the webhook's and the bookmark; None (read the
-    whole report) when the store has no bookmark yet or the moment is too far back for MoySklad."""
-    if not bookmark:
-        return None
-    earliest = min(filter(None, (changed_since, bookmark)))
-    now = now or dt.datetime.now(MOSCOW)
-    moment = dt.datetime.strptime(earliest, BOOKMARK_FORMAT).replace(tzinfo=MOSCOW)
-    return earliest if now - moment < CHANGED_SINCE_LIMIT else None

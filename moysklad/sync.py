@@ -10,33 +10,48 @@ report: operated and not archived, S ≤ N):
     ≤ 2 × ceil(N/1000) + ceil(F/1000) + ceil(B/100) + 7.
 
 An incremental run asks the same lists with ``updated>=bookmark`` (one page each when little
-changed, bundles included) and the stock reports whole: 10 + ceil(S/1000) when little changed.
-A bundle whose components do not all come inline costs one more request (its components list).
+changed, bundles included) and the three current-stock reports with ``changedSince`` (only the goods
+whose stock changed); the unit cost and first image it reads only for the goods that are new or
+changed, or whose stock changed, ``filter=product=…;variant=…`` on ``/report/stock/all``, about 48
+goods a request (MoySklad takes 8 KB of request headers): 10 + ceil(G/48) requests for G such goods.
+The whole stock report (and the stock reports whole) is read on full runs and every
+``stock_report_hours``: a cost that changes with nothing else (a supply edited afterwards) waits
+for it. A bundle whose components do not all come inline costs one more request (its components list).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from core.clock import MOSCOW
 from moysklad.client import MoySkladClient
 from moysklad.errors import AccountMismatch
 from moysklad.transform import (
+    ATTRIBUTE_COLUMNS,
+    IMAGE_COLUMNS,
+    OFFER_COLUMNS,
+    PRICE_COLUMNS,
+    PRODUCT_COLUMNS,
     MalformedItem,
-    assortment_records,
+    Skipped,
+    StockLine,
+    assortment_page,
     bundle_component_records,
     category_record,
     component_record,
     price_type_records,
     quantity,
     reference_record,
-    stock_report_record,
+    stock_report_page,
 )
-from store import CatalogRun, CatalogStore
+from store import CatalogRun, CatalogStore, chunks
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +69,23 @@ COMPONENTS_READ = "bundle_components_read"
 STOCK_COLUMNS = {"stock": "stock", "reserve": "reserve", "inTransit": "in_transit"}
 # MoySklad's time (Moscow) up to which the store's stock is known: a stock webhook's report is read from it.
 STOCK_BOOKMARK = "stock_bookmark"
+# MoySklad's time up to which the sync read the cost of every good whose stock changed (a stock webhook
+# moves STOCK_BOOKMARK on without reading costs): the next sync reads stock changes from the earlier one.
+COST_BOOKMARK = "cost_bookmark"
+# When the whole /report/stock/all was last read (ISO time): it is read again every stock_report_hours.
+LAST_STOCK_REPORT = "last_stock_report"
 # Goods whose stock was being recalculated are left out of a report: read a few minutes back again.
 STOCK_OVERLAP = dt.timedelta(minutes=5)
+# MoySklad: changedSince "не должно превышать 24 часа" back; keep a margin for the clocks.
+CHANGED_SINCE_LIMIT = dt.timedelta(hours=23, minutes=50)
+CURRENT_STOCK = "/report/stock/bystore/current"
+STOCK_REPORT = "/report/stock/all"
+# The goods the stock report lists (services and bundles have no stock of their own).
+STOCKED_KINDS = ("product", "variant")
+STOCK_CHUNK = 5000  # current-stock rows handed to the store at a time
+# MoySklad takes at most 8 KB of request headers, the URL included (md/_restrictions.md); ours besides
+# it (host, auth, agent, accept) stay well under 1 KB. About 48 goods' links fit a URL at api.moysklad.ru.
+MAX_URL_BYTES = 6 * 1024
 
 # Called as progress(stage, done) or progress(stage, done, total) as a step advances.
 Progress = Callable[..., None]
@@ -84,6 +114,7 @@ def sync_catalog(
     full: bool = False,
     overlap_minutes: int = 10,
     full_sync_hours: int = 24,
+    stock_report_hours: int = 24,
     progress: Progress | None = None,
 ) -> SyncResult:
     """Pull the catalog into the store; the bookmark moves only when the whole run commits."""
@@ -92,7 +123,7 @@ def sync_catalog(
     before = (client.requests, client.throttled, client.retries, client.units)
     with store.run(SOURCE, "sync") as run:
         previous = store.setting(SOURCE, "bookmark")
-        mode = "full" if full or not previous or _full_due(store, full_sync_hours) else "incremental"
+        mode = "full" if full or not previous or _due(store, "last_full_sync", full_sync_hours) else "incremental"
         run.mode = mode
         try:
             changed_since = None if mode == "full" else previous
@@ -104,12 +135,18 @@ def sync_catalog(
             _save_company(run, company)
             _save_references(client, run, organizations)
             consistent = _save_categories(client, run, changed_since, progress)
-            consistent &= _save_assortment(client, run, changed_since, progress)
+            changed = {} if changed_since else None  # goods new or changed in this run: id → kind
+            consistent &= _save_assortment(client, run, changed_since, progress, changed)
             _save_bundle_components(client, run, changed_since if store.setting(SOURCE, COMPONENTS_READ) else None,
                                     progress)
             run.set_setting(COMPONENTS_READ, server_now.isoformat())
-            _save_stock(client, run, progress)
-            _save_costs_and_images(client, run, progress)
+            whole = mode == "full" or _due(store, LAST_STOCK_REPORT, stock_report_hours)
+            since = None if whole else read_from(store.setting(SOURCE, COST_BOOKMARK), store.setting(SOURCE, STOCK_BOOKMARK))
+            stock = read_stock(client, run, since, progress)
+            run.set_setting(COST_BOOKMARK, stock.bookmark)
+            if stock.changed is None or not _save_changed_costs(client, run, changed, stock.changed, progress):
+                _save_costs_and_images(client, run, progress)
+                run.set_setting(LAST_STOCK_REPORT, server_now.isoformat())
             if mode == "full":
                 if consistent:
                     for table, count in run.mark_unseen_removed().items():
@@ -135,18 +172,20 @@ def sync_catalog(
     return result
 
 
-def _full_due(store: CatalogStore, full_sync_hours: int) -> bool:
-    """A periodic full run is what notices deletions; incremental runs cannot see them."""
-    if full_sync_hours <= 0:
+def _due(store: CatalogStore, key: str, hours: int) -> bool:
+    """Whether what the setting ``key`` dates (a full run, the whole stock report) is more than ``hours``
+    old, or never happened; never with ``hours`` 0. A periodic full run is what notices deletions, the
+    whole stock report what catches a cost that changed with nothing else."""
+    if hours <= 0:
         return False
-    last = store.setting(SOURCE, "last_full_sync")
+    last = store.setting(SOURCE, key)
     if not last:
         return True
     try:
         last_time = dt.datetime.fromisoformat(last)
     except ValueError:
         return True
-    return dt.datetime.now(dt.timezone.utc) - last_time > dt.timedelta(hours=full_sync_hours)
+    return dt.datetime.now(dt.timezone.utc) - last_time > dt.timedelta(hours=hours)
 
 
 def _filter(changed_since: str | None) -> str:
@@ -235,34 +274,35 @@ def _save_categories(client: MoySkladClient, run: CatalogRun, changed_since: str
     return len(sizes) <= 1
 
 
-def _save_assortment(client: MoySkladClient, run: CatalogRun, changed_since: str | None, progress: Progress) -> bool:
-    """Products, variants, services and bundles, page by page (a page is at most 1000 rows)."""
+def _save_assortment(client: MoySkladClient, run: CatalogRun, changed_since: str | None, progress: Progress,
+                     changed: dict | None = None) -> bool:
+    """Products, variants, services and bundles, page by page (a page is at most 1000 rows), each
+    page decoded into store rows by the thread that fetched it. ``changed`` collects the goods the
+    stock report lists (id → kind)."""
     sizes = set()
-    pages = client.iter_pages("/entity/assortment", {"filter": _filter(changed_since)}, WITHOUT_STOCK)
+    pages = client.iter_pages("/entity/assortment", {"filter": _filter(changed_since)}, WITHOUT_STOCK,
+                              decode=assortment_page)
     for page in pages:
-        sizes.add(page["meta"].get("size"))
-        total = page["meta"].get("size") if isinstance(page["meta"].get("size"), int) else None
-        products, offers, prices, attributes, owners = [], [], [], [], []
-        for row in page["rows"]:
-            try:
-                records = assortment_records(row)
-            except MalformedItem as exc:
-                _skip(run, row, "assortment", str(exc))
-                continue
-            offers.append(records.offer)
-            owners.append(records.offer["id"])
-            prices.extend(records.prices)
-            attributes.extend(records.attributes)
-            if records.product:
-                products.append(records.product)
-            run.stats.add(records.offer["kind"] + "s")
-        run.upsert_products(products)
-        run.upsert_offers(offers)
-        run.stats.add("prices", run.replace_children("prices", "offer_id", owners, prices, ("source", "offer_id", "price_type_id")))
-        run.stats.add("attributes", run.replace_children("attributes", "owner_id", owners, attributes, ("source", "owner_id", "attribute_id")))
-        run.stats.add("assortment_rows", len(page["rows"]))
-        progress("assortment", run.stats.counts["assortment_rows"], total)
-        del page, products, offers, prices, attributes  # a parsed page is large: free it before the next arrives
+        sizes.add(page.size)
+        for skipped in page.skipped:
+            _record_skip(run, skipped)
+        run.stage("products", PRODUCT_COLUMNS, page.products)
+        run.stage("offers", OFFER_COLUMNS, page.offers)
+        run.stage("prices", PRICE_COLUMNS, page.prices)
+        run.stage("attributes", ATTRIBUTE_COLUMNS, page.attributes)
+        for kind, count in page.kinds.items():
+            run.stats.add(kind + "s", count)
+        if changed is not None:
+            changed.update((offer[0], offer[2]) for offer in page.offers if offer[2] in STOCKED_KINDS)
+        run.stats.add("assortment_rows", page.rows)
+        progress("assortment", run.stats.counts["assortment_rows"], page.size if isinstance(page.size, int) else None)
+    run.merge_staged("products", "products", ("source", "id"), seen=True)
+    run.merge_staged("offers", "offers", ("source", "id"), seen=True)
+    run.stats.add("prices", run.merge_staged("prices", "prices", ("source", "offer_id", "price_type_id"),
+                                             children_of=("offer_id", "offers")))
+    run.stats.add("attributes", run.merge_staged("attributes", "attributes", ("source", "owner_id", "attribute_id"),
+                                                 children_of=("owner_id", "offers")))
+    run.drop_staged()
     return len(sizes) <= 1
 
 
@@ -301,44 +341,114 @@ def stock_bookmark(server_date: dt.datetime | None) -> str | None:
     return (server_date.astimezone(MOSCOW) - STOCK_OVERLAP).strftime(BOOKMARK_FORMAT)
 
 
-def _save_stock(client: MoySkladClient, run: CatalogRun, progress: Progress) -> None:
-    """Per-warehouse stock, reserve and in transit; always read whole (three cheap requests)."""
-    run.set_setting(STOCK_BOOKMARK, stock_bookmark(client.server_date))
-    run.clear("stock")
+def read_from(changed_since: str | None, bookmark: str | None, now: dt.datetime | None = None) -> str | None:
+    """The moment to read stock changes from: the earlier of ``changed_since`` (a webhook's) and the
+    bookmark; None (read the whole report) when there is no bookmark yet or the moment is too far
+    back for MoySklad."""
+    if not bookmark:
+        return None
+    earliest = min(filter(None, (changed_since, bookmark)))
+    now = now or dt.datetime.now(MOSCOW)
+    moment = dt.datetime.strptime(earliest, BOOKMARK_FORMAT).replace(tzinfo=MOSCOW)
+    return earliest if now - moment < CHANGED_SINCE_LIMIT else None
+
+
+@dataclass
+class StockRead:
+    bookmark: str | None  # where the store's stock is now known from (STOCK_BOOKMARK)
+    changed: set[str] | None  # the goods whose stock changed; None after a whole read (any may have)
+
+
+def read_stock(client: MoySkladClient, run: CatalogRun, since: str | None, progress: Progress | None = None) -> StockRead:
+    """Stock, reserve and in transit per warehouse from the three current-stock reports (1 unit each):
+    whole, or with ``changedSince`` only the goods whose stock changed since ``since``, with their
+    current figures on every warehouse (zero lines included)."""
+    if since is None:
+        run.clear("stock")
+    bookmark, changed = None, set()
     for stock_type, column in STOCK_COLUMNS.items():
-        rows = client.iter_array("/report/stock/bystore/current", {"stockType": stock_type})
-        count = run.merge_stock(
-            ((row["assortmentId"], row.get("storeId") or "", quantity(row.get(stock_type)))
-             for row in rows if isinstance(row, dict) and row.get("assortmentId")),
-            column,
-        )
+        params = {"stockType": stock_type, **({"changedSince": since} if since else {})}
+        figure = operator.attrgetter(stock_type)
+        rows = ((line.assortmentId, line.storeId or "", quantity(figure(line)))
+                for line in client.iter_array(CURRENT_STOCK, params, StockLine) if isinstance(line.assortmentId, str))
+        for chunk in chunks(rows, STOCK_CHUNK):
+            run.stage(column, ("offer_id", "warehouse_id", column), chunk)
+            if since:
+                changed.update(row[0] for row in chunk)
+        count = run.merge_staged(column, "stock", ("source", "offer_id", "warehouse_id"))
+        bookmark = bookmark or stock_bookmark(client.server_date)
         run.stats.add(f"stock_{column}_rows", count)
-        progress(f"stock {stock_type}", count)
+        if progress:
+            progress(f"stock {stock_type}", count)
+    run.drop_staged()
+    run.set_setting(STOCK_BOOKMARK, bookmark)
+    run.stats.counts["stock_read"] = "changes" if since else "whole"
+    return StockRead(bookmark, changed if since else None)
 
 
 def _save_costs_and_images(client: MoySkladClient, run: CatalogRun, progress: Progress) -> None:
-    """Unit cost (себестоимость) and the first image of every product and variant, from the stock report.
+    """Unit cost (себестоимость) and the first image of every product and variant, from the whole stock report.
 
     Goods that never took part in an operation are in no stock report: their cost stays unknown.
     """
     run.clear("images")
     done = 0
-    for page in client.iter_pages("/report/stock/all", {"filter": STOCK_REPORT_FILTER}):
-        costs, images = [], []
-        for row in page["rows"]:
-            try:
-                offer_id, cost, image = stock_report_record(row)
-            except MalformedItem as exc:
-                _skip(run, row, "stock report", str(exc))
-                continue
-            costs.append((offer_id, cost))
-            if image:
-                images.append(image)
-        run.update_offers("cost", costs)
-        run.stats.add("images", run.upsert("images", images, ("source", "owner_id", "position")))
-        done += len(page["rows"])
+    for page in client.iter_pages(STOCK_REPORT, {"filter": STOCK_REPORT_FILTER}, decode=stock_report_page):
+        done += _stage_costs(run, page)
         progress("unit costs", done)
-        del page
+    _merge_costs(run)
+    run.stats.counts["cost_read"] = "whole"
+
+
+def _save_changed_costs(client: MoySkladClient, run: CatalogRun, changed: dict[str, str],
+                        stock_changed: set[str], progress: Progress) -> bool:
+    """Unit cost and first image of the goods new or changed in this run, or whose stock changed (a
+    supply changes FIFO cost), read by their links; False when the whole report costs less."""
+    goods = dict(changed)
+    goods.update(run.offer_kinds(run.with_stock(stock_changed - goods.keys()), STOCKED_KINDS))
+    batches = cost_filters(client.base_url, goods)
+    if len(batches) >= math.ceil(run.count_offers(STOCKED_KINDS) / client.settings.page_size):
+        return False
+    run.delete_children("images", "owner_id", list(goods))
+    done = 0
+    for batch in batches:
+        for page in client.iter_pages(STOCK_REPORT, {"filter": batch}, decode=stock_report_page):
+            done += _stage_costs(run, page)
+            progress("unit costs", done)
+    _merge_costs(run)
+    run.stats.add("costs_read", done)
+    run.stats.counts["cost_read"] = "changes"
+    return True
+
+
+def cost_filters(base_url: str, goods: dict[str, str]) -> list[str]:
+    """``filter`` values of /report/stock/all that pick these goods (id → product or variant): several
+    values of product and variant add up (OR), as many in each as keep its URL under MAX_URL_BYTES."""
+    fixed = len(f"{base_url}{STOCK_REPORT}?") + len(urlencode({"limit": 1000, "offset": 1_000_000}))
+    batches, current = [], STOCK_REPORT_FILTER
+    for offer_id, kind in sorted(goods.items()):
+        condition = f";{kind}={base_url}/entity/{kind}/{offer_id}"
+        if current != STOCK_REPORT_FILTER and fixed + len(urlencode({"filter": current + condition})) + 1 > MAX_URL_BYTES:
+            batches.append(current)
+            current = STOCK_REPORT_FILTER
+        current += condition
+    if current != STOCK_REPORT_FILTER:
+        batches.append(current)
+    return batches
+
+
+def _stage_costs(run: CatalogRun, page) -> int:
+    for skipped in page.skipped:
+        _record_skip(run, skipped)
+    run.stage("costs", ("cost", "id"), page.costs)
+    run.stage("images", IMAGE_COLUMNS, page.images)
+    return page.rows
+
+
+def _merge_costs(run: CatalogRun) -> None:
+    run.update_from_staged("costs", "cost")
+    run.stats.add("images", run.merge_staged("images", "images", ("source", "owner_id", "position")))
+    run.drop_staged()
 
 
 def _valid(run: CatalogRun, item_type: str, rows: Iterable[dict], transform) -> Iterator[dict]:
@@ -348,6 +458,11 @@ def _valid(run: CatalogRun, item_type: str, rows: Iterable[dict], transform) -> 
             yield transform(row)
         except MalformedItem as exc:
             _skip(run, row, item_type, str(exc))
+
+
+def _record_skip(run: CatalogRun, skipped: Skipped) -> None:
+    log.info("skipped %s %s (%s): %s", skipped.item_type, skipped.item_id, skipped.name, skipped.reason)
+    run.skip(skipped.item_type, skipped.item_id, skipped.name, skipped.reason)
 
 
 def _skip(run: CatalogRun, row, item_type: str, reason: str) -> None:

@@ -1,39 +1,164 @@
-"""Pure functions that turn MoySklad JSON rows into catalog store records.
+"""Pure functions that turn MoySklad JSON into catalog store records.
 
-No I/O here: each function takes one row as MoySklad sends it and returns plain dicts, or raises
+No I/O here: each function takes what MoySklad sends and returns plain records, or raises
 :class:`MalformedItem` with a reason an operator can read.
+
+The two big lists (``/entity/assortment`` and ``/report/stock/all``) are read a page at a time:
+:func:`assortment_page` and :func:`stock_report_page` decode a page's JSON straight into the few
+fields the store keeps (``msgspec`` typed structs, the rest of each row skipped unread) and give
+rows as tuples in the store's column order. A row whose shape is not MoySklad's (a list where an
+object belongs) is skipped with the reason, and the others kept.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from typing import Any
+
+import msgspec
 
 ITEM_KINDS = ("product", "variant", "service", "bundle")
+UNSET = msgspec.UNSET
+
+# Column order of the tuples the page functions give (the store writes them as they are).
+OFFER_COLUMNS = ("id", "product_id", "kind", "name", "code", "article", "external_code", "barcodes", "characteristics",
+                 "buy_price", "image_count", "archived", "updated")
+PRODUCT_COLUMNS = ("id", "kind", "name", "code", "article", "external_code", "category_id", "description", "unit_id",
+                   "vat", "vat_enabled", "weight", "volume", "variants_count", "tracking_type", "archived", "updated")
+PRICE_COLUMNS = ("offer_id", "price_type_id", "value")
+ATTRIBUTE_COLUMNS = ("owner_id", "attribute_id", "name", "type", "value")
+IMAGE_COLUMNS = ("owner_id", "position", "filename", "title", "size", "updated", "href", "permanent_href")
+
+_json = msgspec.json.Encoder()
 
 
 class MalformedItem(ValueError):
     """A row we cannot store; the message is the reason shown to the operator."""
 
 
-@dataclass
-class AssortmentRecords:
-    """Everything one assortment row contributes to the store."""
+class NotAListAnswer(ValueError):
+    """A whole answer without the list shape (``meta`` and ``rows``)."""
 
-    offer: dict
-    product: dict | None = None
-    prices: list[dict] = field(default_factory=list)
-    attributes: list[dict] = field(default_factory=list)
+
+# --- the shapes of MoySklad's rows, as far as the store needs them ----------------------------
+# Leaves are Any (their checks below give the reasons); containers are typed, so what is not
+# needed is skipped while parsing. gc=False: parsed JSON cannot hold reference cycles.
+
+class _Meta(msgspec.Struct, gc=False):
+    href: Any = None
+    type: Any = None
+    size: Any = None
+    downloadPermanentHref: Any = None
+
+
+class _Link(msgspec.Struct, gc=False):
+    meta: _Meta | None = None
+
+
+class _PriceType(msgspec.Struct, gc=False):
+    id: Any = None
+    name: Any = None
+    meta: _Meta | None = None
+
+
+class _SalePrice(msgspec.Struct, gc=False):
+    value: Any = None
+    priceType: _PriceType | None = None
+
+
+class _Value(msgspec.Struct, gc=False):
+    value: Any = None
+
+
+class _Attribute(msgspec.Struct, gc=False):
+    id: Any = None
+    name: Any = None
+    type: Any = None
+    value: Any = None
+    meta: _Meta | None = None
+
+
+class AssortmentRow(msgspec.Struct, gc=False):
+    """A row of ``/entity/assortment`` (product, variant, service or bundle): the fields the store keeps."""
+
+    meta: _Meta | None = None
+    id: Any = None
+    name: Any = None
+    code: Any = None
+    article: Any = None
+    externalCode: Any = None
+    archived: Any = None
+    updated: Any = None
+    description: Any = None
+    barcodes: Any = None
+    characteristics: Any = None
+    buyPrice: _Value | None = None
+    images: _Link | None = None
+    salePrices: list[_SalePrice] | None = None
+    attributes: list[_Attribute] | None = None
+    product: _Link | None = None
+    productFolder: _Link | None = None
+    uom: _Link | None = None
+    vat: Any = None
+    vatEnabled: Any = None
+    effectiveVat: Any = UNSET
+    effectiveVatEnabled: Any = UNSET
+    weight: Any = None
+    volume: Any = None
+    variantsCount: Any = None
+    trackingType: Any = None
+
+
+class _Image(msgspec.Struct, gc=False):
+    meta: _Meta | None = None
+    filename: Any = None
+    title: Any = None
+    size: Any = None
+    updated: Any = None
+
+
+class StockReportRow(msgspec.Struct, gc=False):
+    """A row of ``/report/stock/all``: the good, its unit cost (``price``) and first image."""
+
+    meta: _Meta | None = None
+    price: Any = None
+    image: _Image | None = None
+    name: Any = None
+
+
+class StockLine(msgspec.Struct, gc=False):
+    """A row of ``/report/stock/*/current``: one figure (named by ``stockType``) of a good on a warehouse."""
+
+    assortmentId: Any = None
+    storeId: Any = None
+    stock: Any = None
+    reserve: Any = None
+    inTransit: Any = None
+
+
+class _PageMeta(msgspec.Struct, gc=False):
+    size: Any = None
+
+
+def _page_type(row_type):
+    return msgspec.defstruct(f"{row_type.__name__}Page", [("meta", _PageMeta), ("rows", list[row_type])], gc=False)
+
+
+_ASSORTMENT_PAGE = msgspec.json.Decoder(_page_type(AssortmentRow))
+_STOCK_REPORT_PAGE = msgspec.json.Decoder(_page_type(StockReportRow))
+_ANY = msgspec.json.Decoder()
 
 
 def id_from_href(href: str | None) -> str | None:
-    """The entity id at the end of a MoySklad ``meta.href`` (query string ignored)."""
+    """The entity id at the end of a MoySklad ``meta.href`` (query string and fragment ignored)."""
     if not href or not isinstance(href, str):
         return None
-    path = urlsplit(href).path.rstrip("/")
-    return path.rsplit("/", 1)[-1] or None
+    path = href.partition("?")[0].partition("#")[0].rstrip("/")
+    head, _, tail = path.rpartition("/")
+    return tail if tail and not head.endswith(":/") else None  # "https://host" has no path
 
 
 def linked_id(row: dict, key: str) -> str | None:
@@ -72,10 +197,7 @@ def _flag(row: dict, key: str) -> int:
 
 
 def _number(row: dict, key: str) -> float | None:
-    value = row.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+    return _finite(row.get(key))
 
 
 def _identity(row: dict, what: str) -> tuple[str, str]:
@@ -112,32 +234,46 @@ def category_record(row: dict) -> dict:
     }
 
 
-def barcodes(row: dict) -> str | None:
+def _str(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _finite(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _link_id(link: _Link | None) -> str | None:
+    """The id of an entity linked as ``{meta: {href}}``."""
+    return id_from_href(link.meta.href) if link is not None and link.meta is not None else None
+
+
+def barcodes(values) -> str | None:
     """Barcodes as JSON ``[{"ean13": "..."}]``, the shape MoySklad uses, or None."""
-    values = row.get("barcodes")
     if not isinstance(values, list):
         return None
     kept = [b for b in values if isinstance(b, dict) and b]
-    return json.dumps(kept, ensure_ascii=False) if kept else None
+    return _json.encode(kept).decode() if kept else None
 
 
-def price_records(row: dict, offer_id: str) -> list[dict]:
-    prices = row.get("salePrices")
-    if prices is None:
-        return []
-    if not isinstance(prices, list):
-        raise MalformedItem("salePrices is not a list")
+def characteristics(values) -> str:
+    """A variant's characteristics as JSON ``[{"name": ..., "value": ...}]``."""
+    kept = [{"name": c["name"], "value": c.get("value")} for c in values if isinstance(c, dict) and isinstance(c.get("name"), str)] \
+        if isinstance(values, list) else []
+    return _json.encode(kept).decode()
+
+
+def price_records(row: AssortmentRow, offer_id: str) -> list[tuple]:
+    """(offer id, price type id, kopecks) per sale price."""
     records = []
-    for price in prices:
-        if not isinstance(price, dict):
-            raise MalformedItem("a sale price is not an object")
-        price_type = price.get("priceType") if isinstance(price.get("priceType"), dict) else {}
-        type_id = price_type.get("id") or linked_id(price, "priceType")
+    for price in row.salePrices or ():
+        price_type = price.priceType
+        type_id = price_type and (price_type.id or _link_id(price_type))
         if not type_id:
             raise MalformedItem("a sale price has no price type")
-        name = price_type.get("name") or type_id
-        value = kopecks(price.get("value"), f"price «{name}»")
-        records.append({"offer_id": offer_id, "price_type_id": type_id, "value": value or 0})
+        value = kopecks(price.value, f"price «{price_type.name or type_id}»")
+        records.append((offer_id, type_id, value or 0))
     return records
 
 
@@ -154,101 +290,179 @@ def attribute_value(value) -> str | None:
     return str(value)
 
 
-def attribute_records(row: dict, owner_id: str) -> list[dict]:
-    attributes = row.get("attributes")
-    if not isinstance(attributes, list):
-        return []
+def attribute_records(row: AssortmentRow, owner_id: str) -> list[tuple]:
+    """(owner id, attribute id, name, type, value as text) per custom attribute."""
     records = []
-    for attribute in attributes:
-        if not isinstance(attribute, dict) or not isinstance(attribute.get("name"), str):
+    for attribute in row.attributes or ():
+        if not isinstance(attribute.name, str):
             continue
-        attribute_id = attribute.get("id") or id_from_href((attribute.get("meta") or {}).get("href"))
-        if not attribute_id:
-            continue
-        records.append({
-            "owner_id": owner_id,
-            "attribute_id": attribute_id,
-            "name": attribute["name"],
-            "type": _text(attribute, "type"),
-            "value": attribute_value(attribute.get("value")),
-        })
+        attribute_id = attribute.id or (id_from_href(attribute.meta.href) if attribute.meta else None)
+        if attribute_id:
+            records.append((owner_id, attribute_id, attribute.name, _str(attribute.type), attribute_value(attribute.value)))
     return records
 
 
-def _image_count(row: dict) -> int:
-    images = row.get("images")
-    if isinstance(images, dict) and isinstance(images.get("meta"), dict):
-        size = images["meta"].get("size")
-        if isinstance(size, int) and size >= 0:
-            return size
-    return 0
+def _image_count(row: AssortmentRow) -> int:
+    size = row.images.meta.size if row.images is not None and row.images.meta is not None else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
 
 
-def _buy_price(row: dict) -> int | None:
-    buy = row.get("buyPrice")
-    return kopecks(buy.get("value"), "purchase price (buyPrice)") if isinstance(buy, dict) else None
+@dataclass
+class AssortmentRecords:
+    """Everything one assortment row contributes to the store, as tuples in the ``*_COLUMNS`` order."""
+
+    offer: tuple
+    product: tuple | None = None
+    prices: list[tuple] = field(default_factory=list)
+    attributes: list[tuple] = field(default_factory=list)
 
 
-def assortment_records(row: dict) -> AssortmentRecords:
+def assortment_records(row: AssortmentRow) -> AssortmentRecords:
     """One row of ``/entity/assortment``: a product, service or bundle (a card and its offer) or a variant."""
-    item_id, kind = _identity(row, "assortment row")
+    meta = row.meta
+    kind = meta.type if meta is not None else None
+    item_id = row.id if isinstance(row.id, str) and row.id else id_from_href(meta.href) if meta is not None else None
+    if not item_id:
+        raise MalformedItem("assortment row has no id")
     if kind not in ITEM_KINDS:
         raise MalformedItem(f"unknown assortment type {kind!r}")
-    name = _name(row, kind)
-    offer = {
-        "id": item_id,
-        "kind": kind,
-        "name": name,
-        "code": _text(row, "code"),
-        "article": _text(row, "article"),
-        "external_code": _text(row, "externalCode"),
-        "barcodes": barcodes(row),
-        "characteristics": None,
-        "buy_price": _buy_price(row),
-        "image_count": _image_count(row),
-        "archived": _flag(row, "archived"),
-        "updated": _text(row, "updated"),
-    }
-    records = AssortmentRecords(offer=offer, prices=price_records(row, item_id))
+    name = row.name
+    if not isinstance(name, str):
+        raise MalformedItem(f"{kind} has no name")
+    code, article, external_code = _str(row.code), _str(row.article), _str(row.externalCode)
+    archived, updated = 1 if row.archived is True else 0, _str(row.updated)
+    buy_price = kopecks(row.buyPrice.value, "purchase price (buyPrice)") if row.buyPrice is not None else None
+    prices = price_records(row, item_id)
     if kind == "variant":
-        product_id = linked_id(row, "product")
+        product_id = _link_id(row.product)
         if not product_id:
             raise MalformedItem("variant without a link to its product")
-        characteristics = row.get("characteristics")
-        if not isinstance(characteristics, list):
-            characteristics = []
-        offer["product_id"] = product_id
-        offer["characteristics"] = json.dumps(
-            [{"name": c.get("name"), "value": c.get("value")} for c in characteristics
-             if isinstance(c, dict) and isinstance(c.get("name"), str)],
-            ensure_ascii=False,
-        )
-        return records
-    offer["product_id"] = item_id
-    vat_enabled = row.get("effectiveVatEnabled", row.get("vatEnabled"))
-    vat = row.get("effectiveVat", row.get("vat"))
-    records.product = {
-        "id": item_id,
-        "kind": kind,
-        "name": name,
-        "code": offer["code"],
-        "article": offer["article"],
-        "external_code": offer["external_code"],
-        "category_id": linked_id(row, "productFolder"),
-        "description": _text(row, "description"),
-        "unit_id": linked_id(row, "uom"),
-        "vat": float(vat) if isinstance(vat, (int, float)) and not isinstance(vat, bool) else None,
-        "vat_enabled": None if vat_enabled is None else int(vat_enabled is True),
-        "weight": _number(row, "weight"),
-        "volume": _number(row, "volume"),
-        "variants_count": row.get("variantsCount") if isinstance(row.get("variantsCount"), int) else 0,
-        # products and bundles carry it; a variant is marked as its product (Variant has no trackingType)
-        "tracking_type": _text(row, "trackingType"),
-        "archived": offer["archived"],
-        "updated": offer["updated"],
-    }
-    records.attributes = attribute_records(row, item_id)
-    return records
+        offer = (item_id, product_id, kind, name, code, article, external_code, barcodes(row.barcodes),
+                 characteristics(row.characteristics), buy_price, _image_count(row), archived, updated)
+        return AssortmentRecords(offer, None, prices)
+    vat_enabled = row.effectiveVatEnabled if row.effectiveVatEnabled is not UNSET else row.vatEnabled
+    vat = row.effectiveVat if row.effectiveVat is not UNSET else row.vat
+    product = (item_id, kind, name, code, article, external_code, _link_id(row.productFolder), _str(row.description),
+               _link_id(row.uom), float(vat) if isinstance(vat, (int, float)) and not isinstance(vat, bool) else None,
+               None if vat_enabled is None else int(vat_enabled is True), _finite(row.weight), _finite(row.volume),
+               row.variantsCount if isinstance(row.variantsCount, int) else 0,
+               # products and bundles carry it; a variant is marked as its product (Variant has no trackingType)
+               _str(row.trackingType), archived, updated)
+    offer = (item_id, item_id, kind, name, code, article, external_code, barcodes(row.barcodes), None, buy_price,
+             _image_count(row), archived, updated)
+    return AssortmentRecords(offer, product, prices, attribute_records(row, item_id))
+
+
+@dataclass
+class Skipped:
+    """A row left out of a page, and why (the run records it for the operator)."""
+
+    item_type: str
+    item_id: str | None
+    name: str | None
+    reason: str
+
+
+@dataclass
+class AssortmentPage:
+    """What one page of ``/entity/assortment`` gives the store."""
+
+    size: int | None  # the list's total (meta.size): a change while paging shows as another total
+    rows: int
+    offers: list[tuple] = field(default_factory=list)
+    products: list[tuple] = field(default_factory=list)
+    prices: list[tuple] = field(default_factory=list)
+    attributes: list[tuple] = field(default_factory=list)
+    kinds: Counter = field(default_factory=Counter)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def assortment_page(body: bytes) -> AssortmentPage:
+    """A page of ``/entity/assortment`` (JSON) as store records; malformed rows skipped with their reasons.
+
+    Raises ``msgspec.DecodeError`` when the body is not whole JSON, :class:`NotAListAnswer` when it is
+    no list page.
+    """
+    size, rows, skipped = _typed_rows(body, _ASSORTMENT_PAGE, AssortmentRow, "assortment")
+    page = AssortmentPage(size, len(rows) + len(skipped), skipped=skipped)
+    for row in rows:
+        try:
+            records = assortment_records(row)
+        except MalformedItem as exc:
+            page.skipped.append(_skipped("assortment", row, str(exc)))
+            continue
+        page.offers.append(records.offer)
+        page.kinds[records.offer[2]] += 1
+        page.prices += records.prices
+        page.attributes += records.attributes
+        if records.product:
+            page.products.append(records.product)
+    return page
+
+
+@dataclass
+class StockReportPage:
+    """What one page of ``/report/stock/all`` gives the store: unit costs and first images."""
+
+    size: int | None
+    rows: int
+    costs: list[tuple] = field(default_factory=list)  # (kopecks or None, offer id)
+    images: list[tuple] = field(default_factory=list)  # IMAGE_COLUMNS
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def stock_report_page(body: bytes) -> StockReportPage:
+    """A page of ``/report/stock/all`` (JSON) as costs and images; rows without an item link skipped."""
+    size, rows, skipped = _typed_rows(body, _STOCK_REPORT_PAGE, StockReportRow, "stock report")
+    page = StockReportPage(size, len(rows) + len(skipped), skipped=skipped)
+    for row in rows:
+        try:
+            offer_id, cost, image = stock_report_record(row)
+        except MalformedItem as exc:
+            page.skipped.append(_skipped("stock report", row, str(exc)))
+            continue
+        page.costs.append((cost, offer_id))
+        if image:
+            page.images.append(image)
+    return page
+
+
+def _typed_rows(body: bytes, decoder: msgspec.json.Decoder, row_type, item_type: str) -> tuple[Any, list, list[Skipped]]:
+    """(meta.size, the rows as ``row_type``, the rows of another shape as skipped) of a list page."""
+    try:
+        page = decoder.decode(body)
+        return page.meta.size, page.rows, []
+    except msgspec.ValidationError:
+        pass  # some row (or the page) is not of MoySklad's shape: sort the rows out one by one
+    data = _ANY.decode(body)
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not isinstance(data.get("meta"), dict):
+        raise NotAListAnswer("not a list answer (no meta/rows)")
+    rows, skipped = [], []
+    for raw in data["rows"]:
+        try:
+            rows.append(msgspec.convert(raw, row_type))
+        except msgspec.ValidationError as exc:
+            raw = raw if isinstance(raw, dict) else {}
+            skipped.append(Skipped(item_type, _str(raw.get("id")), _str(raw.get("name")), shape_reason(exc)))
+    return data["meta"].get("size"), rows, skipped
+
+
+def _skipped(item_type: str, row, reason: str) -> Skipped:
+    return Skipped(item_type, _str(getattr(row, "id", None)), _str(row.name), reason)
+
+
+_SHAPE_WORDS = {"array": "a list", "object": "an object", "str": "a text", "int": "a number", "float": "a number",
+                "bool": "true or false", "null": "null"}
+_SHAPE_ERROR = re.compile(r"Expected `(?P<expected>[^`]+)`, got `(?P<got>[^`]+)`(?: - at `\$\.?(?P<where>[^`]*)`)?")
+
+
+def shape_reason(error: msgspec.ValidationError) -> str:
+    """A row of the wrong shape, in words: "salePrices is not a list (got a text)"."""
+    match = _SHAPE_ERROR.match(str(error))
+    if not match:
+        return f"the row does not have MoySklad's shape: {error}"
+    expected = next((_SHAPE_WORDS.get(part, part) for part in match["expected"].split(" | ") if part != "null"), "?")
+    return f"{match['where'] or 'the row'} is not {expected} (got {_SHAPE_WORDS.get(match['got'], match['got'])})"
 
 
 def bundle_component_records(row: dict) -> tuple[str, list[dict] | None]:
@@ -276,30 +490,21 @@ def component_record(bundle_id: str, row: dict) -> dict:
     return {"bundle_id": bundle_id, "component_id": component_id, "quantity": amount}
 
 
-def stock_report_record(row: dict) -> tuple[str, int | None, dict | None]:
-    """A row of ``/report/stock/all``: (offer id, unit cost in kopecks, first image or None)."""
-    meta = row.get("meta") if isinstance(row, dict) else None
-    offer_id = id_from_href(meta.get("href")) if isinstance(meta, dict) else None
+def stock_report_record(row: StockReportRow) -> tuple[str, int | None, tuple | None]:
+    """A row of ``/report/stock/all``: (offer id, unit cost in kopecks, first image as IMAGE_COLUMNS or None)."""
+    offer_id = id_from_href(row.meta.href) if row.meta is not None else None
     if not offer_id:
         raise MalformedItem("stock report row without an item link")
     try:
-        cost = kopecks(row.get("price"), "unit cost")
+        cost = kopecks(row.price, "unit cost")
     except MalformedItem:
         cost = None
-    image = row.get("image")
-    image_record = None
-    if isinstance(image, dict) and isinstance(image.get("meta"), dict) and image["meta"].get("href"):
-        image_record = {
-            "owner_id": offer_id,
-            "position": 0,
-            "filename": _text(image, "filename"),
-            "title": _text(image, "title"),
-            "size": image.get("size") if isinstance(image.get("size"), int) else None,
-            "updated": _text(image, "updated"),
-            "href": image["meta"]["href"],
-            "permanent_href": image["meta"].get("downloadPermanentHref"),
-        }
-    return offer_id, cost, image_record
+    image = row.image
+    if image is None or image.meta is None or not image.meta.href:
+        return offer_id, cost, None
+    size = image.size if isinstance(image.size, int) and not isinstance(image.size, bool) else None
+    return offer_id, cost, (offer_id, 0, _str(image.filename), _str(image.title), size, _str(image.updated),
+                            image.meta.href, image.meta.downloadPermanentHref)
 
 
 def reference_record(row: dict, what: str, *fields: tuple[str, str]) -> dict:

@@ -121,6 +121,17 @@ def test_product_variant_and_store_filters(server):
     assert others["rows"][0]["stock"] == totals(first, [0, 1])[0]
 
 
+def test_a_request_with_more_than_8_kb_of_headers_is_refused(server):
+    """md/_restrictions.md: "не более 8 КБ в заголовках запроса (URL, User-Agent, Authorization и т. д.)"."""
+    goods = listed(server.catalog)
+    links = [f"product={href(server, 'product', item.id)}" for item in goods if item.kind == "product"]
+    fits = ";".join(links[:40]) + ";stockMode=all;quantityMode=all"
+    assert len(row_ids(report(server, filter=fits))) == 40  # ~5 KB of URL: answered
+    too_long = get(server, "/report/stock/all", filter=";".join(links[:100]))
+    assert too_long.status_code == 414 and "414 Request-URI Too Large" in too_long.text
+    assert server.stats["status"].get(414) == 1
+
+
 def test_include_related_adds_the_variants_of_a_filtered_product(server):
     catalog = server.catalog
     product = next(i for i in catalog.items.values()

@@ -18,7 +18,8 @@ READS = {
 }
 # what the error says happened, per framing of the cut (see emulator.server.TRUNCATE_FRAMINGS)
 GAVE_UP = {"close": ("is not whole JSON (cut off on the way?)", "was cut off (the gzip stream ends early)"),
-           "length": ("answer truncated",), "chunked": ("connection broken (Response ended prematurely)",)}
+           "length": ("answer truncated",),
+           "chunked": ("connection broken (Response ended prematurely)", "answer truncated")}
 
 
 def read(server, what, **settings):

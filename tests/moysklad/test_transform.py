@@ -5,51 +5,85 @@ import json
 import pytest
 
 from moysklad.transform import (
+    ATTRIBUTE_COLUMNS,
+    IMAGE_COLUMNS,
+    OFFER_COLUMNS,
+    PRICE_COLUMNS,
+    PRODUCT_COLUMNS,
     MalformedItem,
-    assortment_records,
     bundle_component_records,
     category_record,
     component_record,
     id_from_href,
     price_type_records,
-    stock_report_record,
+    stock_report_page,
 )
+from moysklad.transform import assortment_page as decode_assortment
 
 
 def load(fixtures, name):
     return json.loads((fixtures / "moysklad" / name).read_text(encoding="utf-8"))
 
 
+def list_page(rows, size=None) -> bytes:
+    """A list answer as MoySklad sends it, around these rows."""
+    return json.dumps({"meta": {"size": len(rows) if size is None else size}, "rows": rows}, ensure_ascii=False).encode()
+
+
+class Records:
+    """A decoded assortment page with its tuples as dicts by column name."""
+
+    def __init__(self, rows):
+        page = decode_assortment(list_page(rows))
+        self.page = page
+        self.offers = [dict(zip(OFFER_COLUMNS, offer)) for offer in page.offers]
+        self.products = {p[0]: dict(zip(PRODUCT_COLUMNS, p)) for p in page.products}
+        self.prices = [dict(zip(PRICE_COLUMNS, price)) for price in page.prices]
+        self.attributes = [dict(zip(ATTRIBUTE_COLUMNS, attribute)) for attribute in page.attributes]
+        self.reasons = [skipped.reason for skipped in page.skipped]
+
+
 def test_assortment_rows_become_products_offers_and_prices(shared_fixtures):
     rows = load(shared_fixtures, "assortment_without_stock.json")["rows"]
-    records = [assortment_records(row) for row in rows]
-    kinds = [r.offer["kind"] for r in records]
-    assert kinds == ["product", "service", "bundle", "product", "variant", "variant"]
+    records = Records(rows)
+    assert [o["kind"] for o in records.offers] == ["product", "service", "bundle", "product", "variant", "variant"]
+    assert records.page.size == records.page.rows == len(rows) and not records.reasons
 
-    product = records[0]
-    assert product.product["id"] == product.offer["id"] == product.offer["product_id"] == "35427052-36e7-11e7-8a7f-40d0000000d7"
-    assert product.offer["external_code"] == "LsAGeHdbgyQ3oSlTzZUvH0"
-    assert product.offer["buy_price"] == 500
-    assert product.prices == [{"offer_id": product.offer["id"], "price_type_id": "672559f1-cbf3-11e1-9eb9-889ffa6f49fd", "value": 1500}]
-    assert json.loads(product.offer["barcodes"]) == [{"ean13": "2000000000015"}]
-    assert product.product["vat"] == 18 and product.product["vat_enabled"] == 1
+    offer = records.offers[0]
+    product = records.products[offer["id"]]
+    assert product["id"] == offer["id"] == offer["product_id"] == "35427052-36e7-11e7-8a7f-40d0000000d7"
+    assert offer["external_code"] == "LsAGeHdbgyQ3oSlTzZUvH0"
+    assert offer["buy_price"] == 500
+    assert [p for p in records.prices if p["offer_id"] == offer["id"]] == [
+        {"offer_id": offer["id"], "price_type_id": "672559f1-cbf3-11e1-9eb9-889ffa6f49fd", "value": 1500}]
+    assert json.loads(offer["barcodes"]) == [{"ean13": "2000000000015"}]
+    assert product["vat"] == 18 and product["vat_enabled"] == 1
 
-    parent, blue = records[3], records[4]
-    assert parent.product["variants_count"] == 2
-    assert blue.product is None
-    assert blue.offer["product_id"] == parent.product["id"]
-    assert json.loads(blue.offer["characteristics"]) == [{"name": "color", "value": "blue"}]
-    assert blue.offer["external_code"] == "BrmW28jLhRMI-jOPUdfWW0"
+    parent, blue = records.offers[3], records.offers[4]
+    assert records.products[parent["id"]]["variants_count"] == 2
+    assert blue["id"] not in records.products
+    assert blue["product_id"] == parent["id"]
+    assert json.loads(blue["characteristics"]) == [{"name": "color", "value": "blue"}]
+    assert blue["external_code"] == "BrmW28jLhRMI-jOPUdfWW0"
 
 
 def test_product_cards_carry_folder_unit_and_attributes(shared_fixtures):
     row = load(shared_fixtures, "product_get.json")
-    records = assortment_records(row)
-    assert records.product["category_id"] is None  # the vendor example sits at the top level
-    assert records.product["description"] == row["description"]
-    assert records.product["unit_id"] == id_from_href(row["uom"]["meta"]["href"])
+    records = Records([row])
+    product = records.products[row["id"]]
+    assert product["category_id"] is None  # the vendor example sits at the top level
+    assert product["description"] == row["description"]
+    assert product["unit_id"] == id_from_href(row["uom"]["meta"]["href"])
     names = {a["name"]: a["value"] for a in records.attributes}
     assert len(names) == len(row.get("attributes", []))
+
+
+def test_links_give_the_id_at_their_end():
+    base = "https://api.moysklad.ru/api/remap/1.2/entity/product/"
+    assert id_from_href(base + "c02e3a5c-007e-11e6-9464-e4de00000006?expand=supplier") == "c02e3a5c-007e-11e6-9464-e4de00000006"
+    assert id_from_href(base + "abc/") == "abc"
+    assert id_from_href("https://api.moysklad.ru") is None and id_from_href("https://api.moysklad.ru/") is None
+    assert id_from_href("") is None and id_from_href(None) is None and id_from_href(42) is None
 
 
 @pytest.mark.parametrize(
@@ -60,37 +94,48 @@ def test_product_cards_carry_folder_unit_and_attributes(shared_fixtures):
         (lambda r: r["salePrices"][0].update(value=-100.0), "negative"),
         (lambda r: r["meta"].update(type="consignment"), "unknown assortment type"),
         (lambda r: r.pop("id") and r["meta"].update(href=""), "has no id"),
-        (lambda r: r.update(salePrices="free"), "salePrices is not a list"),
+        (lambda r: r.update(salePrices="free"), "salePrices is not a list (got a text)"),
+        (lambda r: r["salePrices"].append("free"), "salePrices[1] is not an object (got a text)"),
     ],
 )
-def test_malformed_rows_are_refused_with_a_reason(shared_fixtures, change, reason):
-    row = load(shared_fixtures, "assortment_without_stock.json")["rows"][0]
-    change(row)
-    with pytest.raises(MalformedItem, match=reason):
-        assortment_records(row)
+def test_malformed_rows_are_refused_with_a_reason_and_the_others_kept(shared_fixtures, change, reason):
+    rows = load(shared_fixtures, "assortment_without_stock.json")["rows"]
+    change(rows[0])
+    records = Records(rows)
+    assert len(records.reasons) == 1 and reason in records.reasons[0]
+    assert [o["id"] for o in records.offers] == [row["id"] for row in rows[1:]]
+    assert records.page.rows == len(rows)
 
 
 def test_a_variant_without_its_product_is_refused(shared_fixtures):
     row = load(shared_fixtures, "assortment_without_stock.json")["rows"][4]
     del row["product"]
-    with pytest.raises(MalformedItem, match="variant without a link"):
-        assortment_records(row)
+    assert Records([row]).reasons == ["variant without a link to its product"]
 
 
 def test_empty_names_are_kept_for_the_feed_to_judge(shared_fixtures):
     row = load(shared_fixtures, "assortment_without_stock.json")["rows"][0]
     row["name"] = ""
-    assert assortment_records(row).offer["name"] == ""
+    assert Records([row]).offers[0]["name"] == ""
 
 
 def test_stock_report_rows_give_cost_and_first_image(shared_fixtures):
     rows = load(shared_fixtures, "report_stock_all.json")["rows"]
-    offer_id, cost, image = stock_report_record(rows[0])
-    assert offer_id == "c02e3a5c-007e-11e6-9464-e4de00000006"  # ?expand=... stripped
-    assert cost == 0 and image is None
-    offer_id, cost, image = stock_report_record(rows[-1])
+    page = stock_report_page(list_page(rows))
+    costs = {offer_id: cost for cost, offer_id in page.costs}
+    assert costs["c02e3a5c-007e-11e6-9464-e4de00000006"] == 0  # ?expand=... stripped
+    assert len(page.costs) == len(rows) and len(page.images) == 1
+    image = dict(zip(IMAGE_COLUMNS, page.images[0]))
+    assert image["owner_id"] == id_from_href(rows[-1]["meta"]["href"]) and image["position"] == 0
     assert image["filename"] == "image-product.jpg"
     assert image["href"].endswith("/download/d2bc700a-696c-4082-b807-be8cfff7d7a1")
+
+
+def test_a_body_that_is_no_list_page_is_said_to_be_so():
+    from moysklad.transform import NotAListAnswer
+
+    with pytest.raises(NotAListAnswer):
+        decode_assortment(b'{"errors": []}')
 
 
 def test_folders_link_their_parent(shared_fixtures):
@@ -132,7 +177,7 @@ def test_errors_are_classified_once_with_words_a_person_can_act_on():
 
 def test_bundles_carry_tracking_type_and_their_components(shared_fixtures):
     bundle = load(shared_fixtures, "bundle_list.json")["rows"][0]
-    assert assortment_records(bundle).product["tracking_type"] == "NOT_TRACKED"
+    assert Records([bundle]).products[bundle["id"]]["tracking_type"] == "NOT_TRACKED"
     assert bundle_component_records(bundle) == (bundle["id"], None)  # not expanded: to be asked for
     listed = load(shared_fixtures, "bundle_components.json")["rows"]
     expanded = dict(bundle, components={"meta": {"size": len(listed)}, "rows": listed})
