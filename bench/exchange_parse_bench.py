@@ -41,12 +41,13 @@ from store import open_catalog
 
 path = Path(sys.argv[3])
 store = open_catalog(sys.argv[2])
-started = time.monotonic()
+started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
 result = import_file(store, path, upload_dir=path.parent, images_dir=path.parent / "images")
-seconds = time.monotonic() - started
+seconds, usage = time.monotonic() - started, resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"kind": result.kind, "counts": result.counts, "seconds": seconds, "mb": path.stat().st_size / 1e6,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "parser_rss_mb": result.parser_peak_rss_mb}))
+                  "peak_rss_mb": usage.ru_maxrss / 1024, "parser_rss_mb": result.parser_peak_rss_mb,
+                  "writer_cpu_seconds": usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime,
+                  "parser_cpu_seconds": result.parser_cpu_seconds}))
 """
 
 

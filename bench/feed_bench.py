@@ -5,9 +5,13 @@ For each size: the emulator runs in this process (20 ms latency, MoySklad's limi
 process does the full build and reports wall time and peak RSS; a second child renders and
 publishes again from the synced store without syncing (render alone); then C goods change in
 MoySklad (default 50: price edits, stock moves, new goods) and a third child builds again, as a
-webhook's rebuild does (incremental sync + render + publish). Goals: render >= 50,000 offers/s;
-the incremental build after <= 50 changes makes <= 15 MoySklad requests and takes <= 10 s at any
-size (printed beside the full build of the same run); peak RSS < 150 MB and flat from 10k to 100k.
+webhook's rebuild does (incremental sync + render + publish); a fourth renders the way the scheduler
+does inside gunicorn: on a thread of its own with another thread alive, twice in a row (the first
+build of a process also starts the fork server the rendering processes come from), beside a
+single-process render of the same store as the baseline. Goals: render >= 50,000 offers/s (the
+command line and the scheduled path); the incremental build after <= 50 changes makes <= 15
+MoySklad requests and takes <= 10 s at any size (printed beside the full build of the same run);
+peak RSS < 150 MB per process and flat from 10k to 100k.
 
     python bench/feed_bench.py                  # 10,000 and 100,000 assortment rows
     python bench/feed_bench.py --rows 20000 --changes 20
@@ -50,6 +54,46 @@ print(json.dumps({"offers": result.offers, "seconds": seconds, "size": result.si
 """.replace("PEAK_RSS_MB", PEAK_RSS_MB)
 
 
+SCHEDULED = r"""
+import json, os, resource, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from core.settings import FeedSettings, MoySkladSettings, Settings
+from emulator.harness import descendant_pids
+from feeds.build import build_feed
+from feeds.icml import render_icml, resolve_options
+from store import CatalogReader
+
+settings = Settings(data_dir=Path(sys.argv[3]), moysklad=MoySkladSettings(base_url=sys.argv[2], token="bench-token"),
+                    feeds=(FeedSettings(name="bench", pictures="none", min_ratio=0),))
+peaks, stop = {}, threading.Event()
+
+def sample():  # the thread beside the build, as gunicorn's and the scheduler's are: VmHWM of every process under this one
+    while not stop.wait(0.02):
+        for pid in descendant_pids(os.getpid()):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            peaks[pid] = int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
+with ThreadPoolExecutor(1) as builds:  # the scheduler builds on a thread of its own
+    renders = [builds.submit(build_feed, settings, settings.feeds[0], sync=False).result().render_seconds for _ in range(2)]
+started = time.monotonic()
+with CatalogReader(settings.store_path) as reader, open(settings.feeds_dir / "single.xml", "wb") as out:
+    offers = render_icml(reader, resolve_options(reader, settings.feeds[0], settings.images_url), out).offers
+single = time.monotonic() - started
+stop.set()
+sampler.join()
+print(json.dumps({"offers": offers, "first_seconds": renders[0], "seconds": renders[1], "single_seconds": single,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "children_rss_mb": sorted(peaks.values())}))
+"""
+
+
 def child(base_url: str, data_dir: str, mode: str) -> dict:
     return run_measured(CHILD, str(ROOT), base_url, data_dir, mode, EMULATOR_TOKEN, what="build")
 
@@ -62,7 +106,7 @@ def main() -> None:
     print(f"{'rows':>8} {'offers':>8} {'MB':>6} | {'full build s':>12} {'requests':>8} {'RSS MB':>7} | "
           f"{'render s':>8} {'offers/s':>9} {'+publish s':>10} {'RSS MB':>7} | {'incr. build s':>13} {'sync s':>6} "
           f"{'requests':>8} {'units':>5}", file=out)
-    results = []
+    results, scheduled_rows = [], []
     for rows in args.rows:
         server = start_emulator(rows, seed=7, webhook_interval=10 ** 9)
         server.faults.latency_ms = args.latency_ms
@@ -73,10 +117,12 @@ def main() -> None:
                 render = child(server.base_url, tmp, "render")
                 apply_changes(server.catalog, args.changes)
                 incremental = child(server.base_url, tmp, "sync")
+                scheduled = run_measured(SCHEDULED, str(ROOT), server.base_url, tmp, what="scheduled render")
         finally:
             server.stop()
         rate = render["offers"] / render["render_seconds"]
         results.append((full, render, rate, incremental))
+        scheduled_rows.append(scheduled_row(scheduled))
         print(f"{rows:>8} {render['offers']:>8} {render['size'] / 1e6:>6.1f} | {full['seconds']:>12.1f} "
               f"{full['requests']:>8} {full['peak_rss_mb']:>7.1f} | {render['render_seconds']:>8.2f} {rate:>9.0f} "
               f"{render['seconds']:>10.2f} {render['peak_rss_mb']:>7.1f} | {incremental['seconds']:>13.1f} "
@@ -93,11 +139,22 @@ def main() -> None:
               f"{inc['requests']} requests (goal <= {GOAL_INCREMENTAL_REQUESTS}: "
               f"{'met' if inc['requests'] <= GOAL_INCREMENTAL_REQUESTS else 'MISSED'}; the full build {full['requests']}), "
               f"{inc['units']} units (the full build {full['units']})", file=out)
+    print("scheduled path (build on a thread, another thread alive): render offers/s, first build of the process "
+          "(starts the fork server) and the next; one process rendering the same store as the baseline", file=out)
+    print(f"{'rows':>8} {'offers':>8} | {'first':>8} {'next':>8} {'1 process':>9} {'ratio':>6} | "
+          f"{'build MB':>8} {'largest child MB':>16} {'all MB':>7}", file=out)
+    for rows, r in zip(args.rows, scheduled_rows):
+        print(f"{rows:>8} {r['offers']:>8} | {r['first_offers_per_s']:>8.0f} {r['offers_per_s']:>8.0f} "
+              f"{r['single_offers_per_s']:>9.0f} {r['offers_per_s'] / r['single_offers_per_s']:>5.1f}x | "
+              f"{r['peak_rss_mb']:>8.1f} {r['largest_child_rss_mb']:>16.1f} {r['all_rss_mb']:>7.1f}", file=out)
+    for goal in scheduled_rows[0]["goals"] if scheduled_rows else ():
+        print(f"goal scheduled path {goal}: {'met' if all(r['goals'][goal] for r in scheduled_rows) else 'MISSED'}", file=out)
     if len(results) > 1:
         growth = results[-1][1]["peak_rss_mb"] - results[0][1]["peak_rss_mb"]
         print(f"render peak RSS growth from {args.rows[0]} to {args.rows[-1]} rows: {growth:+.1f} MB", file=out)
     if args.json:
-        print_json("feed", [json_row(rows, *figures, args.changes) for rows, figures in zip(args.rows, results)],
+        print_json("feed", [{**json_row(rows, *figures, args.changes), "scheduled": scheduled}
+                            for rows, figures, scheduled in zip(args.rows, results, scheduled_rows)],
                    latency_ms=args.latency_ms)
 
 
@@ -113,6 +170,22 @@ def json_row(rows: int, full: dict, render: dict, rate: float, incremental: dict
                 f"<= {GOAL_INCREMENTAL_REQUESTS} requests": incremental["requests"] <= GOAL_INCREMENTAL_REQUESTS,
                 f"<= {GOAL_INCREMENTAL_SECONDS} s": incremental["seconds"] <= GOAL_INCREMENTAL_SECONDS,
                 "peak RSS < 150 MB": incremental["peak_rss_mb"] < 150}}}
+
+
+def scheduled_row(figures: dict) -> dict:
+    """The scheduled path's figures: offers/s of its first and next render, of one process, and the goals.
+
+    Peak RSS: the build's process, and the largest of the processes under it (the fork server and the
+    rendering processes); ``all_rss_mb`` adds them all up (shared pages counted in each).
+    """
+    offers = figures["offers"]
+    row = {**figures, "first_offers_per_s": offers / figures["first_seconds"], "offers_per_s": offers / figures["seconds"],
+           "single_offers_per_s": offers / figures["single_seconds"],
+           "largest_child_rss_mb": max(figures["children_rss_mb"], default=0.0),
+           "all_rss_mb": figures["peak_rss_mb"] + sum(figures["children_rss_mb"])}
+    row["goals"] = {"render >= 50,000 offers/s": row["offers_per_s"] >= GOAL_RENDER_RATE,
+                    "peak RSS < 150 MB per process": max(row["peak_rss_mb"], row["largest_child_rss_mb"]) < 150}
+    return row
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import traceback
 from collections.abc import Callable, Iterator
 
@@ -45,19 +46,38 @@ class ChildStream:
 
     def __iter__(self) -> Iterator:
         while True:
-            try:
-                kind, value = self.receiver.recv()
-            except (EOFError, OSError):  # OSError: the pipe ended in the middle of a message
-                raise ChildLost("the child process stopped unexpectedly") from None
-            if kind == "message":
-                yield value
-            elif kind == "done":
-                self.result = value
+            ended, value = self.receive()
+            if ended:
                 return
-            elif kind == "raise":
-                raise value
+            yield value
+
+    def receive(self) -> tuple[bool, object]:
+        """The next message as (False, message), or (True, None) once the child has ended well."""
+        try:
+            kind, value = self.receiver.recv()
+        except (EOFError, OSError):  # OSError: the pipe ended in the middle of a message
+            raise ChildLost("the child process stopped unexpectedly") from None
+        if kind == "message":
+            return False, value
+        if kind == "done":
+            self.result = value
+            return True, None
+        if kind == "raise":
+            raise value
+        raise ChildCrashed(value)
+
+
+def interleaved(streams: list[ChildStream]) -> Iterator[tuple[int, object]]:
+    """The messages of several children as they arrive, each with its stream's index, until all have ended."""
+    waiting = {stream.receiver: n for n, stream in enumerate(streams)}
+    while waiting:
+        for receiver in multiprocessing.connection.wait(list(waiting)):
+            n = waiting[receiver]
+            ended, value = streams[n].receive()
+            if ended:
+                del waiting[receiver]
             else:
-                raise ChildCrashed(value)
+                yield n, value
 
 
 @contextlib.contextmanager

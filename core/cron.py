@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from apscheduler.triggers.cron import CronTrigger
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 CRONTAB_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab's numbering
 WEEKDAY_PART = re.compile(r"(?:(\*)|(\w+)(?:-(\w+))?)(?:/(\d+))?")
@@ -13,6 +15,8 @@ WEEKDAY_PART = re.compile(r"(?:(\*)|(\w+)(?:-(\w+))?)(?:/(\d+))?")
 def crontab_trigger(expr: str, jitter: float | None = None) -> CronTrigger:
     """A crontab expression read as cron does: APScheduler 3's from_crontab takes weekday 0 for Monday.
     With ``jitter`` each run comes up to that many seconds after its time."""
+    from apscheduler.triggers.cron import CronTrigger  # APScheduler loads when a config has a cron, not at start-up
+
     fields = expr.split()
     if len(fields) != 5:
         raise ValueError(f"{expr!r}: expected 5 fields (minute hour day month weekday), got {len(fields)}")

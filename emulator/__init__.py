@@ -16,12 +16,20 @@ Stock reports follow emulator.stock, webhooks emulator.webhooks.
 The retailCRM API v5 emulator (stock and price uploads, ICML-fed offers) is `emulator.retailcrm.RetailCrmEmulator`.
 """
 
-from .catalog import Catalog, Folder, Item, PriceType, Store, Uom, generate_catalog
-from .cli import run
-from .protocol import ApiError
-from .retailcrm import RetailCrmEmulator
-from .server import EmulatorServer, Faults
-from .webhooks import WebhookHub
+from __future__ import annotations
 
+import importlib
+
+# Where each public name lives. They are imported on first use (PEP 562), so that the app can register the
+# `emulator` commands (emulator.cli) without loading the emulators.
+_MODULES = {"ApiError": "protocol", "Catalog": "catalog", "EmulatorServer": "server", "Faults": "server",
+            "Folder": "catalog", "Item": "catalog", "PriceType": "catalog", "RetailCrmEmulator": "retailcrm",
+            "Store": "catalog", "Uom": "catalog", "WebhookHub": "webhooks", "generate_catalog": "catalog", "run": "cli"}
 __all__ = ["ApiError", "Catalog", "EmulatorServer", "Faults", "Folder", "Item", "PriceType", "RetailCrmEmulator", "Store",
            "Uom", "WebhookHub", "generate_catalog", "run"]
+
+
+def __getattr__(name: str):
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_MODULES[name]}", __name__), name)

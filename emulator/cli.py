@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import click
 
-from .catalog import generate_catalog
-from .retailcrm import RetailCrmEmulator
-from .server import EmulatorServer
-from .webhooks import STOCK_INTERVAL
+from .protocol import STOCK_INTERVAL
+
+# The emulators are imported by the runners: `flask --app app` registers these commands without loading them.
 
 
 def run(port: int = 8081, products: int = 1000, seed: int = 1, host: str = "127.0.0.1", latency_ms: int = 0,
         error_rate: float = 0.0, token: str = "emu-token", login: str = "admin@emu", password: str = "emu-pass",
         webhook_interval: float = STOCK_INTERVAL, other_tokens: int = 0) -> None:
     """Serve a generated catalog until interrupted, printing where and how to connect."""
+    from .catalog import generate_catalog
+    from .server import EmulatorServer
+
     server = EmulatorServer(generate_catalog(products=products, seed=seed), host=host, port=port, token=token,
                             login=login, password=password, webhook_interval=webhook_interval,
                             other_tokens=numbered_tokens(token, other_tokens))
@@ -35,6 +37,8 @@ def numbered_tokens(token: str, count: int) -> tuple[str, ...]:
 def run_retailcrm(port: int = 8082, host: str = "127.0.0.1", api_key: str = "rcrm-key", sites: tuple = ("shop",),
                   icml: str | None = None) -> None:
     """Serve a retailCRM account until interrupted, printing where and with which key to connect."""
+    from .retailcrm import RetailCrmEmulator
+
     server = RetailCrmEmulator(host=host, port=port, api_key=api_key, sites=sites)
     loaded = server.load_icml(icml, sites[0]) if icml else 0
     print(f"retailCRM emulator: {server.base_url} (API at {server.api_url})", flush=True)

@@ -90,6 +90,13 @@ def child_pids(pid: int) -> list[int]:
         return []
 
 
+def parent_pid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def descendant_pids(pid: int) -> list[int]:
     children = child_pids(pid)
     return children + [grandchild for child in children for grandchild in descendant_pids(child)]
@@ -204,9 +211,13 @@ class PeakRss:
 
     @staticmethod
     def _role(pid: int) -> str:
+        """worker, fork server, or parser: a process the fork server forked (an import's parser, a build's
+        renderers), whose command line is the fork server's own."""
         command = command_line(pid)
         if not command:
             return "gone"
         if b"gunicorn" in command:
             return "worker"
-        return "fork server" if b"forkserver" in command else "parser"
+        if b"forkserver" in command and b"forkserver" not in command_line(parent_pid(pid)):
+            return "fork server"
+        return "parser"

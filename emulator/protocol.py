@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 MORE_INFO = "https://dev.moysklad.ru/doc/api/remap/1.2/#mojsklad-json-api-oshibki"
 MAX_LIMIT = 1000
 EXPAND_LIMIT = 100  # expand/fields are ignored above this limit
+STOCK_INTERVAL = 60.0  # doc (webhookstock): "Уведомления отправляются пользователю каждые 1-5 минут"
 # longest operators first, so "!~" is not read as "!" and "~"
 FILTER_PATTERN = re.compile(r"^([A-Za-z.]+)(>=|<=|!=|!~|=~|~=|>|<|=|~)(.*)$")
 

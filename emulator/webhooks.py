@@ -18,7 +18,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from .catalog import Catalog, format_moment, moscow_now
-from .protocol import ApiError
+from .protocol import STOCK_INTERVAL, ApiError
 
 ACTIONS = ("CREATE", "UPDATE", "DELETE", "PROCESSED")  # spec WebhookAction
 DIFF_TYPES = ("NONE", "FIELDS")  # spec WebhookDiffType
@@ -43,7 +43,6 @@ ASYNC_TYPE = "async"  # doc: PROCESSED "возможно только для а�
 ANSWER_WITHIN = 1.5  # doc: "ожидаем получить ответ с HTTP статусом 200 или 204 в течение 1500 миллисекунд"
 EXTRA_ATTEMPTS = 3  # doc: "осуществляет еще 3 попытки отправки ... последовательно, без таймаутов между ними"
 DELIVERIES_KEPT = 10000
-STOCK_INTERVAL = 60.0  # doc (webhookstock): "Уведомления отправляются пользователю каждые 1-5 минут"
 
 
 def missing(field: str) -> ApiError:

@@ -7,15 +7,29 @@ where they are written while it reads on.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import operator
+import os
+import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.child_process import ChildLost, preload, run_in_child
-from exchange.catalog_parser import FileSummary, RecordBatch, parse_catalog_file
+from exchange.catalog_parser import (
+    CARD_COLUMNS,
+    CATEGORY_COLUMNS,
+    CHILD_COLUMNS,
+    IMAGE_CACHE_COLUMNS,
+    OFFER_CARD_COLUMNS,
+    FileSummary,
+    RecordBatch,
+    parse_catalog_file,
+)
 from exchange.cml import CommerceMLError
 from store import CatalogRun, CatalogStore
 
@@ -24,8 +38,10 @@ preload("exchange.catalog_parser")  # loaded once, in the fork server, not in ev
 
 SOURCE = "exchange"
 # SQLite page cache during an import (KiB): random ids touch pages all over the tables, and the
-# default 2 MB cache makes a 100,000-goods file spend twice as long in SQLite.
-IMPORT_CACHE_KIB = 49152
+# default 2 MB cache makes a 100,000-goods file spend twice as long in SQLite. Beyond 24 MB it gains
+# little (at 100,000 goods the tables outgrow any cache; rows go in key order, see write_batch) and costs
+# the worker as much memory.
+IMPORT_CACHE_KIB = 24576
 
 
 @dataclass
@@ -40,6 +56,7 @@ class ImportResult:
     counts: dict
     run_id: int
     parser_peak_rss_mb: float = 0.0  # of the parser process; the writer's is the caller's own
+    parser_cpu_seconds: float = 0.0
 
 
 def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir: Path,
@@ -50,12 +67,13 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
         raise CommerceMLError(f"Файл {path.name} не найден среди загруженных файлов")
     started = time.monotonic()
     with store.run(SOURCE, "import") as run, store.page_cache(IMPORT_CACHE_KIB), \
-            run_in_child(parse_catalog_file, path, Path(upload_dir), Path(images_dir),
-                         name=f"commerceml-parser {path.name}", expected=(CommerceMLError,)) as messages:
+            run_in_child(parse_catalog_file, path, Path(upload_dir), name=f"commerceml-parser {path.name}",
+                         expected=(CommerceMLError,)) as messages, PictureLinker(Path(images_dir), path.name) as pictures:
         try:
             for message in messages:
                 if message[0] == "batch":
                     _, batch, records = message
+                    pictures.place(batch.pictures)
                     for table, count in write_batch(run, batch).items():
                         run.stats.add(table, count)
                     if progress:
@@ -70,41 +88,109 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
             raise CommerceMLError(f"Файл {path.name}: процесс разбора файла неожиданно остановился; "
                                   "ничего из файла не сохранено, повторите обмен") from None
         summary: FileSummary = messages.result
+        pictures.wait()  # every picture is in the images folder before the rows that name it commit
         apply_summary(run, summary)
         log.info("exchange: %s (%.1f MB) imported as %s in %.1f s: %s", path.name, path.stat().st_size / 1e6,
                  summary.kind, time.monotonic() - started, run.stats.counts)
     return ImportResult(kind=summary.kind, counts=dict(run.stats.counts), run_id=run.id,
-                        parser_peak_rss_mb=summary.peak_rss_mb)
+                        parser_peak_rss_mb=summary.peak_rss_mb, parser_cpu_seconds=summary.cpu_seconds)
+
+
+KEY = ("source", "id")
+# Rows are written in key order: a batch's random ids then touch each page of a table once, in one sweep
+# (sorted() is stable: of two rows with one key the later still wins).
+BY_ID, BY_OWNER_AND_KEY = operator.itemgetter(0), operator.itemgetter(0, 1)
 
 
 def write_batch(run: CatalogRun, batch: RecordBatch) -> dict[str, int]:
     """Write every row of a batch; returns the rows written per child table."""
     counts = {}
-    run.upsert_categories(batch.categories)
-    run.upsert_products(batch.products)
+    run.upsert_rows("categories", CATEGORY_COLUMNS, sorted(batch.categories, key=BY_ID), KEY, seen=True)
+    run.upsert_rows("products", CARD_COLUMNS, sorted(batch.products, key=BY_ID), KEY, seen=True)
     _write_cards(run, batch)
-    for rows in batch.offers.values():
-        run.upsert_offers(rows)
+    for columns, rows in batch.offers.items():
+        run.upsert_rows("offers", columns, sorted(rows, key=BY_ID), KEY, seen=True)
     run.mark_seen("offers", batch.touched)
     for table, key in (("prices", "price_type_id"), ("attributes", "attribute_id"), ("images", "position"),
                        ("stock", "warehouse_id")):
         owners, rows = batch.children[table]
         owner_column = "offer_id" if table in ("prices", "stock") else "owner_id"
-        counts[table] = run.replace_children(table, owner_column, owners, rows, ("source", owner_column, key))
-    run.upsert("image_cache", batch.image_cache, ("source", "image_id"))
+        counts[table] = run.replace_children(table, owner_column, owners, sorted(rows, key=BY_OWNER_AND_KEY),
+                                             ("source", owner_column, key), CHILD_COLUMNS[table])
+    run.upsert_rows("image_cache", IMAGE_CACHE_COLUMNS, sorted(batch.image_cache, key=BY_ID), ("source", "image_id"))
     return counts
 
 
 def _write_cards(run: CatalogRun, batch: RecordBatch) -> None:
     """Cards made up from a variant Товар (kept fresh, but a real Товар of this run wins) or from an
     offer (only when the store has no card; an existing one just counts as seen)."""
-    variants = {card["id"]: card for card in reversed(batch.variant_cards)}  # the first of each product wins
+    variants = {card[0]: card for card in reversed(batch.variant_cards)}  # the first of each product wins
     seen = run.seen_runs("products", list(variants))
-    run.upsert_products(card for card_id, card in variants.items() if seen.get(card_id, -1) != run.id)
-    missing = {card["id"]: card for card in reversed(batch.missing_cards)}
+    run.upsert_rows("products", CARD_COLUMNS, [card for card_id, card in variants.items() if seen.get(card_id, -1) != run.id],
+                    KEY, seen=True)
+    missing = {card[0]: card for card in reversed(batch.missing_cards)}
     seen = run.seen_runs("products", list(missing))
-    run.upsert_products(card for card_id, card in missing.items() if card_id not in seen)
+    run.upsert_rows("products", OFFER_CARD_COLUMNS, [card for card_id, card in missing.items() if card_id not in seen],
+                    KEY, seen=True)
     run.mark_seen("products", [card_id for card_id, seen_run in seen.items() if seen_run != run.id])
+
+
+class PictureLinker:
+    """Puts the pictures of each batch into the images folder on a thread of its own: linking a file is mostly
+    the kernel's work, done while this thread writes SQLite and the parser reads on (both without the GIL)."""
+
+    def __init__(self, images_dir: Path, file_name: str):
+        self.images_dir, self.file_name = images_dir, file_name
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="exchange-pictures")
+        self.placing: list[Future] = []
+
+    def __enter__(self) -> PictureLinker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+    def place(self, pictures: list[tuple[str, str]]) -> None:
+        if pictures:
+            self.placing.append(self.pool.submit(place_pictures, pictures, self.images_dir, self.file_name))
+
+    def wait(self) -> None:
+        """Until every picture is placed; raises CommerceMLError when one could not be."""
+        for placing in self.placing:
+            placing.result()
+
+
+def place_pictures(pictures: list[tuple[str, str]], images_dir: Path, file_name: str) -> None:
+    """Put pictures (uploaded file, name) into the images folder the feeds serve, each hard-linked to its
+    upload (a copy only across file systems): the upload goes with its session, the served file stays.
+    Raises CommerceMLError (nothing of the file saved) when it cannot."""
+    try:
+        images_dir.mkdir(parents=True, exist_ok=True)
+        for source, name in pictures:
+            target = os.path.join(images_dir, name)
+            try:
+                os.link(source, target)  # a new picture: it appears whole, in one step
+            except OSError:  # it exists (a feed may be serving it: replace it atomically), or no hard links here
+                if _same_file(source, target):
+                    continue  # this very upload, linked for an earlier good or import
+                partial = os.path.join(images_dir, f".{name}.{os.getpid()}.tmp")
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(partial)  # left by a killed import of a process with this pid
+                try:
+                    os.link(source, partial)
+                except OSError:  # another file system, or one without hard links
+                    shutil.copyfile(source, partial)
+                os.replace(partial, target)
+    except OSError as exc:
+        raise CommerceMLError(f"Файл {file_name}: картинки не удалось сохранить в папку {images_dir}: "
+                              f"{exc.strerror or exc}") from None
+
+
+def _same_file(one: str, other: str) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
 
 
 def apply_summary(run: CatalogRun, summary: FileSummary) -> None:

@@ -16,10 +16,13 @@ import secrets
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.clock import utc_now
 from core.files import atomic_write, locked
-from store import ExchangeLog
+
+if TYPE_CHECKING:
+    from store import ExchangeLog
 
 COOKIE_NAME = "skladbridge_exchange"
 # Failed logins from one address: after MAX_FAILURES within FAILURE_WINDOW seconds the address

@@ -13,16 +13,14 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sqlite3
 import time
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from core.credentials import basic_auth_matches
 from core.settings import Settings
-from exchange import orders
-from exchange.imports import complete, deactivate, request_import
 from exchange.sessions import (
     COOKIE_NAME,
     ExchangeSession,
@@ -33,7 +31,12 @@ from exchange.sessions import (
     prune_sessions,
 )
 from exchange.uploads import UploadError, receive, safe_name
-from store import ExchangeLog
+
+if TYPE_CHECKING:
+    from store import ExchangeLog
+
+# The steps' modules (imports, orders) and the store are imported where a request needs them: the app and
+# its command line start without lxml or SQLite.
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ def exchange() -> Response:
         return _failure(f"неизвестный тип обмена {kind!r}: поддерживаются type=catalog и type=sale")
     if mode != "checkauth" and mode not in modes:
         return _failure(f"неизвестный режим обмена {mode!r} для type={kind}")
+    from store import ExchangeLog
+
     with ExchangeLog(settings.exchange_log_path) as log_store:  # the session log, not the catalog
         try:
             if mode == "checkauth":
@@ -140,42 +145,58 @@ def _file(session, log_store, settings: Settings) -> list[str]:
 
 
 def _import(session, log_store, settings: Settings) -> list[str]:
+    from exchange.imports import request_import
+
     return request_import(session, _filename(), settings.store_path, settings.images_dir, log_path=log_store.path,
                           mailbox=settings.mailbox)
 
 
 def _deactivate(session, log_store, settings: Settings) -> list[str]:
+    from exchange.imports import deactivate
+
     deactivate(session, settings.store_path, settings.mailbox)
     return ["success"]
 
 
 def _complete(session, log_store, settings: Settings) -> list[str]:
+    from exchange.imports import complete
+
     complete(session, log_store, settings.mailbox)
     return ["success"]
 
 
 def _sale_complete(session, log_store, settings: Settings) -> list[str]:
+    from exchange.imports import complete
+
     complete(session, log_store)
     return ["success"]
 
 
 def _query(session, log_store, settings: Settings) -> Response:
+    from exchange import orders
+
     body, content_type = orders.query_orders(session, settings.store_path, settings.exchange)
     return Response(body, status=200, content_type=content_type)
 
 
 def _success(session, log_store, settings: Settings) -> list[str]:
+    from exchange import orders
+
     orders.confirm_orders(session, settings.store_path)
     return ["success"]
 
 
 def _sale_file(session, log_store, settings: Settings) -> list[str]:
+    from exchange import orders
+
     orders.receive_status_file(session, log_store, settings.store_path, _filename(), request.stream,
                                request.content_length, settings.exchange)
     return ["success"]
 
 
 def _sale_import(session, log_store, settings: Settings) -> list[str]:
+    from exchange import orders
+
     orders.import_status_file(session, log_store, settings.store_path, _filename())
     return ["success"]
 
@@ -207,6 +228,8 @@ def _failure(reason: str) -> Response:
 
 def _error(exc: Exception) -> Response:
     """Whatever went wrong, 1C gets a failure text it can show, never an HTML page."""
+    import sqlite3
+
     if isinstance(exc, HTTPException):
         return _failure(HTTP_REASONS.get(exc.code, f"ошибка запроса (HTTP {exc.code})"))
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from feeds.build import BuildFailed, BuildResult, build_feed
-from feeds.publish import failure_outcome
 from moysklad.errors import MoySkladError
-from store import StoreError
+
+if TYPE_CHECKING:
+    from feeds.build import BuildResult
+
+# Feature modules are imported by the commands that use them: `flask --app app` starts without loading them.
 
 feeds_cli = AppGroup("feeds", help="Build and publish the ICML feeds.")
 
@@ -22,6 +25,10 @@ feeds_cli = AppGroup("feeds", help="Build and publish the ICML feeds.")
 @click.option("--no-sync", is_flag=True, help="Render from the store as it is, without syncing MoySklad first.")
 def build_command(name: str | None, force: bool, no_sync: bool):
     """Sync (source moysklad), render and publish NAME, or every feed."""
+    from feeds.build import BuildFailed, build_feed
+    from feeds.publish import failure_outcome
+    from store import StoreError
+
     settings = current_app.config["SETTINGS"]
     everything = list(settings.every_feed())
     feeds = [(account, feed) for account, feed in everything if name in (None, feed.name)]

@@ -9,33 +9,34 @@ rules (see DOMAIN.md).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as dt
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import shutil
 import signal
 import string
 import tempfile
-import threading
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from lxml import etree
 
+from core.child_process import interleaved, preload, run_in_child
 from core.clock import MOSCOW
 from core.money import money
 from core.settings import FeedSettings
-from store import CatalogReader
+from store import CatalogReader, StoreError
 
 log = logging.getLogger(__name__)
+preload("feeds.icml")  # loaded once, in the fork server, not in every rendering process
 
 MAX_PRICE_KOPECKS = 99_999_999 * 100
 MAX_TEXT = 255
@@ -533,10 +534,10 @@ def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, pr
     moscow = options.now.astimezone(MOSCOW)
     with tempfile.TemporaryFile(dir=scratch_dir) as offers_file:
         if parts == 1:
-            stats = write_offers(reader, options, folder_ids, offers_file, progress=progress)
+            stats = _with_progress(write_offers(reader, options, folder_ids, offers_file), progress)
         else:
             log.info("feed %s: %d processes render the offers", feed.name, parts)
-            stats = _render_in_parts(reader.path, options, offers_file, scratch_dir, parts, progress)
+            stats = _render_in_parts(reader.path, options, folder_ids, offers_file, scratch_dir, parts, progress)
         categories = category_tree(published_categories(folders, stats.category_ids))
         with etree.xmlfile(out, encoding="utf-8") as xf:
             xf.write_declaration()
@@ -566,8 +567,9 @@ def removed_before(options: RenderOptions) -> str:
 
 
 def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: set[str], out: BinaryIO,
-                 part: int = 0, parts: int = 1, progress=None) -> RenderStats:
-    """Write the ``<offer>`` elements (of one part of the catalog) to ``out``, 1000 at a time."""
+                 part: int = 0, parts: int = 1) -> Generator[int, None, RenderStats]:
+    """Write the ``<offer>`` elements (of one part of the catalog) to ``out``, 1000 at a time; yields the
+    count written every 10,000 offers and returns the stats."""
     stats = RenderStats()
     feed = options.feed
     rows = reader.offers(options.source, price_type_id=options.price_type_id, warehouse_ids=options.warehouse_ids,
@@ -594,26 +596,38 @@ def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: se
         if len(batch) >= 1000:
             out.write("".join(batch).encode())
             batch.clear()
-            if progress and stats.offers % 10000 == 0:
-                progress(stats.offers)
+            if stats.offers % 10000 == 0:
+                yield stats.offers
     out.write("".join(batch).encode())
     return stats
+
+
+def _with_progress(steps: Generator[int, None, RenderStats], progress: Callable[[int], None] | None) -> RenderStats:
+    """Run :func:`write_offers` here, passing its counts to ``progress``."""
+    while True:
+        try:
+            count = next(steps)
+        except StopIteration as end:
+            return end.value
+        if progress:
+            progress(count)
 
 
 def render_processes(offers: int) -> int:
     """How many processes render a catalog of this size: one per core for big ones.
 
-    Workers are forked, which is only safe while this process runs no other thread (a thread
-    could hold a lock the child then waits on forever): so the command line renders in parallel,
-    while a build inside the web service (scheduler threads) renders in one process.
+    They are forked from the fork server of :mod:`core.child_process`, never from this process, so
+    a build inside the web service (scheduler and request threads beside it) renders in parallel
+    as the command line does.
     """
-    if offers < PARALLEL_FROM or threading.active_count() > 1:
+    if offers < PARALLEL_FROM:
         return 1
     return max(1, min(os.cpu_count() or 1, 4))
 
 
 def _die_with_parent() -> None:
-    """A render worker must not outlive a build that was killed (kill -9 leaves no one to stop it)."""
+    """A rendering process must not outlive a build that was killed (kill -9 leaves no one to stop it):
+    its parent, the fork server, exits when the build's process does."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: workers then end when their queue breaks
@@ -622,33 +636,43 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _render_part(store_path: str, feed: FeedSettings, images_url: str, now: dt.datetime, part: int, parts: int,
-                 path: str) -> RenderStats:
-    """One worker process: its own read-only connection, its share of the offers, its own file."""
+def _render_part(store_path: str, feed: FeedSettings, images_url: str, now: dt.datetime, folder_ids: set[str],
+                 part: int, parts: int, path: str) -> Generator[int, None, RenderStats]:
+    """One rendering process: its own read-only connection, its share of the offers, its own file.
+
+    The folders are the build's (``folder_ids``), so an offer never names a category the file lacks.
+    """
+    _die_with_parent()
     with CatalogReader(store_path) as reader, open(path, "wb") as out:
         options = resolve_options(reader, feed, images_url, now)
-        folder_ids = {row["id"] for row in reader.categories(options.source)}
-        return write_offers(reader, options, folder_ids, out, part=part, parts=parts)
+        return (yield from write_offers(reader, options, folder_ids, out, part=part, parts=parts))
 
 
-def _render_in_parts(store_path, options: RenderOptions, out: BinaryIO, scratch_dir: Path, parts: int,
-                     progress) -> RenderStats:
+def _render_in_parts(store_path, options: RenderOptions, folder_ids: set[str], out: BinaryIO, scratch_dir: Path,
+                     parts: int, progress) -> RenderStats:
+    """Each part rendered by a process of its own at the same time, then the parts copied to ``out`` in order."""
     paths = [scratch_dir / f".{options.feed.name}.{os.getpid()}.part{n}.tmp" for n in range(parts)]
     stats = RenderStats()
     try:
-        with ProcessPoolExecutor(max_workers=parts, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_die_with_parent) as pool:
-            futures = [pool.submit(_render_part, str(store_path), options.feed, options.images_url, options.now,
-                                   n, parts, str(path)) for n, path in enumerate(paths)]
-            for future, path in zip(futures, paths):
-                stats.merge(future.result())
-                with open(path, "rb") as part_file:
-                    shutil.copyfileobj(part_file, out, 1 << 20)
+        with contextlib.ExitStack() as children:
+            streams = [children.enter_context(run_in_child(
+                _render_part, str(store_path), options.feed, options.images_url, options.now, folder_ids, n, parts,
+                str(path), name=f"icml-render {options.feed.name} {n + 1}/{parts}",
+                expected=(RenderError, StoreError, OSError))) for n, path in enumerate(paths)]
+            done = [0] * parts
+            for n, count in interleaved(streams):
+                done[n] = count
                 if progress:
-                    progress(stats.offers)
+                    progress(sum(done))
+        for stream, path in zip(streams, paths):
+            stats.merge(stream.result)
+            with open(path, "rb") as part_file:
+                shutil.copyfileobj(part_file, out, 1 << 20)
     finally:
         for path in paths:
             path.unlink(missing_ok=True)
+    if progress:
+        progress(stats.offers)
     return stats
 
 

@@ -10,8 +10,8 @@ from flask import Blueprint, Response, abort, current_app, request, send_from_di
 from werkzeug.wsgi import wrap_file
 
 from core.credentials import tokens_match
-from feeds.publish import feed_paths
-from moysklad.images import FILE_NAME
+
+# feeds.publish and moysklad.images are imported where a request needs them: the app starts without lxml or requests.
 
 feeds_bp = Blueprint("feeds", __name__)
 
@@ -44,6 +44,8 @@ def _feed(name: str):
 
 def _serve(account, feed) -> Response:
     """Open the file first: a build renaming a new file over it cannot change what this reply sends."""
+    from feeds.publish import feed_paths
+
     paths = feed_paths(account.feeds_dir, feed.name)
     if account.accel_redirect:
         return _hand_to_proxy(account, paths["xml"])
@@ -167,6 +169,8 @@ MAX_AGE = 24 * 3600
 def picture(filename: str, account: str = ""):
     """One cached picture (of the main account, or of another one); only names the cache itself
     writes, so no request can choose another path."""
+    from moysklad.images import FILE_NAME
+
     if not FILE_NAME.fullmatch(filename):
         abort(404)
     view = next((v for v in current_app.config["SETTINGS"].every_account() if v.account == account), None)

@@ -19,9 +19,9 @@ from markupsafe import Markup, escape
 from core.credentials import basic_auth_matches, tokens_match
 from core.mailbox import BUILD
 from core.russian import grouped, plural
-from health.collect import collect, duration_text, healthz
-from health.metrics import render_metrics
-from store import open_catalog
+
+# health.collect, health.metrics and the store are imported where a request needs them: the app and its command
+# line start without SQLite, lxml, requests or prometheus_client.
 
 status_bp = Blueprint("status", __name__, template_folder="templates")
 
@@ -49,6 +49,8 @@ def _admin_only():
 @status_bp.get("/health")
 def page():
     """The health page, in Russian, for the operator."""
+    from health.collect import collect
+
     settings = _settings()
     data = collect(settings, reveal_tokens=bool(settings.admin.password))
     requested = {note.key: note.payload for note in settings.mailbox.notes(BUILD)}
@@ -70,6 +72,8 @@ def page():
 @status_bp.get("/status.json")
 def health_json():
     """The page's data for machines; secrets as ***."""
+    from health.collect import collect
+
     data = collect(_settings())
     return jsonify(data), 200
 
@@ -77,6 +81,8 @@ def health_json():
 @status_bp.get("/healthz", endpoint="healthz_endpoint")
 def healthz_endpoint():
     """200 "ok" when every feed is fresh and the store opens; else 503 and one reason per line."""
+    from health.collect import collect, healthz
+
     code, lines = healthz(collect(_settings()))
     return Response("\n".join(lines) + "\n", status=code, mimetype="text/plain",
                     headers={"Cache-Control": "no-store"})
@@ -84,6 +90,9 @@ def healthz_endpoint():
 
 @status_bp.get("/metrics")
 def metrics():
+    from health.collect import collect
+    from health.metrics import render_metrics
+
     body, content_type = render_metrics(collect(_settings()))
     return Response(body, content_type=content_type)
 
@@ -99,6 +108,8 @@ def build_now(name: str):
     if found is None:
         return Response(f"Фид «{name}» не найден в конфигурации.\n", status=404, mimetype="text/plain")
     account, feed = found
+    from store import open_catalog
+
     with open_catalog(account.store_path) as store:
         after = store.latest_run_id()  # whatever run of this feed comes next has a larger id
     settings.mailbox.post(BUILD, feed.name, force=request.form.get("force") == "1")
@@ -173,6 +184,8 @@ def time_zone() -> str:
 @status_bp.app_template_filter("ago")
 def ago(text: str | None) -> str:
     """How long ago: «12 мин назад»; in the future: «через 5 мин»."""
+    from health.collect import duration_text
+
     if not text:
         return "—"
     seconds = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(text)).total_seconds()
@@ -184,6 +197,8 @@ def ago(text: str | None) -> str:
 @status_bp.app_template_filter("ahead")
 def ahead(text: str | None) -> str:
     """When a coming run starts: «через 5 мин», or «сейчас, в очереди» once it is due."""
+    from health.collect import duration_text
+
     if not text:
         return "—"
     seconds = (dt.datetime.fromisoformat(text) - dt.datetime.now(dt.timezone.utc)).total_seconds()

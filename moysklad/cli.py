@@ -9,11 +9,9 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from moysklad.check import check_connection
-from moysklad.connect import open_client
 from moysklad.errors import MoySkladError
-from moysklad.sync import account_conflict, client_address, held_account, sync_catalog
-from store import StoreError, open_catalog
+
+# Feature modules are imported by the commands that use them: `flask --app app` starts without loading them.
 
 # The check tries each request once with short timeouts: a person waits at the terminal (builds keep their retries).
 CHECK_CONNECT_TIMEOUT = 5.0
@@ -40,6 +38,11 @@ def _account(name: str):
 @ACCOUNT_OPTION
 def check_command(account: str):
     """Verify the address, credentials and permissions and every name the feeds use; print what the account holds."""
+    from moysklad.check import check_connection
+    from moysklad.connect import open_client
+    from moysklad.sync import account_conflict, client_address, held_account
+    from store import open_catalog
+
     settings = _account(account)
     ms = settings.moysklad
     if settings.is_demo:
@@ -74,6 +77,10 @@ def check_command(account: str):
 @ACCOUNT_OPTION
 def sync_command(full: bool, account: str):
     """Pull the catalog from MoySklad into the catalog store (incremental unless --full or due)."""
+    from moysklad.connect import open_client
+    from moysklad.sync import sync_catalog
+    from store import StoreError, open_catalog
+
     settings = _account(account)
     ms = settings.moysklad
     try:

@@ -21,7 +21,8 @@ from flask import Blueprint, abort, current_app, jsonify, request
 
 from core.credentials import tokens_match
 from core.mailbox import REBUILD, STOCK
-from moysklad.stock import merge_requests, report_moment
+
+# moysklad.stock is imported by the view: the app and its command line start without requests or SQLite.
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ CATALOG_TYPES = frozenset({"product", "variant", "productfolder", "service", "bu
 @webhooks_bp.post("/webhooks/moysklad/<secret>")
 def moysklad_webhook(secret: str):
     """Answer at once; a catalog or stock change leaves a rebuild request for the scheduler."""
+    from moysklad.stock import merge_requests, report_moment
+
     settings = next((account for account in current_app.config["SETTINGS"].every_account()
                      if tokens_match(secret, account.webhooks.secret)), None)
     if settings is None:

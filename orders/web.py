@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from core.credentials import tokens_match
-from orders.validate import OrderInvalid, order_json, validate_order
-from store import CatalogStore, open_catalog
+
+if TYPE_CHECKING:
+    from store import CatalogStore
+
+# orders.validate and the store are imported where a request needs them: the app starts without SQLite.
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ class ApiError(Exception):
 @orders_api_bp.route("/api/orders", methods=ANY_METHOD)
 def create_order() -> Response:
     """Create or update one order (idempotent on its number)."""
+    from orders.validate import order_json, validate_order
+
     _authorize()
     if request.method != "POST":
         raise ApiError(405, "use POST /api/orders to put an order in, GET /api/orders/<number> to read one",
@@ -59,6 +64,8 @@ def create_order() -> Response:
 @orders_api_bp.route("/api/orders/<path:number>", methods=ANY_METHOD)
 def read_order(number: str) -> Response:
     """One order with its lines, the statuses 1C reported and its history."""
+    from orders.validate import order_json
+
     _authorize()
     if request.method not in ("GET", "HEAD"):
         raise ApiError(405, "orders are read with GET; POST /api/orders creates or updates one", headers={"Allow": "GET"})
@@ -121,6 +128,8 @@ def _no_constant(name: str):
 
 
 def _store() -> CatalogStore:
+    from store import open_catalog
+
     return open_catalog(current_app.config["SETTINGS"].store_path, wait_seconds=STORE_WAIT_SECONDS)
 
 
@@ -132,6 +141,10 @@ def _json(body: dict, status: int, headers: dict | None = None) -> Response:
 @orders_api_bp.errorhandler(Exception)
 def _error(exc: Exception) -> Response:
     """Every refusal and failure of the API as JSON; details of unexpected ones only in the server log."""
+    import sqlite3
+
+    from orders.validate import OrderInvalid
+
     if isinstance(exc, OrderInvalid):
         return _json({"error": str(exc), "field": exc.field}, 400)
     if isinstance(exc, ApiError):

@@ -9,11 +9,9 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from retailcrm.check import check_feed
-from retailcrm.client import RetailCrmClient
 from retailcrm.errors import RetailCrmError
-from retailcrm.push import MappingError, push_feed
-from store import StoreError
+
+# Feature modules are imported by the commands that use them: `flask --app app` starts without loading them.
 
 retailcrm_cli = AppGroup("retailcrm", help="Check the retailCRM connection and push stock and prices.")
 
@@ -35,6 +33,9 @@ def _pushing_feeds(name: str | None):
 @click.argument("feed_name", metavar="[FEED]", required=False)
 def check_command(feed_name: str | None):
     """Verify the key, the shop and every mapped warehouse and price type, in retailCRM and in the catalog."""
+    from retailcrm.check import check_feed
+    from retailcrm.client import RetailCrmClient
+
     failed = False
     for account, feed in _pushing_feeds(feed_name):
         click.echo(f"feed {feed.name}:")
@@ -57,6 +58,9 @@ def check_command(feed_name: str | None):
 @click.option("--full", is_flag=True, help="Send every value, not only what changed since the last push.")
 def push_command(feed_name: str | None, full: bool):
     """Push FEED's stock and prices (every pushing feed's) to retailCRM: what changed, or everything with --full."""
+    from retailcrm.push import MappingError, push_feed
+    from store import StoreError
+
     failed = False
     for account, feed in _pushing_feeds(feed_name):
         click.echo(f"feed {feed.name} → {feed.retailcrm.url} (shop {feed.retailcrm.site}):", err=True)

@@ -263,10 +263,12 @@ class CatalogRun(Run):
     def upsert_offers(self, rows: Iterable[dict]) -> int:
         return self.upsert("offers", self._seen(rows), ("source", "id"))
 
-    def replace_children(self, table: str, owner_column: str, owner_ids: list[str], rows: Iterable[dict], pk: tuple[str, ...]) -> int:
-        """Replace the prices / attributes / images of the given owners with ``rows``."""
+    def replace_children(self, table: str, owner_column: str, owner_ids: list[str], rows: Iterable[dict], pk: tuple[str, ...],
+                         columns: tuple[str, ...] | None = None) -> int:
+        """Replace the prices / attributes / images of the given owners with ``rows`` (tuples of ``columns``
+        when given, see :meth:`upsert_rows`)."""
         self.delete_children(table, owner_column, owner_ids)
-        return self.upsert(table, rows, pk)
+        return self.upsert_rows(table, columns, rows, pk) if columns else self.upsert(table, rows, pk)
 
     def delete_children(self, table: str, owner_column: str, owner_ids: list[str]) -> None:
         """Delete the prices / attributes / images of the given owners."""
@@ -436,6 +438,16 @@ class CatalogRun(Run):
             self.db.conn.executemany(sql, params)
             count += len(chunk)
         return count
+
+    def upsert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple], pk: tuple[str, ...], *,
+                    seen: bool = False) -> int:
+        """:meth:`upsert` for rows that are tuples of ``columns`` (no ``source``): no Python per value here.
+        ``seen``: the rows are this run's and live, as :meth:`upsert_products` makes them."""
+        tail = (self.id, 0, None) if seen else ()
+        sql, _ = _upsert_statement(table, ("source", *columns, *(("seen_run", "removed", "removed_at") if seen else ())), pk)
+        for chunk in chunks(rows, UPSERT_CHUNK):
+            self.db.conn.executemany(sql, [(self.source, *row, *tail) for row in chunk])
+        return len(rows)
 
 
 UPSERT_CHUNK = 2000

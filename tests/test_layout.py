@@ -4,10 +4,16 @@ and only the four entry points at the root (read from the source with ast, impor
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from emulator.harness import ROOT
 
+# What the app and its command line must start without: each comes with the request or command that needs it.
+HEAVY_MODULES = ("lxml", "requests", "sqlite3", "sqlite_utils", "apscheduler", "prometheus_client", "emulator.catalog",
+                 "emulator.server", "emulator.retailcrm", "store", "feeds.build", "exchange.catalog_parser")
 PACKAGES = ("core", "store", "moysklad", "retailcrm", "feeds", "exchange", "orders", "health", "emulator")
 ROOT_MODULES = ("app", "wsgi", "scheduler")
 SQL_CALLS = {"execute", "executemany", "executescript", "query"}
@@ -114,3 +120,18 @@ def test_sql_runs_only_in_the_store():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SQL_CALLS:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.func.attr}()")
     assert offenders == []
+
+
+def test_the_command_line_starts_without_the_heavy_modules(tmp_path):
+    """`flask --app app feeds build --help` registers every blueprint and command but loads none of the heavy
+    libraries (start-up time is measured in bench/summary.py)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nmoysklad:\n  token: unused\n", encoding="utf-8")
+    script = ("import sys\nfrom flask.cli import main\nsys.argv = ['flask', '--app', 'app', 'feeds', 'build', '--help']\n"
+              "try:\n    main()\nexcept SystemExit:\n    pass\nprint('LOADED', *sorted(sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ, SKLADBRIDGE_CONFIG=str(config)),
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert "Usage: flask feeds build" in done.stdout
+    loaded = done.stdout.split("LOADED", 1)[1].split()
+    assert "exchange.web" in loaded and "feeds.cli" in loaded  # the blueprints and commands are there...
+    assert [m for m in loaded if m.startswith(HEAVY_MODULES)] == []  # ...without what they use

@@ -364,6 +364,22 @@ def test_pictures_outside_the_upload_or_not_pictures_are_skipped(store, dirs, tm
         "картинка не в формате JPEG или PNG", "путь картинки ведёт за пределы папки обмена", "файл картинки не был загружен"]
 
 
+def test_a_picture_several_goods_share_is_served_once_and_imports_again(store, dirs):
+    """Goods (variants, say) that name the same picture file, and the same upload imported twice: one served
+    file, a hard link to the upload, and nothing left behind in the images folder."""
+    (dirs[0] / "import_files").mkdir()
+    (dirs[0] / "import_files" / "shared.jpg").write_bytes(TINY_JPEG)
+    path = write(dirs, "import.xml", catalog([("a", "Чайник"), ("b", "Кружка"), ("c", "Блюдце")],
+                                             extra="<Картинка>import_files/shared.jpg</Картинка>"))
+    for _ in range(2):
+        result = load(store, dirs, path)
+        assert result.counts["images"] == 3 and not store.skipped_items(result.run_id)
+    image_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "import_files/shared.jpg"))
+    assert sorted(p.name for p in dirs[1].iterdir()) == [f"{image_id}.jpg"]
+    assert (dirs[1] / f"{image_id}.jpg").samefile(dirs[0] / "import_files" / "shared.jpg")
+    assert [r["owner_id"] for r in rows(store, "SELECT owner_id FROM images ORDER BY owner_id")] == ["a", "b", "c"]
+
+
 def test_deactivate_archives_what_the_session_did_not_touch(store, dirs, monkeypatch):
     seconds = iter(range(60))
     monkeypatch.setattr("store.runs.utc_now", lambda: f"2024-05-01T10:00:{next(seconds):02d}+00:00")  # a second per call

@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import logging
 import os
 import re
 import signal
@@ -16,6 +17,8 @@ from lxml import etree
 from core.settings import load_settings
 from emulator.harness import EMULATOR_TOKEN, ROOT
 from feeds.build import build_feed
+from feeds.icml import render_icml, resolve_options
+from store import CatalogReader
 from tests.feeds.test_feeds import feed_settings
 
 TOKEN = "s3cr3t-Feed-Token-0123456789"
@@ -148,21 +151,29 @@ def test_a_build_killed_mid_render_leaves_the_old_feed_served(tmp_path, emulator
     assert "published" in again.stderr + again.stdout
 
 
-def test_a_big_catalog_rendered_by_several_processes_equals_a_single_process_render(tmp_path, emulator_factory):
+def test_a_big_catalog_rendered_by_several_processes_equals_a_single_process_render(tmp_path, emulator_factory, caplog):
     server = emulator_factory(products=9000, seed=8)
     config, env = cli_config(tmp_path, server)
     settings = load_settings(config, environ=env)
-    single = build_feed(settings, settings.feeds[0])  # in this process: threads run here, so one process renders
-    assert single.offers >= 5000  # large enough for the command line to render in parallel
-    one = etree.parse(str(tmp_path / "data" / "feeds" / "main.xml")).getroot()
-    done = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "feeds", "build", "--no-sync"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert re.search(r"feed main: [2-9] processes render the offers", done.stderr)
+    feed = settings.feeds[0]
+    assert threading.active_count() > 1  # the emulator serves from threads of this process, as a scheduler would run
+    with caplog.at_level(logging.INFO, logger="feeds.icml"):
+        result = build_feed(settings, feed)
+    assert result.offers >= 5000  # large enough to render in parallel
+    assert re.search(r"feed main: [2-9] processes render the offers", caplog.text)
     several = etree.parse(str(tmp_path / "data" / "feeds" / "main.xml")).getroot()
+    single_file = tmp_path / "single.xml"
+    with CatalogReader(settings.store_path) as reader, open(single_file, "wb") as out:
+        render_icml(reader, resolve_options(reader, feed, settings.images_url), out)  # no scratch folder: one process
+    one = etree.parse(str(single_file)).getroot()
 
     def offers(root):
         return {o.get("id"): etree.tostring(o) for o in root.iter("offer")}
 
     assert offers(several) == offers(one)
     assert [etree.tostring(c) for c in several.iter("category")] == [etree.tostring(c) for c in one.iter("category")]
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "feeds", "build", "--no-sync"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"feed main: [2-9] processes render the offers", done.stderr)
+    assert offers(etree.parse(str(tmp_path / "data" / "feeds" / "main.xml")).getroot()) == offers(one)
