@@ -208,6 +208,8 @@ def ahead(text: str | None) -> str:
 @status_bp.app_template_filter("duration")
 def duration(seconds: float | None) -> str:
     """A duration as the page writes it: «45 с», «15 мин»."""
+    from health.collect import duration_text
+
     return "—" if seconds is None else duration_text(seconds)
 
 
