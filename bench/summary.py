@@ -1,5 +1,5 @@
-"""Benchmark summary: runs the sync, feed (build and render), serve, import, retailCRM push and many-clients
-benchmarks, prints one table.
+"""Benchmark summary: runs the start-up, sync, feed (build, render, incremental build, scheduled render),
+serve, import, retailCRM push and many-clients benchmarks, prints one table.
 
 Each benchmark runs as its own script with --json, so its processes (and their peak RSS) are its own
 and the figures come from the same code that prints its own table. Each table row gives what was
@@ -65,10 +65,19 @@ def run_script(rows_of: Callable[[dict], Iterator[Row]], script: str, *options: 
     return list(rows_of(json.loads(done.stdout.strip().splitlines()[-1])))
 
 
+def startup_rows(figures: dict) -> Iterator[Row]:
+    for r in figures["results"]:
+        yield Row(f"start-up: {r['command']}", "", f"{r['seconds'] / r['baseline_seconds']:.2f}x `import flask.cli` "
+                  f"({r['baseline_seconds']:.3f} s)", f"{r['seconds']:.3f} s", "", r["peak_rss_mb"], r["goals"])
+
+
 def sync_rows(figures: dict) -> Iterator[Row]:
     for r in figures["results"]:
-        yield Row("sync", f"{r['rows']:,} rows", f"{r['rows_per_s']:,.0f} rows/s", f"{r['seconds']:.1f} s",
-                  f"{r['requests']} (budget {r['budget']})", r["peak_rss_mb"], r["goals"])
+        floor = f", {r['floor_ratio']:.2f}x floor {r['floor_seconds']:.0f} s" if r.get("limits") else ""
+        yield Row("sync", f"{r['rows']:,} rows", f"{r['rows_per_s']:,.0f} rows/s, {r['rows_per_cpu_s']:,.0f} rows/CPU-s",
+                  f"{r['seconds']:.1f} s{floor}",
+                  f"{r['requests']} (budget {r['budget']}); incremental {r['incremental']['requests']}",
+                  r["peak_rss_mb"], r["goals"])
 
 
 def feed_rows(figures: dict) -> Iterator[Row]:
@@ -79,6 +88,16 @@ def feed_rows(figures: dict) -> Iterator[Row]:
         yield Row("render", f"{render['offers']:,} offers, {render['size'] / 1e6:.1f} MB",
                   f"{render['offers_per_s']:,.0f} offers/s", f"{render['render_seconds']:.2f} s", "",
                   render["peak_rss_mb"], render["goals"])
+        incremental = r["incremental"]
+        yield Row(f"incremental build after {r['changes']} changes", f"{r['rows']:,} rows",
+                  f"{incremental['seconds'] / full['seconds']:.0%} of the full build's time",
+                  f"{incremental['seconds']:.1f} s", f"{incremental['requests']} ({incremental['units']} units)",
+                  incremental["peak_rss_mb"], incremental["goals"])
+        scheduled = r["scheduled"]
+        yield Row("render in the scheduled path", f"{scheduled['offers']:,} offers",
+                  f"{scheduled['offers_per_s']:,.0f} offers/s = {scheduled['offers_per_s'] / scheduled['single_offers_per_s']:.1f}x "
+                  f"one process", f"{scheduled['seconds']:.2f} s", "",
+                  max(scheduled["peak_rss_mb"], scheduled["largest_child_rss_mb"]), scheduled["goals"])
 
 
 def serve_rows(figures: dict) -> Iterator[Row]:
@@ -139,6 +158,7 @@ def main() -> None:
     sync_size, feed_size, serve_size, import_size, push_size = SIZES[args.size]
     started = time.monotonic()
     rows = [
+        *run_script(startup_rows, "startup_bench.py"),
         *run_script(sync_rows, "sync_bench.py", "--rows", str(sync_size)),
         *run_script(feed_rows, "feed_bench.py", "--rows", str(feed_size)),
         *run_script(serve_rows, "serve_bench.py", "--rows", str(serve_size), "--clients", str(args.clients),
