@@ -1,7 +1,7 @@
 """Serving benchmark: a published feed fetched by many clients at once, as retailCRM and browsers poll it.
 
-The app runs as in production (gunicorn, two workers, ``wsgi:app`` with its scheduler) on loopback,
-on a data directory whose feed is built from the emulator (N assortment rows, no pictures). The
+The app runs as in production (gunicorn, two workers, ``wsgi:app`` with its scheduler, the download
+limit off) on loopback, on a data directory whose feed is built from the emulator (N assortment rows, no pictures). The
 scheduler builds every feed once at start; the feed's interval is a day, so that build is the only
 one: the load starts after it has ended, and the emulator is stopped. Then C clients load the feed
 for D seconds per kind of request: a full GET, a full GET with Accept-Encoding: gzip (the
@@ -127,8 +127,11 @@ class Tally:
 
 
 def config_text(workdir: Path, base_url: str) -> str:
-    """The served app's config: one feed built from the emulator, rebuilt only once a day."""
-    return (f"data_dir: {workdir / 'data'}\nlog_level: WARNING\n"
+    """The served app's config: one feed built from the emulator, rebuilt only once a day. Without the
+    per-worker download limit (``max_feed_downloads``, 6 by default): beyond it the app answers 503 with
+    Retry-After, as it should under 50 clients, and this benchmark measures serving, not refusing (the
+    limit has its own tests, tests/feeds/test_serving_under_load.py)."""
+    return (f"data_dir: {workdir / 'data'}\nlog_level: WARNING\nmax_feed_downloads: 0\n"
             f"moysklad:\n  base_url: {base_url}\n  token: bench-token\n"
             f"feeds:\n  - name: {FEED}\n    pictures: none\n    min_ratio: 0\n    interval_minutes: 1440\n")
 
