@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from flask import Flask
+from flask.cli import FlaskGroup, NoAppException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core.logging_setup import configure_logging
@@ -20,9 +23,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings = settings or load_settings()
         prepare_data_dirs(settings)
     except ConfigError as exc:
-        if click.get_current_context(silent=True) is not None:
-            raise click.ClickException(f"config error: {exc}") from None
-        raise
+        if click.get_current_context(silent=True) is None:
+            raise
+        if _listing_commands():
+            raise NoAppException(f"config error: {exc}") from None  # Flask prints it as one line, then its help
+        raise click.ClickException(f"config error: {exc}") from None
     configure_logging(settings)
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
@@ -50,3 +55,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.is_demo:
         app.logger.warning(settings.demo_notice)
     return app
+
+
+def _listing_commands() -> bool:
+    """Whether Flask is listing the app's commands (``flask --app app --help``): it shows any error but
+    NoAppException there with its whole traceback, and nothing in click's context tells listing apart."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "list_commands" and isinstance(frame.f_locals.get("self"), FlaskGroup):
+            return True
+        frame = frame.f_back
+    return False

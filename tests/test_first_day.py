@@ -86,6 +86,10 @@ def test_from_the_demo_to_an_account_without_traps(tmp_path, emulator_factory):
             assert result.returncode == 1, (line, result.stderr)
             assert result.stderr.startswith("Error: config error: ") and line in result.stderr, result.stderr
             assert result.stderr.count("\n") == 1 and result.stdout == ""  # one line and nothing else
+        # the first thing a lost newcomer types: the mistake in one line, then Flask's own help
+        listing = flask(workdir, "--help", **env)
+        assert listing.stderr.startswith("Error: config error: ") and line in listing.stderr, listing.stderr
+        assert "Traceback" not in listing.stderr and listing.stdout.startswith("Usage: ") and listing.returncode == 0
 
     # ... and the same mistake when gunicorn boots: it stops with the line in its log
     (tmp_path / "service").mkdir()
