@@ -22,13 +22,15 @@ UNAVAILABLE = "МойСклад недоступен или ответил ош�
 @contextlib.contextmanager
 def noisy_neighbour(server):
     """Another integration on the same token spending the whole budget, without a pause, until the
-    service itself has been told 429 (on any path but the neighbour's): then it leaves the budget free."""
+    service itself has been told 429 twice (on any path but the neighbour's): then it leaves the budget
+    free. Twice, because a build's check of the feed's names tries once (a 429 there only skips the
+    check): the second 429 is then the sync's, which must wait as told."""
     stop = threading.Event()
     throttled = []
 
     def service_throttled() -> bool:
-        return any(entry.get("status") == 429 and entry["path"] != "/entity/currency"
-                   for entry in list(server.request_log))
+        return sum(entry.get("status") == 429 and entry["path"] != "/entity/currency"
+                   for entry in list(server.request_log)) >= 2
 
     def hammer():
         with requests.Session() as session:
@@ -71,7 +73,12 @@ def test_faults_are_retried_or_fail_cleanly_and_a_revoked_token_keeps_the_feed(s
     assert published(banner), banner
     assert neighbour_throttled
     sync = shop.health()["moysklad"]["last_sync"]
-    assert sync["status"] == "ok" and sync["throttled"] > 0, sync
+    assert sync["status"] == "ok", sync
+    # It paced itself by the rate headers rather than fighting the neighbour for the budget: few 429s
+    # reached it (the check's one try, a page or two in flight). How the sync waits out a 429 and
+    # counts it is tested request by request in tests/moysklad/test_sync.py.
+    told_429 = [e for e in list(shop.emulator.request_log) if e.get("status") == 429 and e["path"] != "/entity/currency"]
+    assert len(told_429) <= 6 and sync["throttled"] <= len(told_429), told_429
     assert new_name.encode() in shop.served()
 
     # server errors, connection resets and truncated bodies: retried, and the build publishes
