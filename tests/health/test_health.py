@@ -17,6 +17,7 @@ import time
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import make_server
 
@@ -318,7 +319,10 @@ def test_build_button_in_chromium_runs_a_build_and_shows_its_result(tmp_path, em
         deadline = time.monotonic() + 60
         banner = ""
         while time.monotonic() < deadline:
-            banner = browser.find_element("id", "build-result").text if browser.find_elements("id", "build-result") else ""
+            try:
+                banner = browser.find_element("id", "build-result").text if browser.find_elements("id", "build-result") else ""
+            except StaleElementReferenceException:  # the page reloaded itself between finding and reading
+                continue
             if "завершена" in banner or "не удалась" in banner:
                 break
             time.sleep(0.5)
