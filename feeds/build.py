@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from core.child_process import start_soon
 from core.settings import FeedSettings, Settings
 from feeds.icml import RenderError, RenderStats, render_icml, resolve_options
 from feeds.progress import BuildProgress
@@ -79,6 +80,7 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
     through :func:`feeds.progress.read_progress`.
     """
     started = time.monotonic()
+    start_soon()  # the render's processes come from the fork server: have it ready by then
     with BuildProgress(settings.data_dir, feed.name, echo) as progress:
         if not (sync and feed.source == "moysklad"):
             return _publish(settings, feed, force, started, progress)
