@@ -441,12 +441,13 @@ class CatalogRun(Run):
 
     def upsert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple], pk: tuple[str, ...], *,
                     seen: bool = False) -> int:
-        """:meth:`upsert` for rows that are tuples of ``columns`` (no ``source``): no Python per value here.
-        ``seen``: the rows are this run's and live, as :meth:`upsert_products` makes them."""
-        tail = (self.id, 0, None) if seen else ()
-        sql, _ = _upsert_statement(table, ("source", *columns, *(("seen_run", "removed", "removed_at") if seen else ())), pk)
+        """:meth:`upsert` for rows that are tuples of ``columns``: the source (and with ``seen`` this run's
+        mark, see :meth:`_fixed`) are part of the statement, so the rows go to SQLite as they are."""
+        fixed = self._fixed(seen)
+        values = f"VALUES ({', '.join([*fixed.values(), *'?' * len(columns)])})"
+        sql = _upsert_sql(table, (*fixed, *columns), values, pk)
         for chunk in chunks(rows, UPSERT_CHUNK):
-            self.db.conn.executemany(sql, [(self.source, *row, *tail) for row in chunk])
+            self.db.conn.executemany(sql, chunk)
         return len(rows)
 
 
@@ -468,9 +469,7 @@ def _upsert_sql(table: str, names: tuple[str, ...], rows: str, pk: tuple[str, ..
 def _upsert_statement(table: str, columns: tuple[str, ...], pk: tuple[str, ...]):
     """INSERT … ON CONFLICT for these columns, and a getter of a row's values (``source`` bound first)."""
     others = [c for c in columns if c != "source"]
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in pk)
-    sql = (f"INSERT INTO {table} (source{''.join(', ' + c for c in others)}) VALUES ({', '.join('?' * (len(others) + 1))}) "
-           f"ON CONFLICT ({', '.join(pk)}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING"))
+    sql = _upsert_sql(table, ("source", *others), f"VALUES ({', '.join('?' * (len(others) + 1))})", pk)
     if not others:
         return sql, lambda row: ()
     if len(others) == 1:

@@ -113,3 +113,25 @@ def gunicorn(tmp_path, emulator_factory):
     for instance in instances:
         if instance.process.poll() is None:
             instance.stop()
+
+
+@pytest.fixture
+def build_spans(monkeypatch) -> list[tuple[float, float, str, str]]:
+    """(start, end, account, feed) of every build the scheduler runs, filled in as they end: the real
+    builds, timed."""
+    import time
+
+    import scheduler
+
+    spans: list[tuple[float, float, str, str]] = []
+    real_build = scheduler.build_feed
+
+    def timed_build(settings, feed, **kwargs):
+        started = time.monotonic()
+        try:
+            return real_build(settings, feed, **kwargs)
+        finally:
+            spans.append((started, time.monotonic(), settings.account, feed.name))
+
+    monkeypatch.setattr(scheduler, "build_feed", timed_build)
+    return spans

@@ -14,7 +14,6 @@ from itertools import pairwise
 import pytest
 import requests
 
-import scheduler as scheduler_module
 from core.build_pool import read_queue_state
 from core.settings import AccountSettings, FeedSettings, Settings, WebhookSettings
 from emulator.harness import client_settings, wait_for
@@ -46,20 +45,10 @@ def instance(tmp_path, emulator_factory) -> Settings:
                     webhooks=WebhookSettings(debounce_seconds=0))
 
 
-def test_thirty_accounts_share_a_bounded_fair_pool_and_asked_for_builds_go_first(instance, serve, monkeypatch):
+def test_thirty_accounts_share_a_bounded_fair_pool_and_asked_for_builds_go_first(instance, serve, build_spans):
     from app import create_app
 
-    spans: list[tuple[float, float, str, str]] = []  # (start, end, account, feed) of every build
-    real_build = scheduler_module.build_feed
-
-    def timed_build(settings, feed, **kwargs):
-        started = time.monotonic()
-        try:
-            return real_build(settings, feed, **kwargs)
-        finally:
-            spans.append((started, time.monotonic(), settings.account, feed.name))
-
-    monkeypatch.setattr(scheduler_module, "build_feed", timed_build)
+    spans = build_spans  # (start, end, account, feed) of every build
     base = serve(instance)
     # Both requests wait in the mailbox when the scheduler starts with every feed's first build queued.
     hook = requests.post(f"{base}/webhooks/moysklad/{HOOK_SECRET}",

@@ -79,28 +79,18 @@ def two_feeds(tmp_path, emulator_factory) -> Settings:
                            FeedSettings(name="b", pictures="none", interval_minutes=0.05)))
 
 
-def test_feeds_due_at_the_same_tick_never_build_at_once(two_feeds, monkeypatch):
+def test_feeds_due_at_the_same_tick_never_build_at_once(two_feeds, build_spans):
     from app import create_app
 
-    spans = []
-    real_build = scheduler_module.build_feed
-
-    def timed_build(settings, feed, **kwargs):
-        started = time.monotonic()
-        try:
-            return real_build(settings, feed, **kwargs)
-        finally:
-            spans.append((started, time.monotonic(), feed.name))
-
-    monkeypatch.setattr(scheduler_module, "build_feed", timed_build)
+    spans = build_spans
     running = start_scheduler(create_app(two_feeds), retry_seconds=None)
     try:
-        wait_for(lambda: {name for _, _, name in spans} == {"a", "b"} and len(spans) >= 4, 30, "both feeds built twice")
+        wait_for(lambda: {name for *_, name in spans} == {"a", "b"} and len(spans) >= 4, 30, "both feeds built twice")
     finally:
         running.shutdown(wait=True)
 
     spans.sort()
-    assert all(end <= next_start for (_, end, _), (next_start, _, _) in zip(spans, spans[1:])), spans
+    assert all(end <= next_start for (_, end, *_), (next_start, *_) in zip(spans, spans[1:])), spans
     rows = runs(two_feeds.data_dir)  # syncs and builds alike run one at a time
     assert {row["status"] for row in rows} == {"ok"}
     assert all(row["finished_at"] <= later["started_at"] for row, later in zip(rows, rows[1:])), rows
