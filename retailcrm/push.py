@@ -1,7 +1,7 @@
 """A feed's stock and prices pushed to retailCRM through API v5: what the feed publishes, only what changed.
 
 The values come from the functions the ICML renderer uses (``feeds.icml``: ``published_name``,
-``activity``, ``offer_quantity``, ``purchase_price``, ``offer_price``) over the same store rows, so a
+``activity``, ``offer_quantity``, ``purchase_price``) over the same store rows, so a
 push never sends a value the feed would not publish: per mapped retailCRM warehouse, ``available``
 = the feed's quantity rule over that warehouse's MoySklad (or CommerceML) warehouses, 0 for
 archived or removed goods, nothing for what carries no quantity (services; bundles while the feed
@@ -31,7 +31,6 @@ from feeds.icml import (
     RenderOptions,
     activity,
     decimal,
-    offer_price,
     offer_quantity,
     published_name,
     purchase_price,
@@ -195,7 +194,7 @@ def feed_values(reader: CatalogReader, options: RenderOptions, passes: list[Pass
                              with_attributes=False, with_pictures=False,
                              with_product_buy_price=feed.purchase_price == "buyPrice", offer_ids=offer_ids)
         for row in rows:
-            offer_id = row["id"]
+            offer_id = row.id
             if index == 0:
                 if activity(row, options) == "drop":
                     continue
@@ -213,7 +212,7 @@ def feed_values(reader: CatalogReader, options: RenderOptions, passes: list[Pass
                     for code in read.store_codes:
                         yield offer_id, f"{STORE}:{code}", value
             if read.price_codes:
-                price = offer_price(row)
+                price = row.price
                 value = None if price is None else money(price)
                 for code in read.price_codes:
                     yield offer_id, f"{PRICE}:{code}", value

@@ -14,6 +14,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from core.clock import utc_now
 from store.bundles import BUNDLES_SCHEMA, COMPONENTS
@@ -122,6 +123,50 @@ def open_catalog(path: str | os.PathLike, wait_seconds: float = 30) -> CatalogSt
     return CatalogStore(path, wait_seconds)
 
 
+class OfferRow(NamedTuple):
+    """One offer as a feed reads it: the offer, its product card, its price and stock (over the feed's
+    warehouses) and, as JSON, its bundle components, attributes and pictures. Money in kopecks."""
+
+    id: str
+    product_id: str
+    kind: str  # product, variant, service or bundle
+    name: str
+    code: str | None
+    article: str | None
+    external_code: str | None
+    barcodes: str | None  # JSON [{"ean13": "..."}, ...]
+    characteristics: str | None  # JSON [{"name": ..., "value": ...}, ...]
+    buy_price: int | None  # the offer's own, else (when asked for) its product's
+    cost: int | None
+    archived: int
+    removed: int
+    removed_at: str | None
+    updated: str | None
+    product_name: str | None
+    category_id: str | None
+    unit_id: str | None
+    vat: float | None
+    vat_enabled: int | None
+    weight: float | None
+    product_code: str | None
+    product_external_code: str | None
+    product_article: str | None
+    product_archived: int | None
+    product_removed: int | None
+    product_removed_at: str | None
+    product_updated: str | None
+    has_product: int
+    tracking_type: str | None
+    components_json: str | None  # [[quantity in the bundle, kind, unavailable, [stock, reserve, in transit]], ...]
+    stock_total: float | None
+    reserve_total: float | None
+    in_transit_total: float | None
+    price: int | None  # of the feed's price type: the offer's own, else its product's
+    attributes_json: str | None  # [[name, value], ...] of the product
+    pictures_json: str | None  # [[cached file, permanent link], ...]
+    product_pictures_json: str | None
+
+
 class CatalogReader:
     """A read-only connection for building feeds: one consistent snapshot, never blocks writers."""
 
@@ -171,7 +216,7 @@ class CatalogReader:
     def offers(self, source: str, *, price_type_id: str | None, warehouse_ids: list[str] | None,
                include_bundles: bool, removed_before: str, with_attributes: bool = True,
                with_pictures: bool = True, with_product_buy_price: bool = True, part: int = 0,
-               parts: int = 1, offer_ids: list[str] | None = None) -> Iterator[dict]:
+               parts: int = 1, offer_ids: list[str] | None = None) -> Iterator[OfferRow]:
         """Every offer a feed may publish, joined with its product card, price, stock and attributes.
 
         A product with variants is left out (its variants are the offers), unless all of them were
@@ -197,19 +242,20 @@ class CatalogReader:
             params.update(parts=parts, part=part)
         sql = f"""
             SELECT o.id, o.product_id, o.kind, o.name, o.code, o.article, o.external_code, o.barcodes,
-                   o.characteristics, o.buy_price, o.cost, o.archived, o.removed, o.removed_at, o.updated,
+                   o.characteristics,
+                   {"coalesce(o.buy_price, po.buy_price)" if with_product_buy_price else "o.buy_price"} AS buy_price,
+                   o.cost, o.archived, o.removed, o.removed_at, o.updated,
                    p.name AS product_name, p.category_id, p.unit_id, p.vat, p.vat_enabled, p.weight,
                    p.code AS product_code, p.external_code AS product_external_code,
                    p.article AS product_article, p.archived AS product_archived, p.removed AS product_removed,
                    p.removed_at AS product_removed_at, p.updated AS product_updated, p.id IS NOT NULL AS has_product,
                    p.tracking_type,
                    CASE WHEN o.kind = 'bundle' THEN {components} END AS components_json,
-                   {"po.buy_price" if with_product_buy_price else "NULL"} AS product_buy_price,
                    st.stock AS stock_total, st.reserve AS reserve_total, st.in_transit AS in_transit_total,
-                   (SELECT value FROM prices WHERE source = :source AND offer_id = o.id
-                       AND price_type_id = :price_type) AS own_price,
-                   (SELECT value FROM prices WHERE source = :source AND offer_id = o.product_id
-                       AND price_type_id = :price_type) AS product_price,
+                   coalesce((SELECT value FROM prices WHERE source = :source AND offer_id = o.id
+                                AND price_type_id = :price_type),
+                            (SELECT value FROM prices WHERE source = :source AND offer_id = o.product_id
+                                AND price_type_id = :price_type)) AS price,
                    {ATTRIBUTES if with_attributes else "NULL"} AS attributes_json,
                    {"(" + PICTURES.format(owner="o.id") + ")" if with_pictures else "NULL"} AS pictures_json,
                    {"(" + PICTURES.format(owner="o.product_id") + ")" if with_pictures else "NULL"} AS product_pictures_json
@@ -225,10 +271,10 @@ class CatalogReader:
             ORDER BY o.product_id
         """
         cursor = self.conn.cursor()
-        cursor.row_factory = None  # plain tuples turned into dicts: sqlite3.Row looks names up one by one
+        cursor.row_factory = None  # plain tuples made into OfferRow: sqlite3.Row looks names up one by one
         cursor.execute(sql, params)
-        names = [d[0] for d in cursor.description]
-        return (dict(zip(names, row)) for row in cursor)
+        assert tuple(d[0] for d in cursor.description) == OfferRow._fields, "the SELECT and OfferRow disagree"
+        return map(OfferRow._make, cursor)
 
 
 class CatalogRun(Run):
