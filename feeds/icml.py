@@ -30,7 +30,7 @@ from typing import BinaryIO
 import msgspec
 from lxml import etree
 
-from core.child_process import interleaved, preload, run_in_child
+from core.child_process import interleaved, preload, ready, run_in_child
 from core.clock import MOSCOW
 from core.money import money
 from core.settings import FeedSettings
@@ -510,6 +510,8 @@ def published_categories(rows, used: set[str]) -> list:
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Below this many offers a second process costs more than it saves.
 PARALLEL_FROM = 5_000
+# Below this many, more than the fork server's start (some 0.2 s) when it is not up yet.
+PARALLEL_WITHOUT_SERVER_FROM = 30_000
 
 
 def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, progress=None,
@@ -525,7 +527,7 @@ def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, pr
     feed = options.feed
     folders = reader.categories(options.source)
     folder_ids = {row["id"] for row in folders}
-    parts = render_processes(reader.offer_count(options.source)) if scratch_dir else 1
+    parts = render_processes(reader.offer_count(options.source), ready()) if scratch_dir else 1
     moscow = options.now.astimezone(MOSCOW)
     with contextlib.ExitStack() as cleanup:
         if parts == 1:
@@ -613,14 +615,14 @@ def _with_progress(steps: Generator[int, None, RenderStats], progress: Callable[
             progress(count)
 
 
-def render_processes(offers: int) -> int:
+def render_processes(offers: int, server_ready: bool) -> int:
     """How many processes render a catalog of this size: one per core for big ones.
 
     They are forked from the fork server of :mod:`core.child_process`, never from this process, so
     a build inside the web service (scheduler and request threads beside it) renders in parallel
-    as the command line does.
+    as the command line does. A mid-sized catalog renders here when the server is not up yet.
     """
-    if offers < PARALLEL_FROM:
+    if offers < (PARALLEL_FROM if server_ready else PARALLEL_WITHOUT_SERVER_FROM):
         return 1
     return max(1, min(os.cpu_count() or 1, 4))
 
