@@ -105,7 +105,7 @@ def clean_text(value, limit: int | None = MAX_TEXT) -> str:
     """Text safe for XML 1.0: invalid characters removed, whitespace trimmed, length capped."""
     if value is None:
         return ""
-    cleaned = str(value)
+    cleaned = value if type(value) is str else str(value)
     if not cleaned.isprintable():  # the rare case; translate() is slow, isprintable() is not
         cleaned = cleaned.translate(XML_INVALID_CHARS)
     cleaned = cleaned.strip()
