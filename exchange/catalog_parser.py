@@ -54,7 +54,7 @@ MAX_PICTURE_BYTES = 2 * 1024 * 1024
 PICTURE_TYPES = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
 # Children found by local name in any namespace, matched by lxml in C (see exchange.cml.all_named)
 PICTURE, BARCODE, VAT_RATE, PROPERTY_VALUE, ID = "{*}Картинка", "{*}Штрихкод", "{*}СтавкаНалога", "{*}ЗначенияСвойства", "{*}Ид"
-PRICE, WAREHOUSE = "{*}Цена", "{*}Склад"
+PRICE, PRICE_TYPE_ID, PRICE_VALUE, WAREHOUSE = "{*}Цена", "{*}ИдТипаЦены", "{*}ЦенаЗаЕдиницу", "{*}Склад"
 # Requisites not kept as attributes: picture captions, and the weight, which is a column of the card.
 TECHNICAL_REQUISITES = {"ОписаниеФайла", "Вес"}
 # The rows a batch carries are tuples of these columns (the writer adds the source): a tuple costs less to
@@ -510,20 +510,13 @@ class CatalogParser:
         if prices is None:
             return None
         rows = []
-        names = LOCAL_NAMES
         for price in prices.iterchildren(PRICE):
-            type_id = value = None  # the first of each, as fields_of reads them
-            for child in price:
-                tag = child.tag
-                local = names.get(tag) or local_name(tag)
-                if local == "ИдТипаЦены":
-                    if type_id is None:
-                        type_id = (child.text or "").strip()
-                elif local == "ЦенаЗаЕдиницу" and value is None:
-                    value = (child.text or "").strip()
+            type_id = next(price.iterchildren(PRICE_TYPE_ID), None)  # the first of each, as fields_of reads them
+            type_id = (type_id.text or "").strip() if type_id is not None else ""
             if not type_id:
                 raise Malformed("у цены нет ИдТипаЦены")
-            rows.append((offer_id, type_id, _kopecks(value or "")))
+            value = next(price.iterchildren(PRICE_VALUE), None)
+            rows.append((offer_id, type_id, _kopecks((value.text or "").strip() if value is not None else "")))
         return rows
 
     def _stock(self, offer_id: str, element, fields: dict) -> list[tuple] | None:
