@@ -34,6 +34,7 @@ WAREHOUSES = 3
 
 CHILD = r"""
 import json, resource, sys, time
+from multiprocessing import forkserver
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from exchange.catalog_import import import_file
@@ -41,6 +42,7 @@ from store import open_catalog
 
 path = Path(sys.argv[3])
 store = open_catalog(sys.argv[2])
+forkserver.ensure_running()  # as the exchange has it by mode=import: started at checkauth (prepare_parser)
 started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
 result = import_file(store, path, upload_dir=path.parent, images_dir=path.parent / "images")
 seconds, usage = time.monotonic() - started, resource.getrusage(resource.RUSAGE_SELF)

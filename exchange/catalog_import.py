@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.child_process import ChildLost, preload, run_in_child
+from core.child_process import ChildLost, preload, run_in_child, start_soon
 from exchange.catalog_parser import (
     CARD_COLUMNS,
     CATEGORY_COLUMNS,
@@ -42,6 +42,12 @@ SOURCE = "exchange"
 # little (at 100,000 goods the tables outgrow any cache; rows go in key order, see write_batch) and costs
 # the worker as much memory.
 IMPORT_CACHE_KIB = 24576
+
+
+def prepare_parser() -> None:
+    """Start the fork server the parser comes from (a fresh interpreter that loads lxml: some 0.2 s) when an
+    exchange session opens, so that the session's imports, minutes later, do not wait for it."""
+    start_soon()
 
 
 @dataclass

@@ -28,6 +28,7 @@ from lxml import etree
 from core.clock import utc_now
 from exchange.cml import (
     DOCTYPE_REFUSED,
+    LOCAL_NAMES,
     PROLOG_BYTES,
     ROOT_TAG,
     SPACES,
@@ -51,6 +52,9 @@ EVENT_TAGS = (ROOT_TAG, *SECTIONS, "Группа", "Свойство", "ТипЦ
 BATCH = 1000
 MAX_PICTURE_BYTES = 2 * 1024 * 1024
 PICTURE_TYPES = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
+# Children found by local name in any namespace, matched by lxml in C (see exchange.cml.all_named)
+PICTURE, BARCODE, VAT_RATE, PROPERTY_VALUE, ID = "{*}Картинка", "{*}Штрихкод", "{*}СтавкаНалога", "{*}ЗначенияСвойства", "{*}Ид"
+PRICE, PRICE_TYPE_ID, PRICE_VALUE, WAREHOUSE = "{*}Цена", "{*}ИдТипаЦены", "{*}ЦенаЗаЕдиницу", "{*}Склад"
 # Requisites not kept as attributes: picture captions, and the weight, which is a column of the card.
 TECHNICAL_REQUISITES = {"ОписаниеФайла", "Вес"}
 # The rows a batch carries are tuples of these columns (the writer adds the source): a tuple costs less to
@@ -112,14 +116,18 @@ def _full(element) -> bool:
 def _vat(rates) -> tuple[float | None, int | None]:
     """(rate, enabled) from СтавкиНалогов: «Без НДС» → VAT off, «20» → 20, «0» → 0 and on."""
     chosen = None
-    for entry in all_named(rates, "СтавкаНалога"):
+    if rates is None:
+        return None, None
+    names = LOCAL_NAMES
+    for entry in rates.iterchildren(VAT_RATE):
         tax = rate = ""
         for child in entry:
-            tag = local_name(child.tag)
-            if tag == "Наименование":
-                tax = text_of(child).upper()
-            elif tag == "Ставка":
-                rate = text_of(child)
+            tag = child.tag
+            local = names.get(tag) or local_name(tag)
+            if local == "Наименование":
+                tax = (child.text or "").strip().upper()
+            elif local == "Ставка":
+                rate = (child.text or "").strip()
         if chosen is None or tax in ("НДС", ""):
             chosen = rate
         if tax in ("НДС", ""):
@@ -152,8 +160,8 @@ def _unit(element) -> dict | None:
 def _barcodes(element) -> str | None:
     """Barcodes as JSON in MoySklad's shape, [{"ean13": "..."}], which the ICML renderer reads."""
     codes = []
-    for barcode in all_named(element, "Штрихкод"):
-        for value in text_of(barcode).replace(";", ",").split(","):
+    for barcode in element.iterchildren(BARCODE):
+        for value in (barcode.text or "").strip().replace(";", ",").split(","):
             value = value.strip()
             if value:
                 digits = value.isdigit()
@@ -198,9 +206,10 @@ def _offer_columns(article: bool, barcodes: bool, characteristics: bool) -> tupl
 
 def _first_group(fields: dict) -> str | None:
     """The card's category: the first Группы/Ид (the feed has one category per offer)."""
-    for child in fields.get("Группы", ()):
-        if local_name(child.tag) == "Ид":
-            return text_of(child) or None
+    groups = fields.get("Группы")
+    if groups is not None:
+        for child in groups.iterchildren(ID):
+            return (child.text or "").strip() or None
     return None
 
 
@@ -275,7 +284,8 @@ class CatalogParser:
         try:
             self._refuse_doctype()
             events = etree.iterparse(str(self.path), events=("end",), tag=[f"{{*}}{t}" for t in EVENT_TAGS],
-                                     resolve_entities=False, no_network=True, huge_tree=True, load_dtd=False)
+                                     resolve_entities=False, no_network=True, huge_tree=True, load_dtd=False,
+                                     remove_blank_text=True)
             for _, element in events:
                 if not self.checked:
                     self._check_document(element)
@@ -500,20 +510,22 @@ class CatalogParser:
         if prices is None:
             return None
         rows = []
-        for price in all_named(prices, "Цена"):
-            fields = fields_of(price)
-            type_id = text_of(fields.get("ИдТипаЦены"))
+        for price in prices.iterchildren(PRICE):
+            type_id = next(price.iterchildren(PRICE_TYPE_ID), None)  # the first of each, as fields_of reads them
+            type_id = (type_id.text or "").strip() if type_id is not None else ""
             if not type_id:
                 raise Malformed("у цены нет ИдТипаЦены")
-            rows.append((offer_id, type_id, _kopecks(text_of(fields.get("ЦенаЗаЕдиницу")))))
+            value = next(price.iterchildren(PRICE_VALUE), None)
+            rows.append((offer_id, type_id, _kopecks((value.text or "").strip() if value is not None else "")))
         return rows
 
     def _stock(self, offer_id: str, element, fields: dict) -> list[tuple] | None:
         """Stock in any of its three shapes: per warehouse when given, else the total (warehouse '')."""
         per_warehouse, total = [], None
-        for store in all_named(element, "Склад"):  # 2.07: <Склад ИдСклада=.. КоличествоНаСкладе=../>
-            if store.get("ИдСклада"):
-                per_warehouse.append((store.get("ИдСклада").strip(), _quantity((store.get("КоличествоНаСкладе") or "").strip())))
+        for store in element.iterchildren(WAREHOUSE):  # 2.07: <Склад ИдСклада=.. КоличествоНаСкладе=../>
+            warehouse_id = store.get("ИдСклада")
+            if warehouse_id:
+                per_warehouse.append((warehouse_id.strip(), _quantity((store.get("КоличествоНаСкладе") or "").strip())))
         for rest in all_named(fields.get("Остатки"), "Остаток"):  # 2.09+: <Остатки><Остаток><Склад><Ид/><Количество/>
             rest_fields = fields_of(rest)
             if "Склад" in rest_fields:
@@ -543,23 +555,27 @@ class CatalogParser:
     def _attributes(self, owner_id: str, fields: dict, requisites: list[tuple[str, str]]) -> list[tuple]:
         """Property values (reference values resolved to their text), requisites and the manufacturer."""
         rows = []
-        for value in all_named(fields.get("ЗначенияСвойств"), "ЗначенияСвойства"):
+        values = fields.get("ЗначенияСвойств")
+        names, properties = LOCAL_NAMES, self.properties
+        for value in () if values is None else values.iterchildren(PROPERTY_VALUE):
             property_id, texts = "", []
             for child in value:
-                tag = local_name(child.tag)
-                if tag == "Ид":
+                tag = child.tag
+                local = names.get(tag) or local_name(tag)
+                if local == "Ид":
                     property_id = (child.text or "").strip()
-                elif tag == "Значение":
+                elif local == "Значение":
                     text = (child.text or "").strip()
                     if text:
                         texts.append(text)
             if not texts:
                 continue
-            if property_id not in self.properties:
+            if property_id not in properties:
                 self.counts["unknown_property_values"] += 1
                 continue
-            name, options = self.properties[property_id]
-            rows.append((owner_id, property_id, name, "property", ", ".join([options.get(t, t) for t in texts])))
+            name, options = properties[property_id]
+            rows.append((owner_id, property_id, name, "property",
+                         options.get(texts[0], texts[0]) if len(texts) == 1 else ", ".join([options.get(t, t) for t in texts])))
         if "ПолноеНаименование" in fields and all(key != "Полное наименование" for key, _ in requisites):
             requisites = [*requisites, ("Полное наименование", text_of(fields["ПолноеНаименование"]))]
         for name, text in requisites:
@@ -574,8 +590,8 @@ class CatalogParser:
 
     def _pictures(self, owner_id: str, element) -> list[tuple]:
         rows = []
-        for picture in all_named(element, "Картинка"):
-            relative = text_of(picture).replace("\\", "/")
+        for picture in element.iterchildren(PICTURE):
+            relative = (picture.text or "").strip().replace("\\", "/")
             if not relative:
                 continue
             try:
@@ -584,7 +600,7 @@ class CatalogParser:
                 self._skip("picture", owner_id, relative, str(exc))
                 continue
             position = len(rows)
-            rows.append((owner_id, position, os.path.basename(relative), size, f"exchange:/download/{image_id}",
+            rows.append((owner_id, position, relative.rpartition("/")[2], size, f"exchange:/download/{image_id}",
                          self.updated))
             self.batch.image_cache.append((image_id, owner_id, position, size, local_file, self.batch.started))
         return rows
@@ -593,9 +609,12 @@ class CatalogParser:
         """An uploaded picture for the images folder the feeds serve: refuse anything but jpg/png ≤ 2 MB, and any
         path out of the upload folder. The writer puts it there (:func:`exchange.catalog_import.place_pictures`)
         while this process reads on: linking a file costs more than the rest of a picture."""
-        source = os.path.normpath(os.path.join(self.upload_prefix, relative))
-        if not source.startswith(self.upload_prefix):
-            raise Malformed("путь картинки ведёт за пределы папки обмена")
+        if relative.startswith((".", "/")) or "/." in relative or "//" in relative or relative.endswith("/"):
+            source = os.path.normpath(os.path.join(self.upload_prefix, relative))
+            if not source.startswith(self.upload_prefix):
+                raise Malformed("путь картинки ведёт за пределы папки обмена")
+        else:  # no '.', '..' or empty segment and not absolute: what normpath would make of it, for less
+            source = self.upload_prefix + relative
         try:  # uploads are never symbolic links (see exchange.uploads): refuse one rather than follow it
             descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
@@ -609,8 +628,10 @@ class CatalogParser:
             head = os.read(descriptor, 8)
         finally:
             os.close(descriptor)
-        extension = next((ext for magic, ext in PICTURE_TYPES if head.startswith(magic)), None)
-        if extension is None:
+        for magic, extension in PICTURE_TYPES:
+            if head.startswith(magic):
+                break
+        else:
             raise Malformed("картинка не в формате JPEG или PNG")
         image_id = picture_id(relative)
         local_file = f"{image_id}.{extension}"

@@ -45,7 +45,7 @@ def document_problem(tree, name: str) -> str | None:
     return None
 
 
-_LOCAL_NAMES: dict = {}
+LOCAL_NAMES: dict = {}  # tag → local name, filled by local_name
 
 
 LOCAL_NAMES_KEPT = 10_000  # CommerceML has a few hundred tag names; a hostile file must not grow the cache
@@ -54,21 +54,21 @@ LOCAL_NAMES_KEPT = 10_000  # CommerceML has a few hundred tag names; a hostile f
 def local_name(tag) -> str:
     """The tag without its namespace (comments and processing instructions have none); cached per tag."""
     try:
-        return _LOCAL_NAMES[tag]
+        return LOCAL_NAMES[tag]
     except KeyError:
         name = tag.rpartition("}")[2] if isinstance(tag, str) else ""
-        if len(_LOCAL_NAMES) < LOCAL_NAMES_KEPT:
-            _LOCAL_NAMES[tag] = name
+        if len(LOCAL_NAMES) < LOCAL_NAMES_KEPT:
+            LOCAL_NAMES[tag] = name
         return name
 
 
 def fields_of(element) -> dict:
     """The first child of each local name: the fields of one record."""
     fields = {}
-    names = _LOCAL_NAMES
+    names = LOCAL_NAMES
     for child in element:
         tag = child.tag
-        name = names[tag] if tag in names else local_name(tag)
+        name = names.get(tag) or local_name(tag)
         if name not in fields:
             fields[name] = child
     return fields
@@ -118,13 +118,17 @@ def parse_decimal(text: str, what: str) -> Decimal:
 def requisite_pairs(element) -> list[tuple[str, str]]:
     """(name, value) of each ЗначениеРеквизита."""
     pairs = []
-    for entry in all_named(element, "ЗначениеРеквизита"):
+    if element is None:
+        return pairs
+    names = LOCAL_NAMES
+    for entry in element.iterchildren(_ANY_NAMESPACE["ЗначениеРеквизита"]):
         name = value = ""
         for child in entry:
-            tag = local_name(child.tag)
-            if tag == "Наименование":
-                name = text_of(child)
-            elif tag == "Значение" and not value:
-                value = text_of(child)
+            tag = child.tag
+            local = names.get(tag) or local_name(tag)
+            if local == "Наименование":
+                name = (child.text or "").strip()
+            elif local == "Значение" and not value:
+                value = (child.text or "").strip()
         pairs.append((name, value))
     return pairs

@@ -126,6 +126,10 @@ def _checkauth(log_store: ExchangeLog, settings: Settings) -> list[str]:
     prune_sessions(log_store, root, config.session_minutes)
     session = open_session(log_store, root, address)
     log.info("exchange session %s opened for %s", session.id, address)
+    if request.args.get("type") == "catalog":
+        from exchange.catalog_import import prepare_parser  # here, not at the top: see the note on imports above
+
+        prepare_parser()  # the parser's fork server starts while 1C uploads the files
     return ["success", COOKIE_NAME, session.token, f"sessid={session.token}", f"timestamp={int(time.time())}"]
 
 
