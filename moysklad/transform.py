@@ -13,6 +13,7 @@ object belongs) is skipped with the reason, and the others kept.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,21 +48,33 @@ class NotAListAnswer(ValueError):
 # Leaves are Any (their checks below give the reasons); containers are typed, so what is not
 # needed is skipped while parsing. gc=False: parsed JSON cannot hold reference cycles.
 
-class _Meta(msgspec.Struct, gc=False):
+# Each meta only with what is read of it: a field not declared is skipped unread (an assortment page
+# holds some ten metas a row).
+class _Href(msgspec.Struct, gc=False):
+    href: Any = None
+
+
+class _RowMeta(msgspec.Struct, gc=False):
     href: Any = None
     type: Any = None
+
+
+class _Size(msgspec.Struct, gc=False):
     size: Any = None
-    downloadPermanentHref: Any = None
 
 
 class _Link(msgspec.Struct, gc=False):
-    meta: _Meta | None = None
+    meta: _Href | None = None
+
+
+class _Images(msgspec.Struct, gc=False):
+    meta: _Size | None = None
 
 
 class _PriceType(msgspec.Struct, gc=False):
     id: Any = None
     name: Any = None
-    meta: _Meta | None = None
+    meta: _Href | None = None
 
 
 class _SalePrice(msgspec.Struct, gc=False):
@@ -78,13 +91,13 @@ class _Attribute(msgspec.Struct, gc=False):
     name: Any = None
     type: Any = None
     value: Any = None
-    meta: _Meta | None = None
+    meta: _Href | None = None
 
 
 class AssortmentRow(msgspec.Struct, gc=False):
     """A row of ``/entity/assortment`` (product, variant, service or bundle): the fields the store keeps."""
 
-    meta: _Meta | None = None
+    meta: _RowMeta | None = None
     id: Any = None
     name: Any = None
     code: Any = None
@@ -96,7 +109,7 @@ class AssortmentRow(msgspec.Struct, gc=False):
     barcodes: Any = None
     characteristics: Any = None
     buyPrice: _Value | None = None
-    images: _Link | None = None
+    images: _Images | None = None
     salePrices: list[_SalePrice] | None = None
     attributes: list[_Attribute] | None = None
     product: _Link | None = None
@@ -112,8 +125,13 @@ class AssortmentRow(msgspec.Struct, gc=False):
     trackingType: Any = None
 
 
+class _ImageMeta(msgspec.Struct, gc=False):
+    href: Any = None
+    downloadPermanentHref: Any = None
+
+
 class _Image(msgspec.Struct, gc=False):
-    meta: _Meta | None = None
+    meta: _ImageMeta | None = None
     filename: Any = None
     title: Any = None
     size: Any = None
@@ -123,7 +141,7 @@ class _Image(msgspec.Struct, gc=False):
 class StockReportRow(msgspec.Struct, gc=False):
     """A row of ``/report/stock/all``: the good, its unit cost (``price``) and first image."""
 
-    meta: _Meta | None = None
+    meta: _Href | None = None
     price: Any = None
     image: _Image | None = None
     name: Any = None
@@ -185,6 +203,14 @@ def quantity(value) -> float:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return 0.0
     return float(value)
+
+
+def stock_rows(lines: list[StockLine], stock_type: str) -> list[tuple]:
+    """(offer id, warehouse id or "", quantity) per line of a current-stock report that names its good;
+    ``stock_type`` is the figure the report gives (``stock``, ``reserve``, ``inTransit``)."""
+    figure = operator.attrgetter(stock_type)
+    return [(line.assortmentId, line.storeId or "", value if type(value) is float and -math.inf < value < math.inf
+             else quantity(value)) for line in lines if isinstance(line.assortmentId, str) for value in (figure(line),)]
 
 
 def _text(row: dict, key: str) -> str | None:
@@ -272,8 +298,11 @@ def price_records(row: AssortmentRow, offer_id: str) -> list[tuple]:
         type_id = price_type and (price_type.id or _link_id(price_type))
         if not type_id:
             raise MalformedItem("a sale price has no price type")
-        value = kopecks(price.value, f"price «{price_type.name or type_id}»")
-        records.append((offer_id, type_id, value or 0))
+        value = price.value
+        if type(value) is float and 0.0 <= value < math.inf:  # as MoySklad sends it: no checks to word
+            records.append((offer_id, type_id, round(value)))
+        else:
+            records.append((offer_id, type_id, kopecks(value, f"price «{price_type.name or type_id}»") or 0))
     return records
 
 
