@@ -12,6 +12,7 @@ object belongs) is skipped with the reason, and the others kept.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import re
@@ -174,6 +175,11 @@ def id_from_href(href: str | None) -> str | None:
     """The entity id at the end of a MoySklad ``meta.href`` (query string and fragment ignored)."""
     if not href or not isinstance(href, str):
         return None
+    return _id_from_href(href)
+
+
+@functools.lru_cache(maxsize=4096)  # the links to a few folders and units come back on every row
+def _id_from_href(href: str) -> str | None:
     path = href.partition("?")[0].partition("#")[0].rstrip("/")
     head, _, tail = path.rpartition("/")
     return tail if tail and not head.endswith(":/") else None  # "https://host" has no path
@@ -336,18 +342,9 @@ def _image_count(row: AssortmentRow) -> int:
     return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
 
 
-@dataclass
-class AssortmentRecords:
-    """Everything one assortment row contributes to the store, as tuples in the ``*_COLUMNS`` order."""
-
-    offer: tuple
-    product: tuple | None = None
-    prices: list[tuple] = field(default_factory=list)
-    attributes: list[tuple] = field(default_factory=list)
-
-
-def assortment_records(row: AssortmentRow) -> AssortmentRecords:
-    """One row of ``/entity/assortment``: a product, service or bundle (a card and its offer) or a variant."""
+def assortment_records(row: AssortmentRow) -> tuple[tuple, tuple | None, list[tuple], list[tuple]]:
+    """One row of ``/entity/assortment``: a product, service or bundle (a card and its offer) or a variant, as
+    (offer, product card or None, prices, attributes), tuples in the ``*_COLUMNS`` order."""
     meta = row.meta
     kind = meta.type if meta is not None else None
     item_id = row.id if isinstance(row.id, str) and row.id else id_from_href(meta.href) if meta is not None else None
@@ -360,7 +357,11 @@ def assortment_records(row: AssortmentRow) -> AssortmentRecords:
         raise MalformedItem(f"{kind} has no name")
     code, article, external_code = _str(row.code), _str(row.article), _str(row.externalCode)
     archived, updated = 1 if row.archived is True else 0, _str(row.updated)
-    buy_price = kopecks(row.buyPrice.value, "purchase price (buyPrice)") if row.buyPrice is not None else None
+    buy_price = row.buyPrice.value if row.buyPrice is not None else None
+    if not (type(buy_price) is float and 0.0 <= buy_price < math.inf):
+        buy_price = kopecks(buy_price, "purchase price (buyPrice)")
+    else:
+        buy_price = round(buy_price)
     prices = price_records(row, item_id)
     if kind == "variant":
         product_id = _link_id(row.product)
@@ -368,7 +369,7 @@ def assortment_records(row: AssortmentRow) -> AssortmentRecords:
             raise MalformedItem("variant without a link to its product")
         offer = (item_id, product_id, kind, name, code, article, external_code, barcodes(row.barcodes),
                  characteristics(row.characteristics), buy_price, _image_count(row), archived, updated)
-        return AssortmentRecords(offer, None, prices)
+        return offer, None, prices, []
     vat_enabled = row.effectiveVatEnabled if row.effectiveVatEnabled is not UNSET else row.vatEnabled
     vat = row.effectiveVat if row.effectiveVat is not UNSET else row.vat
     product = (item_id, kind, name, code, article, external_code, _link_id(row.productFolder), _str(row.description),
@@ -379,7 +380,7 @@ def assortment_records(row: AssortmentRow) -> AssortmentRecords:
                _str(row.trackingType), archived, updated)
     offer = (item_id, item_id, kind, name, code, article, external_code, barcodes(row.barcodes), None, buy_price,
              _image_count(row), archived, updated)
-    return AssortmentRecords(offer, product, prices, attribute_records(row, item_id))
+    return offer, product, prices, attribute_records(row, item_id)
 
 
 @dataclass
@@ -416,16 +417,16 @@ def assortment_page(body: bytes) -> AssortmentPage:
     page = AssortmentPage(size, len(rows) + len(skipped), skipped=skipped)
     for row in rows:
         try:
-            records = assortment_records(row)
+            offer, product, prices, attributes = assortment_records(row)
         except MalformedItem as exc:
             page.skipped.append(_skipped("assortment", row, str(exc)))
             continue
-        page.offers.append(records.offer)
-        page.kinds[records.offer[2]] += 1
-        page.prices += records.prices
-        page.attributes += records.attributes
-        if records.product:
-            page.products.append(records.product)
+        page.offers.append(offer)
+        page.prices += prices
+        page.attributes += attributes
+        if product:
+            page.products.append(product)
+    page.kinds.update(map(operator.itemgetter(2), page.offers))
     return page
 
 
