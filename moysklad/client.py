@@ -299,6 +299,11 @@ class MoySkladClient:
         stream ended, the array closed), retrying as needed, then decoded a megabyte at a time:
         memory stays flat whatever the catalog size, and nothing is yielded from a cut-off answer.
         """
+        for piece in self.iter_array_pieces(path, params, item_type):
+            yield from piece
+
+    def iter_array_pieces(self, path: str, params: dict | None = None, item_type: Any = Any) -> Iterator[list]:
+        """:meth:`iter_array` a piece at a time: lists of the objects of about a megabyte of the answer."""
         spool = self._send(path, params, None, receive=lambda response: _spool_array(response, path))
         with spool:
             yield from _parse_array(spool, path, msgspec.json.Decoder(list[item_type]))
@@ -442,8 +447,8 @@ def _spool_array(response: requests.Response, path: str):
         raise
 
 
-def _parse_array(stream, path: str, decoder: msgspec.json.Decoder) -> Iterator:
-    """Decode ``[ {...}, {...} ]`` from a binary file a piece at a time.
+def _parse_array(stream, path: str, decoder: msgspec.json.Decoder) -> Iterator[list]:
+    """Decode ``[ {...}, {...} ]`` from a binary file a piece at a time (a list per piece).
 
     Each piece ends at a ``}`` and is decoded as ``[`` piece ``]``: that parses only when the cut falls
     between two elements (a ``}`` inside a text or a nested object leaves the brackets unbalanced), so
@@ -472,11 +477,13 @@ def _parse_array(stream, path: str, decoder: msgspec.json.Decoder) -> Iterator:
         if not piece:
             continue
         try:
-            yield from decoder.decode(b"[" + piece + b"]")
+            objects = decoder.decode(b"[" + piece + b"]")
         except msgspec.DecodeError as exc:
             if done:
                 raise TransportFailure(f"the JSON array from {path} is malformed: {exc}") from None
             buffer = piece + buffer  # cut inside an element: decode it with the next piece
+            continue
+        yield objects
 
 
 def _api_path(url: str, base_path: str) -> str:

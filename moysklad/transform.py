@@ -12,7 +12,9 @@ object belongs) is skipped with the reason, and the others kept.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,21 +49,33 @@ class NotAListAnswer(ValueError):
 # Leaves are Any (their checks below give the reasons); containers are typed, so what is not
 # needed is skipped while parsing. gc=False: parsed JSON cannot hold reference cycles.
 
-class _Meta(msgspec.Struct, gc=False):
+# Each meta only with what is read of it: a field not declared is skipped unread (an assortment page
+# holds some ten metas a row).
+class _Href(msgspec.Struct, gc=False):
+    href: Any = None
+
+
+class _RowMeta(msgspec.Struct, gc=False):
     href: Any = None
     type: Any = None
+
+
+class _Size(msgspec.Struct, gc=False):
     size: Any = None
-    downloadPermanentHref: Any = None
 
 
 class _Link(msgspec.Struct, gc=False):
-    meta: _Meta | None = None
+    meta: _Href | None = None
+
+
+class _Images(msgspec.Struct, gc=False):
+    meta: _Size | None = None
 
 
 class _PriceType(msgspec.Struct, gc=False):
     id: Any = None
     name: Any = None
-    meta: _Meta | None = None
+    meta: _Href | None = None
 
 
 class _SalePrice(msgspec.Struct, gc=False):
@@ -78,13 +92,13 @@ class _Attribute(msgspec.Struct, gc=False):
     name: Any = None
     type: Any = None
     value: Any = None
-    meta: _Meta | None = None
+    meta: _Href | None = None
 
 
 class AssortmentRow(msgspec.Struct, gc=False):
     """A row of ``/entity/assortment`` (product, variant, service or bundle): the fields the store keeps."""
 
-    meta: _Meta | None = None
+    meta: _RowMeta | None = None
     id: Any = None
     name: Any = None
     code: Any = None
@@ -96,7 +110,7 @@ class AssortmentRow(msgspec.Struct, gc=False):
     barcodes: Any = None
     characteristics: Any = None
     buyPrice: _Value | None = None
-    images: _Link | None = None
+    images: _Images | None = None
     salePrices: list[_SalePrice] | None = None
     attributes: list[_Attribute] | None = None
     product: _Link | None = None
@@ -112,8 +126,13 @@ class AssortmentRow(msgspec.Struct, gc=False):
     trackingType: Any = None
 
 
+class _ImageMeta(msgspec.Struct, gc=False):
+    href: Any = None
+    downloadPermanentHref: Any = None
+
+
 class _Image(msgspec.Struct, gc=False):
-    meta: _Meta | None = None
+    meta: _ImageMeta | None = None
     filename: Any = None
     title: Any = None
     size: Any = None
@@ -123,7 +142,7 @@ class _Image(msgspec.Struct, gc=False):
 class StockReportRow(msgspec.Struct, gc=False):
     """A row of ``/report/stock/all``: the good, its unit cost (``price``) and first image."""
 
-    meta: _Meta | None = None
+    meta: _Href | None = None
     price: Any = None
     image: _Image | None = None
     name: Any = None
@@ -156,6 +175,11 @@ def id_from_href(href: str | None) -> str | None:
     """The entity id at the end of a MoySklad ``meta.href`` (query string and fragment ignored)."""
     if not href or not isinstance(href, str):
         return None
+    return _id_from_href(href)
+
+
+@functools.lru_cache(maxsize=4096)  # the links to a few folders and units come back on every row
+def _id_from_href(href: str) -> str | None:
     path = href.partition("?")[0].partition("#")[0].rstrip("/")
     head, _, tail = path.rpartition("/")
     return tail if tail and not head.endswith(":/") else None  # "https://host" has no path
@@ -185,6 +209,14 @@ def quantity(value) -> float:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return 0.0
     return float(value)
+
+
+def stock_rows(lines: list[StockLine], stock_type: str) -> list[tuple]:
+    """(offer id, warehouse id or "", quantity) per line of a current-stock report that names its good;
+    ``stock_type`` is the figure the report gives (``stock``, ``reserve``, ``inTransit``)."""
+    figure = operator.attrgetter(stock_type)
+    return [(line.assortmentId, line.storeId or "", value if type(value) is float and -math.inf < value < math.inf
+             else quantity(value)) for line in lines if isinstance(line.assortmentId, str) for value in (figure(line),)]
 
 
 def _text(row: dict, key: str) -> str | None:
@@ -272,8 +304,11 @@ def price_records(row: AssortmentRow, offer_id: str) -> list[tuple]:
         type_id = price_type and (price_type.id or _link_id(price_type))
         if not type_id:
             raise MalformedItem("a sale price has no price type")
-        value = kopecks(price.value, f"price «{price_type.name or type_id}»")
-        records.append((offer_id, type_id, value or 0))
+        value = price.value
+        if type(value) is float and 0.0 <= value < math.inf:  # as MoySklad sends it: no checks to word
+            records.append((offer_id, type_id, round(value)))
+        else:
+            records.append((offer_id, type_id, kopecks(value, f"price «{price_type.name or type_id}»") or 0))
     return records
 
 
@@ -307,18 +342,9 @@ def _image_count(row: AssortmentRow) -> int:
     return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
 
 
-@dataclass
-class AssortmentRecords:
-    """Everything one assortment row contributes to the store, as tuples in the ``*_COLUMNS`` order."""
-
-    offer: tuple
-    product: tuple | None = None
-    prices: list[tuple] = field(default_factory=list)
-    attributes: list[tuple] = field(default_factory=list)
-
-
-def assortment_records(row: AssortmentRow) -> AssortmentRecords:
-    """One row of ``/entity/assortment``: a product, service or bundle (a card and its offer) or a variant."""
+def assortment_records(row: AssortmentRow) -> tuple[tuple, tuple | None, list[tuple], list[tuple]]:
+    """One row of ``/entity/assortment``: a product, service or bundle (a card and its offer) or a variant, as
+    (offer, product card or None, prices, attributes), tuples in the ``*_COLUMNS`` order."""
     meta = row.meta
     kind = meta.type if meta is not None else None
     item_id = row.id if isinstance(row.id, str) and row.id else id_from_href(meta.href) if meta is not None else None
@@ -331,7 +357,11 @@ def assortment_records(row: AssortmentRow) -> AssortmentRecords:
         raise MalformedItem(f"{kind} has no name")
     code, article, external_code = _str(row.code), _str(row.article), _str(row.externalCode)
     archived, updated = 1 if row.archived is True else 0, _str(row.updated)
-    buy_price = kopecks(row.buyPrice.value, "purchase price (buyPrice)") if row.buyPrice is not None else None
+    buy_price = row.buyPrice.value if row.buyPrice is not None else None
+    if not (type(buy_price) is float and 0.0 <= buy_price < math.inf):
+        buy_price = kopecks(buy_price, "purchase price (buyPrice)")
+    else:
+        buy_price = round(buy_price)
     prices = price_records(row, item_id)
     if kind == "variant":
         product_id = _link_id(row.product)
@@ -339,7 +369,7 @@ def assortment_records(row: AssortmentRow) -> AssortmentRecords:
             raise MalformedItem("variant without a link to its product")
         offer = (item_id, product_id, kind, name, code, article, external_code, barcodes(row.barcodes),
                  characteristics(row.characteristics), buy_price, _image_count(row), archived, updated)
-        return AssortmentRecords(offer, None, prices)
+        return offer, None, prices, []
     vat_enabled = row.effectiveVatEnabled if row.effectiveVatEnabled is not UNSET else row.vatEnabled
     vat = row.effectiveVat if row.effectiveVat is not UNSET else row.vat
     product = (item_id, kind, name, code, article, external_code, _link_id(row.productFolder), _str(row.description),
@@ -350,7 +380,7 @@ def assortment_records(row: AssortmentRow) -> AssortmentRecords:
                _str(row.trackingType), archived, updated)
     offer = (item_id, item_id, kind, name, code, article, external_code, barcodes(row.barcodes), None, buy_price,
              _image_count(row), archived, updated)
-    return AssortmentRecords(offer, product, prices, attribute_records(row, item_id))
+    return offer, product, prices, attribute_records(row, item_id)
 
 
 @dataclass
@@ -387,16 +417,16 @@ def assortment_page(body: bytes) -> AssortmentPage:
     page = AssortmentPage(size, len(rows) + len(skipped), skipped=skipped)
     for row in rows:
         try:
-            records = assortment_records(row)
+            offer, product, prices, attributes = assortment_records(row)
         except MalformedItem as exc:
             page.skipped.append(_skipped("assortment", row, str(exc)))
             continue
-        page.offers.append(records.offer)
-        page.kinds[records.offer[2]] += 1
-        page.prices += records.prices
-        page.attributes += records.attributes
-        if records.product:
-            page.products.append(records.product)
+        page.offers.append(offer)
+        page.prices += prices
+        page.attributes += attributes
+        if product:
+            page.products.append(product)
+    page.kinds.update(map(operator.itemgetter(2), page.offers))
     return page
 
 
