@@ -193,10 +193,15 @@ def linked_id(row: dict, key: str) -> str | None:
     return None
 
 
-def kopecks(value, what: str) -> int | None:
-    """A money value from MoySklad (kopecks as a float) as an integer; rejects nonsense."""
+def kopecks(value, what: str, name: str | None = None) -> int | None:
+    """A money value from MoySklad (kopecks as a float) as an integer; rejects nonsense, naming
+    ``what`` (and its ``name``) in the reason."""
+    if type(value) is float and 0.0 <= value < math.inf:  # as MoySklad sends it: nothing to check
+        return round(value)
     if value is None:
         return None
+    if name:
+        what = f"{what} «{name}»"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise MalformedItem(f"{what} is not a number: {value!r}")
     if value < 0:
@@ -304,11 +309,7 @@ def price_records(row: AssortmentRow, offer_id: str) -> list[tuple]:
         type_id = price_type and (price_type.id or _link_id(price_type))
         if not type_id:
             raise MalformedItem("a sale price has no price type")
-        value = price.value
-        if type(value) is float and 0.0 <= value < math.inf:  # as MoySklad sends it: no checks to word
-            records.append((offer_id, type_id, round(value)))
-        else:
-            records.append((offer_id, type_id, kopecks(value, f"price «{price_type.name or type_id}»") or 0))
+        records.append((offer_id, type_id, kopecks(price.value, "price", price_type.name or type_id) or 0))
     return records
 
 
@@ -357,11 +358,7 @@ def assortment_records(row: AssortmentRow) -> tuple[tuple, tuple | None, list[tu
         raise MalformedItem(f"{kind} has no name")
     code, article, external_code = _str(row.code), _str(row.article), _str(row.externalCode)
     archived, updated = 1 if row.archived is True else 0, _str(row.updated)
-    buy_price = row.buyPrice.value if row.buyPrice is not None else None
-    if not (type(buy_price) is float and 0.0 <= buy_price < math.inf):
-        buy_price = kopecks(buy_price, "purchase price (buyPrice)")
-    else:
-        buy_price = round(buy_price)
+    buy_price = kopecks(row.buyPrice.value, "purchase price (buyPrice)") if row.buyPrice is not None else None
     prices = price_records(row, item_id)
     if kind == "variant":
         product_id = _link_id(row.product)
