@@ -34,15 +34,17 @@ WAREHOUSES = 3
 
 CHILD = r"""
 import json, resource, sys, time
-from multiprocessing import forkserver
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from exchange.catalog_import import import_file
+from core.child_process import ready
+from exchange.catalog_import import import_file, prepare_parser
 from store import open_catalog
 
 path = Path(sys.argv[3])
 store = open_catalog(sys.argv[2])
-forkserver.ensure_running()  # as the exchange has it by mode=import: started at checkauth (prepare_parser)
+prepare_parser()  # as the exchange has it by mode=import: started at checkauth
+while not ready():
+    time.sleep(0.01)
 started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
 result = import_file(store, path, upload_dir=path.parent, images_dir=path.parent / "images")
 seconds, usage = time.monotonic() - started, resource.getrusage(resource.RUSAGE_SELF)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 _PROCESSES = multiprocessing.get_context("forkserver")
 _PRELOAD: list[str] = []
 _READY = threading.Event()  # set once a child has started, which the fork server does only when it is up
+_WARMING_UP = threading.Lock()  # held while a warm-up child runs, so that builds do not start one each
 
 
 class ChildCrashed(RuntimeError):
@@ -34,7 +35,9 @@ class ChildLost(RuntimeError):
 def start_soon() -> None:
     """Start the fork server on a thread now, so that the first child, seconds later, does not wait for
     its start (a fresh interpreter importing the preloaded modules: some 0.2 s); :func:`ready` tells
-    when it is up."""
+    when it is up. Once it is up (or starting), this does nothing."""
+    if _READY.is_set() or not _WARMING_UP.acquire(blocking=False):
+        return
     threading.Thread(target=_warm_up, name="forkserver-start", daemon=True).start()
 
 
@@ -44,8 +47,11 @@ def ready() -> bool:
 
 
 def _warm_up() -> None:
-    with run_in_child(_nothing, name="forkserver-warm-up"):
-        pass
+    try:
+        with run_in_child(_nothing, name="forkserver-warm-up"):
+            pass
+    finally:
+        _WARMING_UP.release()
 
 
 def _nothing() -> Iterator:

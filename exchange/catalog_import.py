@@ -46,7 +46,8 @@ IMPORT_CACHE_KIB = 24576
 
 def prepare_parser() -> None:
     """Start the fork server the parser comes from (a fresh interpreter that loads lxml: some 0.2 s) when an
-    exchange session opens, so that the session's imports, minutes later, do not wait for it."""
+    exchange session opens, so that the session's imports, minutes later, do not wait for it. Through this
+    module, whose import has the server preload the parser."""
     start_soon()
 
 

@@ -536,7 +536,8 @@ def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, pr
         else:
             log.info("feed %s: %d processes render the offers", feed.name, parts)
             paths = [scratch_dir / f".{feed.name}.{os.getpid()}.part{n}.tmp" for n in range(parts)]
-            cleanup.callback(lambda: [path.unlink(missing_ok=True) for path in paths])
+            for path in paths:
+                cleanup.callback(path.unlink, missing_ok=True)
             stats = _render_in_parts(reader.path, options, folder_ids, paths, progress)
             offer_files = [cleanup.enter_context(open(path, "rb")) for path in paths]
         categories = category_tree(published_categories(folders, stats.category_ids))
