@@ -210,7 +210,7 @@ def _publish(settings: Settings, feed: FeedSettings, force: bool, started: float
 def _record(run, stats: RenderStats) -> None:
     """Counts and skipped offers go into the build's run, whether it published or not."""
     run.stats.counts.update(offers=stats.offers, active=stats.offers - stats.inactive, inactive=stats.inactive,
-                            categories=stats.categories,
+                            categories=stats.categories, reused=stats.reused,
                             skipped_by_reason=dict(stats.skipped), skipped_examples=stats.examples)
     for reason, examples in stats.examples.items():
         for example in examples:

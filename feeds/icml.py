@@ -34,6 +34,7 @@ from core.child_process import interleaved, preload, ready, run_in_child
 from core.clock import MOSCOW
 from core.money import money
 from core.settings import FeedSettings
+from feeds import markup_cache
 from store import CatalogReader, OfferRow, StoreError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class RenderStats:
 
     offers: int = 0
     inactive: int = 0
+    reused: int = 0  # offers whose markup came from the last render
     categories: int = 0
     category_ids: set = field(default_factory=set)  # the folders published offers sit in
     skipped: Counter = field(default_factory=Counter)
@@ -84,6 +86,7 @@ class RenderStats:
     def merge(self, other: "RenderStats") -> None:
         self.offers += other.offers
         self.inactive += other.inactive
+        self.reused += other.reused
         self.category_ids |= other.category_ids
         self.skipped.update(other.skipped)
         for reason, examples in other.examples.items():
@@ -530,16 +533,23 @@ def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, pr
     parts = render_processes(reader.offer_count(options.source), ready()) if scratch_dir else 1
     moscow = options.now.astimezone(MOSCOW)
     with contextlib.ExitStack() as cleanup:
+        markup_paths = [scratch_dir / f".{feed.name}.{os.getpid()}.markup{n}.tmp" for n in range(parts)] if scratch_dir else []
+        for path in markup_paths:
+            cleanup.callback(path.unlink, missing_ok=True)
         if parts == 1:
             offer_files = [cleanup.enter_context(tempfile.TemporaryFile(dir=scratch_dir))]
-            stats = _with_progress(write_offers(reader, options, folder_ids, offer_files[0]), progress)
+            stats = _with_progress(write_offers(reader, options, folder_ids, offer_files[0],
+                                                markup=(scratch_dir, markup_paths[0]) if scratch_dir else None), progress)
         else:
             log.info("feed %s: %d processes render the offers", feed.name, parts)
             paths = [scratch_dir / f".{feed.name}.{os.getpid()}.part{n}.tmp" for n in range(parts)]
             for path in paths:
                 cleanup.callback(path.unlink, missing_ok=True)
-            stats = _render_in_parts(reader.path, options, folder_ids, paths, progress)
+            stats = _render_in_parts(reader.path, options, folder_ids, paths, markup_paths, progress)
             offer_files = [cleanup.enter_context(open(path, "rb")) for path in paths]
+        if markup_paths:
+            markup_cache.keep(scratch_dir, feed.name, markup_paths)
+            log.info("feed %s: %d of %d offers as the last render made them", feed.name, stats.reused, stats.offers)
         categories = category_tree(published_categories(folders, stats.category_ids))
         with etree.xmlfile(out, encoding="utf-8") as xf:
             xf.write_declaration()
@@ -570,38 +580,63 @@ def removed_before(options: RenderOptions) -> str:
 
 
 def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: set[str], out: BinaryIO,
-                 part: int = 0, parts: int = 1) -> Generator[int, None, RenderStats]:
+                 part: int = 0, parts: int = 1, markup: tuple[Path, Path] | None = None
+                 ) -> Generator[int, None, RenderStats]:
     """Write the ``<offer>`` elements (of one part of the catalog) to ``out``, 1000 at a time; yields the
-    count written every 10,000 offers and returns the stats."""
+    count written every 10,000 offers and returns the stats.
+
+    With ``markup`` (the feed's folder, this render's markup file) an offer that has not changed
+    since the last render is copied from it rather than built again (:mod:`feeds.markup_cache`).
+    """
     stats = RenderStats()
     feed = options.feed
     rows = reader.offers(options.source, price_type_id=options.price_type_id, warehouse_ids=options.warehouse_ids,
                          include_bundles=feed.include_bundles, removed_before=removed_before(options),
                          with_attributes=options.needs_attributes, with_pictures=feed.pictures != "none",
                          with_product_buy_price=feed.purchase_price == "buyPrice", part=part, parts=parts)
+    last = writer = None
+    if markup:
+        folder, path = markup
+        depends_on = markup_cache.options_digest(feed, options.source, options.images_url, options.price_type_id,
+                                                 options.warehouse_ids, sorted(options.units.items()))
+        last = markup_cache.LastRender(markup_cache.cache_paths(folder, feed.name), depends_on)
+        writer = markup_cache.MarkupWriter(path, depends_on)
     batch = []
-    for row in rows:
-        state = activity(row, options)
-        if state == "drop":
-            continue
-        try:
-            markup = offer_xml(row, options, category_ids)
-        except OfferSkipped as exc:
-            stats.skip(str(exc), row.id, row.name)
-            continue
-        if state == "inactive":
-            markup = markup[:-8] + "<productActivity>N</productActivity></offer>"
-            stats.inactive += 1
-        if row.category_id in category_ids:
-            stats.category_ids.add(row.category_id)
-        batch.append(markup)
-        stats.offers += 1
-        if len(batch) >= 1000:
-            out.write("".join(batch).encode())
-            batch.clear()
-            if stats.offers % 10000 == 0:
-                yield stats.offers
-    out.write("".join(batch).encode())
+    try:
+        for row in rows:
+            state = activity(row, options)
+            if state == "drop":
+                continue
+            listed = row.category_id in category_ids
+            digest = markup_cache.row_digest(row, listed) if writer and row.product_id else None
+            offer = last.markup(row.product_id, row.id, digest) if digest is not None else None
+            if offer is None:
+                try:
+                    offer = offer_xml(row, options, category_ids).encode()
+                except OfferSkipped as exc:
+                    stats.skip(str(exc), row.id, row.name)
+                    continue
+            else:
+                stats.reused += 1
+            if digest is not None:
+                writer.add(row.product_id, row.id, digest, offer)
+            if state == "inactive":
+                offer = offer[:-8] + b"<productActivity>N</productActivity></offer>"
+                stats.inactive += 1
+            if listed:
+                stats.category_ids.add(row.category_id)
+            batch.append(offer)
+            stats.offers += 1
+            if len(batch) >= 1000:
+                out.write(b"".join(batch))
+                batch.clear()
+                if stats.offers % 10000 == 0:
+                    yield stats.offers
+        out.write(b"".join(batch))
+    finally:
+        if writer:
+            writer.close()
+            last.close()
     return stats
 
 
@@ -640,7 +675,7 @@ def _die_with_parent() -> None:
 
 
 def _render_part(store_path: str, feed: FeedSettings, images_url: str, now: dt.datetime, folder_ids: set[str],
-                 part: int, parts: int, path: str) -> Generator[int, None, RenderStats]:
+                 part: int, parts: int, path: str, markup_path: Path) -> Generator[int, None, RenderStats]:
     """One rendering process: its own read-only connection, its share of the offers, its own file.
 
     The folders are the build's (``folder_ids``), so an offer never names a category the file lacks.
@@ -648,18 +683,19 @@ def _render_part(store_path: str, feed: FeedSettings, images_url: str, now: dt.d
     _die_with_parent()
     with CatalogReader(store_path) as reader, open(path, "wb") as out:
         options = resolve_options(reader, feed, images_url, now)
-        return (yield from write_offers(reader, options, folder_ids, out, part=part, parts=parts))
+        return (yield from write_offers(reader, options, folder_ids, out, part=part, parts=parts,
+                                        markup=(markup_path.parent, markup_path)))
 
 
 def _render_in_parts(store_path, options: RenderOptions, folder_ids: set[str], paths: list[Path],
-                     progress) -> RenderStats:
+                     markup_paths: list[Path], progress) -> RenderStats:
     """Each part rendered by a process of its own at the same time, into the file of ``paths`` of its number."""
     parts = len(paths)
     stats = RenderStats()
     with contextlib.ExitStack() as children:
         streams = [children.enter_context(run_in_child(
             _render_part, str(store_path), options.feed, options.images_url, options.now, folder_ids, n, parts,
-            str(path), name=f"icml-render {options.feed.name} {n + 1}/{parts}",
+            str(path), markup_paths[n], name=f"icml-render {options.feed.name} {n + 1}/{parts}",
             expected=(RenderError, StoreError, OSError))) for n, path in enumerate(paths)]
         done = [0] * parts
         for n, count in interleaved(streams):

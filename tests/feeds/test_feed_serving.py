@@ -177,4 +177,6 @@ def test_a_big_catalog_rendered_by_several_processes_equals_a_single_process_ren
     assert done.returncode == 0, done.stderr
     # without a sync the render starts at once, before the fork server is up: this size renders in one process
     assert "processes render the offers" not in done.stderr
+    # ...and takes every offer from the markup files the two processes of the build before wrote
+    assert f"feed main: {result.offers} of {result.offers} offers as the last render made them" in done.stderr
     assert offers(etree.parse(str(tmp_path / "data" / "feeds" / "main.xml")).getroot()) == offers(one)

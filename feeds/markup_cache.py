@@ -1,0 +1,142 @@
+"""Each offer's markup from the feed's last render, kept so that the next render builds only what changed.
+
+A render writes, per rendering process, a file of records (product id, offer id, digest, markup)
+in the order its rows come: by product. The digest covers everything the markup depends on: the
+offer's store row and whether its folder is published; the file's header names the feed's options
+and this code. The next render reads the files of the last one forward, in step with its own rows,
+and takes an offer's markup from them only when the digest is the same, so a stale or foreign file
+costs speed, never correctness. Memory holds one product's offers per file, whatever the size of
+the catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import core.money
+
+MAGIC = b"skladbridge offer markup 1\n"
+# lengths of the product id, the offer id and the markup; the row's digest; the markup's checksum
+RECORD = struct.Struct("<IIIQI")
+# A new release may write other markup from the same rows: its files are not this one's.
+CODE = hashlib.blake2b(Path(__file__).with_name("icml.py").read_bytes()
+                       + Path(core.money.__file__).read_bytes(), digest_size=16).digest()
+
+
+def options_digest(*options) -> bytes:
+    """What the markup depends on besides the row: the feed's resolved options (their repr) and this code."""
+    return hashlib.blake2b(repr(options).encode() + CODE, digest_size=16).digest()
+
+
+def row_digest(row: tuple, listed: bool) -> int:
+    """64 bits that change whenever the offer's row or its folder's place in the feed does: two checksums
+    of different kinds, a tenth of the cost of a cryptographic hash, and no one gains by forging them."""
+    data = marshal.dumps(row + (listed,))
+    return zlib.crc32(data) << 32 | zlib.adler32(data)
+
+
+def cache_paths(folder: Path, feed: str) -> list[Path]:
+    """The markup files of the feed's last render (one per rendering process)."""
+    return sorted(folder.glob(f".{feed}.markup.*"))
+
+
+def cache_path(folder: Path, feed: str, part: int, parts: int) -> Path:
+    return folder / f".{feed}.markup.{part + 1}of{parts}"
+
+
+class LastRender:
+    """The last render's markup files, read forward by product; :meth:`markup` finds an offer's."""
+
+    def __init__(self, paths: list[Path], options: bytes):
+        self._files = []
+        for path in paths:
+            try:
+                file = open(path, "rb", buffering=1 << 20)
+            except OSError:
+                continue
+            if file.read(len(MAGIC) + len(options)) == MAGIC + options:
+                self._files.append(_MarkupFile(file))
+            else:
+                file.close()
+
+    def markup(self, product_id: str, offer_id: str, digest: int) -> bytes | None:
+        """The offer's markup from the last render if its digest is the same, else None."""
+        for file in self._files:
+            found = file.markup(product_id, offer_id, digest)
+            if found is not None:
+                return found
+        return None
+
+    def close(self) -> None:
+        for file in self._files:
+            file.close()
+
+
+class _MarkupFile:
+    """One file of records in product order; holds the records of one product at a time."""
+
+    def __init__(self, file):
+        self._file = file
+        self._product = None
+        self._offers: dict[bytes, tuple[int | None, bytes]] = {}
+        self._ahead = self._next()
+
+    def _next(self) -> tuple[bytes, bytes, int | None, bytes] | None:
+        head = self._file.read(RECORD.size)
+        if len(head) < RECORD.size:
+            return None
+        product_size, offer_size, markup_size, digest, checksum = RECORD.unpack(head)
+        body = self._file.read(product_size + offer_size + markup_size)
+        if len(body) < product_size + offer_size + markup_size:  # cut short: the rest is not there
+            return None
+        markup = body[product_size + offer_size:]
+        if zlib.crc32(markup) != checksum:  # damaged on disk: built again, never published as it is
+            digest = None
+        return body[:product_size], body[product_size:product_size + offer_size], digest, markup
+
+    def markup(self, product_id: str, offer_id: str, digest: int) -> bytes | None:
+        if product_id != self._product:
+            self._product, self._offers = product_id, {}
+            wanted, record = product_id.encode(), self._ahead
+            while record is not None and record[0] < wanted:  # byte order of UTF-8 is SQLite's ORDER BY
+                record = self._next()
+            while record is not None and record[0] == wanted:
+                self._offers[record[1]] = record[2:]
+                record = self._next()
+            self._ahead = record
+        found = self._offers.get(offer_id.encode())
+        return found[1] if found is not None and found[0] == digest else None
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class MarkupWriter:
+    """This render's records for one rendering process, in a temporary file the build keeps or drops."""
+
+    def __init__(self, path: Path, options: bytes):
+        self.path = path
+        self._file = open(path, "wb", buffering=1 << 20)
+        self._file.write(MAGIC + options)
+
+    def add(self, product_id: str, offer_id: str, digest: int, markup: bytes) -> None:
+        product, offer = product_id.encode(), offer_id.encode()
+        self._file.write(RECORD.pack(len(product), len(offer), len(markup), digest, zlib.crc32(markup)) + product + offer + markup)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def keep(folder: Path, feed: str, written: list[Path]) -> None:
+    """Make this render's files the ones the next render reads, in place of the last render's."""
+    kept = [cache_path(folder, feed, part, len(written)) for part in range(len(written))]
+    for path in cache_paths(folder, feed):
+        if path not in kept:
+            path.unlink(missing_ok=True)
+    for temporary, path in zip(written, kept):
+        os.replace(temporary, path)
