@@ -323,7 +323,7 @@ def _save_assortment(client: MoySkladClient, run: CatalogRun, changed_since: str
         run.stats.add("assortment_rows", page.rows)
         progress("assortment", run.stats.counts["assortment_rows"], page.size if isinstance(page.size, int) else None)
     run.merge_staged("products", "products", ("source", "id"), seen=True)
-    run.merge_staged("offers", "offers", ("source", "id"), seen=True)
+    run.merge_staged("offers", "offers", ("source", "id"), seen=True, whole=changed_since is None)
     run.stats.add("prices", run.merge_staged("prices", "prices", ("source", "offer_id", "price_type_id"),
                                              children_of=("offer_id", "offers")))
     run.stats.add("attributes", run.merge_staged("attributes", "attributes", ("source", "owner_id", "attribute_id"),

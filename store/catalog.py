@@ -8,6 +8,7 @@ the previous state untouched, and readers (WAL) keep seeing that state until the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import operator
 import os
@@ -345,7 +346,7 @@ class CatalogRun(Run):
             start += count
 
     def merge_staged(self, name: str, table: str, pk: tuple[str, ...], *, seen: bool = False,
-                     children_of: tuple[str, str] | None = None) -> int:
+                     children_of: tuple[str, str] | None = None, whole: bool = False) -> int:
         """Write the rows staged as ``name`` into ``table`` in key order (they stay staged, as owners of
         children, until :meth:`drop_staged` or staging under that name again).
 
@@ -353,7 +354,8 @@ class CatalogRun(Run):
         order MoySklad sends them (random ids) would each land on another page: the difference between
         a cache hit and a page read and written again, some 2× on a big full sync. ``children_of`` =
         (owner column, name of staged owners): first delete the rows of those owners (their prices,
-        attributes), as :meth:`replace_children` does. ``seen``: see :meth:`_fixed`.
+        attributes), as :meth:`replace_children` does. ``seen``: see :meth:`_fixed`. ``whole``: the rows
+        staged are the whole table (a full run), see :meth:`_indexes_after`.
         """
         columns = self._staged.pop(name, None)
         if children_of is not None and children_of[1] in self._created and self._holds(table):
@@ -365,7 +367,25 @@ class CatalogRun(Run):
         fixed = self._fixed(seen)
         select = (f"SELECT {', '.join([*fixed.values(), *columns])} FROM temp.staged_{name} "
                   f"WHERE true ORDER BY {', '.join(c for c in pk if c != 'source')}")  # WHERE: see SQLite's UPSERT parsing
-        return self.db.execute(_upsert_sql(table, (*fixed, *columns), select, pk)).rowcount
+        with self._indexes_after(table) if whole else contextlib.nullcontext():
+            return self.db.execute(_upsert_sql(table, (*fixed, *columns), select, pk)).rowcount
+
+    @contextlib.contextmanager
+    def _indexes_after(self, table: str):
+        """Build the table's secondary indexes again after the block instead of keeping them row by row.
+
+        Rows merged in key order fill the table's B-tree page after page, but an index in another order
+        (offers by product) takes them at random places: with the cache a fraction of it, each lands on a
+        page read and written again. Built after, an index is one sort and a sequential write. Inside
+        the run's transaction, so a failed run keeps the index as it was.
+        """
+        indexes = self.db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+                                  "AND sql IS NOT NULL", [table]).fetchall()
+        for name, _ in indexes:
+            self.db.execute(f"DROP INDEX {name}")
+        yield
+        for _, sql in indexes:
+            self.db.execute(sql)
 
     def update_from_staged(self, name: str, column: str) -> None:
         """Set one column of existing offers from the rows staged as ``name`` (``column``, ``id``), in key order."""
@@ -430,8 +450,8 @@ class CatalogRun(Run):
         now = utc_now()
         for table in tables:
             kinds = offer_kinds if table == "offers" and offer_kinds else ()
-            cursor = self.db.execute(
-                f"UPDATE {table} SET removed = 1, removed_at = ? "
+            cursor = self.db.execute(  # NOT INDEXED: the table in its own order, not row by row through an index
+                f"UPDATE {table} NOT INDEXED SET removed = 1, removed_at = ? "
                 f"WHERE source = ? AND removed = 0 AND (seen_run IS NULL OR seen_run != ?)"
                 + (f" AND kind IN ({', '.join('?' * len(kinds))})" if kinds else ""),
                 [now, self.source, self.id, *kinds],

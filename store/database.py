@@ -45,6 +45,9 @@ class Database:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA journal_size_limit=67108864")  # a big run's WAL shrinks back after it
             self.db.execute("PRAGMA foreign_keys=OFF")
+            # Debian builds SQLite with SECURE_DELETE: every page a temporary (staging) table frees would be
+            # zeroed and written again when it is dropped; nothing is kept there that needs it.
+            self.db.execute("PRAGMA temp.secure_delete=OFF")
             if not self._schema_complete():
                 # A connection that read the schema while another process was creating it would run the
                 # CREATEs as a writer and wait for that process's whole first run: wait for its creating only.

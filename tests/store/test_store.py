@@ -96,6 +96,31 @@ def test_a_full_run_marks_what_it_did_not_see_as_removed(store):
     assert set(names(store)) == {"a", "b", "x"}
 
 
+OFFER_ROW = ("id", "product_id", "kind", "name")
+
+
+def by_product(store, product_id):
+    """The offers of a product as a feed finds them: through the offers' product index."""
+    sql = "SELECT id FROM offers WHERE source = 'moysklad' AND product_id = ?"
+    plan = " ".join(row[3] for row in store.db.execute("EXPLAIN QUERY PLAN " + sql, ["p"]).fetchall())
+    assert "offers_by_product" in plan, plan
+    return sorted(row[0] for row in store.db.execute(sql, [product_id]).fetchall())
+
+
+def test_a_whole_merge_builds_the_product_index_again_and_a_failed_one_keeps_it(store):
+    with store.run("moysklad", "sync") as run:
+        run.stage("offers", OFFER_ROW, [("v2", "p", "variant", "Синий"), ("v1", "p", "variant", "Красный"),
+                                        ("q", "q", "product", "Кружка")])
+        assert run.merge_staged("offers", "offers", ("source", "id"), seen=True, whole=True) == 3
+    assert by_product(store, "p") == ["v1", "v2"]
+    with pytest.raises(RuntimeError):
+        with store.run("moysklad", "sync") as run:
+            run.stage("offers", OFFER_ROW, [("v3", "p", "variant", "Зелёный")])
+            run.merge_staged("offers", "offers", ("source", "id"), seen=True, whole=True)
+            raise RuntimeError("MoySklad went away")
+    assert by_product(store, "p") == ["v1", "v2"]
+
+
 def test_a_skipped_item_keeps_its_last_good_version(store):
     with store.run("moysklad", "sync") as run:
         run.upsert_offers([offer("a"), offer("b")])
