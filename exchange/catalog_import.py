@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import operator
 import os
 import shutil
+import stat
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.child_process import ChildLost, preload, run_in_child, start_soon
@@ -24,13 +27,12 @@ from exchange.catalog_parser import (
     CARD_COLUMNS,
     CATEGORY_COLUMNS,
     CHILD_COLUMNS,
-    IMAGE_CACHE_COLUMNS,
     OFFER_CARD_COLUMNS,
     FileSummary,
     RecordBatch,
     parse_catalog_file,
 )
-from exchange.cml import CommerceMLError
+from exchange.cml import CommerceMLError, Malformed
 from store import CatalogRun, CatalogStore
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ SOURCE = "exchange"
 # little (at 100,000 goods the tables outgrow any cache; rows go in key order, see write_batch) and costs
 # the worker as much memory.
 IMPORT_CACHE_KIB = 24576
+MAX_PICTURE_BYTES = 2 * 1024 * 1024
+PICTURE_TYPES = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
+IMAGE_CACHE_COLUMNS = ("image_id", "owner_id", "position", "size", "local_file", "fetched_at")
+URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
 
 
 def prepare_parser() -> None:
@@ -76,26 +82,28 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
     with store.run(SOURCE, "import") as run, store.page_cache(IMPORT_CACHE_KIB), \
             run_in_child(parse_catalog_file, path, Path(upload_dir), name=f"commerceml-parser {path.name}",
                          expected=(CommerceMLError,)) as messages, PictureLinker(Path(images_dir), path.name) as pictures:
+        skips = SkipLog(run, path.name)
         try:
             for message in messages:
                 if message[0] == "batch":
                     _, batch, records = message
-                    pictures.place(batch.pictures)
-                    for table, count in write_batch(run, batch).items():
+                    placed = pictures.place(batch)
+                    counts = write_batch(run, batch, placed)
+                    skips.record(placed.result().refused)
+                    for table, count in counts.items():
                         run.stats.add(table, count)
                     if progress:
                         progress(records)
                 elif message[0] == "skip":
-                    item_type, item_id, name, reason = message[1]
-                    log.info("exchange: skipped %s %s (%s) in %s: %s", item_type, item_id, name, path.name, reason)
-                    run.skip(item_type, item_id or None, name or None, reason)
+                    skips.hold(message[1], message[2])
                 elif message[0] == "setting":
                     run.set_setting(*message[1])
         except ChildLost:
             raise CommerceMLError(f"Файл {path.name}: процесс разбора файла неожиданно остановился; "
                                   "ничего из файла не сохранено, повторите обмен") from None
+        finally:
+            skips.record([])  # a failed run keeps what it left out, too
         summary: FileSummary = messages.result
-        pictures.wait()  # every picture is in the images folder before the rows that name it commit
         apply_summary(run, summary)
         log.info("exchange: %s (%.1f MB) imported as %s in %.1f s: %s", path.name, path.stat().st_size / 1e6,
                  summary.kind, time.monotonic() - started, run.stats.counts)
@@ -109,8 +117,9 @@ KEY = ("source", "id")
 BY_ID, BY_OWNER_AND_KEY = operator.itemgetter(0), operator.itemgetter(0, 1)
 
 
-def write_batch(run: CatalogRun, batch: RecordBatch) -> dict[str, int]:
-    """Write every row of a batch; returns the rows written per child table."""
+def write_batch(run: CatalogRun, batch: RecordBatch, placed: Future | None = None) -> dict[str, int]:
+    """Write every row of a batch, with the rows of its pictures once ``placed`` (see :meth:`PictureLinker.place`)
+    has them; returns the rows written per child table."""
     counts = {}
     run.upsert_rows("categories", CATEGORY_COLUMNS, sorted(batch.categories, key=BY_ID), KEY, seen=True)
     run.upsert_rows("products", CARD_COLUMNS, sorted(batch.products, key=BY_ID), KEY, seen=True)
@@ -118,13 +127,15 @@ def write_batch(run: CatalogRun, batch: RecordBatch) -> dict[str, int]:
     for columns, rows in batch.offers.items():
         run.upsert_rows("offers", columns, sorted(rows, key=BY_ID), KEY, seen=True)
     run.mark_seen("offers", batch.touched)
+    pictures = placed.result() if placed is not None else PlacedPictures()
+    batch.children["images"][1].extend(pictures.images)
     for table, key in (("prices", "price_type_id"), ("attributes", "attribute_id"), ("images", "position"),
                        ("stock", "warehouse_id")):
         owners, rows = batch.children[table]
         owner_column = "offer_id" if table in ("prices", "stock") else "owner_id"
         counts[table] = run.replace_children(table, owner_column, owners, sorted(rows, key=BY_OWNER_AND_KEY),
                                              ("source", owner_column, key), CHILD_COLUMNS[table])
-    run.upsert_rows("image_cache", IMAGE_CACHE_COLUMNS, sorted(batch.image_cache, key=BY_ID), ("source", "image_id"))
+    run.upsert_rows("image_cache", IMAGE_CACHE_COLUMNS, sorted(pictures.image_cache, key=BY_ID), ("source", "image_id"))
     return counts
 
 
@@ -142,14 +153,54 @@ def _write_cards(run: CatalogRun, batch: RecordBatch) -> None:
     run.mark_seen("products", [card_id for card_id, seen_run in seen.items() if seen_run != run.id])
 
 
+class SkipLog:
+    """Records what the parser left out, in the file's order: a skip waits for the batch that follows it, whose
+    refused pictures (the writer checks pictures, see :class:`PictureLinker`) go in between."""
+
+    def __init__(self, run: CatalogRun, file_name: str):
+        self.run, self.file_name = run, file_name
+        self.held: list[tuple[tuple, int]] = []  # (skip, how many of the next batch's pictures came before it)
+
+    def hold(self, skip: tuple, pictures_before: int) -> None:
+        self.held.append((skip, pictures_before))
+
+    def record(self, refused: list[tuple[int, tuple]]) -> None:
+        """The held skips and ``refused`` (index in the batch's pictures, skip), merged in the file's order."""
+        refused = iter(refused)
+        picture = next(refused, None)
+        for skip, pictures_before in self.held:
+            while picture is not None and picture[0] < pictures_before:
+                self._record(picture[1])
+                picture = next(refused, None)
+            self._record(skip)
+        while picture is not None:
+            self._record(picture[1])
+            picture = next(refused, None)
+        self.held.clear()
+
+    def _record(self, skip: tuple) -> None:
+        item_type, item_id, name, reason = skip
+        log.info("exchange: skipped %s %s (%s) in %s: %s", item_type, item_id, name, self.file_name, reason)
+        self.run.skip(item_type, item_id or None, name or None, reason)
+
+
+@dataclass
+class PlacedPictures:
+    """A batch's pictures once checked and put into the images folder: the rows of those placed, and the others."""
+
+    images: list[tuple] = field(default_factory=list)  # CHILD_COLUMNS["images"]
+    image_cache: list[tuple] = field(default_factory=list)  # IMAGE_CACHE_COLUMNS
+    refused: list[tuple[int, tuple]] = field(default_factory=list)  # (index in RecordBatch.pictures, skip)
+
+
 class PictureLinker:
-    """Puts the pictures of each batch into the images folder on a thread of its own: linking a file is mostly
-    the kernel's work, done while this thread writes SQLite and the parser reads on (both without the GIL)."""
+    """Checks the pictures of each batch and puts them into the images folder on a thread of its own: opening and
+    linking files is mostly the kernel's work, done while this thread writes SQLite and the parser reads on (all
+    three without the GIL)."""
 
     def __init__(self, images_dir: Path, file_name: str):
         self.images_dir, self.file_name = images_dir, file_name
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="exchange-pictures")
-        self.placing: list[Future] = []
 
     def __enter__(self) -> PictureLinker:
         return self
@@ -157,40 +208,89 @@ class PictureLinker:
     def __exit__(self, *exc) -> None:
         self.pool.shutdown(cancel_futures=True)
 
-    def place(self, pictures: list[tuple[str, str]]) -> None:
-        if pictures:
-            self.placing.append(self.pool.submit(place_pictures, pictures, self.images_dir, self.file_name))
-
-    def wait(self) -> None:
-        """Until every picture is placed; raises CommerceMLError when one could not be."""
-        for placing in self.placing:
-            placing.result()
+    def place(self, batch: RecordBatch) -> Future:
+        """The batch's :class:`PlacedPictures`, to come; its result raises CommerceMLError when a picture could not be
+        placed. Every picture is in the images folder before the rows that name it are written."""
+        return self.pool.submit(place_pictures, batch, self.images_dir, self.file_name)
 
 
-def place_pictures(pictures: list[tuple[str, str]], images_dir: Path, file_name: str) -> None:
-    """Put pictures (uploaded file, name) into the images folder the feeds serve, each hard-linked to its
-    upload (a copy only across file systems): the upload goes with its session, the served file stays.
-    Raises CommerceMLError (nothing of the file saved) when it cannot."""
+def place_pictures(batch: RecordBatch, images_dir: Path, file_name: str) -> PlacedPictures:
+    """Check each picture of a batch (see :func:`check_picture`) and put it into the images folder the feeds serve,
+    hard-linked to its upload (a copy only across file systems): the upload goes with its session, the served
+    file stays. Raises CommerceMLError (nothing of the file saved) when it cannot."""
+    placed = PlacedPictures()
+    record, position = None, 0
     try:
-        images_dir.mkdir(parents=True, exist_ok=True)
-        for source, name in pictures:
-            target = os.path.join(images_dir, name)
+        if batch.pictures:
+            images_dir.mkdir(parents=True, exist_ok=True)
+        for index, (number, owner_id, relative, source) in enumerate(batch.pictures):
             try:
-                os.link(source, target)  # a new picture: it appears whole, in one step
-            except OSError:  # it exists (a feed may be serving it: replace it atomically), or no hard links here
-                if _same_file(source, target):
-                    continue  # this very upload, linked for an earlier good or import
-                partial = os.path.join(images_dir, f".{name}.{os.getpid()}.tmp")
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(partial)  # left by a killed import of a process with this pid
-                try:
-                    os.link(source, partial)
-                except OSError:  # another file system, or one without hard links
-                    shutil.copyfile(source, partial)
-                os.replace(partial, target)
+                extension, size = check_picture(source)
+            except Malformed as exc:
+                placed.refused.append((index, ("picture", owner_id, relative, str(exc))))
+                continue
+            image_id = picture_id(relative)
+            local_file = f"{image_id}.{extension}"
+            _link(source, images_dir, local_file)
+            position = position + 1 if number == record else 0  # positions of one record's pictures that count
+            record = number
+            placed.images.append((owner_id, position, relative.rpartition("/")[2], size,
+                                  f"exchange:/download/{image_id}", batch.updated))
+            placed.image_cache.append((image_id, owner_id, position, size, local_file, batch.started))
     except OSError as exc:
         raise CommerceMLError(f"Файл {file_name}: картинки не удалось сохранить в папку {images_dir}: "
                               f"{exc.strerror or exc}") from None
+    return placed
+
+
+def check_picture(source: str) -> tuple[str, int]:
+    """(extension, size) of an uploaded picture (a path within the upload folder): refuse anything but a jpg/png
+    of at most 2 MB."""
+    try:  # uploads are never symbolic links (see exchange.uploads): refuse one rather than follow it
+        descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        raise Malformed("файл картинки не был загружен") from None
+    try:  # the file descriptor itself, not a file object: tens of thousands of pictures, four system calls each
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise Malformed("файл картинки не был загружен")
+        if info.st_size > MAX_PICTURE_BYTES:
+            raise Malformed(f"картинка больше 2 МБ ({info.st_size} байт)")
+        head = os.read(descriptor, 8)
+    finally:
+        os.close(descriptor)
+    for magic, extension in PICTURE_TYPES:
+        if head.startswith(magic):
+            return extension, info.st_size
+    raise Malformed("картинка не в формате JPEG или PNG")
+
+
+def picture_id(relative: str) -> str:
+    """The picture's id: ``str(uuid.uuid5(uuid.NAMESPACE_URL, relative))``, made without the UUID object, which
+    costs more than the rest of a picture's reading (a catalog has tens of thousands of them)."""
+    digest = bytearray(hashlib.sha1(URL_NAMESPACE + relative.encode()).digest()[:16])
+    digest[6] = digest[6] & 0x0F | 0x50  # version 5
+    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+
+def _link(source: str, images_dir: Path, name: str) -> None:
+    target = os.path.join(images_dir, name)
+    try:
+        os.link(source, target)  # a new picture: it appears whole, in one step
+    except OSError:  # it exists (a feed may be serving it: replace it atomically), or no hard links here
+        if _same_file(source, target):
+            return  # this very upload, linked for an earlier good or import
+        partial = os.path.join(images_dir, f".{name}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)  # left by a killed import of a process with this pid
+        try:
+            os.link(source, partial)
+        except OSError:  # another file system, or one without hard links
+            shutil.copyfile(source, partial)
+        os.replace(partial, target)
 
 
 def _same_file(one: str, other: str) -> bool:
