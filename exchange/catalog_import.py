@@ -39,11 +39,10 @@ log = logging.getLogger(__name__)
 preload("exchange.catalog_parser")  # loaded once, in the fork server, not in every parser process
 
 SOURCE = "exchange"
-# SQLite page cache during an import (KiB): random ids touch pages all over the tables, and the
-# default 2 MB cache makes a 100,000-goods file spend twice as long in SQLite. Beyond 24 MB it gains
-# little (at 100,000 goods the tables outgrow any cache; rows go in key order, see write_batch) and costs
-# the worker as much memory.
-IMPORT_CACHE_KIB = 24576
+# SQLite page cache during an import (KiB), which also bounds the memory a merge sorts its rows in (see
+# BatchWriter): rows go in key order, so a table's pages are visited in one sweep per merge; 24 MB made a
+# 100,000-goods import no faster than 8 MB and cost the worker as much memory.
+IMPORT_CACHE_KIB = 8192
 MAX_PICTURE_BYTES = 2 * 1024 * 1024
 PICTURE_TYPES = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
 IMAGE_CACHE_COLUMNS = ("image_id", "owner_id", "position", "size", "local_file", "fetched_at")
@@ -82,13 +81,13 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
     with store.run(SOURCE, "import") as run, store.page_cache(IMPORT_CACHE_KIB), \
             run_in_child(parse_catalog_file, path, Path(upload_dir), name=f"commerceml-parser {path.name}",
                          expected=(CommerceMLError,)) as messages, PictureLinker(Path(images_dir), path.name) as pictures:
-        skips = SkipLog(run, path.name)
+        skips, writer = SkipLog(run, path.name), BatchWriter(run)
         try:
             for message in messages:
                 if message[0] == "batch":
                     _, batch, records = message
                     placed = pictures.place(batch)
-                    counts = write_batch(run, batch, placed)
+                    counts = writer.write(batch, placed, records)
                     skips.record(placed.result().refused)
                     for table, count in counts.items():
                         run.stats.add(table, count)
@@ -104,6 +103,7 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
         finally:
             skips.record([])  # a failed run keeps what it left out, too
         summary: FileSummary = messages.result
+        writer.flush()
         apply_summary(run, summary)
         log.info("exchange: %s (%.1f MB) imported as %s in %.1f s: %s", path.name, path.stat().st_size / 1e6,
                  summary.kind, time.monotonic() - started, run.stats.counts)
@@ -112,31 +112,95 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
 
 
 KEY = ("source", "id")
-# Rows are written in key order: a batch's random ids then touch each page of a table once, in one sweep
-# (sorted() is stable: of two rows with one key the later still wins).
+CHILD_KEYS = {"prices": ("offer_id", "price_type_id"), "attributes": ("owner_id", "attribute_id"),
+              "images": ("owner_id", "position"), "stock": ("offer_id", "warehouse_id")}
+# Records whose rows are staged before they are merged into the store in key order (see BatchWriter): a group's
+# random ids then touch each page of a table once, in one sweep. More saves SQLite work at 100,000 goods; the
+# last group is merged after the parser has finished, so more also makes the import wait longer at its end.
+GROUP_RECORDS = 20_000
+
+
+class BatchWriter:
+    """Writes the batches of one file: each batch's rows are staged in temporary tables and every GROUP_RECORDS
+    records merged into the store in key order (:meth:`store.CatalogRun.merge_staged`), as the MoySklad sync does.
+
+    The result is what writing each batch as it comes would make: of two rows with one key the later wins,
+    within a batch as across batches, and a record that comes again replaces the children of its earlier copy
+    (the group is merged before a batch that names a key it holds, so rows with one key never meet in a merge).
+    """
+
+    def __init__(self, run: CatalogRun):
+        self.run = run
+        self.keys: dict[str, set] = {}  # per staged name: the keys (children: the owners) of the group
+        self.offer_names: dict[tuple, str] = {}  # the staged name of each column set of offers
+        self.records = self.merged = 0  # records read so far, and when the group was last merged
+
+    def write(self, batch: RecordBatch, placed: Future | None, records: int) -> dict[str, int]:
+        """Stage every row of a batch, and the rows of its pictures once ``placed`` (see :meth:`PictureLinker.place`)
+        has them; ``records``: how many the parser has read so far. Returns the rows written per child table."""
+        staged = [("categories", CATEGORY_COLUMNS, _last_of_each(batch.categories, BY_ID)),
+                  ("products", CARD_COLUMNS, _last_of_each(batch.products, BY_ID))]
+        for columns, rows in batch.offers.items():
+            staged.append((self.offer_names.setdefault(columns, f"offers{len(self.offer_names)}"), columns,
+                           _last_of_each(rows, BY_ID)))
+        counts = {table: len(rows) for table, (_, rows) in batch.children.items()}
+        for table, (owners, rows) in batch.children.items():
+            if table != "images":  # staged once the picture thread has placed the batch's pictures
+                staged += _children(table, owners, rows)
+        self._stage(staged)
+        if batch.variant_cards or batch.missing_cards:
+            if self.keys.get("products"):
+                self.flush()  # which cards this run wrote is read from the store
+            _write_cards(self.run, batch)
+        self.run.mark_seen("offers", batch.touched)
+        pictures = placed.result() if placed is not None else PlacedPictures()
+        owners, rows = batch.children["images"]
+        counts["images"] += len(pictures.images)
+        self._stage([*_children("images", owners, rows + pictures.images),
+                     ("image_cache", IMAGE_CACHE_COLUMNS, _last_of_each(pictures.image_cache, BY_ID))])
+        self.records = records
+        if records - self.merged >= GROUP_RECORDS:
+            self.flush()
+        return counts
+
+    def _stage(self, staged: list[tuple[str, tuple, dict]]) -> None:
+        """Stage rows (name, columns, rows by key), first merging the group when it holds one of their keys."""
+        keyed = [(name, rows) for name, _, rows in staged if name not in CHILD_COLUMNS]  # children: by their owners
+        if any(not self.keys.get(name, set()).isdisjoint(rows) for name, rows in keyed):
+            self.flush()
+        for name, rows in keyed:
+            self.keys.setdefault(name, set()).update(rows)
+        for name, columns, rows in staged:
+            self.run.stage(name, columns, list(rows.values()))
+
+    def flush(self) -> None:
+        """Merge what is staged into the store, in key order."""
+        run = self.run
+        run.merge_staged("categories", "categories", KEY, seen=True)
+        run.merge_staged("products", "products", KEY, seen=True)
+        for name in self.offer_names.values():
+            run.merge_staged(name, "offers", KEY, seen=True)
+        for table, (owner_column, key) in CHILD_KEYS.items():
+            if self.keys.get(f"{table}_owners"):
+                run.merge_staged(table, table, ("source", owner_column, key), children_of=(owner_column, f"{table}_owners"))
+        run.merge_staged("image_cache", "image_cache", ("source", "image_id"))
+        run.drop_staged()
+        self.keys.clear()
+        self.merged = self.records
+
+
+def _children(table: str, owners: list[str], rows: list[tuple]) -> list[tuple[str, tuple, dict]]:
+    """What BatchWriter stages for the children of ``owners``: the owners, whose rows of ``table`` become ``rows``."""
+    return [(f"{table}_owners", ("id",), {owner: (owner,) for owner in owners}),
+            (table, CHILD_COLUMNS[table], _last_of_each(rows, BY_OWNER_AND_KEY))]
+
+
+def _last_of_each(rows: list[tuple], key) -> dict:
+    """Rows by key, the last of each (as writing them one after the other would leave it)."""
+    return {key(row): row for row in rows}
+
+
 BY_ID, BY_OWNER_AND_KEY = operator.itemgetter(0), operator.itemgetter(0, 1)
-
-
-def write_batch(run: CatalogRun, batch: RecordBatch, placed: Future | None = None) -> dict[str, int]:
-    """Write every row of a batch, with the rows of its pictures once ``placed`` (see :meth:`PictureLinker.place`)
-    has them; returns the rows written per child table."""
-    counts = {}
-    run.upsert_rows("categories", CATEGORY_COLUMNS, sorted(batch.categories, key=BY_ID), KEY, seen=True)
-    run.upsert_rows("products", CARD_COLUMNS, sorted(batch.products, key=BY_ID), KEY, seen=True)
-    _write_cards(run, batch)
-    for columns, rows in batch.offers.items():
-        run.upsert_rows("offers", columns, sorted(rows, key=BY_ID), KEY, seen=True)
-    run.mark_seen("offers", batch.touched)
-    pictures = placed.result() if placed is not None else PlacedPictures()
-    batch.children["images"][1].extend(pictures.images)
-    for table, key in (("prices", "price_type_id"), ("attributes", "attribute_id"), ("images", "position"),
-                       ("stock", "warehouse_id")):
-        owners, rows = batch.children[table]
-        owner_column = "offer_id" if table in ("prices", "stock") else "owner_id"
-        counts[table] = run.replace_children(table, owner_column, owners, sorted(rows, key=BY_OWNER_AND_KEY),
-                                             ("source", owner_column, key), CHILD_COLUMNS[table])
-    run.upsert_rows("image_cache", IMAGE_CACHE_COLUMNS, sorted(pictures.image_cache, key=BY_ID), ("source", "image_id"))
-    return counts
 
 
 def _write_cards(run: CatalogRun, batch: RecordBatch) -> None:
