@@ -2,21 +2,26 @@
 
 One file is one store run (source ``exchange``): a file that fails to import changes nothing. The
 parser (:mod:`exchange.catalog_parser`) runs in a child process and streams batches of rows here,
-where they are written while it reads on.
+where they are staged and merged into the store in key order (:class:`BatchWriter`) while it reads on;
+a thread of this process checks the pictures the rows name and puts them into the images folder
+(:class:`PictureLinker`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import operator
 import os
 import shutil
+import stat
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.child_process import ChildLost, preload, run_in_child, start_soon
@@ -24,24 +29,26 @@ from exchange.catalog_parser import (
     CARD_COLUMNS,
     CATEGORY_COLUMNS,
     CHILD_COLUMNS,
-    IMAGE_CACHE_COLUMNS,
     OFFER_CARD_COLUMNS,
     FileSummary,
     RecordBatch,
     parse_catalog_file,
 )
-from exchange.cml import CommerceMLError
+from exchange.cml import CommerceMLError, Malformed
 from store import CatalogRun, CatalogStore
 
 log = logging.getLogger(__name__)
 preload("exchange.catalog_parser")  # loaded once, in the fork server, not in every parser process
 
 SOURCE = "exchange"
-# SQLite page cache during an import (KiB): random ids touch pages all over the tables, and the
-# default 2 MB cache makes a 100,000-goods file spend twice as long in SQLite. Beyond 24 MB it gains
-# little (at 100,000 goods the tables outgrow any cache; rows go in key order, see write_batch) and costs
-# the worker as much memory.
-IMPORT_CACHE_KIB = 24576
+# SQLite page cache during an import (KiB), which also bounds the memory a merge sorts its rows in (see
+# BatchWriter): rows go in key order, so a table's pages are visited in one sweep per merge. At 100,000
+# goods 24 MB was no faster than 8 MB (writer 12.8-14.2 CPU-s against 12.5-13.4) and made the worker 40 MB bigger.
+IMPORT_CACHE_KIB = 8192
+MAX_PICTURE_BYTES = 2 * 1024 * 1024
+PICTURE_TYPES = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
+IMAGE_CACHE_COLUMNS = ("image_id", "owner_id", "position", "size", "local_file", "fetched_at")
+URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
 
 
 def prepare_parser() -> None:
@@ -76,26 +83,29 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
     with store.run(SOURCE, "import") as run, store.page_cache(IMPORT_CACHE_KIB), \
             run_in_child(parse_catalog_file, path, Path(upload_dir), name=f"commerceml-parser {path.name}",
                          expected=(CommerceMLError,)) as messages, PictureLinker(Path(images_dir), path.name) as pictures:
+        skips, writer = SkipLog(run, path.name), BatchWriter(run)
         try:
             for message in messages:
                 if message[0] == "batch":
                     _, batch, records = message
-                    pictures.place(batch.pictures)
-                    for table, count in write_batch(run, batch).items():
+                    placed = pictures.place(batch)
+                    counts = writer.write(batch, placed, records)
+                    skips.record(placed.result().refused)
+                    for table, count in counts.items():
                         run.stats.add(table, count)
                     if progress:
                         progress(records)
                 elif message[0] == "skip":
-                    item_type, item_id, name, reason = message[1]
-                    log.info("exchange: skipped %s %s (%s) in %s: %s", item_type, item_id, name, path.name, reason)
-                    run.skip(item_type, item_id or None, name or None, reason)
+                    skips.hold(message[1], message[2])
                 elif message[0] == "setting":
                     run.set_setting(*message[1])
         except ChildLost:
             raise CommerceMLError(f"Файл {path.name}: процесс разбора файла неожиданно остановился; "
                                   "ничего из файла не сохранено, повторите обмен") from None
+        finally:
+            skips.record([])  # a failed run keeps what it left out, too
         summary: FileSummary = messages.result
-        pictures.wait()  # every picture is in the images folder before the rows that name it commit
+        writer.flush()
         apply_summary(run, summary)
         log.info("exchange: %s (%.1f MB) imported as %s in %.1f s: %s", path.name, path.stat().st_size / 1e6,
                  summary.kind, time.monotonic() - started, run.stats.counts)
@@ -104,28 +114,95 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
 
 
 KEY = ("source", "id")
-# Rows are written in key order: a batch's random ids then touch each page of a table once, in one sweep
-# (sorted() is stable: of two rows with one key the later still wins).
+CHILD_KEYS = {"prices": ("offer_id", "price_type_id"), "attributes": ("owner_id", "attribute_id"),
+              "images": ("owner_id", "position"), "stock": ("offer_id", "warehouse_id")}
+# Records whose rows are staged before they are merged into the store in key order (see BatchWriter): a group's
+# random ids then touch each page of a table once, in one sweep. More saves SQLite work at 100,000 goods; the
+# last group is merged after the parser has finished, so more also makes the import wait longer at its end.
+GROUP_RECORDS = 20_000
+
+
+class BatchWriter:
+    """Writes the batches of one file: each batch's rows are staged in temporary tables and every GROUP_RECORDS
+    records merged into the store in key order (:meth:`store.CatalogRun.merge_staged`), as the MoySklad sync does.
+
+    The result is what writing each batch as it comes would make: of two rows with one key the later wins,
+    within a batch as across batches, and a record that comes again replaces the children of its earlier copy
+    (the group is merged before a batch that names a key it holds, so rows with one key never meet in a merge).
+    """
+
+    def __init__(self, run: CatalogRun):
+        self.run = run
+        self.keys: dict[str, set] = {}  # per staged name: the keys (children: the owners) of the group
+        self.offer_names: dict[tuple, str] = {}  # the staged name of each column set of offers
+        self.records = self.merged = 0  # records read so far, and when the group was last merged
+
+    def write(self, batch: RecordBatch, placed: Future | None, records: int) -> dict[str, int]:
+        """Stage every row of a batch, and the rows of its pictures once ``placed`` (see :meth:`PictureLinker.place`)
+        has them; ``records``: how many the parser has read so far. Returns the rows written per child table."""
+        staged = [("categories", CATEGORY_COLUMNS, _last_of_each(batch.categories, BY_ID)),
+                  ("products", CARD_COLUMNS, _last_of_each(batch.products, BY_ID))]
+        for columns, rows in batch.offers.items():
+            staged.append((self.offer_names.setdefault(columns, f"offers{len(self.offer_names)}"), columns,
+                           _last_of_each(rows, BY_ID)))
+        counts = {table: len(rows) for table, (_, rows) in batch.children.items()}
+        for table, (owners, rows) in batch.children.items():
+            if table != "images":  # staged once the picture thread has placed the batch's pictures
+                staged += _children(table, owners, rows)
+        self._stage(staged)
+        if batch.variant_cards or batch.missing_cards:
+            if self.keys.get("products"):
+                self.flush()  # which cards this run wrote is read from the store
+            _write_cards(self.run, batch)
+        self.run.mark_seen("offers", batch.touched)
+        pictures = placed.result() if placed is not None else PlacedPictures()
+        owners, rows = batch.children["images"]
+        counts["images"] += len(pictures.images)
+        self._stage([*_children("images", owners, rows + pictures.images),
+                     ("image_cache", IMAGE_CACHE_COLUMNS, _last_of_each(pictures.image_cache, BY_ID))])
+        self.records = records
+        if records - self.merged >= GROUP_RECORDS:
+            self.flush()
+        return counts
+
+    def _stage(self, staged: list[tuple[str, tuple, dict]]) -> None:
+        """Stage rows (name, columns, rows by key), first merging the group when it holds one of their keys."""
+        keyed = [(name, rows) for name, _, rows in staged if name not in CHILD_COLUMNS]  # children: by their owners
+        if any(not self.keys.get(name, set()).isdisjoint(rows) for name, rows in keyed):
+            self.flush()
+        for name, rows in keyed:
+            self.keys.setdefault(name, set()).update(rows)
+        for name, columns, rows in staged:
+            self.run.stage(name, columns, list(rows.values()))
+
+    def flush(self) -> None:
+        """Merge what is staged into the store, in key order."""
+        run = self.run
+        run.merge_staged("categories", "categories", KEY, seen=True)
+        run.merge_staged("products", "products", KEY, seen=True)
+        for name in self.offer_names.values():
+            run.merge_staged(name, "offers", KEY, seen=True)
+        for table, (owner_column, key) in CHILD_KEYS.items():
+            if self.keys.get(f"{table}_owners"):
+                run.merge_staged(table, table, ("source", owner_column, key), children_of=(owner_column, f"{table}_owners"))
+        run.merge_staged("image_cache", "image_cache", ("source", "image_id"))
+        run.drop_staged()
+        self.keys.clear()
+        self.merged = self.records
+
+
+def _children(table: str, owners: list[str], rows: list[tuple]) -> list[tuple[str, tuple, dict]]:
+    """What BatchWriter stages for the children of ``owners``: the owners, whose rows of ``table`` become ``rows``."""
+    return [(f"{table}_owners", ("id",), {owner: (owner,) for owner in owners}),
+            (table, CHILD_COLUMNS[table], _last_of_each(rows, BY_OWNER_AND_KEY))]
+
+
+def _last_of_each(rows: list[tuple], key) -> dict:
+    """Rows by key, the last of each (as writing them one after the other would leave it)."""
+    return {key(row): row for row in rows}
+
+
 BY_ID, BY_OWNER_AND_KEY = operator.itemgetter(0), operator.itemgetter(0, 1)
-
-
-def write_batch(run: CatalogRun, batch: RecordBatch) -> dict[str, int]:
-    """Write every row of a batch; returns the rows written per child table."""
-    counts = {}
-    run.upsert_rows("categories", CATEGORY_COLUMNS, sorted(batch.categories, key=BY_ID), KEY, seen=True)
-    run.upsert_rows("products", CARD_COLUMNS, sorted(batch.products, key=BY_ID), KEY, seen=True)
-    _write_cards(run, batch)
-    for columns, rows in batch.offers.items():
-        run.upsert_rows("offers", columns, sorted(rows, key=BY_ID), KEY, seen=True)
-    run.mark_seen("offers", batch.touched)
-    for table, key in (("prices", "price_type_id"), ("attributes", "attribute_id"), ("images", "position"),
-                       ("stock", "warehouse_id")):
-        owners, rows = batch.children[table]
-        owner_column = "offer_id" if table in ("prices", "stock") else "owner_id"
-        counts[table] = run.replace_children(table, owner_column, owners, sorted(rows, key=BY_OWNER_AND_KEY),
-                                             ("source", owner_column, key), CHILD_COLUMNS[table])
-    run.upsert_rows("image_cache", IMAGE_CACHE_COLUMNS, sorted(batch.image_cache, key=BY_ID), ("source", "image_id"))
-    return counts
 
 
 def _write_cards(run: CatalogRun, batch: RecordBatch) -> None:
@@ -142,14 +219,54 @@ def _write_cards(run: CatalogRun, batch: RecordBatch) -> None:
     run.mark_seen("products", [card_id for card_id, seen_run in seen.items() if seen_run != run.id])
 
 
+class SkipLog:
+    """Records what the parser left out, in the file's order: a skip waits for the batch that follows it, whose
+    refused pictures (the writer checks pictures, see :class:`PictureLinker`) go in between."""
+
+    def __init__(self, run: CatalogRun, file_name: str):
+        self.run, self.file_name = run, file_name
+        self.held: list[tuple[tuple, int]] = []  # (skip, how many of the next batch's pictures came before it)
+
+    def hold(self, skip: tuple, pictures_before: int) -> None:
+        self.held.append((skip, pictures_before))
+
+    def record(self, refused: list[tuple[int, tuple]]) -> None:
+        """The held skips and ``refused`` (index in the batch's pictures, skip), merged in the file's order."""
+        refused = iter(refused)
+        picture = next(refused, None)
+        for skip, pictures_before in self.held:
+            while picture is not None and picture[0] < pictures_before:
+                self._record(picture[1])
+                picture = next(refused, None)
+            self._record(skip)
+        while picture is not None:
+            self._record(picture[1])
+            picture = next(refused, None)
+        self.held.clear()
+
+    def _record(self, skip: tuple) -> None:
+        item_type, item_id, name, reason = skip
+        log.info("exchange: skipped %s %s (%s) in %s: %s", item_type, item_id, name, self.file_name, reason)
+        self.run.skip(item_type, item_id or None, name or None, reason)
+
+
+@dataclass
+class PlacedPictures:
+    """A batch's pictures once checked and put into the images folder: the rows of those placed, and the others."""
+
+    images: list[tuple] = field(default_factory=list)  # CHILD_COLUMNS["images"]
+    image_cache: list[tuple] = field(default_factory=list)  # IMAGE_CACHE_COLUMNS
+    refused: list[tuple[int, tuple]] = field(default_factory=list)  # (index in RecordBatch.pictures, skip)
+
+
 class PictureLinker:
-    """Puts the pictures of each batch into the images folder on a thread of its own: linking a file is mostly
-    the kernel's work, done while this thread writes SQLite and the parser reads on (both without the GIL)."""
+    """Checks the pictures of each batch and puts them into the images folder on a thread of its own: opening and
+    linking files is mostly the kernel's work, done while this thread writes SQLite and the parser reads on (all
+    three without the GIL)."""
 
     def __init__(self, images_dir: Path, file_name: str):
         self.images_dir, self.file_name = images_dir, file_name
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="exchange-pictures")
-        self.placing: list[Future] = []
 
     def __enter__(self) -> PictureLinker:
         return self
@@ -157,40 +274,89 @@ class PictureLinker:
     def __exit__(self, *exc) -> None:
         self.pool.shutdown(cancel_futures=True)
 
-    def place(self, pictures: list[tuple[str, str]]) -> None:
-        if pictures:
-            self.placing.append(self.pool.submit(place_pictures, pictures, self.images_dir, self.file_name))
-
-    def wait(self) -> None:
-        """Until every picture is placed; raises CommerceMLError when one could not be."""
-        for placing in self.placing:
-            placing.result()
+    def place(self, batch: RecordBatch) -> Future:
+        """The batch's :class:`PlacedPictures`, to come; its result raises CommerceMLError when a picture could not be
+        placed. Every picture is in the images folder before the rows that name it are written."""
+        return self.pool.submit(place_pictures, batch, self.images_dir, self.file_name)
 
 
-def place_pictures(pictures: list[tuple[str, str]], images_dir: Path, file_name: str) -> None:
-    """Put pictures (uploaded file, name) into the images folder the feeds serve, each hard-linked to its
-    upload (a copy only across file systems): the upload goes with its session, the served file stays.
-    Raises CommerceMLError (nothing of the file saved) when it cannot."""
+def place_pictures(batch: RecordBatch, images_dir: Path, file_name: str) -> PlacedPictures:
+    """Check each picture of a batch (see :func:`check_picture`) and put it into the images folder the feeds serve,
+    hard-linked to its upload (a copy only across file systems): the upload goes with its session, the served
+    file stays. Raises CommerceMLError (nothing of the file saved) when it cannot."""
+    placed = PlacedPictures()
+    record, position = None, 0
     try:
-        images_dir.mkdir(parents=True, exist_ok=True)
-        for source, name in pictures:
-            target = os.path.join(images_dir, name)
+        if batch.pictures:
+            images_dir.mkdir(parents=True, exist_ok=True)
+        for index, (number, owner_id, relative, source) in enumerate(batch.pictures):
             try:
-                os.link(source, target)  # a new picture: it appears whole, in one step
-            except OSError:  # it exists (a feed may be serving it: replace it atomically), or no hard links here
-                if _same_file(source, target):
-                    continue  # this very upload, linked for an earlier good or import
-                partial = os.path.join(images_dir, f".{name}.{os.getpid()}.tmp")
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(partial)  # left by a killed import of a process with this pid
-                try:
-                    os.link(source, partial)
-                except OSError:  # another file system, or one without hard links
-                    shutil.copyfile(source, partial)
-                os.replace(partial, target)
+                extension, size = check_picture(source)
+            except Malformed as exc:
+                placed.refused.append((index, ("picture", owner_id, relative, str(exc))))
+                continue
+            image_id = picture_id(relative)
+            local_file = f"{image_id}.{extension}"
+            _link(source, images_dir, local_file)
+            position = position + 1 if number == record else 0  # positions of one record's pictures that count
+            record = number
+            placed.images.append((owner_id, position, relative.rpartition("/")[2], size,
+                                  f"exchange:/download/{image_id}", batch.updated))
+            placed.image_cache.append((image_id, owner_id, position, size, local_file, batch.started))
     except OSError as exc:
         raise CommerceMLError(f"Файл {file_name}: картинки не удалось сохранить в папку {images_dir}: "
                               f"{exc.strerror or exc}") from None
+    return placed
+
+
+def check_picture(source: str) -> tuple[str, int]:
+    """(extension, size) of an uploaded picture (a path within the upload folder): refuse anything but a jpg/png
+    of at most 2 MB."""
+    try:  # uploads are never symbolic links (see exchange.uploads): refuse one rather than follow it
+        descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        raise Malformed("файл картинки не был загружен") from None
+    try:  # the file descriptor itself, not a file object: tens of thousands of pictures, four system calls each
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise Malformed("файл картинки не был загружен")
+        if info.st_size > MAX_PICTURE_BYTES:
+            raise Malformed(f"картинка больше 2 МБ ({info.st_size} байт)")
+        head = os.read(descriptor, 8)
+    finally:
+        os.close(descriptor)
+    for magic, extension in PICTURE_TYPES:
+        if head.startswith(magic):
+            return extension, info.st_size
+    raise Malformed("картинка не в формате JPEG или PNG")
+
+
+def picture_id(relative: str) -> str:
+    """The picture's id: ``str(uuid.uuid5(uuid.NAMESPACE_URL, relative))``, made without the UUID object, which
+    costs more than the rest of a picture's reading (a catalog has tens of thousands of them)."""
+    digest = bytearray(hashlib.sha1(URL_NAMESPACE + relative.encode()).digest()[:16])
+    digest[6] = digest[6] & 0x0F | 0x50  # version 5
+    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+
+def _link(source: str, images_dir: Path, name: str) -> None:
+    target = os.path.join(images_dir, name)
+    try:
+        os.link(source, target)  # a new picture: it appears whole, in one step
+    except OSError:  # it exists (a feed may be serving it: replace it atomically), or no hard links here
+        if _same_file(source, target):
+            return  # this very upload, linked for an earlier good or import
+        partial = os.path.join(images_dir, f".{name}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)  # left by a killed import of a process with this pid
+        try:
+            os.link(source, partial)
+        except OSError:  # another file system, or one without hard links
+            shutil.copyfile(source, partial)
+        os.replace(partial, target)
 
 
 def _same_file(one: str, other: str) -> bool:

@@ -9,13 +9,10 @@ flat whatever the file size. What it makes is plain data; :mod:`exchange.catalog
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
 import resource
-import stat
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,8 +47,6 @@ SECTIONS = ("Классификатор", "Каталог", "ПакетПред�
 # Warehouses are read at the end of their list (Склады): a Склад also sits in every offer, as its stock.
 EVENT_TAGS = (ROOT_TAG, *SECTIONS, "Группа", "Свойство", "ТипЦены", "Склады", "ЕдиницаИзмерения", "Товар", "Предложение")
 BATCH = 1000
-MAX_PICTURE_BYTES = 2 * 1024 * 1024
-PICTURE_TYPES = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
 # Children found by local name in any namespace, matched by lxml in C (see exchange.cml.all_named)
 PICTURE, BARCODE, VAT_RATE, PROPERTY_VALUE, ID = "{*}Картинка", "{*}Штрихкод", "{*}СтавкаНалога", "{*}ЗначенияСвойства", "{*}Ид"
 PRICE, PRICE_TYPE_ID, PRICE_VALUE, WAREHOUSE = "{*}Цена", "{*}ИдТипаЦены", "{*}ЦенаЗаЕдиницу", "{*}Склад"
@@ -69,8 +64,6 @@ CHILD_COLUMNS = {"prices": ("offer_id", "price_type_id", "value"),
                  "attributes": ("owner_id", "attribute_id", "name", "type", "value"),
                  "images": ("owner_id", "position", "filename", "size", "href", "updated"),
                  "stock": ("offer_id", "warehouse_id", "stock")}
-IMAGE_CACHE_COLUMNS = ("image_id", "owner_id", "position", "size", "local_file", "fetched_at")
-URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
 
 
 def _kopecks(text: str) -> int:
@@ -181,16 +174,6 @@ def _characteristics(element) -> str:
     return json.dumps(values, ensure_ascii=False)
 
 
-def picture_id(relative: str) -> str:
-    """The picture's id: ``str(uuid.uuid5(uuid.NAMESPACE_URL, relative))``, made without the UUID object, which
-    costs more than the rest of a picture's reading (a catalog has tens of thousands of them)."""
-    digest = bytearray(hashlib.sha1(URL_NAMESPACE + relative.encode()).digest()[:16])
-    digest[6] = digest[6] & 0x0F | 0x50  # version 5
-    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
-    text = digest.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
 @functools.lru_cache(maxsize=1024)
 def _requisite_id(name: str) -> str:
     return f"requisite:{name}"
@@ -224,8 +207,10 @@ class RecordBatch:
         self.touched: list[str] = []  # offers a prices or rests file refers to without rewriting them
         self.offers: dict[tuple, list[tuple]] = {}  # by columns: an offers file sets fewer of them
         self.children: dict[str, tuple[list, list]] = {t: ([], []) for t in CHILD_COLUMNS}  # CHILD_COLUMNS[t]
-        self.image_cache: list[tuple] = []  # IMAGE_CACHE_COLUMNS
-        self.pictures: list[tuple[str, str]] = []  # (uploaded file, its name in the images folder): the writer links them
+        # (record number, owner, path in the file, uploaded file) of every picture the records name, in order: the
+        # writer checks them, puts them into the images folder and writes their rows (images, image_cache)
+        self.pictures: list[tuple[int, str, str, str]] = []
+        self.updated: str | None = None  # the file's ДатаФормирования, which the picture rows carry
         self.started = utc_now()  # when its pictures were fetched, as the picture cache records it
 
     def offer(self, columns: tuple[str, ...], row: tuple) -> None:
@@ -336,11 +321,14 @@ class CatalogParser:
             self._send_batch()
 
     def _send_batch(self) -> None:
+        self.batch.updated = self.updated
         self.outbox.append(("batch", self.batch, self.records))
         self.batch = RecordBatch()
 
     def _skip(self, item_type: str, item_id: str | None, name: str | None, reason: str) -> None:
-        self.outbox.append(("skip", (item_type, item_id, name, reason)))
+        """An item left out; it comes before the next batch's pictures from this one on, which the writer checks
+        (and may refuse) when that batch arrives."""
+        self.outbox.append(("skip", (item_type, item_id, name, reason), len(self.batch.pictures)))
 
     # records
 
@@ -444,7 +432,9 @@ class CatalogParser:
         self.batch.offer(GOOD_OFFER_COLUMNS, (item_id, product_id, "variant" if characteristic else "product", name, code,
                                               article, item_id, barcodes, characteristics, archived, self.updated))
         self.batch.replace("attributes", item_id, self._attributes(item_id, fields, requisites))
-        self.batch.replace("images", item_id, self._pictures(item_id, element) if "Картинка" in fields else [])
+        self.batch.replace("images", item_id, [])
+        if "Картинка" in fields:
+            self._pictures(item_id, element)
         self._counted("goods")
         return True
 
@@ -504,7 +494,8 @@ class CatalogParser:
         if "ЗначенияСвойств" in fields:
             self.batch.replace("attributes", item_id, self._attributes(item_id, fields, []))
         if "Картинка" in fields:
-            self.batch.replace("images", item_id, self._pictures(item_id, element))
+            self.batch.replace("images", item_id, [])
+            self._pictures(item_id, element)
 
     def _prices(self, offer_id: str, prices) -> list[tuple] | None:
         if prices is None:
@@ -588,55 +579,21 @@ class CatalogParser:
 
     # pictures
 
-    def _pictures(self, owner_id: str, element) -> list[tuple]:
-        rows = []
+    def _pictures(self, owner_id: str, element) -> None:
+        """The pictures of a record, for the writer to check and place (see RecordBatch.pictures): its picture
+        thread opens the files while this process reads on, and reading is what keeps a core busy."""
         for picture in element.iterchildren(PICTURE):
             relative = (picture.text or "").strip().replace("\\", "/")
             if not relative:
                 continue
-            try:
-                image_id, local_file, size = self._check_picture(relative)
-            except Malformed as exc:
-                self._skip("picture", owner_id, relative, str(exc))
-                continue
-            position = len(rows)
-            rows.append((owner_id, position, relative.rpartition("/")[2], size, f"exchange:/download/{image_id}",
-                         self.updated))
-            self.batch.image_cache.append((image_id, owner_id, position, size, local_file, self.batch.started))
-        return rows
-
-    def _check_picture(self, relative: str) -> tuple[str, str, int]:
-        """An uploaded picture for the images folder the feeds serve: refuse anything but jpg/png ≤ 2 MB, and any
-        path out of the upload folder. The writer puts it there (:func:`exchange.catalog_import.place_pictures`)
-        while this process reads on: linking a file costs more than the rest of a picture."""
-        if relative.startswith((".", "/")) or "/." in relative or "//" in relative or relative.endswith("/"):
-            source = os.path.normpath(os.path.join(self.upload_prefix, relative))
-            if not source.startswith(self.upload_prefix):
-                raise Malformed("путь картинки ведёт за пределы папки обмена")
-        else:  # no '.', '..' or empty segment and not absolute: what normpath would make of it, for less
-            source = self.upload_prefix + relative
-        try:  # uploads are never symbolic links (see exchange.uploads): refuse one rather than follow it
-            descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            raise Malformed("файл картинки не был загружен") from None
-        try:  # the file descriptor itself, not a file object: tens of thousands of pictures, four system calls each
-            info = os.fstat(descriptor)
-            if not stat.S_ISREG(info.st_mode):
-                raise Malformed("файл картинки не был загружен")
-            if info.st_size > MAX_PICTURE_BYTES:
-                raise Malformed(f"картинка больше 2 МБ ({info.st_size} байт)")
-            head = os.read(descriptor, 8)
-        finally:
-            os.close(descriptor)
-        for magic, extension in PICTURE_TYPES:
-            if head.startswith(magic):
-                break
-        else:
-            raise Malformed("картинка не в формате JPEG или PNG")
-        image_id = picture_id(relative)
-        local_file = f"{image_id}.{extension}"
-        self.batch.pictures.append((source, local_file))
-        return image_id, local_file, info.st_size
+            if relative.startswith((".", "/")) or "/." in relative or "//" in relative or relative.endswith("/"):
+                source = os.path.normpath(os.path.join(self.upload_prefix, relative))
+                if not source.startswith(self.upload_prefix):
+                    self._skip("picture", owner_id, relative, "путь картинки ведёт за пределы папки обмена")
+                    continue
+            else:  # no '.', '..' or empty segment and not absolute: what normpath would make of it, for less
+                source = self.upload_prefix + relative
+            self.batch.pictures.append((self.records, owner_id, relative, source))
 
     # the end of the file
 

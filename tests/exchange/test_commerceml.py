@@ -448,3 +448,30 @@ def _import_error(store, dirs, path) -> str:
     except CommerceMLError as exc:
         return str(exc)
     return "imported without error"
+
+
+@pytest.mark.parametrize("merged_every", [1, 20_000])  # records: every batch merged apart, or all together
+def test_a_good_listed_twice_in_a_file_is_stored_as_its_last_copy(store, dirs, monkeypatch, merged_every):
+    """The copies sit in different batches (a batch is 1000 records): the last copy's card, pictures and
+    requisites replace the first's, whether the writer merges their batches into the store together or apart."""
+    monkeypatch.setattr("exchange.catalog_import.GROUP_RECORDS", merged_every)
+    (dirs[0] / "import_files").mkdir()
+    for name in ("first.jpg", "last.jpg"):
+        (dirs[0] / "import_files" / name).write_bytes(TINY_JPEG)
+
+    def good(name: str, pictures: list[str], requisites: dict[str, str]) -> str:
+        return (f"<Товар><Ид>a</Ид><Наименование>{name}</Наименование>"
+                + "".join(f"<Картинка>import_files/{picture}</Картинка>" for picture in pictures)
+                + "<ЗначенияРеквизитов>" + "".join(f"<ЗначениеРеквизита><Наименование>{key}</Наименование><Значение>"
+                                                     f"{value}</Значение></ЗначениеРеквизита>" for key, value in requisites.items())
+                + "</ЗначенияРеквизитов></Товар>")
+
+    first = good("Первый", ["first.jpg", "last.jpg"], {"Цвет": "красный", "Размер": "XL"})
+    others = "".join(f"<Товар><Ид>g{n}</Ид><Наименование>Товар {n}</Наименование></Товар>" for n in range(1500))
+    last = good("Последний", ["last.jpg"], {"Цвет": "синий"})
+    text = document(f'<Каталог СодержитТолькоИзменения="false"><Ид>c</Ид><Товары>{first}{others}{last}</Товары></Каталог>')
+    result = load(store, dirs, write(dirs, "import.xml", text))
+    assert result.counts["goods"] == 1502 and live_ids(store, "products") == {"a"} | {f"g{n}" for n in range(1500)}
+    assert rows(store, "SELECT name FROM products WHERE id='a'") == [{"name": "Последний"}]
+    assert rows(store, "SELECT position, filename FROM images WHERE owner_id='a'") == [{"position": 0, "filename": "last.jpg"}]
+    assert rows(store, "SELECT name, value FROM attributes WHERE owner_id='a'") == [{"name": "Цвет", "value": "синий"}]
