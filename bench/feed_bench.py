@@ -11,9 +11,9 @@ build of a process also starts the fork server the rendering processes come from
 single-process render of the same store as the baseline. A render takes the offers that did not
 change from the markup files of the render before (feeds/markup_cache.py): the full build's render
 has none to take and is printed beside the others as "1st render"; the baseline never takes any.
-Goals: render >= 50,000 offers/s (the command line and the scheduled path); the incremental build after <= 50 changes makes <= 15
-MoySklad requests and takes <= 10 s at any size (printed beside the full build of the same run);
-peak RSS < 150 MB per process and flat from 10k to 100k.
+Goals: render >= 50,000 offers/s (the command line and the scheduled path); the incremental build
+after <= 50 changes makes <= 15 MoySklad requests and takes <= 10 s at any size (printed beside the
+full build of the same run); peak RSS < 150 MB per process and flat from 10k to 100k.
 
     python bench/feed_bench.py                  # 10,000 and 100,000 assortment rows
     python bench/feed_bench.py --rows 20000 --changes 20

@@ -341,7 +341,6 @@ def picture_id(relative: str) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-
 def _link(source: str, images_dir: Path, name: str) -> None:
     target = os.path.join(images_dir, name)
     try:

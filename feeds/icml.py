@@ -539,7 +539,7 @@ def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, pr
         if parts == 1:
             offer_files = [cleanup.enter_context(tempfile.TemporaryFile(dir=scratch_dir))]
             stats = _with_progress(write_offers(reader, options, folder_ids, offer_files[0],
-                                                markup=(scratch_dir, markup_paths[0]) if scratch_dir else None), progress)
+                                                markup_path=markup_paths[0] if markup_paths else None), progress)
         else:
             log.info("feed %s: %d processes render the offers", feed.name, parts)
             paths = [scratch_dir / f".{feed.name}.{os.getpid()}.part{n}.tmp" for n in range(parts)]
@@ -580,13 +580,12 @@ def removed_before(options: RenderOptions) -> str:
 
 
 def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: set[str], out: BinaryIO,
-                 part: int = 0, parts: int = 1, markup: tuple[Path, Path] | None = None
-                 ) -> Generator[int, None, RenderStats]:
+                 part: int = 0, parts: int = 1, markup_path: Path | None = None) -> Generator[int, None, RenderStats]:
     """Write the ``<offer>`` elements (of one part of the catalog) to ``out``, 1000 at a time; yields the
     count written every 10,000 offers and returns the stats.
 
-    With ``markup`` (the feed's folder, this render's markup file) an offer that has not changed
-    since the last render is copied from it rather than built again (:mod:`feeds.markup_cache`).
+    With ``markup_path`` (this render's markup file, beside the last render's) an offer that has not
+    changed since the last render is copied from it rather than built again (:mod:`feeds.markup_cache`).
     """
     stats = RenderStats()
     feed = options.feed
@@ -595,12 +594,11 @@ def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: se
                          with_attributes=options.needs_attributes, with_pictures=feed.pictures != "none",
                          with_product_buy_price=feed.purchase_price == "buyPrice", part=part, parts=parts)
     last = writer = None
-    if markup:
-        folder, path = markup
+    if markup_path:
         depends_on = markup_cache.options_digest(feed, options.source, options.images_url, options.price_type_id,
                                                  options.warehouse_ids, sorted(options.units.items()))
-        last = markup_cache.LastRender(markup_cache.cache_paths(folder, feed.name), depends_on)
-        writer = markup_cache.MarkupWriter(path, depends_on)
+        last = markup_cache.LastRender(markup_cache.cache_paths(markup_path.parent, feed.name), depends_on)
+        writer = markup_cache.MarkupWriter(markup_path, depends_on)
     batch = []
     try:
         for row in rows:
@@ -684,7 +682,7 @@ def _render_part(store_path: str, feed: FeedSettings, images_url: str, now: dt.d
     with CatalogReader(store_path) as reader, open(path, "wb") as out:
         options = resolve_options(reader, feed, images_url, now)
         return (yield from write_offers(reader, options, folder_ids, out, part=part, parts=parts,
-                                        markup=(markup_path.parent, markup_path)))
+                                        markup_path=markup_path))
 
 
 def _render_in_parts(store_path, options: RenderOptions, folder_ids: set[str], paths: list[Path],

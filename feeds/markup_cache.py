@@ -120,7 +120,6 @@ class MarkupWriter:
     """This render's records for one rendering process, in a temporary file the build keeps or drops."""
 
     def __init__(self, path: Path, options: bytes):
-        self.path = path
         self._file = open(path, "wb", buffering=1 << 20)
         self._file.write(MAGIC + options)
 

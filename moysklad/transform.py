@@ -211,6 +211,8 @@ def kopecks(value, what: str, name: str | None = None) -> int | None:
 
 def quantity(value) -> float:
     """A stock quantity; MoySklad sends null for unknown values (withRecalculate)."""
+    if type(value) is float and -math.inf < value < math.inf:  # as MoySklad sends it: nothing to check
+        return value
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return 0.0
     return float(value)
@@ -220,8 +222,8 @@ def stock_rows(lines: list[StockLine], stock_type: str) -> list[tuple]:
     """(offer id, warehouse id or "", quantity) per line of a current-stock report that names its good;
     ``stock_type`` is the figure the report gives (``stock``, ``reserve``, ``inTransit``)."""
     figure = operator.attrgetter(stock_type)
-    return [(line.assortmentId, line.storeId or "", value if type(value) is float and -math.inf < value < math.inf
-             else quantity(value)) for line in lines if isinstance(line.assortmentId, str) for value in (figure(line),)]
+    return [(line.assortmentId, line.storeId or "", quantity(figure(line))) for line in lines
+            if isinstance(line.assortmentId, str)]
 
 
 def _text(row: dict, key: str) -> str | None:
