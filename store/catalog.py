@@ -162,7 +162,6 @@ class OfferRow(NamedTuple):
     product_removed: int | None
     product_removed_at: str | None
     product_updated: str | None
-    has_product: int
     tracking_type: str | None
     components_json: str | None  # [[quantity in the bundle, kind, unavailable, stock counted], ...]
     stock_counted: float | None  # over the feed's warehouses, as its quantity rule counts (STOCK_COUNTED)
@@ -170,6 +169,11 @@ class OfferRow(NamedTuple):
     attributes_json: str | None  # [[name, value], ...] of the product
     pictures_json: str | None  # [[cached file, permanent link], ...]
     product_pictures_json: str | None
+
+    @property
+    def has_product(self) -> bool:
+        """Whether the store holds the offer's product card (whose name is never NULL)."""
+        return self.product_name is not None
 
 
 class CatalogReader:
@@ -253,7 +257,7 @@ class CatalogReader:
                    p.name AS product_name, p.category_id, p.unit_id, p.vat, p.vat_enabled, p.weight,
                    p.code AS product_code, p.external_code AS product_external_code,
                    p.article AS product_article, p.archived AS product_archived, p.removed AS product_removed,
-                   p.removed_at AS product_removed_at, p.updated AS product_updated, p.id IS NOT NULL AS has_product,
+                   p.removed_at AS product_removed_at, p.updated AS product_updated,
                    p.tracking_type,
                    CASE WHEN o.kind = 'bundle' THEN {components} END AS components_json,
                    (SELECT {counted} FROM stock WHERE source = :source AND offer_id = o.id{stock_filter}) AS stock_counted,
