@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ _PROCESSES = multiprocessing.get_context("forkserver")
 _PRELOAD: list[str] = []
 _READY = threading.Event()  # set once a child has started, which the fork server does only when it is up
 _WARMING_UP = threading.Lock()  # held while a warm-up child runs, so that builds do not start one each
+_STARTING = threading.Lock()  # held while a child starts with the main script's path hidden
 
 
 class ChildCrashed(RuntimeError):
@@ -119,7 +121,7 @@ def run_in_child(work: Callable[..., Iterator], *args, name: str,
     """
     receiver, sender = _PROCESSES.Pipe(duplex=False)
     process = _PROCESSES.Process(target=_child_main, args=(sender, work, args, expected), name=name, daemon=True)
-    process.start()
+    _start_without_main(process)
     _READY.set()
     sender.close()
     try:
@@ -130,6 +132,23 @@ def run_in_child(work: Callable[..., Iterator], *args, name: str,
         if process.is_alive():
             process.kill()
             process.join()
+
+
+def _start_without_main(process: multiprocessing.Process) -> None:
+    """Start the child without running the main script (gunicorn's, flask's) again in it.
+
+    Before Python 3.14 a forkserver child runs the parent's main script again on start, preloaded or
+    not (CPython gh-98552, gh-126631): gunicorn's imports cost each child some 60 ms. The works run
+    here are functions of preloaded modules and never need it, so the script's path is not passed.
+    """
+    main = sys.modules["__main__"]
+    with _STARTING:
+        path = main.__dict__.pop("__file__", None)
+        try:
+            process.start()
+        finally:
+            if path is not None:
+                main.__file__ = path
 
 
 def _child_main(sender, work: Callable[..., Iterator], args: tuple, expected: tuple) -> None:

@@ -284,47 +284,42 @@ def activity(row: OfferRow, options: RenderOptions) -> str:
 
 # --- the values of one offer: the feed publishes them and the retailCRM push sends them -----------
 
-def available(stock: float | None, reserve: float | None, in_transit: float | None, rule: str) -> float:
-    """What the feed's quantity rule counts of stock figures (summed over its warehouses), never below 0."""
-    value = stock or 0.0
-    if rule != "stock":
-        value -= reserve or 0.0
-        if rule == "quantity":
-            value += in_transit or 0.0
-    return value if value > 0.0 else 0.0
+def available(counted: float | None) -> float:
+    """What can be sold of the stock the feed's quantity rule counted (the store counts it): never below 0."""
+    return counted if counted is not None and counted > 0.0 else 0.0
 
 
-def bundle_quantity(components: list, rule: str) -> float | None:
+def bundle_quantity(components: list) -> float | None:
     """How many whole bundles the components make: min over them of floor(available ÷ quantity in the bundle).
 
-    Each component counts under the feed's rule (free, stock or quantity) over the feed's
-    warehouses. A component missing, archived or removed makes it 0, as does a bundle with no
+    Each component's stock is counted under the feed's rule (free, stock or quantity) over the
+    feed's warehouses. A component missing, archived or removed makes it 0, as does a bundle with no
     components known; services are not stocked and limit nothing, so a bundle of services only
     has no quantity (None).
     """
     if not components:
         return 0.0
     sets = []
-    for per_bundle, kind, unavailable, figures in components:
+    for per_bundle, kind, unavailable, counted in components:
         if unavailable or not per_bundle or per_bundle <= 0:
             return 0.0
         if kind == "service":
             continue
-        sets.append(math.floor(available(*figures, rule) / per_bundle + BUNDLE_EPSILON))
+        sets.append(math.floor(available(counted) / per_bundle + BUNDLE_EPSILON))
     return float(min(sets)) if sets else None
 
 
-def offer_quantity(row: OfferRow, rule: str) -> float | None:
+def offer_quantity(row: OfferRow) -> float | None:
     """What the feed says can be sold, over the row's warehouses: None for services (no stock of their
-    own) and bundles of services only, 0 for archived or removed goods, else the feed's quantity rule
-    (for a bundle, what its components make)."""
+    own) and bundles of services only, 0 for archived or removed goods, else the stock its quantity rule
+    counts (for a bundle, what its components make)."""
     if row.kind == "service":
         return None
     if row.archived or row.product_archived or row.removed or row.product_removed:
         return 0.0
     if row.kind == "bundle":
-        return bundle_quantity(from_json(row.components_json or "[]"), rule)
-    return available(row.stock_total, row.reserve_total, row.in_transit_total, rule)
+        return bundle_quantity(from_json(row.components_json or "[]"))
+    return available(row.stock_counted)
 
 
 def purchase_price(row: OfferRow, rule: str) -> int | None:
@@ -364,7 +359,7 @@ def offer_xml(row: OfferRow, options: RenderOptions, category_ids: set[str]) -> 
     price = row.price
 
     head = f'<offer id="{attr(row.id)}" productId="{attr(row.product_id)}"'
-    amount = offer_quantity(row, feed.quantity)
+    amount = offer_quantity(row)
     if amount is not None:
         head += f' quantity="{decimal(amount)}"'
     parts = [head + (' type="service">' if row.kind == "service" else ' type="product">')]
@@ -590,14 +585,14 @@ def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: se
     stats = RenderStats()
     feed = options.feed
     rows = reader.offers(options.source, price_type_id=options.price_type_id, warehouse_ids=options.warehouse_ids,
-                         include_bundles=feed.include_bundles, removed_before=removed_before(options),
+                         quantity_rule=feed.quantity, include_bundles=feed.include_bundles, removed_before=removed_before(options),
                          with_attributes=options.needs_attributes, with_pictures=feed.pictures != "none",
                          with_product_buy_price=feed.purchase_price == "buyPrice", part=part, parts=parts)
     last = writer = None
     if markup_path:
         depends_on = markup_cache.options_digest(feed, options.source, options.images_url, options.price_type_id,
                                                  options.warehouse_ids, sorted(options.units.items()))
-        last = markup_cache.LastRender(markup_cache.cache_paths(markup_path.parent, feed.name), depends_on)
+        last = markup_cache.LastRender(markup_cache.last_paths(markup_path.parent, feed.name, part, parts), depends_on)
         writer = markup_cache.MarkupWriter(markup_path, depends_on)
     batch = []
     try:
@@ -607,17 +602,18 @@ def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: se
                 continue
             listed = row.category_id in category_ids
             digest = markup_cache.row_digest(row, listed) if writer and row.product_id else None
-            offer = last.markup(row.product_id, row.id, digest) if digest is not None else None
-            if offer is None:
+            found = last.markup(row.product_id, row.id, digest) if digest is not None else None
+            if found is None:
                 try:
-                    offer = offer_xml(row, options, category_ids).encode()
+                    offer, checksum = offer_xml(row, options, category_ids).encode(), None
                 except OfferSkipped as exc:
                     stats.skip(str(exc), row.id, row.name)
                     continue
             else:
+                offer, checksum = found
                 stats.reused += 1
             if digest is not None:
-                writer.add(row.product_id, row.id, digest, offer)
+                writer.add(row.product_id, row.id, digest, offer, checksum)
             if state == "inactive":
                 offer = offer[:-8] + b"<productActivity>N</productActivity></offer>"
                 stats.inactive += 1

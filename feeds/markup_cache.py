@@ -49,6 +49,14 @@ def cache_path(folder: Path, feed: str, part: int, parts: int) -> Path:
     return folder / f".{feed}.markup.{part + 1}of{parts}"
 
 
+def last_paths(folder: Path, feed: str, part: int, parts: int) -> list[Path]:
+    """The last render's files that may hold the offers of this part: its own file when the last render
+    split the catalog the same way (an offer stays in its part while its row lives), else all of them."""
+    paths = cache_paths(folder, feed)
+    own = cache_path(folder, feed, part, parts)
+    return [own] if own in paths else paths
+
+
 class LastRender:
     """The last render's markup files, read forward by product; :meth:`markup` finds an offer's."""
 
@@ -64,8 +72,8 @@ class LastRender:
             else:
                 file.close()
 
-    def markup(self, product_id: str, offer_id: str, digest: int) -> bytes | None:
-        """The offer's markup from the last render if its digest is the same, else None."""
+    def markup(self, product_id: str, offer_id: str, digest: int) -> tuple[bytes, int] | None:
+        """The offer's markup from the last render and its checksum if its digest is the same, else None."""
         for file in self._files:
             found = file.markup(product_id, offer_id, digest)
             if found is not None:
@@ -83,10 +91,11 @@ class _MarkupFile:
     def __init__(self, file):
         self._file = file
         self._product = None
-        self._offers: dict[bytes, tuple[int | None, bytes]] = {}
+        self._offers: dict[bytes, tuple] = {}
         self._ahead = self._next()
 
-    def _next(self) -> tuple[bytes, bytes, int | None, bytes] | None:
+    def _next(self) -> tuple | None:
+        """The next record: product id, offer id, digest, checksum, where the markup starts in the body, body."""
         head = self._file.read(RECORD.size)
         if len(head) < RECORD.size:
             return None
@@ -94,10 +103,7 @@ class _MarkupFile:
         body = self._file.read(product_size + offer_size + markup_size)
         if len(body) < product_size + offer_size + markup_size:  # cut short: the rest is not there
             return None
-        markup = body[product_size + offer_size:]
-        if zlib.crc32(markup) != checksum:  # damaged on disk: built again, never published as it is
-            digest = None
-        return body[:product_size], body[product_size:product_size + offer_size], digest, markup
+        return body[:product_size], body[product_size:product_size + offer_size], digest, checksum, product_size + offer_size, body
 
     def markup(self, product_id: str, offer_id: str, digest: int) -> bytes | None:
         if product_id != self._product:
@@ -110,7 +116,12 @@ class _MarkupFile:
                 record = self._next()
             self._ahead = record
         found = self._offers.get(offer_id.encode())
-        return found[1] if found is not None and found[0] == digest else None
+        if found is None or found[0] != digest:
+            return None
+        _, checksum, start, body = found
+        markup = body[start:]
+        # checked only when taken: a damaged record is built again, never published as it is
+        return (markup, checksum) if zlib.crc32(markup) == checksum else None
 
     def close(self) -> None:
         self._file.close()
@@ -123,9 +134,11 @@ class MarkupWriter:
         self._file = open(path, "wb", buffering=1 << 20)
         self._file.write(MAGIC + options)
 
-    def add(self, product_id: str, offer_id: str, digest: int, markup: bytes) -> None:
+    def add(self, product_id: str, offer_id: str, digest: int, markup: bytes, checksum: int | None = None) -> None:
         product, offer = product_id.encode(), offer_id.encode()
-        self._file.write(RECORD.pack(len(product), len(offer), len(markup), digest, zlib.crc32(markup)) + product + offer + markup)
+        if checksum is None:
+            checksum = zlib.crc32(markup)
+        self._file.write(RECORD.pack(len(product), len(offer), len(markup), digest, checksum) + product + offer + markup)
 
     def close(self) -> None:
         self._file.close()

@@ -190,7 +190,7 @@ def feed_values(reader: CatalogReader, options: RenderOptions, passes: list[Pass
     purchases: dict[str, int | None] = {}  # published offers → purchase price, from the first read
     for index, read in enumerate(passes):
         rows = reader.offers(options.source, price_type_id=read.price_type_id, warehouse_ids=read.warehouse_ids,
-                             include_bundles=feed.include_bundles, removed_before=removed_before(options),
+                             quantity_rule=feed.quantity, include_bundles=feed.include_bundles, removed_before=removed_before(options),
                              with_attributes=False, with_pictures=False,
                              with_product_buy_price=feed.purchase_price == "buyPrice", offer_ids=offer_ids)
         for row in rows:
@@ -206,7 +206,7 @@ def feed_values(reader: CatalogReader, options: RenderOptions, passes: list[Pass
             elif offer_id not in purchases:
                 continue
             if read.store_codes:
-                available = offer_quantity(row, feed.quantity)
+                available = offer_quantity(row)
                 if available is not None:
                     value = stock_value(available, purchases[offer_id])
                     for code in read.store_codes:

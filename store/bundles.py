@@ -12,14 +12,14 @@ CREATE TABLE IF NOT EXISTS bundle_components (
     PRIMARY KEY (source, bundle_id, component_id)) WITHOUT ROWID;
 """
 
-# One bundle's components as JSON [[quantity in the bundle, kind, unavailable, [stock, reserve, in transit]], ...]:
+# One bundle's components as JSON [[quantity in the bundle, kind, unavailable, stock counted], ...]:
 # unavailable = the component is missing from the store, archived or removed (a variant: or its product);
-# stock summed over the feed's warehouses ({stock_filter}). Bound: :source; correlated: o.id (the bundle).
+# stock counted by the feed's quantity rule ({counted}) over its warehouses ({stock_filter}).
+# Bound: :source; correlated: o.id (the bundle).
 COMPONENTS = """(SELECT json_group_array(json_array(
         bc.quantity, c.kind,
         CASE WHEN c.id IS NULL OR c.archived OR c.removed OR coalesce(cp.archived OR cp.removed, 0) THEN 1 ELSE 0 END,
-        json((SELECT json_array(sum(stock), sum(reserve), sum(in_transit)) FROM stock
-              WHERE source = :source AND offer_id = bc.component_id{stock_filter}))))
+        (SELECT {counted} FROM stock WHERE source = :source AND offer_id = bc.component_id{stock_filter})))
     FROM bundle_components bc
     LEFT JOIN offers c ON c.source = :source AND c.id = bc.component_id
     LEFT JOIN products cp ON cp.source = :source AND cp.id = c.product_id AND c.kind = 'variant'

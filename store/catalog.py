@@ -82,6 +82,11 @@ PICTURES = """SELECT json_group_array(json_array(c.local_file, coalesce(c.perman
     LEFT JOIN image_cache c ON c.source = i.source
      AND c.image_id = substr(i.href, instr(i.href, '/download/') + 10)"""
 
+# What a feed's quantity rule counts of an offer's stock rows (free: in stock less reserved; quantity: the
+# same plus goods in transit), summed over its warehouses; one lookup of the offer's rows.
+STOCK_COUNTED = {"stock": "sum(stock)", "free": "sum(stock) - sum(reserve)",
+                 "quantity": "sum(stock) - sum(reserve) + sum(in_transit)"}
+
 # Keyed tables are WITHOUT ROWID: a feed looks each row up by its key, one B-tree search instead of two.
 # `offers` keeps its rowid, which splits a feed into shares for parallel rendering.
 
@@ -157,16 +162,18 @@ class OfferRow(NamedTuple):
     product_removed: int | None
     product_removed_at: str | None
     product_updated: str | None
-    has_product: int
     tracking_type: str | None
-    components_json: str | None  # [[quantity in the bundle, kind, unavailable, [stock, reserve, in transit]], ...]
-    stock_total: float | None
-    reserve_total: float | None
-    in_transit_total: float | None
+    components_json: str | None  # [[quantity in the bundle, kind, unavailable, stock counted], ...]
+    stock_counted: float | None  # over the feed's warehouses, as its quantity rule counts (STOCK_COUNTED)
     price: int | None  # of the feed's price type: the offer's own, else its product's
     attributes_json: str | None  # [[name, value], ...] of the product
     pictures_json: str | None  # [[cached file, permanent link], ...]
     product_pictures_json: str | None
+
+    @property
+    def has_product(self) -> bool:
+        """Whether the store holds the offer's product card (whose name is never NULL)."""
+        return self.product_name is not None
 
 
 class CatalogReader:
@@ -216,15 +223,16 @@ class CatalogReader:
         ).fetchall()
 
     def offers(self, source: str, *, price_type_id: str | None, warehouse_ids: list[str] | None,
-               include_bundles: bool, removed_before: str, with_attributes: bool = True,
+               quantity_rule: str, include_bundles: bool, removed_before: str, with_attributes: bool = True,
                with_pictures: bool = True, with_product_buy_price: bool = True, part: int = 0,
                parts: int = 1, offer_ids: list[str] | None = None) -> Iterator[OfferRow]:
         """Every offer a feed may publish, joined with its product card, price, stock and attributes.
 
-        A product with variants is left out (its variants are the offers), unless all of them were
-        removed before ``removed_before``. A bundle comes with its components and their stock over
-        the same warehouses (``components_json``). Rows come grouped by product. ``offer_ids`` narrows
-        it to those offers (a push after a stock change).
+        Stock is counted over ``warehouse_ids`` by the feed's ``quantity_rule``. A product with variants
+        is left out (its variants are the offers), unless all of them were removed before
+        ``removed_before``. A bundle comes with its components and their stock counted the same way
+        (``components_json``). Rows come grouped by product. ``offer_ids`` narrows it to those offers
+        (a push after a stock change).
         """
         params = {"source": source, "price_type": price_type_id, "removed_before": removed_before}
         stock_filter = ""
@@ -233,12 +241,11 @@ class CatalogReader:
             params.update(zip(names, warehouse_ids))
             stock_filter = f" AND warehouse_id IN ({', '.join(':' + n for n in names)})"
         bundles = "" if include_bundles else " AND o.kind != 'bundle'"
-        components = COMPONENTS.format(stock_filter=stock_filter)  # a bundle's components: whatever offers are read
+        counted = STOCK_COUNTED[quantity_rule]
+        components = COMPONENTS.format(counted=counted, stock_filter=stock_filter)
         if offer_ids is not None:
             params["offer_ids"] = json.dumps(list(offer_ids))
-            only = "IN (SELECT value FROM json_each(:offer_ids))"
-            stock_filter += f" AND offer_id {only}"
-            bundles += f" AND o.id {only}"
+            bundles += " AND o.id IN (SELECT value FROM json_each(:offer_ids))"
         if parts > 1:  # one share of the catalog for one of several rendering processes
             bundles += " AND o.rowid % :parts = :part"
             params.update(parts=parts, part=part)
@@ -250,10 +257,10 @@ class CatalogReader:
                    p.name AS product_name, p.category_id, p.unit_id, p.vat, p.vat_enabled, p.weight,
                    p.code AS product_code, p.external_code AS product_external_code,
                    p.article AS product_article, p.archived AS product_archived, p.removed AS product_removed,
-                   p.removed_at AS product_removed_at, p.updated AS product_updated, p.id IS NOT NULL AS has_product,
+                   p.removed_at AS product_removed_at, p.updated AS product_updated,
                    p.tracking_type,
                    CASE WHEN o.kind = 'bundle' THEN {components} END AS components_json,
-                   st.stock AS stock_total, st.reserve AS reserve_total, st.in_transit AS in_transit_total,
+                   (SELECT {counted} FROM stock WHERE source = :source AND offer_id = o.id{stock_filter}) AS stock_counted,
                    coalesce((SELECT value FROM prices WHERE source = :source AND offer_id = o.id
                                 AND price_type_id = :price_type),
                             (SELECT value FROM prices WHERE source = :source AND offer_id = o.product_id
@@ -264,8 +271,6 @@ class CatalogReader:
             FROM offers o
             LEFT JOIN products p ON p.source = :source AND p.id = o.product_id
             {"LEFT JOIN offers po ON po.source = :source AND po.id = o.product_id" if with_product_buy_price else ""}
-            LEFT JOIN (SELECT offer_id, sum(stock) AS stock, sum(reserve) AS reserve, sum(in_transit) AS in_transit
-                       FROM stock WHERE source = :source{stock_filter} GROUP BY offer_id) st ON st.offer_id = o.id
             WHERE o.source = :source{bundles}
               AND NOT (o.kind = 'product' AND EXISTS (
                     SELECT 1 FROM offers v WHERE v.source = :source AND v.product_id = o.id AND v.kind = 'variant'
