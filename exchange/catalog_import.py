@@ -84,26 +84,33 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
             run_in_child(parse_catalog_file, path, Path(upload_dir), name=f"commerceml-parser {path.name}",
                          expected=(CommerceMLError,)) as messages, PictureLinker(Path(images_dir), path.name) as pictures:
         skips, writer = SkipLog(run, path.name), BatchWriter(run)
+        placing = None  # the last batch, whose pictures the picture thread places while the next one is written
         try:
             for message in messages:
                 if message[0] == "batch":
                     _, batch, records = message
                     placed = pictures.place(batch)
-                    counts = writer.write(batch, placed, records)
-                    skips.record(placed.result().refused)
-                    for table, count in counts.items():
+                    for table, count in writer.write(batch, records).items():
                         run.stats.add(table, count)
+                    if placing is not None:
+                        _write_placed(run, writer, skips, *placing)
+                    placing = batch, placed, skips.take()
                     if progress:
                         progress(records)
                 elif message[0] == "skip":
                     skips.hold(message[1], message[2])
                 elif message[0] == "setting":
                     run.set_setting(*message[1])
+            if placing is not None:
+                _write_placed(run, writer, skips, *placing)
+                placing = None
         except ChildLost:
             raise CommerceMLError(f"Файл {path.name}: процесс разбора файла неожиданно остановился; "
                                   "ничего из файла не сохранено, повторите обмен") from None
-        finally:
-            skips.record([])  # a failed run keeps what it left out, too
+        finally:  # a failed run keeps what it left out, too
+            if placing is not None:
+                skips.record(_refused(placing[1]), placing[2])
+            skips.record([], skips.take())
         summary: FileSummary = messages.result
         writer.flush()
         apply_summary(run, summary)
@@ -111,6 +118,21 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
                  summary.kind, time.monotonic() - started, run.stats.counts)
     return ImportResult(kind=summary.kind, counts=dict(run.stats.counts), run_id=run.id,
                         parser_peak_rss_mb=summary.peak_rss_mb, parser_cpu_seconds=summary.cpu_seconds)
+
+
+def _write_placed(run: CatalogRun, writer: BatchWriter, skips: SkipLog, batch: RecordBatch, placed: Future,
+                  held: list[tuple[tuple, int]]) -> None:
+    """The rows of a batch's pictures once the picture thread has placed them, and what it left out."""
+    pictures = placed.result()
+    run.stats.add("images", writer.write_pictures(batch, pictures))
+    skips.record(pictures.refused, held)
+
+
+def _refused(placed: Future) -> list[tuple[int, tuple]]:
+    try:
+        return placed.result().refused
+    except CommerceMLError:
+        return []
 
 
 KEY = ("source", "id")
@@ -137,15 +159,15 @@ class BatchWriter:
         self.offer_names: dict[tuple, str] = {}  # the staged name of each column set of offers
         self.records = self.merged = 0  # records read so far, and when the group was last merged
 
-    def write(self, batch: RecordBatch, placed: Future | None, records: int) -> dict[str, int]:
-        """Stage every row of a batch, and the rows of its pictures once ``placed`` (see :meth:`PictureLinker.place`)
-        has them; ``records``: how many the parser has read so far. Returns the rows written per child table."""
+    def write(self, batch: RecordBatch, records: int) -> dict[str, int]:
+        """Stage every row of a batch but its pictures' (see :meth:`write_pictures`); ``records``: how many the parser
+        has read so far. Returns the rows written per child table."""
         staged = [("categories", CATEGORY_COLUMNS, _last_of_each(batch.categories, BY_ID)),
                   ("products", CARD_COLUMNS, _last_of_each(batch.products, BY_ID))]
         for columns, rows in batch.offers.items():
             staged.append((self.offer_names.setdefault(columns, f"offers{len(self.offer_names)}"), columns,
                            _last_of_each(rows, BY_ID)))
-        counts = {table: len(rows) for table, (_, rows) in batch.children.items()}
+        counts = {table: len(rows) for table, (_, rows) in batch.children.items() if table != "images"}
         for table, (owners, rows) in batch.children.items():
             if table != "images":  # staged once the picture thread has placed the batch's pictures
                 staged += _children(table, owners, rows)
@@ -155,15 +177,18 @@ class BatchWriter:
                 self.flush()  # which cards this run wrote is read from the store
             _write_cards(self.run, batch)
         self.run.mark_seen("offers", batch.touched)
-        pictures = placed.result() if placed is not None else PlacedPictures()
+        self.records = records
+        return counts
+
+    def write_pictures(self, batch: RecordBatch, pictures: PlacedPictures) -> int:
+        """Stage the picture rows of a batch written before (the next batch's rows may be staged already: a group
+        holding an owner of these rows is merged first, so the file's order still decides); the rows written."""
         owners, rows = batch.children["images"]
-        counts["images"] += len(pictures.images)
         self._stage([*_children("images", owners, rows + pictures.images),
                      ("image_cache", IMAGE_CACHE_COLUMNS, _last_of_each(pictures.image_cache, BY_ID))])
-        self.records = records
-        if records - self.merged >= GROUP_RECORDS:
+        if self.records - self.merged >= GROUP_RECORDS:
             self.flush()
-        return counts
+        return len(rows) + len(pictures.images)
 
     def _stage(self, staged: list[tuple[str, tuple, dict]]) -> None:
         """Stage rows (name, columns, rows by key), first merging the group when it holds one of their keys."""
@@ -230,11 +255,16 @@ class SkipLog:
     def hold(self, skip: tuple, pictures_before: int) -> None:
         self.held.append((skip, pictures_before))
 
-    def record(self, refused: list[tuple[int, tuple]]) -> None:
-        """The held skips and ``refused`` (index in the batch's pictures, skip), merged in the file's order."""
+    def take(self) -> list[tuple[tuple, int]]:
+        """The skips held for the batch that has just come, to record with its refused pictures."""
+        held, self.held = self.held, []
+        return held
+
+    def record(self, refused: list[tuple[int, tuple]], held: list[tuple[tuple, int]]) -> None:
+        """``held`` skips and ``refused`` (index in the batch's pictures, skip), merged in the file's order."""
         refused = iter(refused)
         picture = next(refused, None)
-        for skip, pictures_before in self.held:
+        for skip, pictures_before in held:
             while picture is not None and picture[0] < pictures_before:
                 self._record(picture[1])
                 picture = next(refused, None)
@@ -242,7 +272,6 @@ class SkipLog:
         while picture is not None:
             self._record(picture[1])
             picture = next(refused, None)
-        self.held.clear()
 
     def _record(self, skip: tuple) -> None:
         item_type, item_id, name, reason = skip
