@@ -87,6 +87,15 @@ class _Value(msgspec.Struct, gc=False):
     value: Any = None
 
 
+class _Characteristic(msgspec.Struct, gc=False):
+    name: Any = None
+    value: Any = None
+
+
+# Any JSON value, but an object as a _Characteristic (its meta skipped unread, not made a dict)
+_CharacteristicItem = _Characteristic | list | str | int | float | bool | None
+
+
 class _Attribute(msgspec.Struct, gc=False):
     id: Any = None
     name: Any = None
@@ -108,7 +117,7 @@ class AssortmentRow(msgspec.Struct, gc=False):
     updated: Any = None
     description: Any = None
     barcodes: Any = None
-    characteristics: Any = None
+    characteristics: list[_CharacteristicItem] | dict | str | int | float | bool | None = None
     buyPrice: _Value | None = None
     images: _Images | None = None
     salePrices: list[_SalePrice] | None = None
@@ -298,7 +307,7 @@ def barcodes(values) -> str | None:
 
 def characteristics(values) -> str:
     """A variant's characteristics as JSON ``[{"name": ..., "value": ...}]``."""
-    kept = [{"name": c["name"], "value": c.get("value")} for c in values if isinstance(c, dict) and isinstance(c.get("name"), str)] \
+    kept = [{"name": c.name, "value": c.value} for c in values if isinstance(c, _Characteristic) and isinstance(c.name, str)] \
         if isinstance(values, list) else []
     return _json.encode(kept).decode()
 
