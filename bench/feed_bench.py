@@ -104,7 +104,8 @@ def main() -> None:
     out = table_output(args)
     print(f"feed benchmark: emulator latency {args.latency_ms} ms, MoySklad limits on; "
           f"incremental build after {args.changes} changes", file=out)
-    print(f"{'rows':>8} {'offers':>8} {'MB':>6} | {'full build s':>12} {'requests':>8} {'RSS MB':>7} {'1st render/s':>12} | "
+    print(f"{'rows':>8} {'offers':>8} {'MB':>6} | {'full build s':>12} {'requests':>8} {'RSS MB':>7} "
+          f"{'1st render/s':>12} | "
           f"{'render s':>8} {'offers/s':>9} {'+publish s':>10} {'RSS MB':>7} | {'incr. build s':>13} {'sync s':>6} "
           f"{'requests':>8} {'units':>5}", file=out)
     results, scheduled_rows = [], []
@@ -142,7 +143,8 @@ def main() -> None:
               f"{'met' if inc['requests'] <= GOAL_INCREMENTAL_REQUESTS else 'MISSED'}; the full build {full['requests']}), "
               f"{inc['units']} units (the full build {full['units']})", file=out)
     print("scheduled path (build on a thread, another thread alive): render offers/s, first build of the process "
-          "(starts the fork server) and the next; one process rendering the same store from scratch as the baseline", file=out)
+          "(starts the fork server) and the next; one process rendering the same store from scratch as the baseline",
+          file=out)
     print(f"{'rows':>8} {'offers':>8} | {'first':>8} {'next':>8} {'1 process':>9} {'ratio':>6} | "
           f"{'build MB':>8} {'largest child MB':>16} {'all MB':>7}", file=out)
     for rows, r in zip(args.rows, scheduled_rows):

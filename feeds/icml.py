@@ -528,7 +528,8 @@ def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, pr
     parts = render_processes(reader.offer_count(options.source), ready()) if scratch_dir else 1
     moscow = options.now.astimezone(MOSCOW)
     with contextlib.ExitStack() as cleanup:
-        markup_paths = [scratch_dir / f".{feed.name}.{os.getpid()}.markup{n}.tmp" for n in range(parts)] if scratch_dir else []
+        markup_paths = ([scratch_dir / f".{feed.name}.{os.getpid()}.markup{n}.tmp" for n in range(parts)]
+                        if scratch_dir else [])
         for path in markup_paths:
             cleanup.callback(path.unlink, missing_ok=True)
         if parts == 1:
@@ -585,7 +586,8 @@ def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: se
     stats = RenderStats()
     feed = options.feed
     rows = reader.offers(options.source, price_type_id=options.price_type_id, warehouse_ids=options.warehouse_ids,
-                         quantity_rule=feed.quantity, include_bundles=feed.include_bundles, removed_before=removed_before(options),
+                         quantity_rule=feed.quantity, include_bundles=feed.include_bundles,
+                         removed_before=removed_before(options),
                          with_attributes=options.needs_attributes, with_pictures=feed.pictures != "none",
                          with_product_buy_price=feed.purchase_price == "buyPrice", part=part, parts=parts)
     last = writer = None

@@ -91,11 +91,11 @@ class _MarkupFile:
     def __init__(self, file):
         self._file = file
         self._product = None
-        self._offers: dict[bytes, tuple] = {}
+        self._offers: dict[bytes, tuple[int, int, bytes]] = {}  # offer id → digest, checksum, markup
         self._ahead = self._next()
 
-    def _next(self) -> tuple | None:
-        """The next record: product id, offer id, digest, checksum, where the markup starts in the body, body."""
+    def _next(self) -> tuple[bytes, bytes, int, int, bytes] | None:
+        """The next record: product id, offer id, digest, the markup's checksum, markup."""
         head = self._file.read(RECORD.size)
         if len(head) < RECORD.size:
             return None
@@ -103,9 +103,10 @@ class _MarkupFile:
         body = self._file.read(product_size + offer_size + markup_size)
         if len(body) < product_size + offer_size + markup_size:  # cut short: the rest is not there
             return None
-        return body[:product_size], body[product_size:product_size + offer_size], digest, checksum, product_size + offer_size, body
+        markup_start = product_size + offer_size
+        return body[:product_size], body[product_size:markup_start], digest, checksum, body[markup_start:]
 
-    def markup(self, product_id: str, offer_id: str, digest: int) -> bytes | None:
+    def markup(self, product_id: str, offer_id: str, digest: int) -> tuple[bytes, int] | None:
         if product_id != self._product:
             self._product, self._offers = product_id, {}
             wanted, record = product_id.encode(), self._ahead
@@ -118,8 +119,7 @@ class _MarkupFile:
         found = self._offers.get(offer_id.encode())
         if found is None or found[0] != digest:
             return None
-        _, checksum, start, body = found
-        markup = body[start:]
+        _, checksum, markup = found
         # checked only when taken: a damaged record is built again, never published as it is
         return (markup, checksum) if zlib.crc32(markup) == checksum else None
 
@@ -138,7 +138,8 @@ class MarkupWriter:
         product, offer = product_id.encode(), offer_id.encode()
         if checksum is None:
             checksum = zlib.crc32(markup)
-        self._file.write(RECORD.pack(len(product), len(offer), len(markup), digest, checksum) + product + offer + markup)
+        head = RECORD.pack(len(product), len(offer), len(markup), digest, checksum)
+        self._file.write(head + product + offer + markup)
 
     def close(self) -> None:
         self._file.close()

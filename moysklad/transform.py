@@ -307,8 +307,8 @@ def barcodes(values) -> str | None:
 
 def characteristics(values) -> str:
     """A variant's characteristics as JSON ``[{"name": ..., "value": ...}]``."""
-    kept = [{"name": c.name, "value": c.value} for c in values if isinstance(c, _Characteristic) and isinstance(c.name, str)] \
-        if isinstance(values, list) else []
+    kept = [{"name": c.name, "value": c.value} for c in values
+            if isinstance(c, _Characteristic) and isinstance(c.name, str)] if isinstance(values, list) else []
     return _json.encode(kept).decode()
 
 

@@ -190,7 +190,8 @@ def feed_values(reader: CatalogReader, options: RenderOptions, passes: list[Pass
     purchases: dict[str, int | None] = {}  # published offers → purchase price, from the first read
     for index, read in enumerate(passes):
         rows = reader.offers(options.source, price_type_id=read.price_type_id, warehouse_ids=read.warehouse_ids,
-                             quantity_rule=feed.quantity, include_bundles=feed.include_bundles, removed_before=removed_before(options),
+                             quantity_rule=feed.quantity, include_bundles=feed.include_bundles,
+                             removed_before=removed_before(options),
                              with_attributes=False, with_pictures=False,
                              with_product_buy_price=feed.purchase_price == "buyPrice", offer_ids=offer_ids)
         for row in rows:

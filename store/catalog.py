@@ -260,7 +260,8 @@ class CatalogReader:
                    p.removed_at AS product_removed_at, p.updated AS product_updated,
                    p.tracking_type,
                    CASE WHEN o.kind = 'bundle' THEN {components} END AS components_json,
-                   (SELECT {counted} FROM stock WHERE source = :source AND offer_id = o.id{stock_filter}) AS stock_counted,
+                   (SELECT {counted} FROM stock
+                     WHERE source = :source AND offer_id = o.id{stock_filter}) AS stock_counted,
                    coalesce((SELECT value FROM prices WHERE source = :source AND offer_id = o.id
                                 AND price_type_id = :price_type),
                             (SELECT value FROM prices WHERE source = :source AND offer_id = o.product_id
