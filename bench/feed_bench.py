@@ -6,9 +6,11 @@ process does the full build and reports wall time and peak RSS; a second child r
 publishes again from the synced store without syncing (render alone); then C goods change in
 MoySklad (default 50: price edits, stock moves, new goods) and a third child builds again, as a
 webhook's rebuild does (incremental sync + render + publish); a fourth renders the way the scheduler
-does inside gunicorn: on a thread of its own with another thread alive, twice in a row (the first
-build of a process also starts the fork server the rendering processes come from), beside a
-single-process render of the same store as the baseline. A render takes the offers that did not
+does inside gunicorn: on a thread of its own with another thread alive, 1 + --repeats times in a row
+(the first build of a process also starts the fork server the rendering processes come from; the
+goal takes the median of the others, each printed, as one render of 10k offers lasts a fifth of a
+second and a shared machine's noise is that large), beside the median of as many single-process
+renders of the same store as the baseline. A render takes the offers that did not
 change from the markup files of the render before (feeds/markup_cache.py): the full build's render
 has none to take and is printed beside the others as "1st render"; the baseline never takes any.
 Goals: render >= 50,000 offers/s (the command line and the scheduled path); the incremental build
@@ -22,12 +24,13 @@ full build of the same run); peak RSS < 150 MB per process and flat from 10k to 
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from output import PEAK_RSS_MB, print_json, run_measured, table_output  # noqa: E402  (bench scripts live side by side)
+from output import PEAK_RSS_MB, bench_parser, print_json, run_measured, table_output  # noqa: E402  (bench scripts live side by side)
 from sync_bench import GOAL_INCREMENTAL_REQUESTS, apply_changes, size_arguments, warm  # noqa: E402
 
 from emulator.harness import EMULATOR_TOKEN, ROOT, start_emulator  # noqa: E402
@@ -83,14 +86,17 @@ def sample():  # the thread beside the build, as gunicorn's and the scheduler's 
 sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 with ThreadPoolExecutor(1) as builds:  # the scheduler builds on a thread of its own
-    renders = [builds.submit(build_feed, settings, settings.feeds[0], sync=False).result().render_seconds for _ in range(2)]
-started = time.monotonic()
-with CatalogReader(settings.store_path) as reader, open(settings.feeds_dir / "single.xml", "wb") as out:
-    offers = render_icml(reader, resolve_options(reader, settings.feeds[0], settings.images_url), out).offers
-single = time.monotonic() - started
+    renders = [builds.submit(build_feed, settings, settings.feeds[0], sync=False).result().render_seconds
+               for _ in range(1 + int(sys.argv[4]))]
+singles = []
+for _ in range(int(sys.argv[4])):
+    started = time.monotonic()
+    with CatalogReader(settings.store_path) as reader, open(settings.feeds_dir / "single.xml", "wb") as out:
+        offers = render_icml(reader, resolve_options(reader, settings.feeds[0], settings.images_url), out).offers
+    singles.append(time.monotonic() - started)
 stop.set()
 sampler.join()
-print(json.dumps({"offers": offers, "first_seconds": renders[0], "seconds": renders[1], "single_seconds": single,
+print(json.dumps({"offers": offers, "first_seconds": renders[0], "next_seconds": renders[1:], "single_seconds": singles,
                   "peak_rss_mb": PEAK_RSS_MB, "children_rss_mb": sorted(peaks.values())}))
 """.replace("PEAK_RSS_MB", PEAK_RSS_MB)  # VmHWM: ru_maxrss would count the benchmark's own (with the emulator), inherited at exec
 
@@ -100,7 +106,10 @@ def child(base_url: str, data_dir: str, mode: str) -> dict:
 
 
 def main() -> None:
-    args = size_arguments(__doc__)
+    parser = bench_parser(__doc__)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="scheduled-path renders after the first (and one-process renders) to take the median of")
+    args = size_arguments(__doc__, parser)
     out = table_output(args)
     print(f"feed benchmark: emulator latency {args.latency_ms} ms, MoySklad limits on; "
           f"incremental build after {args.changes} changes", file=out)
@@ -119,7 +128,8 @@ def main() -> None:
                 render = child(server.base_url, tmp, "render")
                 apply_changes(server.catalog, args.changes)
                 incremental = child(server.base_url, tmp, "sync")
-                scheduled = run_measured(SCHEDULED, str(ROOT), server.base_url, tmp, what="scheduled render")
+                scheduled = run_measured(SCHEDULED, str(ROOT), server.base_url, tmp, str(args.repeats),
+                                         what="scheduled render")
         finally:
             server.stop()
         rate = render["offers"] / render["render_seconds"]
@@ -142,15 +152,16 @@ def main() -> None:
               f"{inc['requests']} requests (goal <= {GOAL_INCREMENTAL_REQUESTS}: "
               f"{'met' if inc['requests'] <= GOAL_INCREMENTAL_REQUESTS else 'MISSED'}; the full build {full['requests']}), "
               f"{inc['units']} units (the full build {full['units']})", file=out)
-    print("scheduled path (build on a thread, another thread alive): render offers/s, first build of the process "
-          "(starts the fork server) and the next; one process rendering the same store from scratch as the baseline",
-          file=out)
+    print(f"scheduled path (build on a thread, another thread alive): render offers/s, first build of the process "
+          f"(starts the fork server) and the median of the {args.repeats} next; the median of {args.repeats} renders "
+          f"of the same store from scratch in one process as the baseline", file=out)
     print(f"{'rows':>8} {'offers':>8} | {'first':>8} {'next':>8} {'1 process':>9} {'ratio':>6} | "
           f"{'build MB':>8} {'largest child MB':>16} {'all MB':>7}", file=out)
     for rows, r in zip(args.rows, scheduled_rows):
         print(f"{rows:>8} {r['offers']:>8} | {r['first_offers_per_s']:>8.0f} {r['offers_per_s']:>8.0f} "
               f"{r['single_offers_per_s']:>9.0f} {r['offers_per_s'] / r['single_offers_per_s']:>5.1f}x | "
-              f"{r['peak_rss_mb']:>8.1f} {r['largest_child_rss_mb']:>16.1f} {r['all_rss_mb']:>7.1f}", file=out)
+              f"{r['peak_rss_mb']:>8.1f} {r['largest_child_rss_mb']:>16.1f} {r['all_rss_mb']:>7.1f} | next: "
+              f"{' '.join(f'{rate:.0f}' for rate in r['next_offers_per_s'])}", file=out)
     for goal in scheduled_rows[0]["goals"] if scheduled_rows else ():
         print(f"goal scheduled path {goal}: {'met' if all(r['goals'][goal] for r in scheduled_rows) else 'MISSED'}", file=out)
     if len(results) > 1:
@@ -183,8 +194,10 @@ def scheduled_row(figures: dict) -> dict:
     rendering processes); ``all_rss_mb`` adds them all up (shared pages counted in each).
     """
     offers = figures["offers"]
-    row = {**figures, "first_offers_per_s": offers / figures["first_seconds"], "offers_per_s": offers / figures["seconds"],
-           "single_offers_per_s": offers / figures["single_seconds"],
+    seconds, single = statistics.median(figures["next_seconds"]), statistics.median(figures["single_seconds"])
+    row = {**figures, "seconds": seconds, "first_offers_per_s": offers / figures["first_seconds"],
+           "offers_per_s": offers / seconds, "single_offers_per_s": offers / single,
+           "next_offers_per_s": [offers / s for s in figures["next_seconds"]],
            "largest_child_rss_mb": max(figures["children_rss_mb"], default=0.0),
            "all_rss_mb": figures["peak_rss_mb"] + sum(figures["children_rss_mb"])}
     row["goals"] = {"render >= 50,000 offers/s": row["offers_per_s"] >= GOAL_RENDER_RATE,
