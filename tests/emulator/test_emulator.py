@@ -3,6 +3,7 @@
 import gzip
 import http.client
 import json
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -163,9 +164,17 @@ def test_rate_limit_429_1049_with_headers(fresh):
 
 
 def test_parallel_limit_429_1073(fresh):
-    fresh.faults.latency_ms = 300
+    # all 8 in flight at once, even when a loaded machine starts the threads late: each waits for the others,
+    # and the first answers take long enough that none is back before the last is sent
+    fresh.faults.latency_ms = 1500
+    together = threading.Barrier(8)
+
+    def request(_):
+        together.wait()
+        return requests.get(fresh.base_url + "/entity/uom", headers=AUTH)
+
     with ThreadPoolExecutor(max_workers=8) as pool:
-        responses = list(pool.map(lambda _: requests.get(fresh.base_url + "/entity/uom", headers=AUTH), range(8)))
+        responses = list(pool.map(request, range(8)))
     codes = sorted(r.status_code for r in responses)
     assert codes.count(200) == 5 and codes.count(429) == 3
     assert {error_code(r) for r in responses if r.status_code == 429} == {1073}
