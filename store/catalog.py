@@ -9,6 +9,7 @@ the previous state untouched, and readers (WAL) keep seeing that state until the
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import operator
 import os
@@ -343,12 +344,10 @@ class CatalogRun(Run):
             self.db.execute(f"DELETE FROM temp.staged_{name}")  # merged already
         if self._staged.setdefault(name, columns) != columns:
             raise ValueError(f"rows staged as {name} have columns {self._staged[name]}, not {columns}")
-        row = f"({', '.join('?' * len(columns))})"
         most = min(STAGE_BATCH, 1 << (self.db.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(columns)).bit_length() - 1)
         start = 0
         for count in _batch_sizes(len(rows), most):
-            self.db.conn.execute(f"INSERT INTO temp.staged_{name} VALUES {', '.join([row] * count)}",
-                                 list(chain.from_iterable(rows[start:start + count])))
+            self.db.conn.execute(_staging_insert(name, len(columns), count), list(chain.from_iterable(rows[start:start + count])))
             start += count
 
     def merge_staged(self, name: str, table: str, pk: tuple[str, ...], *, seen: bool = False,
@@ -535,6 +534,14 @@ UPSERT_CHUNK = 2000
 # statement for many rows costs a fifth less than executemany, which steps SQLite (and lets go of the
 # GIL) once a row.
 STAGE_BATCH = 256
+
+
+@functools.lru_cache(maxsize=256)
+def _staging_insert(name: str, columns: int, count: int) -> str:
+    """INSERT of ``count`` rows into temp.staged_<name>: the same string object every time, so sqlite3 finds
+    its prepared statement by a hash kept in the string instead of hashing and comparing some 10 KB a batch."""
+    row = f"({', '.join('?' * columns)})"
+    return f"INSERT INTO temp.staged_{name} VALUES {', '.join([row] * count)}"
 
 
 def _batch_sizes(count: int, most: int):
