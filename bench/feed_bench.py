@@ -30,7 +30,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from output import PEAK_RSS_MB, bench_parser, print_json, run_measured, table_output  # noqa: E402  (bench scripts live side by side)
+# noqa: E402 below: bench scripts live side by side
+from output import PEAK_RSS_MB, bench_parser, print_json, run_measured, table_output  # noqa: E402
 from sync_bench import GOAL_INCREMENTAL_REQUESTS, apply_changes, size_arguments, warm  # noqa: E402
 
 from emulator.harness import EMULATOR_TOKEN, ROOT, start_emulator  # noqa: E402
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5,
                         help="scheduled-path renders after the first (and one-process renders) to take the median of")
     args = size_arguments(__doc__, parser)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1: the goal is the median of those renders")
     out = table_output(args)
     print(f"feed benchmark: emulator latency {args.latency_ms} ms, MoySklad limits on; "
           f"incremental build after {args.changes} changes", file=out)

@@ -347,7 +347,8 @@ class CatalogRun(Run):
         most = min(STAGE_BATCH, 1 << (self.db.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(columns)).bit_length() - 1)
         start = 0
         for count in _batch_sizes(len(rows), most):
-            self.db.conn.execute(_staging_insert(name, len(columns), count), list(chain.from_iterable(rows[start:start + count])))
+            self.db.conn.execute(_staging_insert(name, len(columns), count),
+                                 list(chain.from_iterable(rows[start:start + count])))
             start += count
 
     def merge_staged(self, name: str, table: str, pk: tuple[str, ...], *, seen: bool = False,

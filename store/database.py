@@ -18,7 +18,8 @@ from core.files import locked
 
 # sqlite3 binds None through its adapter protocol: with no adapter for it, it asks the protocol for
 # __adapt__ and the None for __conform__, two failed lookups that each format an AttributeError (some
-# 3,000 instructions a NULL; a full sync binds hundreds of thousands). With one, None is bound as NULL at once.
+# 3,000 instructions a NULL; a full sync binds hundreds of thousands). With one, a dictionary lookup and a call
+# bind it as NULL.
 sqlite3.register_adapter(type(None), lambda value: None)
 
 
