@@ -19,6 +19,8 @@ from itertools import chain
 from pathlib import Path
 from typing import NamedTuple
 
+import apsw
+
 from core.clock import utc_now
 from store.bundles import BUNDLES_SCHEMA, COMPONENTS
 from store.database import Database, StoreError
@@ -26,6 +28,8 @@ from store.images import IMAGE_CACHE_SCHEMA, ImageCacheRows
 from store.orders import ORDERS_SCHEMA, OrderBook
 from store.retailcrm import RETAILCRM_SCHEMA, PushedValues
 from store.runs import RUNS_SCHEMA, Run, RunLog
+
+READER_WAIT_MS = 5000  # opening a store another process is creating waits for it, as sqlite3's default timeout
 
 CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS categories (
@@ -178,17 +182,24 @@ class OfferRow(NamedTuple):
 
 
 class CatalogReader:
-    """A read-only connection for building feeds: one consistent snapshot, never blocks writers."""
+    """A read-only connection for building feeds: one consistent snapshot, never blocks writers.
+
+    Through apsw rather than :mod:`sqlite3`: a feed reads every offer row, and Python 3.11's ``sqlite3``
+    releases and retakes the GIL around each column of each row (apsw gave that up, apsw issue #551),
+    while apsw's own SQLite builds the query's JSON columns faster and writes their floats exactly. The
+    render of an unchanged catalog reads, digests and looks up a quarter faster. SQLite's file format
+    is the same whichever library opens it.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         uri = self.path.resolve().as_uri() + "?mode=ro"
         try:
-            self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        except sqlite3.Error as exc:
+            self.conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+            self.conn.set_busy_timeout(READER_WAIT_MS)
+            self.conn.execute("BEGIN")  # one snapshot for the whole feed
+        except apsw.Error as exc:
             raise StoreError(f"cannot open the catalog store {path} for reading: {exc}") from exc
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("BEGIN")  # one snapshot for the whole feed
 
     def close(self) -> None:
         self.conn.close()
@@ -199,29 +210,37 @@ class CatalogReader:
     def __exit__(self, *exc):
         self.close()
 
-    def offer_count(self, source: str) -> int:
-        return self.conn.execute("SELECT count(*) FROM offers WHERE source = ?", [source]).fetchone()[0]
+    def _rows(self, sql: str, params: list) -> list[dict]:
+        """A small query's rows as dicts by column name."""
+        cursor = self.conn.cursor()
+        cursor.row_trace = lambda cursor, row: dict(zip([d[0] for d in cursor.description], row))
+        return cursor.execute(sql, params).fetchall()
 
-    def setting(self, source: str, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM source_settings WHERE source=? AND key=?", [source, key]).fetchone()
+    def _value(self, sql: str, params: list):
+        row = self.conn.execute(sql, params).fetchone()
         return row[0] if row else None
 
-    def price_types(self, source: str) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM price_types WHERE source=? ORDER BY position", [source]).fetchall()
+    def offer_count(self, source: str) -> int:
+        return self._value("SELECT count(*) FROM offers WHERE source = ?", [source])
 
-    def warehouses(self, source: str) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM warehouses WHERE source=? ORDER BY name", [source]).fetchall()
+    def setting(self, source: str, key: str) -> str | None:
+        return self._value("SELECT value FROM source_settings WHERE source=? AND key=?", [source, key])
 
-    def units(self, source: str) -> dict[str, sqlite3.Row]:
-        return {r["id"]: r for r in self.conn.execute("SELECT * FROM units WHERE source=?", [source])}
+    def price_types(self, source: str) -> list[dict]:
+        return self._rows("SELECT * FROM price_types WHERE source=? ORDER BY position", [source])
+
+    def warehouses(self, source: str) -> list[dict]:
+        return self._rows("SELECT * FROM warehouses WHERE source=? ORDER BY name", [source])
+
+    def units(self, source: str) -> dict[str, dict]:
+        return {r["id"]: r for r in self._rows("SELECT * FROM units WHERE source=?", [source])}
 
     def bundle_ids(self, source: str) -> list[str]:
         return [row[0] for row in self.conn.execute("SELECT id FROM offers WHERE source = ? AND kind = 'bundle'", [source])]
 
-    def categories(self, source: str) -> list[sqlite3.Row]:
-        return self.conn.execute(
-            "SELECT id, parent_id, name, archived FROM categories WHERE source=? AND removed=0 ORDER BY name, id", [source]
-        ).fetchall()
+    def categories(self, source: str) -> list[dict]:
+        return self._rows(
+            "SELECT id, parent_id, name, archived FROM categories WHERE source=? AND removed=0 ORDER BY name, id", [source])
 
     def offers(self, source: str, *, price_type_id: str | None, warehouse_ids: list[str] | None,
                quantity_rule: str, include_bundles: bool, removed_before: str, with_attributes: bool = True,
@@ -279,9 +298,7 @@ class CatalogReader:
                       AND (v.removed = 0 OR v.removed_at >= :removed_before)))
             ORDER BY o.product_id
         """
-        cursor = self.conn.cursor()
-        cursor.row_factory = None  # plain tuples made into OfferRow: sqlite3.Row looks names up one by one
-        cursor.execute(sql, params)
+        cursor = self.conn.execute(sql, params)
         assert tuple(d[0] for d in cursor.description) == OfferRow._fields, "the SELECT and OfferRow disagree"
         return map(OfferRow._make, cursor)
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from emulator.harness import ROOT
-from store import CatalogStore, StoreBusy
+from store import CatalogReader, CatalogStore, StoreBusy, StoreError
 
 
 def offer(offer_id, name="Чайник", **extra):
@@ -52,6 +52,28 @@ def test_readers_see_the_previous_state_until_the_run_commits(store, tmp_path):
         run.upsert_offers([offer("a", "Новое имя")])
         assert reader.execute("SELECT name FROM offers").fetchall() == [("Чайник",)]
     assert reader.execute("SELECT name FROM offers").fetchall() == [("Новое имя",)]
+
+
+def test_a_feed_reader_keeps_one_snapshot_while_a_run_commits(store):
+    with store.run("moysklad", "sync") as run:
+        run.upsert_categories([{"id": "f1", "name": "Чайники"}])
+        run.upsert_offers([offer("a")])
+    with CatalogReader(store.path) as reader:
+        assert reader.offer_count("moysklad") == 1
+        with store.run("moysklad", "sync") as run:
+            run.upsert_categories([{"id": "f2", "name": "Кружки"}])
+            run.upsert_offers([offer("b", "Кружка")])
+        assert [row["name"] for row in reader.categories("moysklad")] == ["Чайники"]
+        assert reader.offer_count("moysklad") == 1
+    with CatalogReader(store.path) as reader:
+        assert [row["name"] for row in reader.categories("moysklad")] == ["Кружки", "Чайники"]
+        assert reader.offer_count("moysklad") == 2
+
+
+def test_a_reader_of_a_missing_store_names_the_file(tmp_path):
+    with pytest.raises(StoreError, match=r"cannot open the catalog store .*missing\.sqlite for reading"):
+        CatalogReader(tmp_path / "missing.sqlite")
+    assert not (tmp_path / "missing.sqlite").exists()
 
 
 def test_two_runs_of_one_source_cannot_overlap_and_other_sources_wait_their_turn(store, tmp_path):
