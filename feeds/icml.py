@@ -35,7 +35,7 @@ from core.clock import MOSCOW
 from core.money import money
 from core.settings import FeedSettings
 from feeds import markup_cache
-from store import CatalogReader, OfferRow, StoreError
+from store import CatalogReader, OfferRow, StoreError, unpack_offer
 
 log = logging.getLogger(__name__)
 from_json = msgspec.json.Decoder().decode  # the store's JSON columns; several times faster than json.loads
@@ -49,6 +49,7 @@ NOT_TRACKED = "NOT_TRACKED"  # MoySklad trackingType of goods under no mandatory
 # floor(free / quantity in the bundle) of figures like 2.25 / 0.75 must not lose a whole set to rounding
 BUNDLE_EPSILON = 1e-9
 SKIP_EXAMPLES = 5
+NOT_FINITE = "в хранилище у товара значение, которое не является конечным числом (остаток, цена или вес)"
 # XML 1.0 forbids these code points; MoySklad happily stores them.
 XML_INVALID_CHARS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0xD800, 0xE000), 0xFFFE, 0xFFFF])
 TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
@@ -585,11 +586,11 @@ def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: se
     """
     stats = RenderStats()
     feed = options.feed
-    rows = reader.offers(options.source, price_type_id=options.price_type_id, warehouse_ids=options.warehouse_ids,
-                         quantity_rule=feed.quantity, include_bundles=feed.include_bundles,
-                         removed_before=removed_before(options),
-                         with_attributes=options.needs_attributes, with_pictures=feed.pictures != "none",
-                         with_product_buy_price=feed.purchase_price == "buyPrice", part=part, parts=parts)
+    rows = reader.packed_offers(options.source, price_type_id=options.price_type_id, warehouse_ids=options.warehouse_ids,
+                                quantity_rule=feed.quantity, include_bundles=feed.include_bundles,
+                                removed_before=removed_before(options),
+                                with_attributes=options.needs_attributes, with_pictures=feed.pictures != "none",
+                                with_product_buy_price=feed.purchase_price == "buyPrice", part=part, parts=parts)
     last = writer = None
     if markup_path:
         depends_on = markup_cache.options_digest(feed, options.source, options.images_url, options.price_type_id,
@@ -598,29 +599,35 @@ def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: se
         writer = markup_cache.MarkupWriter(markup_path, depends_on)
     batch = []
     try:
-        for row in rows:
-            state = activity(row, options)
-            if state == "drop":
-                continue
-            listed = row.category_id in category_ids
-            digest = markup_cache.row_digest(row, listed) if writer and row.product_id else None
-            found = last.markup(row.product_id, row.id, digest) if digest is not None else None
-            if found is None:
-                try:
+        for offer_id, product_id, category_id, live, packed in rows:
+            row = None  # unpacked only when needed: most offers' markup is the last render's
+            try:
+                if live:
+                    state = "active"
+                else:  # removed or archived: whether and how it is published depends on since when
+                    row = _unpacked(packed)
+                    state = activity(row, options)
+                    if state == "drop":
+                        continue
+                listed = category_id in category_ids
+                digest = markup_cache.row_digest(packed, listed) if writer else None
+                found = last.markup(product_id, offer_id, digest) if writer else None
+                if found is None:
+                    row = row or _unpacked(packed)
                     offer, checksum = offer_xml(row, options, category_ids).encode(), None
-                except OfferSkipped as exc:
-                    stats.skip(str(exc), row.id, row.name)
-                    continue
-            else:
-                offer, checksum = found
-                stats.reused += 1
-            if digest is not None:
-                writer.add(row.product_id, row.id, digest, offer, checksum)
+                else:
+                    offer, checksum = found
+                    stats.reused += 1
+            except OfferSkipped as exc:
+                stats.skip(str(exc), offer_id, row.name if row else None)
+                continue
+            if writer:
+                writer.add(product_id, offer_id, digest, offer, checksum)
             if state == "inactive":
                 offer = offer[:-8] + b"<productActivity>N</productActivity></offer>"
                 stats.inactive += 1
             if listed:
-                stats.category_ids.add(row.category_id)
+                stats.category_ids.add(category_id)
             batch.append(offer)
             stats.offers += 1
             if len(batch) >= 1000:
@@ -634,6 +641,14 @@ def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: se
             writer.close()
             last.close()
     return stats
+
+
+def _unpacked(packed: bytes) -> OfferRow:
+    try:
+        return unpack_offer(packed)
+    except ValueError as exc:
+        log.warning("offer not published: %s", exc)
+        raise OfferSkipped(NOT_FINITE) from None
 
 
 def _with_progress(steps: Generator[int, None, RenderStats], progress: Callable[[int], None] | None) -> RenderStats:

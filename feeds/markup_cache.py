@@ -12,7 +12,6 @@ the catalog.
 from __future__ import annotations
 
 import hashlib
-import marshal
 import os
 import struct
 import zlib
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import core.money
 
-MAGIC = b"skladbridge offer markup 1\n"
+MAGIC = b"skladbridge offer markup 2\n"
 # lengths of the product id, the offer id and the markup; the row's digest; the markup's checksum
 RECORD = struct.Struct("<IIIQI")
 # A new release may write other markup from the same rows: its files are not this one's.
@@ -33,11 +32,11 @@ def options_digest(*options) -> bytes:
     return hashlib.blake2b(repr(options).encode() + CODE, digest_size=16).digest()
 
 
-def row_digest(row: tuple, listed: bool) -> int:
-    """64 bits that change whenever the offer's row or its folder's place in the feed does: two checksums
-    of different kinds, a tenth of the cost of a cryptographic hash, and no one gains by forging them."""
-    data = marshal.dumps(row + (listed,))
-    return zlib.crc32(data) << 32 | zlib.adler32(data)
+def row_digest(packed: bytes, listed: bool) -> int:
+    """64 bits that change whenever the offer's packed store row (:meth:`store.CatalogReader.packed_offers`) or its
+    folder's place in the feed does (the CRC's start value): two checksums of different kinds, a tenth of the cost
+    of a cryptographic hash, and no one gains by forging them."""
+    return zlib.crc32(packed, listed) << 32 | zlib.adler32(packed)
 
 
 def cache_paths(folder: Path, feed: str) -> list[Path]:

@@ -1,8 +1,10 @@
 """The ICML feed, parsed back and checked rule by rule against the emulator's catalog."""
 
 import collections
+import contextlib
 import dataclasses
 import json
+import sqlite3
 from decimal import Decimal
 
 import pytest
@@ -324,6 +326,20 @@ def test_an_out_of_range_price_skips_the_offer_with_its_reason(tmp_path, emulato
     result = build(settings)
     assert item.id not in offers_by_id(parse(settings))
     assert result.skipped == {"пустое наименование": result.skipped["пустое наименование"], "цена вне допустимого диапазона (0 … 99 999 999)": 1}
+
+
+def test_an_infinite_number_in_the_store_skips_the_offer_not_the_feed(tmp_path, emulator):
+    """The writers refuse infinite numbers; a store edited by hand may hold one, and JSON cannot."""
+    settings = feed_settings(tmp_path, emulator)
+    build(settings)
+    item = next(i for i in live(emulator.catalog) if i.kind == "product" and not i.variant_ids and clean_text(i.name))
+    assert item.id in offers_by_id(parse(settings))
+    with contextlib.closing(sqlite3.connect(settings.store_path)) as conn, conn:
+        conn.execute("UPDATE products SET weight = 9e999 WHERE id = ?", [item.id])
+    result = build(settings, sync=False)
+    published = offers_by_id(parse(settings))
+    assert item.id not in published and len(published) == result.offers > 0
+    assert result.skipped["в хранилище у товара значение, которое не является конечным числом (остаток, цена или вес)"] == 1
 
 
 def test_archived_and_removed_goods_stay_inactive_for_a_while_then_drop_out(tmp_path, emulator):
