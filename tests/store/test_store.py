@@ -9,7 +9,7 @@ import time
 import pytest
 
 from emulator.harness import ROOT
-from store import CatalogReader, CatalogStore, StoreBusy, StoreError
+from store import CatalogReader, CatalogStore, StoreBusy, StoreError, unpack_offer
 
 
 def offer(offer_id, name="Чайник", **extra):
@@ -74,6 +74,33 @@ def test_a_reader_of_a_missing_store_names_the_file(tmp_path):
     with pytest.raises(StoreError, match=r"cannot open the catalog store .*missing\.sqlite for reading"):
         CatalogReader(tmp_path / "missing.sqlite")
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_a_packed_offer_unpacks_to_the_very_row_a_feed_reads(store):
+    """The render digests packed rows and builds from unpacked ones: every value must come back the same, of
+    the same type (a float that JSON shortened would publish another stock or weight)."""
+    with store.run("moysklad", "sync") as run:
+        run.upsert_products([{"id": "p", "kind": "product", "name": "Весы «Точность» \"2\"\n", "weight": 1 / 3,
+                              "vat": 0.1 + 0.2, "volume": 123456789.12345679, "archived": 1}])
+        run.upsert_offers([offer("p", code="\u0001x", buy_price=12345), offer("s", kind="service", product_id="p"),
+                           offer("e", name="")])
+        run.upsert("stock", [{"offer_id": "p", "warehouse_id": w, "stock": q, "reserve": 2.5e-7}
+                             for w, q in (("a", 0.1), ("b", 0.2), ("c", 1e-300))], ("source", "offer_id", "warehouse_id"))
+        run.upsert("prices", [{"offer_id": "p", "price_type_id": "t", "value": 99_999_999_00}],
+                   ("source", "offer_id", "price_type_id"))
+    query = dict(price_type_id="t", warehouse_ids=None, quantity_rule="free", include_bundles=True,
+                 removed_before="2000-01-01T00:00:00+00:00")
+    with CatalogReader(store.path) as reader:
+        rows = list(reader.offers("moysklad", **query))
+        packed = list(reader.packed_offers("moysklad", **query))
+    unpacked = [unpack_offer(row[-1]) for row in packed]
+    assert [[(type(value), value) for value in row] for row in unpacked] == \
+        [[(type(value), value) for value in row] for row in rows]
+    by_id = {row.id: row for row in rows}
+    assert by_id["p"].stock_counted == pytest.approx(0.3 - 7.5e-7) and by_id["p"].weight == 1 / 3
+    assert by_id["s"].price == by_id["p"].price == 99_999_999_00  # "s" has none of its own: its product's
+    # live: neither the offer nor its card removed or archived (here the card is archived; "e" has none)
+    assert [row[:4] for row in packed] == [("e", "e", None, 1), ("p", "p", None, 0), ("s", "p", None, 0)]
 
 
 def test_two_runs_of_one_source_cannot_overlap_and_other_sources_wait_their_turn(store, tmp_path):
