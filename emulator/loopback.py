@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import struct
 import threading
@@ -24,7 +25,12 @@ class LoopbackServer:
         self.httpd.serve_forever()
 
     def serve_until_interrupted(self) -> None:
-        """Serve in this thread until Ctrl+C, then free the port (the CLI commands)."""
+        """Serve in this thread until Ctrl+C, then free the port (the CLI commands).
+
+        A background job of a shell script starts with SIGINT ignored, and Python keeps it so: the
+        emulator would then outlive ``kill -INT``. It stops on SIGINT however it was started.
+        """
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             self.httpd.serve_forever()
         except KeyboardInterrupt:
