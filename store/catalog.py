@@ -204,10 +204,10 @@ class CatalogReader:
     """A read-only connection for building feeds: one consistent snapshot, never blocks writers.
 
     Through apsw rather than :mod:`sqlite3`: a feed reads every offer row, and Python 3.11's ``sqlite3``
-    releases and retakes the GIL around each column of each row (apsw gave that up, apsw issue #551),
-    while apsw's own SQLite builds the query's JSON columns faster and writes their floats exactly. The
-    render of an unchanged catalog reads, digests and looks up a quarter faster. SQLite's file format
-    is the same whichever library opens it.
+    releases and retakes the GIL around each column of each row (callgrind: 16k instructions a row of 35
+    columns), which apsw does not, while apsw's own SQLite builds the query's JSON faster and writes its
+    floats exactly. The render of an unchanged catalog reads, digests and looks up a quarter faster.
+    SQLite's file format is the same whichever library opens it.
     """
 
     def __init__(self, path: str | os.PathLike):
