@@ -644,10 +644,10 @@ def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: se
 
 
 def _unpacked(packed: bytes) -> OfferRow:
+    """The offer's row; OfferSkipped (recorded with the offer's id) when the store holds what no feed can publish."""
     try:
         return unpack_offer(packed)
-    except ValueError as exc:
-        log.warning("offer not published: %s", exc)
+    except ValueError:
         raise OfferSkipped(NOT_FINITE) from None
 
 

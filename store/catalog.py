@@ -183,7 +183,8 @@ class OfferRow(NamedTuple):
 
 
 # The offers query with each row packed into one JSON array in OfferRow's order (SQLite flattens the subquery into
-# the same plan). The SQLite apsw brings writes a float's JSON so that it reads back as the same float.
+# the same plan). The SQLite apsw brings (3.53.4 on: see pyproject.toml) writes a float's JSON so that it reads back
+# as the same float; tests/store checks it.
 PACKED_OFFERS = (
     "SELECT id, product_id, category_id, "
     "NOT (removed OR archived OR coalesce(product_removed, 0) OR coalesce(product_archived, 0)), "
