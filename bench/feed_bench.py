@@ -93,7 +93,8 @@ singles = []
 for _ in range(int(sys.argv[4])):
     started = time.monotonic()
     with CatalogReader(settings.store_path) as reader, open(settings.feeds_dir / "single.xml", "wb") as out:
-        offers = render_icml(reader, resolve_options(reader, settings.feeds[0], settings.images_url), out).offers
+        options = resolve_options(reader, settings.feeds[0], settings.images_url)
+        offers = render_icml(reader, options, out, processes=1).offers
     singles.append(time.monotonic() - started)
 stop.set()
 sampler.join()

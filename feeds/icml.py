@@ -22,7 +22,7 @@ import signal
 import string
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -30,12 +30,12 @@ from typing import BinaryIO
 import msgspec
 from lxml import etree
 
-from core.child_process import interleaved, preload, ready, run_in_child
+from core.child_process import interleaved, preload, run_in_child
 from core.clock import MOSCOW
 from core.money import money
 from core.settings import FeedSettings
 from feeds import markup_cache
-from store import CatalogReader, OfferRow, StoreError, unpack_offer
+from store import CatalogReader, OfferRow, RenderReader, StoreError, unpack_offer
 
 log = logging.getLogger(__name__)
 from_json = msgspec.json.Decoder().decode  # the store's JSON columns; several times faster than json.loads
@@ -509,42 +509,38 @@ def published_categories(rows, used: set[str]) -> list:
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Below this many offers a second process costs more than it saves.
 PARALLEL_FROM = 5_000
-# Below this many, more than the fork server's start (some 0.2 s) when it is not up yet.
-PARALLEL_WITHOUT_SERVER_FROM = 30_000
 
 
 def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, progress=None,
-                scratch_dir: Path | None = None) -> RenderStats:
+                scratch_dir: Path | None = None, processes: int | None = None) -> RenderStats:
     """Write the whole ICML document to ``out``.
 
-    The offers are rendered first, into temporary files in ``scratch_dir`` (beside the target),
-    because which archived folders are published depends on the offers that sit in them; big
-    catalogs are rendered by one process per core, each writing a part of the offers to a file of
-    its own. The header and categories then go to ``out`` and the offers are copied in after
-    them; memory stays flat either way.
+    The offers are rendered first, into temporary files in ``scratch_dir`` (beside the target, where the
+    last render's markup is kept; a folder of its own without it), because which archived folders are
+    published depends on the offers that sit in them. They are rendered by processes of their own, one
+    per core for big catalogs, each writing a part of the offers to a file of its own: a rendering
+    process reads the store through apsw, which no process that has it open through sqlite3 may do
+    (:func:`store.database.claim_file`). The header and categories then go to ``out`` and the offers
+    are copied in after them; memory stays flat either way. ``processes``: how many, when not by the
+    catalog's size (:func:`render_processes`).
     """
     feed = options.feed
     folders = reader.categories(options.source)
     folder_ids = {row["id"] for row in folders}
-    parts = render_processes(reader.offer_count(options.source), ready()) if scratch_dir else 1
+    parts = processes or render_processes(reader.offer_count(options.source))
     moscow = options.now.astimezone(MOSCOW)
     with contextlib.ExitStack() as cleanup:
-        markup_paths = ([scratch_dir / f".{feed.name}.{os.getpid()}.markup{n}.tmp" for n in range(parts)]
-                        if scratch_dir else [])
-        for path in markup_paths:
+        folder = scratch_dir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="icml-render-")))
+        paths = [folder / f".{feed.name}.{os.getpid()}.part{n}.tmp" for n in range(parts)]
+        markup_paths = [folder / f".{feed.name}.{os.getpid()}.markup{n}.tmp" if scratch_dir else None
+                        for n in range(parts)]
+        for path in [*paths, *filter(None, markup_paths)]:
             cleanup.callback(path.unlink, missing_ok=True)
-        if parts == 1:
-            offer_files = [cleanup.enter_context(tempfile.TemporaryFile(dir=scratch_dir))]
-            stats = _with_progress(write_offers(reader, options, folder_ids, offer_files[0],
-                                                markup_path=markup_paths[0] if markup_paths else None), progress)
-        else:
+        if parts > 1:
             log.info("feed %s: %d processes render the offers", feed.name, parts)
-            paths = [scratch_dir / f".{feed.name}.{os.getpid()}.part{n}.tmp" for n in range(parts)]
-            for path in paths:
-                cleanup.callback(path.unlink, missing_ok=True)
-            stats = _render_in_parts(reader.path, options, folder_ids, paths, markup_paths, progress)
-            offer_files = [cleanup.enter_context(open(path, "rb")) for path in paths]
-        if markup_paths:
+        stats = _render_in_parts(reader.path, options, folder_ids, paths, markup_paths, progress)
+        offer_files = [cleanup.enter_context(open(path, "rb")) for path in paths]
+        if scratch_dir:
             markup_cache.keep(scratch_dir, feed.name, markup_paths)
             log.info("feed %s: %d of %d offers as the last render made them", feed.name, stats.reused, stats.offers)
         categories = category_tree(published_categories(folders, stats.category_ids))
@@ -576,7 +572,7 @@ def removed_before(options: RenderOptions) -> str:
     return (options.now - options.inactive_after).isoformat(timespec="seconds")
 
 
-def write_offers(reader: CatalogReader, options: RenderOptions, category_ids: set[str], out: BinaryIO,
+def write_offers(reader: RenderReader, options: RenderOptions, category_ids: set[str], out: BinaryIO,
                  part: int = 0, parts: int = 1, markup_path: Path | None = None) -> Generator[int, None, RenderStats]:
     """Write the ``<offer>`` elements (of one part of the catalog) to ``out``, 1000 at a time; yields the
     count written every 10,000 offers and returns the stats.
@@ -651,25 +647,14 @@ def _unpacked(packed: bytes) -> OfferRow:
         raise OfferSkipped(NOT_FINITE) from None
 
 
-def _with_progress(steps: Generator[int, None, RenderStats], progress: Callable[[int], None] | None) -> RenderStats:
-    """Run :func:`write_offers` here, passing its counts to ``progress``."""
-    while True:
-        try:
-            count = next(steps)
-        except StopIteration as end:
-            return end.value
-        if progress:
-            progress(count)
-
-
-def render_processes(offers: int, server_ready: bool) -> int:
+def render_processes(offers: int) -> int:
     """How many processes render a catalog of this size: one per core for big ones.
 
     They are forked from the fork server of :mod:`core.child_process`, never from this process, so
     a build inside the web service (scheduler and request threads beside it) renders in parallel
-    as the command line does. A mid-sized catalog renders here when the server is not up yet.
+    as the command line does.
     """
-    if offers < (PARALLEL_FROM if server_ready else PARALLEL_WITHOUT_SERVER_FROM):
+    if offers < PARALLEL_FROM:
         return 1
     return max(1, min(os.cpu_count() or 1, 4))
 
@@ -686,20 +671,20 @@ def _die_with_parent() -> None:
 
 
 def _render_part(store_path: str, feed: FeedSettings, images_url: str, now: dt.datetime, folder_ids: set[str],
-                 part: int, parts: int, path: str, markup_path: Path) -> Generator[int, None, RenderStats]:
+                 part: int, parts: int, path: str, markup_path: Path | None) -> Generator[int, None, RenderStats]:
     """One rendering process: its own read-only connection, its share of the offers, its own file.
 
     The folders are the build's (``folder_ids``), so an offer never names a category the file lacks.
     """
     _die_with_parent()
-    with CatalogReader(store_path) as reader, open(path, "wb") as out:
+    with RenderReader(store_path) as reader, open(path, "wb") as out:
         options = resolve_options(reader, feed, images_url, now)
         return (yield from write_offers(reader, options, folder_ids, out, part=part, parts=parts,
                                         markup_path=markup_path))
 
 
 def _render_in_parts(store_path, options: RenderOptions, folder_ids: set[str], paths: list[Path],
-                     markup_paths: list[Path], progress) -> RenderStats:
+                     markup_paths: list[Path | None], progress) -> RenderStats:
     """Each part rendered by a process of its own at the same time, into the file of ``paths`` of its number."""
     parts = len(paths)
     stats = RenderStats()

@@ -24,7 +24,7 @@ import msgspec
 
 from core.clock import utc_now
 from store.bundles import BUNDLES_SCHEMA, COMPONENTS
-from store.database import Database, StoreError
+from store.database import Database, StoreError, claim_file, close_claimed
 from store.images import IMAGE_CACHE_SCHEMA, ImageCacheRows
 from store.orders import ORDERS_SCHEMA, OrderBook
 from store.retailcrm import RETAILCRM_SCHEMA, PushedValues
@@ -193,7 +193,7 @@ _from_json = msgspec.json.Decoder().decode
 
 
 def unpack_offer(packed: bytes) -> OfferRow:
-    """An offer packed by :meth:`CatalogReader.packed_offers`; ValueError for a value a feed cannot
+    """An offer packed by :meth:`RenderReader.packed_offers`; ValueError for a value a feed cannot
     publish (an infinite number, which the writers refuse: JSON cannot hold one)."""
     try:
         return OfferRow._make(_from_json(packed))
@@ -204,25 +204,32 @@ def unpack_offer(packed: bytes) -> OfferRow:
 class CatalogReader:
     """A read-only connection for building feeds: one consistent snapshot, never blocks writers.
 
-    Through apsw rather than :mod:`sqlite3`: a feed reads every offer row, and Python 3.11's ``sqlite3``
-    releases and retakes the GIL around each column of each row (callgrind: 16k instructions a row of 35
-    columns), which apsw does not, while apsw's own SQLite builds the query's JSON faster and writes its
-    floats exactly. The render of an unchanged catalog reads, digests and looks up a quarter faster.
-    SQLite's file format is the same whichever library opens it.
+    Through :mod:`sqlite3`, as every other store this process opens: see :func:`store.database.claim_file`
+    for why a process opens a store through one SQLite library. A rendering process reads it through
+    apsw instead (:class:`RenderReader`).
     """
+
+    library = "sqlite3"
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        uri = self.path.resolve().as_uri() + "?mode=ro"
+        self.conn = None
+        claim_file(self.path, self.library)
         try:
-            self.conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
-            self.conn.set_busy_timeout(READER_WAIT_MS)
+            self.conn = self._connect(self.path.resolve().as_uri() + "?mode=ro")
             self.conn.execute("BEGIN")  # one snapshot for the whole feed
-        except apsw.Error as exc:
-            raise StoreError(f"cannot open the catalog store {path} for reading: {exc}") from exc
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, (sqlite3.Error, apsw.Error)):
+                raise StoreError(f"cannot open the catalog store {path} for reading: {exc}") from exc
+            raise
+
+    def _connect(self, uri: str):
+        return sqlite3.connect(uri, uri=True, timeout=READER_WAIT_MS / 1000, check_same_thread=False)
 
     def close(self) -> None:
-        self.conn.close()
+        conn, self.conn = self.conn, None
+        close_claimed(conn, self.path, self.library)
 
     def __enter__(self):
         return self
@@ -232,9 +239,9 @@ class CatalogReader:
 
     def _rows(self, sql: str, params: list) -> list[dict]:
         """A small query's rows as dicts by column name."""
-        cursor = self.conn.cursor()
-        cursor.row_trace = lambda cursor, row: dict(zip([d[0] for d in cursor.description], row))
-        return cursor.execute(sql, params).fetchall()
+        cursor = self.conn.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
 
     def _value(self, sql: str, params: list):
         row = self.conn.execute(sql, params).fetchone()
@@ -268,14 +275,6 @@ class CatalogReader:
         cursor = self.conn.execute(*self._offers_query(source, **query))
         assert tuple(d[0] for d in cursor.description) == OfferRow._fields, "the SELECT and OfferRow disagree"
         return map(OfferRow._make, cursor)
-
-    def packed_offers(self, source: str, **query) -> Iterator[tuple[str, str, str | None, int, bytes]]:
-        """The offers of :meth:`offers`, each as (id, product id, category id, live, packed row): a render
-        that reuses most offers' markup needs no more of them, and reads them faster so. Live: neither
-        the offer nor its card is removed or archived. :func:`unpack_offer` makes the packed row an OfferRow.
-        """
-        sql, params = self._offers_query(source, **query)
-        return self.conn.execute(PACKED_OFFERS.format(offers=sql), params)
 
     def _offers_query(self, source: str, *, price_type_id: str | None, warehouse_ids: list[str] | None,
                       quantity_rule: str, include_bundles: bool, removed_before: str, with_attributes: bool = True,
@@ -334,6 +333,37 @@ class CatalogReader:
             ORDER BY o.product_id
         """
         return sql, params
+
+
+class RenderReader(CatalogReader):
+    """The reader of a rendering process, which opens the store for nothing else: through apsw.
+
+    A feed reads every offer row, and Python 3.11's ``sqlite3`` releases and retakes the GIL around each
+    column of each row (callgrind: 16k instructions a row of 35 columns), which apsw does not; apsw's own
+    SQLite builds the query's JSON faster and writes its floats exactly (:meth:`packed_offers`). The render
+    of an unchanged catalog reads, digests and looks up a quarter faster. SQLite's file format is the same
+    whichever library opens it; a process where the store is open through sqlite3 cannot open this one.
+    """
+
+    library = "apsw"
+
+    def _connect(self, uri: str):
+        conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        conn.set_busy_timeout(READER_WAIT_MS)
+        return conn
+
+    def _rows(self, sql: str, params: list) -> list[dict]:
+        cursor = self.conn.cursor()  # apsw has no description once a query that found nothing is done
+        cursor.row_trace = lambda cursor, row: dict(zip([d[0] for d in cursor.description], row))
+        return cursor.execute(sql, params).fetchall()
+
+    def packed_offers(self, source: str, **query) -> Iterator[tuple[str, str, str | None, int, bytes]]:
+        """The offers of :meth:`offers`, each as (id, product id, category id, live, packed row): a render
+        that reuses most offers' markup needs no more of them, and reads them faster so. Live: neither
+        the offer nor its card is removed or archived. :func:`unpack_offer` makes the packed row an OfferRow.
+        """
+        sql, params = self._offers_query(source, **query)
+        return self.conn.execute(PACKED_OFFERS.format(offers=sql), params)
 
 
 class CatalogRun(Run):

@@ -6,10 +6,12 @@ a store with ``with``: the connection is closed when the block ends, whatever ha
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
 import sqlite3
+import threading
 from pathlib import Path
 
 import sqlite_utils
@@ -31,6 +33,38 @@ class StoreBusy(StoreError):
     """Another run holds the writer lock of this store."""
 
 
+# SQLite's locks on a file are POSIX record locks, which belong to the process: closing any descriptor of
+# the file releases all of them. A copy of SQLite keeps track of its own descriptors so that this never
+# happens to it, but two copies in one process (Python's sqlite3 and the one inside apsw) know nothing of
+# each other: a connection of one closing the store would silently release the other's locks, its write
+# lock included, and let another process write at the same time ("Multiple copies of SQLite linked into the
+# same application", https://www.sqlite.org/howtocorrupt.html). So a process has a store file open through
+# one library at a time; tests/store checks what happens otherwise.
+_OPEN_THROUGH: dict[str, collections.Counter] = {}  # real path -> {library: connections open in this process}
+_OPEN_THROUGH_LOCK = threading.Lock()
+
+
+def claim_file(path: Path, library: str) -> None:
+    """Count a connection of ``library`` to the store file; StoreError if another library has it open here."""
+    with _OPEN_THROUGH_LOCK:
+        libraries = _OPEN_THROUGH.setdefault(os.path.realpath(path), collections.Counter())
+        others = sorted(name for name, count in libraries.items() if count and name != library)
+        if others:
+            raise StoreError(f"the store {path} is open in this process through {others[0]}: opening it through "
+                             f"{library} too would release the other's locks when one of them closes it")
+        libraries[library] += 1
+
+
+def close_claimed(connection, path: Path, library: str) -> None:
+    """Close a connection counted by :func:`claim_file` (None: it never opened) and stop counting it."""
+    try:
+        if connection is not None:
+            connection.close()
+    finally:
+        with _OPEN_THROUGH_LOCK:
+            _OPEN_THROUGH[os.path.realpath(path)][library] -= 1
+
+
 class Database:
     """A connection to one store file with its schema in place."""
 
@@ -41,10 +75,12 @@ class Database:
     def __init__(self, path: str | os.PathLike, wait_seconds: float = 30):
         """``wait_seconds``: how long a write waits for another writer to commit (SQLite has one writer)."""
         self.path = Path(path)
+        self.db = None
+        claim_file(self.path, "sqlite3")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=wait_seconds, check_same_thread=False)
-            self.db = sqlite_utils.Database(conn)
+            self.db = sqlite_utils.Database(sqlite3.connect(str(self.path), timeout=wait_seconds,
+                                                            check_same_thread=False))
             if self.db.journal_mode != "wal":  # a new file: switching it needs it to itself, so openers take turns
                 with locked(self._schema_lock):
                     self.db.enable_wal()
@@ -62,15 +98,23 @@ class Database:
                         self.db.conn.executescript(self.SCHEMA)
                         for table, column, declaration in self._missing_columns():
                             self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+        except BaseException as exc:
+            self._closed()
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+            raise
 
     @property
     def _schema_lock(self) -> Path:
         return self.path.with_name(f"{self.path.name}.schema.lock")
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self._closed()
+
+    def _closed(self) -> None:
+        db, self.db = self.db, None
+        close_claimed(db, self.path, "sqlite3")
 
     def __enter__(self):
         return self

@@ -2,6 +2,8 @@
 for offer, the one a render from scratch makes."""
 
 import dataclasses
+import subprocess
+import sys
 
 from lxml import etree
 
@@ -81,3 +83,24 @@ def test_a_damaged_or_cut_markup_file_costs_time_not_correctness(tmp_path, emula
     build(settings, sync=False)
     assert 0 < reused(settings) < first.offers
     assert offers(parse(settings)) == published == from_scratch(settings, tmp_path)
+
+
+def test_a_render_leaves_the_write_lock_of_its_process_in_place(tmp_path, emulator):
+    """The render reads the store through apsw, in processes of its own. Had this process opened and closed the store
+    through apsw while it wrote through sqlite3, the close would have released its write lock, and another process
+    could have written in the middle of the run (two copies of SQLite in one process do not know each other's locks)."""
+    settings = feed_settings(tmp_path, emulator)
+    build(settings)
+    probe = ("import sqlite3, sys\nconnection = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+             "try:\n    connection.execute('BEGIN IMMEDIATE')\nexcept sqlite3.OperationalError as exc:\n    print(exc)\n"
+             "else:\n    print('took the write lock')")
+
+    def another_process_writes() -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(settings.store_path)], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    with open_catalog(settings.store_path) as store, store.run("exchange", "import") as run:
+        run.upsert_offers([{"id": "x", "product_id": "x", "kind": "product", "name": "Новинка"}])
+        assert another_process_writes() == "database is locked"
+        assert from_scratch(settings, tmp_path)  # the render, while this process holds the write lock
+        assert another_process_writes() == "database is locked"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from emulator.harness import ROOT
-from store import CatalogReader, CatalogStore, StoreBusy, StoreError, unpack_offer
+from store import CatalogReader, CatalogStore, RenderReader, StoreBusy, StoreError, unpack_offer
 
 
 def offer(offer_id, name="Чайник", **extra):
@@ -92,6 +92,8 @@ def test_a_packed_offer_unpacks_to_the_very_row_a_feed_reads(store):
                  removed_before="2000-01-01T00:00:00+00:00")
     with CatalogReader(store.path) as reader:
         rows = list(reader.offers("moysklad", **query))
+    store.close()  # a rendering process has the store open through apsw alone
+    with RenderReader(store.path) as reader:
         packed = list(reader.packed_offers("moysklad", **query))
     unpacked = [unpack_offer(row[-1]) for row in packed]
     assert [[(type(value), value) for value in row] for row in unpacked] == \
@@ -101,6 +103,23 @@ def test_a_packed_offer_unpacks_to_the_very_row_a_feed_reads(store):
     assert by_id["s"].price == by_id["p"].price == 99_999_999_00  # "s" has none of its own: its product's
     # live: neither the offer nor its card removed or archived (here the card is archived; "e" has none)
     assert [row[:4] for row in packed] == [("e", "e", None, 1), ("p", "p", None, 0), ("s", "p", None, 0)]
+
+
+def test_a_process_has_a_store_open_through_one_sqlite_library_at_a_time(store, tmp_path):
+    """Closing the file through one copy of SQLite would release the locks the other copy holds on it."""
+    with pytest.raises(StoreError, match="open in this process through sqlite3"):
+        RenderReader(store.path)
+    with CatalogReader(store.path) as reader:  # the same library: it keeps track of its own locks
+        assert reader.offer_count("moysklad") == 0
+    store.close()
+    with pytest.raises(StoreError, match="cannot open the catalog store"):
+        RenderReader(tmp_path / "missing.sqlite")
+    with RenderReader(store.path) as reader:
+        with pytest.raises(StoreError, match="open in this process through apsw"):
+            CatalogStore(store.path)
+        assert reader.offer_count("moysklad") == 0
+    with CatalogStore(store.path) as again:  # the apsw reader is closed: sqlite3 may open it again
+        assert again.counts("moysklad")["offers"] == 0
 
 
 def test_two_runs_of_one_source_cannot_overlap_and_other_sources_wait_their_turn(store, tmp_path):
