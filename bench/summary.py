@@ -88,7 +88,8 @@ def feed_rows(figures: dict) -> Iterator[Row]:
         yield Row("first render (no markup to reuse)", f"{full['offers']:,} offers",
                   f"{full['offers'] / full['render_seconds']:,.0f} offers/s", f"{full['render_seconds']:.2f} s", "",
                   full["peak_rss_mb"], {})
-        yield Row("render", f"{render['offers']:,} offers, {render['size'] / 1e6:.1f} MB",
+        yield Row("render alone, command line (fork server starting)",
+                  f"{render['offers']:,} offers, {render['size'] / 1e6:.1f} MB",
                   f"{render['offers_per_s']:,.0f} offers/s", f"{render['render_seconds']:.2f} s", "",
                   render["peak_rss_mb"], render["goals"])
         incremental = r["incremental"]
