@@ -520,7 +520,7 @@ def render_icml(reader: CatalogReader, options: RenderOptions, out: BinaryIO, pr
     published depends on the offers that sit in them. They are rendered by processes of their own, one
     per core for big catalogs, each writing a part of the offers to a file of its own: a rendering
     process reads the store through apsw, which no process that has it open through sqlite3 may do
-    (:func:`store.database.claim_file`). The header and categories then go to ``out`` and the offers
+    (:class:`store.database.LibraryClaim`). The header and categories then go to ``out`` and the offers
     are copied in after them; memory stays flat either way. ``processes``: how many, when not by the
     catalog's size (:func:`render_processes`).
     """

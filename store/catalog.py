@@ -24,7 +24,7 @@ import msgspec
 
 from core.clock import utc_now
 from store.bundles import BUNDLES_SCHEMA, COMPONENTS
-from store.database import Database, StoreError, claim_file, close_claimed
+from store.database import Database, LibraryClaim, StoreError
 from store.images import IMAGE_CACHE_SCHEMA, ImageCacheRows
 from store.orders import ORDERS_SCHEMA, OrderBook
 from store.retailcrm import RETAILCRM_SCHEMA, PushedValues
@@ -204,7 +204,7 @@ def unpack_offer(packed: bytes) -> OfferRow:
 class CatalogReader:
     """A read-only connection for building feeds: one consistent snapshot, never blocks writers.
 
-    Through :mod:`sqlite3`, as every other store this process opens: see :func:`store.database.claim_file`
+    Through :mod:`sqlite3`, as every other store this process opens: see :class:`store.database.LibraryClaim`
     for why a process opens a store through one SQLite library. A rendering process reads it through
     apsw instead (:class:`RenderReader`).
     """
@@ -214,7 +214,7 @@ class CatalogReader:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.conn = None
-        claim_file(self.path, self.library)
+        self._claim = LibraryClaim(self.path, self.library)
         try:
             self.conn = self._connect(self.path.resolve().as_uri() + "?mode=ro")
             self.conn.execute("BEGIN")  # one snapshot for the whole feed
@@ -229,7 +229,7 @@ class CatalogReader:
 
     def close(self) -> None:
         conn, self.conn = self.conn, None
-        close_claimed(conn, self.path, self.library)
+        self._claim.close(conn)
 
     def __enter__(self):
         return self

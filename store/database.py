@@ -39,30 +39,36 @@ class StoreBusy(StoreError):
 # each other: a connection of one closing the store would silently release the other's locks, its write
 # lock included, and let another process write at the same time ("Multiple copies of SQLite linked into the
 # same application", https://www.sqlite.org/howtocorrupt.html). So a process has a store file open through
-# one library at a time; tests/store checks what happens otherwise.
+# one library at a time (:class:`LibraryClaim`); tests/store checks what happens otherwise.
 _OPEN_THROUGH: dict[str, collections.Counter] = {}  # real path -> {library: connections open in this process}
 _OPEN_THROUGH_LOCK = threading.Lock()
 
 
-def claim_file(path: Path, library: str) -> None:
-    """Count a connection of ``library`` to the store file; StoreError if another library has it open here."""
-    with _OPEN_THROUGH_LOCK:
-        libraries = _OPEN_THROUGH.setdefault(os.path.realpath(path), collections.Counter())
-        others = sorted(name for name, count in libraries.items() if count and name != library)
-        if others:
-            raise StoreError(f"the store {path} is open in this process through {others[0]}: opening it through "
-                             f"{library} too would release the other's locks when one of them closes it")
-        libraries[library] += 1
+class LibraryClaim:
+    """One connection to a store file counted as opened through ``library`` in this process; StoreError
+    when the other library has the file open here. :meth:`close` closes the connection and uncounts it, once."""
 
-
-def close_claimed(connection, path: Path, library: str) -> None:
-    """Close a connection counted by :func:`claim_file` (None: it never opened) and stop counting it."""
-    try:
-        if connection is not None:
-            connection.close()
-    finally:
+    def __init__(self, path: Path, library: str):
+        self.key, self.library = os.path.realpath(path), library
         with _OPEN_THROUGH_LOCK:
-            _OPEN_THROUGH[os.path.realpath(path)][library] -= 1
+            libraries = _OPEN_THROUGH.setdefault(self.key, collections.Counter())
+            others = sorted(name for name, count in libraries.items() if count and name != library)
+            if others:
+                raise StoreError(f"the store {path} is open in this process through {others[0]}: opening it "
+                                 f"through {library} too would release the other's locks when one of them closes it")
+            libraries[library] += 1
+        self.counted = True
+
+    def close(self, connection) -> None:
+        """Close ``connection`` (None: it never opened) and stop counting it; again, it does nothing."""
+        try:
+            if connection is not None:
+                connection.close()
+        finally:
+            with _OPEN_THROUGH_LOCK:
+                if self.counted:
+                    self.counted = False
+                    _OPEN_THROUGH[self.key][self.library] -= 1
 
 
 class Database:
@@ -76,7 +82,7 @@ class Database:
         """``wait_seconds``: how long a write waits for another writer to commit (SQLite has one writer)."""
         self.path = Path(path)
         self.db = None
-        claim_file(self.path, "sqlite3")
+        self._claim = LibraryClaim(self.path, "sqlite3")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite_utils.Database(sqlite3.connect(str(self.path), timeout=wait_seconds,
@@ -99,7 +105,7 @@ class Database:
                         for table, column, declaration in self._missing_columns():
                             self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         except BaseException as exc:
-            self._closed()
+            self.close()
             if isinstance(exc, (OSError, sqlite3.Error)):
                 raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
             raise
@@ -109,12 +115,8 @@ class Database:
         return self.path.with_name(f"{self.path.name}.schema.lock")
 
     def close(self) -> None:
-        if self.db is not None:
-            self._closed()
-
-    def _closed(self) -> None:
         db, self.db = self.db, None
-        close_claimed(db, self.path, "sqlite3")
+        self._claim.close(db)
 
     def __enter__(self):
         return self
