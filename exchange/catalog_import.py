@@ -74,8 +74,13 @@ class ImportResult:
 
 
 def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir: Path,
-                progress: Callable[[int], None] | None = None) -> ImportResult:
-    """Import one CommerceML file in one store run; raises CommerceMLError (nothing saved) when it cannot."""
+                progress: Callable[[int], None] | None = None, session_first_run: int | None = None) -> ImportResult:
+    """Import one CommerceML file in one store run; raises CommerceMLError (nothing saved) when it cannot.
+
+    ``session_first_run``: the store run of the exchange session's first import, when the file is not it.
+    1C may split one full catalog over several files of a session (import0_1.xml, import0_2.xml): a full
+    file then marks removed only what no import of the session has brought.
+    """
     path = Path(path)
     if not path.is_file():
         raise CommerceMLError(f"Файл {path.name} не найден среди загруженных файлов")
@@ -113,7 +118,7 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
             skips.record([], skips.take())
         summary: FileSummary = messages.result
         writer.flush()
-        apply_summary(run, summary)
+        apply_summary(run, summary, seen_since=session_first_run)
         log.info("exchange: %s (%.1f MB) imported as %s in %.1f s: %s", path.name, path.stat().st_size / 1e6,
                  summary.kind, time.monotonic() - started, run.stats.counts)
     return ImportResult(kind=summary.kind, counts=dict(run.stats.counts), run_id=run.id,
@@ -394,8 +399,9 @@ def _same_file(one: str, other: str) -> bool:
         return False
 
 
-def apply_summary(run: CatalogRun, summary: FileSummary) -> None:
-    """Write the reference lists and units, and reconcile a full file."""
+def apply_summary(run: CatalogRun, summary: FileSummary, seen_since: int | None = None) -> None:
+    """Write the reference lists and units, and reconcile a full file (against what the runs from
+    ``seen_since`` on saw: the exchange session's imports so far; this run alone by default)."""
     for key, count in summary.counts.items():
         run.stats.add(key, count)
     for table, rows in summary.references.items():
@@ -405,12 +411,13 @@ def apply_summary(run: CatalogRun, summary: FileSummary) -> None:
             run.stats.add(table, write(table, rows, ("source", "id")))
     if summary.units:
         run.stats.add("units", run.upsert("units", list(summary.units.values()), ("source", "id")))
-    _reconcile(run, summary)
+    _reconcile(run, summary, seen_since)
     run.mode = "full" if any(summary.full.values()) else "changes"
 
 
-def _reconcile(run: CatalogRun, summary: FileSummary) -> None:
-    """A full file: what it lacks is marked removed (never deleted), each file only for what it lists."""
+def _reconcile(run: CatalogRun, summary: FileSummary, seen_since: int | None) -> None:
+    """A full file: what it and the session's earlier imports lack is marked removed (never deleted), each
+    file only for what it lists."""
     tables = []
     if summary.kind == "import":
         if summary.full.get("Классификатор") and run.stats.counts.get("groups"):
@@ -423,7 +430,7 @@ def _reconcile(run: CatalogRun, summary: FileSummary) -> None:
             tables.append("offers")
         offer_kinds = ("variant",)
     if tables:
-        for table, count in run.mark_unseen_removed(tuple(tables), offer_kinds).items():
+        for table, count in run.mark_unseen_removed(tuple(tables), offer_kinds, seen_since=seen_since).items():
             run.stats.add(f"removed_{table}", count)
 
 

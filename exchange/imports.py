@@ -152,7 +152,10 @@ def _steps(session: ExchangeSession, steps, store_path: Path, images_dir: Path, 
                     state["zips"][name] = f"extracted {files} files"
                 continue
             beat.file = name
-            result = import_file(store, path, upload_dir=session.upload_dir, images_dir=images_dir, progress=beat.progress)
+            earlier = [r["run_id"] for job in session.read_state()["imports"].values() if job["status"] == "ok"
+                       for r in job["results"]] + [r["run_id"] for r in results]
+            result = import_file(store, path, upload_dir=session.upload_dir, images_dir=images_dir, progress=beat.progress,
+                                 session_first_run=min(earlier, default=None))
             results.append({"file": name, "kind": result.kind, "counts": result.counts, "run_id": result.run_id})
     return results
 

@@ -526,21 +526,23 @@ class CatalogRun(Run):
                                f"AND kind IN ({','.join('?' * len(kinds))})", [self.source, *kinds]).fetchone()[0]
 
     def mark_unseen_removed(self, tables: tuple[str, ...] = RECONCILED_TABLES,
-                            offer_kinds: tuple[str, ...] | None = None) -> dict[str, int]:
+                            offer_kinds: tuple[str, ...] | None = None, seen_since: int | None = None) -> dict[str, int]:
         """After a full run: what the source no longer returns is marked removed, never deleted.
 
         ``tables`` and ``offer_kinds`` narrow it to what the run was complete for: a CommerceML
-        offers file lists every variant but no categories or product cards.
+        offers file lists every variant but no categories or product cards. ``seen_since``: a run id;
+        what a run from it on saw counts as returned (one full catalog sent as several files, each a run).
         """
         removed = {}
         now = utc_now()
+        unseen = "seen_run != ?" if seen_since is None else "seen_run < ?"
         for table in tables:
             kinds = offer_kinds if table == "offers" and offer_kinds else ()
             cursor = self.db.execute(  # NOT INDEXED: the table in its own order, not row by row through an index
                 f"UPDATE {table} NOT INDEXED SET removed = 1, removed_at = ? "
-                f"WHERE source = ? AND removed = 0 AND (seen_run IS NULL OR seen_run != ?)"
+                f"WHERE source = ? AND removed = 0 AND (seen_run IS NULL OR {unseen})"
                 + (f" AND kind IN ({', '.join('?' * len(kinds))})" if kinds else ""),
-                [now, self.source, self.id, *kinds],
+                [now, self.source, self.id if seen_since is None else seen_since, *kinds],
             )
             removed[table] = cursor.rowcount
         return removed

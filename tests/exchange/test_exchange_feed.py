@@ -97,3 +97,30 @@ def test_a_feed_built_before_the_last_import_is_not_fresh(shop, monkeypatch):
     run_build(settings, settings.feeds[0])
     feed = requests.get(base + "/health.json", timeout=10).json()["feeds"][0]
     assert feed["state"] == "fresh" and feed["source_changed_at"] is None
+
+
+def activity(feed: str, offer_id: str) -> str | None:
+    """The offer's productActivity in the served feed ("Y" when it is on sale), None when it is not there."""
+    from lxml import etree
+
+    offer = etree.fromstring(feed.encode()).find(f".//offer[@id='{offer_id}']")
+    return None if offer is None else offer.findtext("productActivity", "Y")
+
+
+def test_one_full_catalog_sent_as_several_files_keeps_every_file_on_sale(shop):
+    """1C may split a full catalog over import0_1.xml, import0_2.xml in one session: the second file must not
+    take the first one's goods off sale; a later session's full file still does for what it lacks."""
+    settings, app, base = shop
+    client = OneC(base)
+    assert client.checkauth()[0] == "success"
+    client.init()
+    for name, good in (("import0_1.xml", "kettle"), ("import0_2.xml", "mug")):
+        assert client.send(name, catalog([(good, f"Товар {good}")]).encode()) == ["success"]
+        assert client.import_(name)[0] == ["success"]
+    assert client.call("complete") == ["success"]
+    run_build(settings, settings.feeds[0])
+    assert (activity(served(base), "kettle"), activity(served(base), "mug")) == ("Y", "Y")
+
+    one_c_exchange(base, {"kettle": "990.00"})  # the next session's full catalog has no mug
+    run_build(settings, settings.feeds[0])
+    assert (activity(served(base), "kettle"), activity(served(base), "mug")) == ("Y", "N")
