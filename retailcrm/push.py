@@ -6,7 +6,7 @@ push never sends a value the feed would not publish: per mapped retailCRM wareho
 = the feed's quantity rule over that warehouse's MoySklad (or CommerceML) warehouses, 0 for
 archived or removed goods, nothing for what carries no quantity (services; bundles while the feed
 gives them none), with ``purchasePrice``; per mapped price type, its price (a price that disappeared
-is removed). Offers are named by ``externalId`` = the ICML ``offer@id``, in the feed's shop (``site``).
+or is 0 is removed). Offers are named by ``externalId`` = the ICML ``offer@id``, in the feed's shop (``site``).
 
 One push is one run (source ``retailcrm:<feed>``, kind ``push``): the values are staged and compared
 with the last pushed ones in the store, the difference goes out in batches of 250 (paced by the
@@ -213,8 +213,10 @@ def feed_values(reader: CatalogReader, options: RenderOptions, passes: list[Pass
                     for code in read.store_codes:
                         yield offer_id, f"{STORE}:{code}", value
             if read.price_codes:
+                # MoySklad lists every price type of a good, one nobody filled in as 0: retailCRM would offer it
+                # as a price of 0 to sell at, so it is removed from the offer instead
                 price = row.price
-                value = None if price is None else money(price)
+                value = money(price) if price else None
                 for code in read.price_codes:
                     yield offer_id, f"{PRICE}:{code}", value
 

@@ -70,6 +70,13 @@ def number(text):
     return float(text) if text is not None else None
 
 
+def to_send(settings: Settings) -> tuple[set, set]:
+    """The main feed's offers with stock to push, and those with a wholesale price to push (a price of 0 is none)."""
+    main, spb = offers(settings, "main"), offers(settings, "spb")
+    return ({o for o, offer in main.items() if offer.get("quantity") is not None},
+            {o for o in main if number(spb[o].findtext("price"))})
+
+
 def assert_crm_says_what_the_feeds_say(settings, crm, services=True):
     main, spb = offers(settings, "main"), offers(settings, "spb")
     checked = {"stock": 0, "service": 0, "inactive": 0, "price": 0, "no price": 0}
@@ -85,7 +92,7 @@ def assert_crm_says_what_the_feeds_say(settings, crm, services=True):
             assert stock["main"].get("purchasePrice") == purchase == stock["spb"].get("purchasePrice"), offer_id
             checked["stock"] += 1
             checked["inactive"] += offer.findtext("productActivity") == "N"
-        wholesale = number(spb[offer_id].findtext("price"))
+        wholesale = number(spb[offer_id].findtext("price")) or None  # 0: not filled in MoySklad, no price in retailCRM
         assert prices.get("wholesale") == wholesale, offer_id
         checked["price" if wholesale is not None else "no price"] += 1
     assert checked["stock"] and checked["price"] and (checked["service"] or not services), checked
@@ -104,7 +111,9 @@ def test_a_full_push_equals_what_the_feed_says_per_offer_warehouse_and_price_typ
     # archived goods are published with productActivity N and 0 available, and pushed the same
     assert published[archived.id].findtext("productActivity") == "N" and published[archived.id].get("quantity") == "0"
     assert crm.stock(SITE, archived.id)["main"]["available"] == 0
-    assert result.offers == len(published) and result.not_found == 0 and result.waiting == 0
+    stocked, priced = to_send(settings)  # an offer with no stock to show and no wholesale price has nothing to send
+    assert len(stocked | priced) < len(published) and result.offers == len(stocked | priced)
+    assert result.not_found == 0 and result.waiting == 0
     stats = crm.stats_snapshot()
     assert stats["rate_limited"] == 0 and stats["max_upload_items"] <= 250
     assert stats["status"] == {"200": result.requests}
@@ -135,9 +144,16 @@ def test_after_a_push_only_what_changed_is_sent(tmp_path, emulator, crm):
     assert crm.prices(SITE, priced.id)["wholesale"] == 4321
     assert_crm_says_what_the_feeds_say(settings, crm)
 
+    catalog.update_item(priced.id, sale_prices=(priced.sale_prices[0], 0.0, *priced.sale_prices[2:]))  # cleared
+    build_feed(settings, settings.feeds[0])
+    build_feed(settings, settings.feeds[1], sync=False)
+    crm.reset_stats()
+    assert push(settings, crm).offers == 1
+    assert "wholesale" not in crm.prices(SITE, priced.id)  # removed, not a price of 0 an operator could sell at
+
     crm.reset_stats()
     everything = push_feed(settings, settings.feeds[0], full=True, client=crm_client(crm))
-    assert everything.offers == len(offers(settings, "main"))  # --full sends everything again
+    assert everything.offers == len(set.union(*to_send(settings)))  # --full sends everything again
 
 
 def test_a_10000_offer_full_push_goes_in_batches_of_250_without_tripping_the_rate_limit(tmp_path, emulator_factory, crm):
@@ -151,9 +167,9 @@ def test_a_10000_offer_full_push_goes_in_batches_of_250_without_tripping_the_rat
     stats = crm.stats_snapshot()
     assert stats["rate_limited"] == 0 and set(stats["status"]) == {"200"}
     assert stats["max_upload_items"] == 250
-    stock_offers = sum(1 for o in published.values() if o.get("quantity") is not None)
-    assert stats["by_path"] == {INVENTORIES: -(-stock_offers // 250), PRICES: -(-len(published) // 250)}
-    assert result.offers == len(published) and result.not_found == 0
+    stocked, priced = to_send(settings)
+    assert stats["by_path"] == {INVENTORIES: -(-len(stocked) // 250), PRICES: -(-len(priced) // 250)}
+    assert result.offers == len(stocked | priced) and result.not_found == 0
 
 
 def test_offers_retailcrm_does_not_know_yet_wait_and_go_out_once_it_loads_the_feed(tmp_path, emulator, crm):
@@ -166,8 +182,9 @@ def test_offers_retailcrm_does_not_know_yet_wait_and_go_out_once_it_loads_the_fe
                   + b"</offers></shop></yml_catalog>", SITE)
 
     first = push(settings, crm)
-    assert first.not_found == len(published) - len(known) == first.waiting
-    assert first.offers == len(known)
+    sent = set.union(*to_send(settings))
+    assert first.not_found == len(sent - set(known)) == first.waiting
+    assert first.offers == len(sent & set(known))
     with open_catalog(settings.store_path) as store:
         assert store.waiting_offers("main") == first.waiting
         assert store.last_run(push_source(settings.feeds[0]), "push")["status"] == "ok"  # not an error
@@ -208,9 +225,9 @@ def test_retailcrm_down_mid_push_loses_nothing_and_the_next_push_sends_the_rest(
     crm.faults.outage = False
     crm.reset_stats()
     rest = push(settings, crm)
-    assert rest.offers == len(published)  # every offer had prices still to send; stock only after the first 250
-    stock_offers = sum(1 for o in published.values() if o.get("quantity") is not None)
-    assert crm.stats_snapshot()["by_path"][INVENTORIES] == -(-(stock_offers - 250) // 250)
+    stocked, priced = to_send(settings)  # every price was still to send; stock after the first 250 offers (by id)
+    assert rest.offers == len(set(sorted(stocked)[250:]) | priced)
+    assert crm.stats_snapshot()["by_path"][INVENTORIES] == -(-(len(stocked) - 250) // 250)
     assert_crm_says_what_the_feeds_say(settings, crm)
 
 
