@@ -43,29 +43,33 @@ def check_feed(settings: Settings, feed: FeedSettings, client: RetailCrmClient) 
                                f"{', '.join(credentials.get('sitesAvailable') or []) or 'none'})")
     _codes(report, "shop", [crm.site], lambda: client.sites(), "retailcrm.site")
     _codes(report, "warehouses", [t.code for t in crm.stores], lambda: client.stores(), "retailcrm.stores")
-    _codes(report, "price types", [t.code for t in crm.prices], lambda: client.price_types(), "retailcrm.prices")
-    _catalog_names(report, settings, feed)
+    price_types = _codes(report, "price types", [t.code for t in crm.prices], lambda: client.price_types(),
+                         "retailcrm.prices")
+    catalog_price_types = _catalog_names(report, settings, feed)
+    _default_price_type(report, feed, price_types, catalog_price_types)
     return report
 
 
-def _codes(report: CheckReport, what: str, wanted: list[str], fetch, key: str) -> None:
-    """retailCRM must have every code the config names."""
+def _codes(report: CheckReport, what: str, wanted: list[str], fetch, key: str) -> dict:
+    """retailCRM must have every code the config names; returns what it has, by code."""
     if not wanted:
-        return
+        return {}
     try:
         known = fetch()
     except RetailCrmError as exc:
         report.problems.append(f"{what}: {exc}")
-        return
+        return {}
     report.facts.append((f"retailCRM {what}", ", ".join(known) or "(none)"))
     for code in wanted:
         if code not in known:
             report.problems.append(f"{key}: retailCRM has no {what[:-1] if what.endswith('s') else what} with the code "
                                    f"{code!r} (it has: {', '.join(known) or 'none'})")
+    return known
 
 
-def _catalog_names(report: CheckReport, settings: Settings, feed: FeedSettings) -> None:
-    """The catalog must have every warehouse and price type name the config maps (once it has any)."""
+def _catalog_names(report: CheckReport, settings: Settings, feed: FeedSettings) -> list[str]:
+    """The catalog must have every warehouse and price type name the config maps (once it has any); returns
+    the catalog's price types."""
     crm, source = feed.retailcrm, feed.source
     warehouses, price_types = [], []
     if settings.store_path.exists():
@@ -75,12 +79,12 @@ def _catalog_names(report: CheckReport, settings: Settings, feed: FeedSettings) 
                 price_types = [row["name"] for row in reader.price_types(source)]
         except StoreError as exc:
             report.problems.append(f"the catalog store cannot be read: {exc}")
-            return
+            return []
     if not warehouses and not price_types:
         command = "moysklad sync" if source == "moysklad" else "feeds build"
         report.facts.append((f"{source} catalog", f"not loaded yet: names checked at the first push "
                                                   f"(run `flask --app app {command}`)"))
-        return
+        return []
     report.facts.append((f"{source} warehouses", ", ".join(warehouses) or "(none)"))
     report.facts.append((f"{source} price types", ", ".join(price_types) or "(none)"))
     for target in crm.stores:
@@ -92,3 +96,20 @@ def _catalog_names(report: CheckReport, settings: Settings, feed: FeedSettings) 
         if target.price_type not in price_types:
             report.problems.append(f"retailcrm.prices.{target.code}: the {source} catalog has no price type "
                                    f"«{target.price_type}» (it has: {', '.join(price_types) or 'none'})")
+    return price_types
+
+
+def _default_price_type(report: CheckReport, feed: FeedSettings, crm_price_types: dict,
+                        catalog_price_types: list[str]) -> None:
+    """retailCRM's default price type is the one the ICML file's <price> fills at every catalog load: a push of
+    another price into it would flip back every 3 hours."""
+    default = next((code for code, entry in crm_price_types.items() if isinstance(entry, dict) and entry.get("default")),
+                   None)
+    feed_price = feed.price_type or (catalog_price_types[0] if catalog_price_types else "")
+    for target in feed.retailcrm.prices:
+        if target.code == default and feed_price and target.price_type != feed_price:
+            report.problems.append(
+                f"retailcrm.prices.{target.code}: {target.code!r} is retailCRM's default price type, which the ICML "
+                f"file's <price> fills from «{feed_price}» (the feed's price_type) at every catalog load: the "
+                f"«{target.price_type}» pushed into it would be overwritten every 3 hours. Map {target.code!r} to "
+                f"«{feed_price}», or push «{target.price_type}» into another retailCRM price type")

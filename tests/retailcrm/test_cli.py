@@ -87,3 +87,19 @@ def test_check_names_what_a_limited_key_may_not_do(tmp_path, emulator, crm):  # 
     assert "may not call /api/v5/store/inventories/upload" in result.stderr
     assert "may not call /api/v5/store/prices/upload" in result.stderr
     assert "no access to the shop 'shop' (it may use: outlet)" in result.stderr
+
+
+def test_check_refuses_to_push_another_price_into_the_price_type_the_icml_file_fills(tmp_path, emulator, crm):  # noqa: F811
+    """retailCRM's default price type («base») takes the ICML file's <price> at every load: a push of the wholesale
+    price into it would flip back every 3 hours. The feed's own price type there is fine."""
+    env = write_config(tmp_path, emulator, crm, prices="{base: Оптовая цена, wholesale: Оптовая цена}")
+    assert flask(env, "moysklad", "sync").returncode == 0
+    result = flask(env, "retailcrm", "check", "main")
+    assert result.returncode == 1
+    assert ("retailcrm.prices.base: 'base' is retailCRM's default price type, which the ICML file's <price> fills "
+            "from «Цена продажи»") in result.stderr
+    assert "retailcrm.prices.wholesale" not in result.stderr  # only the base mapping is a problem
+
+    env = write_config(tmp_path, emulator, crm, prices="{base: Цена продажи, wholesale: Оптовая цена}")
+    result = flask(env, "retailcrm", "check", "main")
+    assert result.returncode == 0, result.stderr
