@@ -285,7 +285,9 @@ class Renderer:
                "code": item.code}
         if source.article:
             row["article"] = source.article
-        row.update(price=float(item.cost), salePrice=float(prices[0]) if prices else 0.0)
+        # the vendor's report_stock_all.json: every row with stock 0 or below has price (unit cost) 0.0, no batch
+        # being left to cost
+        row.update(price=float(item.cost) if line.stock > 0 else 0.0, salePrice=float(prices[0]) if prices else 0.0)
         row["stockDays"] = line.stock_days  # documented as always present ("+Обязательное при ответе")
         uom = self.catalog.uoms[source.uom]
         row["uom"] = {"meta": self.meta("uom", uom.id), "name": uom.name}

@@ -153,6 +153,7 @@ class StockReportRow(msgspec.Struct, gc=False):
 
     meta: _Href | None = None
     price: Any = None
+    stock: Any = None
     image: _Image | None = None
     name: Any = None
 
@@ -536,6 +537,10 @@ def stock_report_record(row: StockReportRow) -> tuple[str, int | None, tuple | N
     try:
         cost = kopecks(row.price, "unit cost")
     except MalformedItem:
+        cost = None
+    if cost == 0 and not (isinstance(row.stock, (int, float)) and row.stock > 0):
+        # MoySklad costs what is in stock: with none left it reports 0 (report_stock_all.json), which is no cost at
+        # all; published, it would replace the purchase price retailCRM keeps (an absent one leaves it as it is)
         cost = None
     image = row.image
     if image is None or image.meta is None or not image.meta.href:
