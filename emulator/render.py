@@ -27,6 +27,7 @@ from .catalog import (
 
 JSON = "application/json"
 COMPANY_VAT = 20
+FILE_EXTENSIONS = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpg"), (b"RIFF", "webp"), (b"GIF8", "gif"))
 
 
 def number(value: float) -> float | int:
@@ -252,9 +253,12 @@ class Renderer:
         return self.catalog.image_bytes_override.get(image_id) or image_png(image_id)
 
     def image_file(self, item: Item, index: int, image_id: str) -> dict:
-        """Fields shared by an images row and the report's `image` object."""
-        return {"title": f"{item.code}-{index + 1}", "filename": f"{item.code}-{index + 1}.png",
-                "size": len(self.image_bytes(image_id)), "updated": format_moment(item.updated)}
+        """Fields shared by an images row and the report's `image` object. MoySklad lists the name of the file
+        as uploaded (images_list.json: "filename": "birdimage.png"): here its extension follows its bytes."""
+        data = self.image_bytes(image_id)
+        extension = next((e for magic, e in FILE_EXTENSIONS if data.startswith(magic)), "bin")
+        return {"title": f"{item.code}-{index + 1}", "filename": f"{item.code}-{index + 1}.{extension}",
+                "size": len(data), "updated": format_moment(item.updated)}
 
     def image_row(self, item: Item, index: int, image_id: str, permanent: bool) -> dict:
         meta = {"href": f"{self.item_href(item)}/images/{image_id}", "type": "image", "mediaType": JSON,

@@ -23,7 +23,9 @@ Contract with the feed renderer: table ``image_cache``, one row per (source, ima
   is refused, ``local_file`` is NULL, and it is not downloaded again until it changes. Any other
   text: the download failed, ``local_file`` keeps an earlier copy if there was one, and the next
   run tries again.
-* ``permanent_href``: the CDN link (permanent mode), or NULL; its format and size are not checked.
+* ``permanent_href``: the CDN link (permanent mode), or NULL. Its file is not downloaded: the file
+  name and size MoySklad lists for the image decide; a refused one has NULL and the reason in
+  ``error``, and is not asked again until the item changes.
 
 Rows of images that ``images`` no longer names are deleted, and their files with them.
 """
@@ -46,19 +48,18 @@ from core.files import LockTaken, locked
 from moysklad.client import MoySkladClient
 from moysklad.errors import RequestRejected, ServerFailure, TransportFailure
 from moysklad.sync import SOURCE, Progress
+from moysklad.transform import MAX_PICTURE_BYTES, NOT_AN_IMAGE, listed_picture_problem, too_large
 from store import CatalogStore, StoreBusy
 
 log = logging.getLogger(__name__)
 
 WORKERS = 4
-MAX_PICTURE_BYTES = 2_000_000  # retailCRM's limit for a picture
 FILE_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(jpg|png)")
 PART_PREFIX = ".part-"
 LOCK_NAME = ".lock"
 # Leading bytes of the formats retailCRM accepts.
 SIGNATURES = {b"\xff\xd8\xff": "jpg", b"\x89PNG": "png"}
 SIGNATURE_LENGTH = max(map(len, SIGNATURES))
-NOT_AN_IMAGE = "not a jpg/png"
 DOWNLOAD_FAILED = "download failed"
 INVALID_LINK = "invalid image link"
 # Rejections that the same file (same `updated` and `size`) will earn again: not retried.
@@ -188,13 +189,13 @@ def _cache_state(row: tuple | None, image: Image, images_dir: Path) -> str | Non
 
 def _fetch(client: MoySkladClient, images_dir: Path, image: Image, limit_bytes: int) -> Outcome:
     """Download one image through a temp file; failures of this image become its outcome."""
-    too_large = f"larger than {limit_bytes / 1_000_000:g} MB"
+    too_large_text = too_large(limit_bytes)
     if image.size is not None and image.size > limit_bytes:
-        return Outcome(image, reason=too_large, error=too_large)
+        return Outcome(image, reason=too_large_text, error=too_large_text)
     part = images_dir / f"{PART_PREFIX}{image.image_id}"
     try:
         kind, size = client.download(f"/download/{image.image_id}",
-                                     lambda chunks: _save(chunks, part, limit_bytes, too_large))
+                                     lambda chunks: _save(chunks, part, limit_bytes, too_large_text))
         local_file = f"{image.image_id}.{kind}"
         os.replace(part, images_dir / local_file)
     except ImageRejected as exc:
@@ -312,6 +313,9 @@ def fetch_permanent_links(client: MoySkladClient, store: CatalogStore, *,
         progress("picture links", result.requested, len(items))
         if reason:
             _tally(result.failed, reason)
+            if image_id:  # refused for what it is: not asked again until the item changes
+                referenced.add(image_id)
+                store.store_permanent_link(SOURCE, image_id, item["id"], None, refused=reason)
             continue
         referenced.add(image_id)
         store.store_permanent_link(SOURCE, image_id, item["id"], link)
@@ -329,7 +333,7 @@ def pending_permanent_links(store: CatalogStore, changed_since: str | None) -> i
 
 def _items_to_link(store: CatalogStore, changed_since: str | None) -> list[dict]:
     """Live items with an image whose first-image link is to be asked: changed ones, or not linked yet."""
-    linked = store.linked_images(SOURCE)
+    linked = store.linked_images(SOURCE, refused=(NOT_AN_IMAGE, too_large(MAX_PICTURE_BYTES)))
     items = []
     for row in store.first_images(SOURCE):
         image_id = image_id_of(row["href"])
@@ -339,7 +343,7 @@ def _items_to_link(store: CatalogStore, changed_since: str | None) -> list[dict]
 
 
 def _permanent_link(client: MoySkladClient, item: dict) -> tuple[dict, str | None, str | None, str | None]:
-    """(item, image id, CDN link, None) or (item, None, None, reason) for one item's first image."""
+    """(item, image id, CDN link, None), or (item, image id or None, None, reason) for one item's first image."""
     path = f"/entity/{item['kind']}/{quote(item['id'], safe='')}/images"
     try:
         page = client.get_page(path, {"fields": "downloadPermanentHref", "limit": 100}, None)
@@ -351,4 +355,7 @@ def _permanent_link(client: MoySkladClient, item: dict) -> tuple[dict, str | Non
     image_id, link = image_id_of(meta.get("href")), meta.get("downloadPermanentHref")
     if not image_id or not isinstance(link, str) or not link.startswith(("https://", "http://")):
         return item, None, None, "no permanent link in the answer"
+    problem = listed_picture_problem(first.get("filename"), first.get("size"))
+    if problem:
+        return item, image_id, None, problem
     return item, image_id, link, None

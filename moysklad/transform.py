@@ -529,6 +529,24 @@ def component_record(bundle_id: str, row: dict) -> dict:
     return {"bundle_id": bundle_id, "component_id": component_id, "quantity": amount}
 
 
+MAX_PICTURE_BYTES = 2_000_000  # retailCRM's limit for a picture
+NOT_AN_IMAGE = "not a jpg/png"
+
+
+def too_large(limit_bytes: int) -> str:
+    return f"larger than {limit_bytes / 1_000_000:g} MB"
+
+
+def listed_picture_problem(filename, size) -> str | None:
+    """Why retailCRM would refuse the image MoySklad lists with this file name and size (it takes a jpg/png of
+    at most 2 MB), or None: for a CDN link, which is published without being downloaded."""
+    if isinstance(filename, str) and not filename.lower().endswith((".jpg", ".jpeg", ".png")):
+        return NOT_AN_IMAGE
+    if isinstance(size, int) and not isinstance(size, bool) and size > MAX_PICTURE_BYTES:
+        return too_large(MAX_PICTURE_BYTES)
+    return None
+
+
 def stock_report_record(row: StockReportRow) -> tuple[str, int | None, tuple | None]:
     """A row of ``/report/stock/all``: (offer id, unit cost in kopecks, first image as IMAGE_COLUMNS or None)."""
     offer_id = id_from_href(row.meta.href) if row.meta is not None else None
@@ -546,8 +564,9 @@ def stock_report_record(row: StockReportRow) -> tuple[str, int | None, tuple | N
     if image is None or image.meta is None or not image.meta.href:
         return offer_id, cost, None
     size = image.size if isinstance(image.size, int) and not isinstance(image.size, bool) else None
+    permanent = None if listed_picture_problem(image.filename, size) else image.meta.downloadPermanentHref
     return offer_id, cost, (offer_id, 0, _str(image.filename), _str(image.title), size, _str(image.updated),
-                            image.meta.href, image.meta.downloadPermanentHref)
+                            image.meta.href, permanent)
 
 
 def reference_record(row: dict, what: str, *fields: tuple[str, str]) -> dict:

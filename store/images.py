@@ -61,10 +61,11 @@ class ImageCacheRows:
             self.db.conn.executemany("DELETE FROM image_cache WHERE source = ? AND image_id = ?",
                                      [(source, image_id) for image_id in gone])
 
-    def linked_images(self, source: str) -> set[str]:
-        """Images whose permanent CDN link is known."""
+    def linked_images(self, source: str, refused: tuple[str, ...] = ()) -> set[str]:
+        """Images whose permanent CDN link is known, or was refused for one of the ``refused`` reasons."""
         return {row[0] for row in self.db.execute(
-            "SELECT image_id FROM image_cache WHERE source = ? AND permanent_href IS NOT NULL", [source])}
+            f"SELECT image_id FROM image_cache WHERE source = ? AND (permanent_href IS NOT NULL "
+            f"OR error IN ({', '.join('?' * len(refused)) or 'NULL'}))", [source, *refused])}
 
     def first_images(self, source: str) -> Iterator[dict]:
         """The first image of every live offer: offer id, kind, its last change and the image link."""
@@ -72,9 +73,12 @@ class ImageCacheRows:
             "SELECT o.id, o.kind, o.updated, i.href FROM images i JOIN offers o ON o.source = i.source AND o.id = i.owner_id "
             "WHERE i.source = ? AND i.position = 0 AND o.removed = 0 ORDER BY o.id", [source])
 
-    def store_permanent_link(self, source: str, image_id: str, owner_id: str, link: str) -> None:
+    def store_permanent_link(self, source: str, image_id: str, owner_id: str, link: str | None,
+                             refused: str | None = None) -> None:
+        """An image's CDN link, or none and why retailCRM would not take the image (``refused``)."""
         with self.db.atomic():
             self.db.execute(
-                "INSERT INTO image_cache (source, image_id, owner_id, position, permanent_href) VALUES (?, ?, ?, 0, ?) "
-                "ON CONFLICT (source, image_id) DO UPDATE SET permanent_href = excluded.permanent_href",
-                [source, image_id, owner_id, link])
+                "INSERT INTO image_cache (source, image_id, owner_id, position, permanent_href, error) "
+                "VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT (source, image_id) DO UPDATE SET "
+                "permanent_href = excluded.permanent_href, error = coalesce(excluded.error, image_cache.error)",
+                [source, image_id, owner_id, link, refused])

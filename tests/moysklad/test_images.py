@@ -337,3 +337,25 @@ def test_pictures_1c_sent_through_the_exchange_survive_a_moysklad_refresh(server
     cache_images(client, store, images_dir)
 
     assert all((images_dir / name).exists() for name in exchange_files)
+
+
+def test_permanent_links_to_files_retailcrm_would_refuse_are_left_out_and_not_asked_again(server, client, store):
+    """A CDN link is published without being downloaded: the file name and size MoySklad lists decide."""
+    sync(client, store)
+    webp, too_big = sorted(image_ids(store))[:2]
+    server.catalog.image_bytes_override.update({webp: b"RIFF\0\0\0\0WEBPVP8 " + b"\0" * 64,
+                                                too_big: PNG + b"\0" * 2_000_000})
+    for image_id in (webp, too_big):
+        server.catalog.update_item(owner_of(store, image_id), name=f"Changed {image_id}")
+    sync(client, store)
+
+    result = fetch_permanent_links(client, store)
+
+    assert result.failed == {"not a jpg/png": 1, "larger than 2 MB": 1}
+    links = {row["image_id"]: row["permanent_href"] for row in store.db.query(RENDERER_JOIN)}
+    assert links[webp] is None and links[too_big] is None
+    assert sum(link is not None for link in links.values()) == result.stored == result.requested - 2
+    server.reset_stats()
+    after_every_change = max(r["updated"] for r in store.db.query("SELECT updated FROM offers")) + "9"
+    again = fetch_permanent_links(client, store, changed_since=after_every_change)
+    assert again.requested == 0 and log_of(server, "/entity/") == []  # the refused ones are not asked again

@@ -135,6 +135,16 @@ def test_stock_report_rows_give_cost_and_first_image(shared_fixtures):
     assert image["href"].endswith("/download/d2bc700a-696c-4082-b807-be8cfff7d7a1")
 
 
+def test_a_stock_report_image_retailcrm_would_refuse_keeps_no_cdn_link(shared_fixtures):
+    row = load(shared_fixtures, "report_stock_all.json")["rows"][-1]
+    row["image"]["meta"]["downloadPermanentHref"] = "https://cdn.moysklad.ru/x/image/e492d7db"
+    links = {}
+    for name, size in (("photo.PNG", 14052), ("photo.webp", 14052), ("photo.jpg", 7_500_000)):
+        row["image"].update(filename=name, size=size)
+        links[name] = dict(zip(IMAGE_COLUMNS, stock_report_page(list_page([row])).images[0]))["permanent_href"]
+    assert links == {"photo.PNG": "https://cdn.moysklad.ru/x/image/e492d7db", "photo.webp": None, "photo.jpg": None}
+
+
 def test_a_body_that_is_no_list_page_is_said_to_be_so():
     from moysklad.transform import NotAListAnswer
 
