@@ -11,6 +11,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from core.build_pool import SCHEDULED, read_queue_state
 from core.clock import MOSCOW
@@ -31,6 +32,7 @@ STALE_INTERVALS = 2
 # ... or when its source changed after its last build and no rebuild followed within this long (a 1C
 # exchange asks for one at once: this is the time it may take, not a schedule).
 CHANGE_GRACE_SECONDS = 120
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 STATE_TEXTS = {
     "fresh": "свежий",
@@ -222,6 +224,17 @@ def _from_unix(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
 
 
+def open_feed_warning(settings: Settings, feed: FeedSettings) -> str | None:
+    """A feed published without a token at a public address: anyone who guesses /feeds/<name>.xml reads the catalog
+    (with purchase prices, by default). Not for a service only this machine can reach, as the demo is."""
+    if feed.token or (urlsplit(settings.public_url).hostname or "") in LOOPBACK_HOSTS:
+        return None
+    cost = " вместе с закупочными ценами" if feed.purchase_price != "none" else ""
+    return (f"Фид открыт всем по адресу, который легко угадать: любой, кто наберёт …/feeds/{feed.name}.xml, увидит "
+            f"каталог{cost}. Задайте фиду token (16–128 латинских букв, цифр, «-» или «_»), перезапустите сервис "
+            "и укажите в retailCRM новую ссылку.")
+
+
 def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.datetime, last_sync: dict | None,
           reveal_tokens: bool) -> dict:
     """One feed: its state, the published file, the last attempt and its history."""
@@ -255,6 +268,7 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
         "state": state,
         "state_text": STATE_TEXTS[state],
         "url": f"{settings.public_url.rstrip('/')}/feeds/{token_part}{feed.name}.xml",
+        "open_warning": open_feed_warning(settings, feed),
         "schedule": {"cron": feed.cron or None, "interval_seconds": round(interval),
                      "text": f"по расписанию «{feed.cron}» (время сервера)" if feed.cron else every_text(interval)},
         "stale_after_seconds": round(STALE_INTERVALS * interval),

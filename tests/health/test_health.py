@@ -412,3 +412,24 @@ def test_a_build_killed_mid_run_shows_as_interrupted_at_once(tmp_path, emulator,
     feed = requests.get(base + "/health.json", timeout=10).json()["feeds"][0]
     assert feed["building"] is False and feed["last_attempt"]["status"] == "interrupted"
     assert feed["state"] == "failing" and feed["error"]["title"] == "Сборка прервана: процесс сервиса был остановлен"
+
+
+def test_a_feed_anyone_can_guess_is_flagged_until_it_has_a_token(tmp_path, emulator, serve):
+    """At a public address a feed without a token is /feeds/<name>.xml, purchase prices included: the page says
+    so and what to do. A feed with a token, or the demo on this machine only, is not flagged."""
+    feeds = (FeedSettings(name="open", pictures="none"), FeedSettings(name="costless", pictures="none", purchase_price="none"),
+             FeedSettings(name="closed", pictures="none", token="feed-token-0123456789"))
+    public = Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator), public_url="https://feeds.example",
+                      feeds=feeds)
+    sync_source(public)
+    for feed in feeds:
+        build_feed(public, feed, sync=False)
+    page = requests.get(serve(public) + "/", timeout=10).text
+    assert "Фид открыт всем по адресу, который легко угадать: любой, кто наберёт …/feeds/open.xml, увидит каталог " \
+           "вместе с закупочными ценами. Задайте фиду token" in page
+    assert "…/feeds/costless.xml, увидит каталог. Задайте" in page and "/feeds/closed.xml" not in page
+    body = requests.get(serve(public) + "/health.json", timeout=10).json()
+    assert [bool(feed["open_warning"]) for feed in body["feeds"]] == [True, True, False]
+
+    local = Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator), feeds=feeds)  # 127.0.0.1
+    assert "легко угадать" not in requests.get(serve(local) + "/", timeout=10).text
