@@ -40,14 +40,14 @@ class UploadError(Exception):
 
 
 def safe_name(filename: str | None) -> str:
-    """The client's file name as a checked relative path, or UploadError saying what is wrong."""
+    """The client's file name as a checked relative path, or UploadError saying what is wrong. Backslashes are
+    folder separators (1C on Windows: import_files\\ab\\x.jpg), as in the Картинка paths and zip entries."""
     if not filename:
         raise UploadError("не указано имя файла (параметр filename)")
     shown = repr(filename[:80])
     if len(filename) > MAX_NAME_CHARS:
         raise UploadError(f"имя файла длиннее {MAX_NAME_CHARS} символов: {shown}…")
-    if "\\" in filename:
-        raise UploadError(f"обратная косая черта в имени файла: {shown}")
+    filename = filename.replace("\\", "/")
     if filename.startswith("/"):
         raise UploadError(f"абсолютный путь в имени файла: {shown}")
     parts = filename.split("/")
@@ -206,7 +206,7 @@ def _entry_name(info: zipfile.ZipInfo) -> str:
     if stat.S_ISLNK(info.external_attr >> 16):
         raise UploadError(f"архив содержит символическую ссылку {info.filename[:80]!r}: не распакован")
     try:
-        return safe_name(info.filename.replace("\\", "/"))
+        return safe_name(info.filename)
     except UploadError as exc:
         raise UploadError(f"архив не распакован: {exc}") from None
 

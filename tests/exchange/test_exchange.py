@@ -244,7 +244,7 @@ def test_a_picture_folder_sent_file_by_file_is_counted_per_folder(tmp_path, serv
     client.checkauth()
     for i in range(3):
         assert client.send(f"import_files/ab/pic{i}.jpg", picture(i)) == ["success"]
-    assert client.send("import_files/ab/pic0.jpg", b"more") == ["success"]  # same name: appended
+    assert client.send("import_files\\ab\\pic0.jpg", b"more") == ["success"]  # same name (1C on Windows): appended
     upload = settings.data_dir / "exchange" / str(sessions(settings)[0]["id"]) / "upload"
     assert (upload / "import_files/ab/pic0.jpg").read_bytes() == picture(0) + b"more"
     assert client.call("complete") == ["success"]

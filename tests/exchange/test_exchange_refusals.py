@@ -82,7 +82,7 @@ def test_import_before_any_file(client):
 # --- names ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", [
-    "../evil.xml", "/etc/passwd", "a\\b.xml", "import_files/../../evil.xml", "a\x00b.xml", "a\nb.xml", "a\rb",
+    "../evil.xml", "/etc/passwd", "..\\evil.xml", "\\etc\\passwd", "import_files/../../evil.xml", "a\x00b.xml", "a\nb.xml", "a\rb",
     "x" * 300, "a/" * 9 + "b", ".htaccess", "a//b", "", "a/", "con:x", "a*b", "a?b", "evil.xml\u202e", " lead.xml", "trail. ",
     "../../" + "x" * 10,
 ])
