@@ -69,6 +69,7 @@ class ImportResult:
     kind: str
     counts: dict
     run_id: int
+    root_attributes: dict = field(default_factory=dict)  # of КоммерческаяИнформация, as the file has them
     parser_peak_rss_mb: float = 0.0  # of the parser process; the writer's is the caller's own
     parser_cpu_seconds: float = 0.0
 
@@ -119,9 +120,11 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
         summary: FileSummary = messages.result
         writer.flush()
         apply_summary(run, summary, seen_since=session_first_run)
-        log.info("exchange: %s (%.1f MB) imported as %s in %.1f s: %s", path.name, path.stat().st_size / 1e6,
-                 summary.kind, time.monotonic() - started, run.stats.counts)
+        log.info("exchange: %s (%.1f MB, %s) imported as %s in %.1f s: %s", path.name, path.stat().st_size / 1e6,
+                 " ".join(f"{k}={v!r}" for k, v in summary.root_attributes.items()), summary.kind,
+                 time.monotonic() - started, run.stats.counts)
     return ImportResult(kind=summary.kind, counts=dict(run.stats.counts), run_id=run.id,
+                        root_attributes=summary.root_attributes,
                         parser_peak_rss_mb=summary.peak_rss_mb, parser_cpu_seconds=summary.cpu_seconds)
 
 

@@ -47,6 +47,7 @@ SECTIONS = ("Классификатор", "Каталог", "ПакетПред�
 # Warehouses are read at the end of their list (Склады): a Склад also sits in every offer, as its stock.
 EVENT_TAGS = (ROOT_TAG, *SECTIONS, "Группа", "Свойство", "ТипЦены", "Склады", "ЕдиницаИзмерения", "Товар", "Предложение")
 BATCH = 1000
+ROOT_ATTRIBUTES_KEPT = 20
 # Children found by local name in any namespace, matched by lxml in C (see exchange.cml.all_named)
 PICTURE, BARCODE, VAT_RATE, PROPERTY_VALUE, ID = "{*}Картинка", "{*}Штрихкод", "{*}СтавкаНалога", "{*}ЗначенияСвойства", "{*}Ид"
 PRICE, PRICE_TYPE_ID, PRICE_VALUE, WAREHOUSE = "{*}Цена", "{*}ИдТипаЦены", "{*}ЦенаЗаЕдиницу", "{*}Склад"
@@ -232,6 +233,7 @@ class FileSummary:
     listed: set[str]
     references: dict[str, list]
     units: dict[str, dict]
+    root_attributes: dict[str, str]  # of КоммерческаяИнформация: ВерсияСхемы, ДатаФормирования, ...
     counts: Counter = field(default_factory=Counter)
     peak_rss_mb: float = 0.0
     cpu_seconds: float = 0.0
@@ -256,6 +258,7 @@ class CatalogParser:
         self.units: dict[str, dict] = {}
         self.references: dict[str, list] = {"price_types": [], "warehouses": []}
         self.records = 0
+        self.root_attributes: dict[str, str] = {}
         self.handlers = {
             "Группа": self._group, "Свойство": self._property, "ТипЦены": self._price_type, "Склады": self._warehouses,
             "ЕдиницаИзмерения": self._unit_of_measure, "Товар": self._good, "Предложение": self._offer,
@@ -300,7 +303,10 @@ class CatalogParser:
         problem = document_problem(tree, self.path.name)
         if problem:
             raise CommerceMLError(problem)
-        self.updated = tree.getroot().get("ДатаФормирования")
+        root = tree.getroot()
+        self.updated = root.get("ДатаФормирования")
+        # what the sender says of itself (MoySklad: СинхронизацияТоваров, which no public file shows): logged
+        self.root_attributes = {local_name(k)[:40]: v[:100] for k, v in list(root.attrib.items())[:ROOT_ATTRIBUTES_KEPT]}
         self.checked = True
 
     def _end(self, element) -> None:
@@ -602,7 +608,7 @@ class CatalogParser:
         kind = self._kind()
         self._send_batch()
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return FileSummary(kind, self.full, self.listed, self.references, self.units, self.counts,
+        return FileSummary(kind, self.full, self.listed, self.references, self.units, self.root_attributes, self.counts,
                            usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
     def _kind(self) -> str:

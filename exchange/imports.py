@@ -156,7 +156,8 @@ def _steps(session: ExchangeSession, steps, store_path: Path, images_dir: Path, 
                        for r in job["results"]] + [r["run_id"] for r in results]
             result = import_file(store, path, upload_dir=session.upload_dir, images_dir=images_dir, progress=beat.progress,
                                  session_first_run=min(earlier, default=None))
-            results.append({"file": name, "kind": result.kind, "counts": result.counts, "run_id": result.run_id})
+            results.append({"file": name, "kind": result.kind, "counts": result.counts, "run_id": result.run_id,
+                            "document": result.root_attributes})
     return results
 
 

@@ -475,3 +475,13 @@ def test_a_good_listed_twice_in_a_file_is_stored_as_its_last_copy(store, dirs, m
     assert rows(store, "SELECT name FROM products WHERE id='a'") == [{"name": "Последний"}]
     assert rows(store, "SELECT position, filename FROM images WHERE owner_id='a'") == [{"position": 0, "filename": "last.jpg"}]
     assert rows(store, "SELECT name, value FROM attributes WHERE owner_id='a'") == [{"name": "Цвет", "value": "синий"}]
+
+
+def test_what_the_sender_says_of_itself_on_the_root_is_kept_with_the_result(store, dirs, caplog):
+    """No file MoySklad makes is public: its root attributes (СинхронизацияТоваров) are logged and kept."""
+    text = catalog([("a", "Чайник")]).replace('ВерсияСхемы="2.07"', 'ВерсияСхемы="2.07" СинхронизацияТоваров="true"')
+    with caplog.at_level("INFO", logger="exchange.catalog_import"):
+        result = load(store, dirs, write(dirs, "import.xml", text))
+    assert result.root_attributes == {"ВерсияСхемы": "2.07", "СинхронизацияТоваров": "true",
+                                      "ДатаФормирования": "2024-05-01T10:00:00"}
+    assert "СинхронизацияТоваров='true'" in caplog.text
