@@ -282,16 +282,17 @@ class RetailCrmEmulator(LoopbackServer):
     def _upload_inventories(self, path: str, params: dict, grant: KeyGrant) -> dict:
         """RETAILCRM.md:33-42: offers (JSON list) + site; per-warehouse available/purchasePrice."""
         offers = self._batch(params, "offers")
-        site = self._site(params.get("site"), grant)
+        # site: "needed when offers are matched by externalId/xmlId" (RETAILCRM.md:34-35), not by retailCRM's id
+        site = self._site(params.get("site"), grant) if params.get("site") or not all("id" in o for o in offers) else None
         _refuse_if(_batch_errors(offers, "offers", "stores", self.store_codes, "Store"))
-        return self._apply(offers, [site] * len(offers), self._set_stock)
+        return self._apply(offers, [site] * len(offers), self._set_stock, grant)
 
     def _upload_prices(self, path: str, params: dict, grant: KeyGrant) -> dict:
         """RETAILCRM.md:44-48: prices (JSON list), each item with its own site; remove: true deletes."""
         items = self._batch(params, "prices")
         _refuse_if(_batch_errors(items, "prices", "prices", self.price_type_codes, "Price type"))
-        sites = [self._site(item.get("site"), grant) for item in items]
-        return self._apply(items, sites, self._set_prices)
+        sites = [self._site(item.get("site"), grant) if item.get("site") or "id" not in item else None for item in items]
+        return self._apply(items, sites, self._set_prices, grant)
 
     def _batch(self, params: dict, name: str) -> list:
         raw = params.get(name)
@@ -321,28 +322,31 @@ class RetailCrmEmulator(LoopbackServer):
             raise ApiError(403, ACCESS_DENIED)  # a key limited to some shops: RETAILCRM.md:29
         return site
 
-    def _apply(self, items: list[dict], sites: list[str], store) -> dict:
+    def _apply(self, items: list[dict], sites: list[str | None], store, grant: KeyGrant) -> dict:
         """Update the offers it knows; list the rest in notFoundOffers (RETAILCRM.md:40-42)."""
         processed, not_found = 0, []
         with self._lock:
             for item, site in zip(items, sites):
-                external_id = self._find(site, item)
-                if external_id is None:
+                found = self._find(site, item)
+                if found is not None and grant.sites is not None and found[0] not in grant.sites:
+                    raise ApiError(403, ACCESS_DENIED)  # an offer of a shop the key may not use: RETAILCRM.md:29
+                if found is None:
                     not_found.append({key: item[key] for key in OFFER_KEYS if key in item})
                     continue
-                store(site, external_id, item)
+                store(*found, item)
                 processed += 1
         return {"success": True, "processedOffersCount": processed, "notFoundOffers": not_found}
 
-    def _find(self, site: str, item: dict) -> str | None:
-        """externalId of the offer an item names by id, externalId or xmlId (RETAILCRM.md:18-19)."""
+    def _find(self, site: str | None, item: dict) -> tuple[str, str] | None:
+        """(site, externalId) of the offer an item names by id (retailCRM's own, one for the account: RETAILCRM.md:19),
+        or by externalId or xmlId in the shop (RETAILCRM.md:18, 34-35)."""
         if "id" in item:
-            found = self._by_id.get(_int(item["id"]))
-            return found[1] if found and found[0] == site else None
+            return self._by_id.get(_int(item["id"]))
         if "externalId" in item:
             external_id = str(item["externalId"])
-            return external_id if external_id in self.offers[site] else None
-        return self._by_xml_id[site].get(str(item["xmlId"]))
+            return (site, external_id) if external_id in self.offers[site] else None
+        external_id = self._by_xml_id[site].get(str(item["xmlId"]))
+        return (site, external_id) if external_id is not None else None
 
     def _set_stock(self, site: str, external_id: str, offer: dict) -> None:
         stock = self._stock.setdefault((site, external_id), {})

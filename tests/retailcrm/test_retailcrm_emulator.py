@@ -143,6 +143,23 @@ def test_an_upload_answers_processed_and_not_found_offers(crm):
     assert crm.stock("shop", "1") == {"spb": {"available": 7, "purchasePrice": 50}}
 
 
+def test_an_offer_named_by_retailcrms_own_id_needs_no_site():
+    """retailCRM's id is one number in the account; site is needed only for externalId/xmlId (RETAILCRM.md:34-35)."""
+    crm = RetailCrmEmulator(api_key=KEY, sites=("shop", "other")).start()
+    try:
+        crm.load_icml(b'<yml_catalog><shop><offers><offer id="1"/></offers></shop></yml_catalog>', "shop")
+        offer_id = crm.state()["shop"]["1"]["id"]
+        answer = upload(crm, offers=json.dumps([{"id": offer_id, "stores": [{"code": "main", "available": 3}]}]))
+        assert answer.json() == {"success": True, "processedOffersCount": 1, "notFoundOffers": []}
+        prices = json.dumps([{"id": offer_id, "prices": [{"code": "base", "price": 10}]}])
+        assert upload(crm, "/store/prices/upload", prices=prices).json()["processedOffersCount"] == 1
+        assert crm.stock("shop", "1") == {"main": {"available": 3}} and crm.prices("shop", "1") == {"base": 10}
+        by_external_id = upload(crm, offers=offers_json("1"))  # two shops: which one's "1"?
+        assert by_external_id.status_code == 400 and by_external_id.json()["errorMsg"] == "Parameter 'site' is missing"
+    finally:
+        crm.stop()
+
+
 def test_fault_switches_over_http(crm):
     def switch(**values):
         return requests.post(crm.base_url + "/_emulator/faults", json=values, timeout=5)
