@@ -152,13 +152,19 @@ def _steps(session: ExchangeSession, steps, store_path: Path, images_dir: Path, 
                     state["zips"][name] = f"extracted {files} files"
                 continue
             beat.file = name
-            earlier = [r["run_id"] for job in session.read_state()["imports"].values() if job["status"] == "ok"
-                       for r in job["results"]] + [r["run_id"] for r in results]
+            earlier = catalog_runs(session.read_state()) + [r["run_id"] for r in results]
             result = import_file(store, path, upload_dir=session.upload_dir, images_dir=images_dir, progress=beat.progress,
                                  session_first_run=min(earlier, default=None))
             results.append({"file": name, "kind": result.kind, "counts": result.counts, "run_id": result.run_id,
                             "document": result.root_attributes})
     return results
+
+
+def catalog_runs(state: dict) -> list[int]:
+    """The store runs of the session's catalog files imported so far (an order status file, also kept with the
+    session's imports, has counts instead)."""
+    return [result["run_id"] for job in state["imports"].values()
+            if job["status"] == "ok" and isinstance(job.get("results"), list) for result in job["results"]]
 
 
 def _reason(name: str, exc: BaseException) -> str:

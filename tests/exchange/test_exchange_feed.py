@@ -15,6 +15,7 @@ from emulator.harness import wait_for
 from scheduler import run_build, start_scheduler
 from tests.exchange.test_commerceml import catalog, package
 from tests.exchange.test_exchange import OneC, exchange_settings
+from tests.orders.test_orders import order_document, status_document
 
 FEED = "shop"
 
@@ -114,6 +115,8 @@ def test_one_full_catalog_sent_as_several_files_keeps_every_file_on_sale(shop):
     client = OneC(base)
     assert client.checkauth()[0] == "success"
     client.init()
+    status = status_document(order_document("A-1", **{"Статус заказа": "Собран"}))  # first, orders' statuses back
+    assert client.call("file", "POST", data=status, kind="sale", filename="orders.xml") == ["success"]
     for name, good in (("import0_1.xml", "kettle"), ("import0_2.xml", "mug")):
         assert client.send(name, catalog([(good, f"Товар {good}")]).encode()) == ["success"]
         assert client.import_(name)[0] == ["success"]
