@@ -324,18 +324,15 @@ class RetailCrmEmulator(LoopbackServer):
 
     def _apply(self, items: list[dict], sites: list[str | None], store, grant: KeyGrant) -> dict:
         """Update the offers it knows; list the rest in notFoundOffers (RETAILCRM.md:40-42)."""
-        processed, not_found = 0, []
         with self._lock:
-            for item, site in zip(items, sites):
-                found = self._find(site, item)
-                if found is not None and grant.sites is not None and found[0] not in grant.sites:
-                    raise ApiError(403, ACCESS_DENIED)  # an offer of a shop the key may not use: RETAILCRM.md:29
-                if found is None:
-                    not_found.append({key: item[key] for key in OFFER_KEYS if key in item})
-                    continue
-                store(*found, item)
-                processed += 1
-        return {"success": True, "processedOffersCount": processed, "notFoundOffers": not_found}
+            found = [self._find(site, item) for item, site in zip(items, sites)]
+            if grant.sites is not None and any(f is not None and f[0] not in grant.sites for f in found):
+                raise ApiError(403, ACCESS_DENIED)  # an offer of a shop the key may not use: RETAILCRM.md:29
+            for item, offer in zip(items, found):
+                if offer is not None:
+                    store(*offer, item)
+        not_found = [{key: item[key] for key in OFFER_KEYS if key in item} for item, f in zip(items, found) if f is None]
+        return {"success": True, "processedOffersCount": len(items) - len(not_found), "notFoundOffers": not_found}
 
     def _find(self, site: str | None, item: dict) -> tuple[str, str] | None:
         """(site, externalId) of the offer an item names by id (retailCRM's own, one for the account: RETAILCRM.md:19),

@@ -156,6 +156,13 @@ def test_an_offer_named_by_retailcrms_own_id_needs_no_site():
         assert crm.stock("shop", "1") == {"main": {"available": 3}} and crm.prices("shop", "1") == {"base": 10}
         by_external_id = upload(crm, offers=offers_json("1"))  # two shops: which one's "1"?
         assert by_external_id.status_code == 400 and by_external_id.json()["errorMsg"] == "Parameter 'site' is missing"
+
+        crm.load_icml(b'<yml_catalog><shop><offers><offer id="2"/></offers></shop></yml_catalog>', "other")
+        crm.add_key("shop-only", sites={"shop"})  # one offer of a shop the key may not use refuses the whole batch
+        mixed = json.dumps([{"id": offer_id, "stores": [{"code": "main", "available": 9}]},
+                            {"id": crm.state()["other"]["2"]["id"], "stores": [{"code": "main", "available": 9}]}])
+        refused = upload(crm, offers=mixed, headers={"X-API-Key": "shop-only"})
+        assert refused.status_code == 403 and crm.stock("shop", "1") == {"main": {"available": 3}}
     finally:
         crm.stop()
 
