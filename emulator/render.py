@@ -99,8 +99,10 @@ class Renderer:
         return {"value": float(value), "currency": self.currency_ref}
 
     def sale_prices(self, values: tuple) -> list:
+        """Every price type, as MoySklad lists them; a variant without prices of its own has each at 0 (the vendor's
+        variant_get.json, api-remap-1.2-doc/md/dictionaries/_variant.md:1486): it sells at its product's."""
         return [{"value": float(value), "currency": self.currency_ref, "priceType": ref}
-                for value, ref in zip(values, self.price_type_refs)]
+                for value, ref in zip(values or (0.0,) * len(self.price_type_refs), self.price_type_refs)]
 
     def images_ref(self, item: Item) -> dict:
         return {"meta": {"href": f"{self.item_href(item)}/images", "type": "image", "mediaType": JSON,

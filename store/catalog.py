@@ -171,7 +171,9 @@ class OfferRow(NamedTuple):
     tracking_type: str | None
     components_json: str | None  # [[quantity in the bundle, kind, unavailable, stock counted], ...]
     stock_counted: float | None  # over the feed's warehouses, as its quantity rule counts (STOCK_COUNTED)
-    price: int | None  # of the feed's price type: the offer's own, else its product's
+    # of the feed's price type: the offer's own, else its product's. MoySklad lists a variant's price types it has no
+    # price of as 0 (the vendor's variant_get.json), and a variant without one sells at its product's (DOMAIN.md)
+    price: int | None
     attributes_json: str | None  # [[name, value], ...] of the product
     pictures_json: str | None  # [[cached file, permanent link], ...]
     product_pictures_json: str | None
@@ -316,7 +318,7 @@ class CatalogReader:
                    CASE WHEN o.kind = 'bundle' THEN {components} END AS components_json,
                    (SELECT {counted} FROM stock
                      WHERE source = :source AND offer_id = o.id{stock_filter}) AS stock_counted,
-                   coalesce((SELECT value FROM prices WHERE source = :source AND offer_id = o.id
+                   coalesce((SELECT nullif(value, 0) FROM prices WHERE source = :source AND offer_id = o.id
                                 AND price_type_id = :price_type),
                             (SELECT value FROM prices WHERE source = :source AND offer_id = o.product_id
                                 AND price_type_id = :price_type)) AS price,

@@ -44,6 +44,12 @@ def rubles(kopecks):
     return f"{round(kopecks) // 100}.{round(kopecks) % 100:02d}"
 
 
+def selling_price(catalog, item, index: int) -> float:
+    """What an offer sells at in a price type: its own, else (none: MoySklad lists it as 0) its product's."""
+    own = item.sale_prices[index] if item.sale_prices else 0.0
+    return own or (catalog.items[item.parent_id].sale_prices[index] if item.parent_id else own)
+
+
 def nothing_available(catalog, item) -> bool:
     """A good in stock with all of it reserved (the stock report's default quantityMode leaves it out)."""
     stores = range(len(catalog.stores))
@@ -94,8 +100,7 @@ def test_names_prices_cost_and_codes_follow_the_catalog(catalog_feed, emulator):
             continue
         assert offer.findtext("name") == clean_text(item.name)
         assert offer.findtext("xmlId") == item.external_code
-        prices = item.sale_prices or catalog.items[item.parent_id].sale_prices  # a variant without its own takes the product's
-        assert offer.findtext("price") == rubles(prices[0])
+        assert offer.findtext("price") == rubles(selling_price(catalog, item, 0))
         if item.operated and sum(item.stock[0::3]) > 0:  # in the stock report, whatever is available
             assert offer.findtext("purchasePrice") == rubles(item.cost)
             checked["cost"] += 1
@@ -266,6 +271,7 @@ def test_a_variant_without_a_price_of_its_own_takes_the_products(tmp_path, emula
 def test_price_type_and_purchase_price_rules(tmp_path, emulator):
     catalog = emulator.catalog
     wholesale = catalog.price_types[1]
+    checked = collections.Counter()
     for rule in ("buyPrice", "none"):
         settings = feed_settings(tmp_path / rule, emulator, price_type=wholesale.name, purchase_price=rule)
         build(settings)
@@ -274,11 +280,14 @@ def test_price_type_and_purchase_price_rules(tmp_path, emulator):
             if item.id not in offers:
                 continue
             card = catalog.items[item.parent_id] if item.parent_id else item
-            prices = item.sale_prices or card.sale_prices
-            assert offers[item.id].findtext("price") == rubles(prices[1])
+            assert offers[item.id].findtext("price") == rubles(selling_price(catalog, item, 1))
+            checked["own"] += bool(item.parent_id and item.sale_prices and item.sale_prices[1])
+            checked["product's, the variant's own being 0"] += bool(item.parent_id and item.sale_prices
+                                                                     and not item.sale_prices[1])
             buy = item.buy_price if item.buy_price is not None else card.buy_price
             expected = rubles(buy) if rule == "buyPrice" and buy is not None else None
             assert offers[item.id].findtext("purchasePrice") == expected
+    assert checked["own"] and checked["product's, the variant's own being 0"]
 
 
 def test_a_name_the_account_lacks_fails_the_build_before_the_sync(tmp_path, emulator):

@@ -58,7 +58,8 @@ def test_a_full_sync_stores_the_whole_catalog(emulator, store):
         assert offer["name"] == item.name
         assert offer["archived"] == int(item.archived)
         assert offer["external_code"] == item.external_code
-        expected_prices = {pt.id: round(v) for pt, v in zip(catalog.price_types, item.sale_prices)}
+        listed = item.sale_prices or (0.0,) * len(catalog.price_types)  # a variant without prices: each type at 0
+        expected_prices = {pt.id: round(v) for pt, v in zip(catalog.price_types, listed)}
         assert prices.get(item.id, {}) == expected_prices
         if item.kind == "variant":
             assert offer["product_id"] == item.parent_id
