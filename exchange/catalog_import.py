@@ -10,7 +10,6 @@ a thread of this process checks the pictures the rows name and puts them into th
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import logging
 import operator
@@ -437,30 +436,18 @@ def _reconcile(run: CatalogRun, summary: FileSummary, seen_since: int | None) ->
             run.stats.add(f"removed_{table}", count)
 
 
-def deactivate_untouched(store: CatalogStore, since: str) -> dict:
-    """mode=deactivate: goods and offers no import since ``since`` saw are archived (never removed).
+def deactivate_untouched(store: CatalogStore, session_runs: list[int]) -> dict:
+    """mode=deactivate: goods and offers that none of the session's catalog imports (their store runs) saw are
+    archived (never removed).
 
-    When no import succeeded since then nothing is archived: deactivating on the strength of a
+    When the session imported nothing, nothing is archived: deactivating on the strength of a
     session that imported nothing would take the whole catalog off sale.
     """
-    moment = _utc(since)
     with store.run(SOURCE, "deactivate") as run:
-        first = store.first_run_since(SOURCE, "import", moment)
-        if first is None:
-            log.warning("exchange: deactivate skipped, no import succeeded since %s", moment)
-            run.stats.add("no_import_since")
+        if not session_runs:
+            log.warning("exchange: deactivate skipped, the session imported no catalog file")
+            run.stats.add("no_import_in_session")
             return {"products": 0, "offers": 0}
-        archived = run.archive_unseen(("products", "offers"), first)
+        archived = run.archive_unseen(("products", "offers"), min(session_runs))
         run.stats.counts.update({f"archived_{table}": n for table, n in archived.items()})
     return archived
-
-
-def _utc(since: str) -> str:
-    """An ISO time as the runs table writes it (UTC, seconds), so the two compare as text."""
-    try:
-        moment = dt.datetime.fromisoformat(since)
-    except (TypeError, ValueError):
-        raise CommerceMLError(f"неверное время начала сеанса обмена: {since!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc).isoformat(timespec="seconds")

@@ -183,14 +183,14 @@ def deactivate(session: ExchangeSession, store_path: Path, mailbox: Mailbox) -> 
     Refused while an import runs or after one failed: deactivating after a broken import would
     take the whole catalog off sale (the parser itself skips a session that imported nothing).
     """
-    jobs = session.read_state()["imports"]
-    statuses = {job["status"] for job in jobs.values()}
+    state = session.read_state()
+    statuses = {job["status"] for job in state["imports"].values()}
     if "running" in statuses:
         raise Refused("импорт ещё идёт: деактивация возможна после его окончания")
     if "failed" in statuses:
         raise Refused("деактивация пропущена: импорт в этом сеансе завершился с ошибкой")
     with open_catalog(store_path, wait_seconds=IMPORT_WAIT_SECONDS) as store:
-        counts = deactivate_untouched(store, session.row["started_at"])
+        counts = deactivate_untouched(store, catalog_runs(state))
     log.info("exchange session %s: deactivated %s", session.id, counts)
     if any(counts.values()):
         mailbox.post(EXCHANGE, urgent=True)

@@ -180,11 +180,6 @@ class RunLog:
             [source, kind]).fetchone()
         return dict(zip(("runs", "failed", "requests", "throttled", "retries"), row))
 
-    def first_run_since(self, source: str, kind: str, since: str) -> int | None:
-        """The first successful run of a source and kind started at or after ``since`` (UTC, as utc_now writes it)."""
-        return self.db.execute("SELECT min(id) FROM runs WHERE source = ? AND kind = ? AND status = 'ok' AND started_at >= ?",
-                               [source, kind, since]).fetchone()[0]
-
     def skipped_items(self, run_id: int) -> list[dict]:
         return list(self.db.query("SELECT item_type, item_id, name, reason FROM skipped WHERE run_id = ?", [run_id]))
 

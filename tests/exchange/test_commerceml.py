@@ -381,30 +381,23 @@ def test_a_picture_several_goods_share_is_served_once_and_imports_again(store, d
 
 
 def test_deactivate_archives_what_the_session_did_not_touch(store, dirs, monkeypatch):
-    seconds = iter(range(60))
-    monkeypatch.setattr("store.runs.utc_now", lambda: f"2024-05-01T10:00:{next(seconds):02d}+00:00")  # a second per call
-    load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник"), ("b", "Кружка")])))
-    session_started = "2024-05-01T10:00:30Z"
-    for _ in range(30):  # the session starts later than the first import
-        next(seconds)
-    assert deactivate_untouched(store, session_started) == {"products": 0, "offers": 0}  # nothing imported yet
-    load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник")], changes_only=True)))
-    assert deactivate_untouched(store, session_started) == {"products": 1, "offers": 1}
+    """The session is its own imports (their store runs), not a time: an earlier session's import in the
+    same second as this session's start must not count as this session's."""
+    monkeypatch.setattr("store.runs.utc_now", lambda: "2024-05-01T10:00:00+00:00")  # every run in one second
+    load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник"), ("b", "Кружка")])))  # an earlier session
+    assert deactivate_untouched(store, []) == {"products": 0, "offers": 0}  # this one has imported nothing yet
+    this_session = [load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник")], changes_only=True))).run_id]
+    assert deactivate_untouched(store, this_session) == {"products": 1, "offers": 1}
     state = rows(store, "SELECT id, archived, removed FROM products ORDER BY id")
     assert state == [{"id": "a", "archived": 0, "removed": 0}, {"id": "b", "archived": 1, "removed": 0}]
 
 
-def test_deactivate_keeps_cards_that_only_offers_files_name(store, dirs, monkeypatch):
+def test_deactivate_keeps_cards_that_only_offers_files_name(store, dirs):
     """1C 2.09 may send goods only as offers: their made-up cards count as touched by the offers file."""
-    seconds = iter(range(60))
-    monkeypatch.setattr("store.runs.utc_now", lambda: f"2024-05-01T10:00:{next(seconds):02d}+00:00")
     offers = package("<Предложение><Ид>p1</Ид><Наименование>Мыло</Наименование></Предложение>", changes_only=True)
     load(store, dirs, write(dirs, "offers.xml", offers))
-    session_started = "2024-05-01T10:00:30Z"
-    for _ in range(30):
-        next(seconds)
-    load(store, dirs, write(dirs, "offers.xml", offers))
-    assert deactivate_untouched(store, session_started) == {"products": 0, "offers": 0}
+    this_session = [load(store, dirs, write(dirs, "offers.xml", offers)).run_id]
+    assert deactivate_untouched(store, this_session) == {"products": 0, "offers": 0}
 
 
 def test_progress_is_reported_every_thousand_records(store, dirs):
