@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.child_process import ChildLost, preload, run_in_child, start_soon
+from core.pictures import MAX_PICTURE_BYTES, SIGNATURE_LENGTH, picture_kind
 from exchange.catalog_parser import (
     CARD_COLUMNS,
     CATEGORY_COLUMNS,
@@ -44,8 +45,6 @@ SOURCE = "exchange"
 # BatchWriter): rows go in key order, so a table's pages are visited in one sweep per merge. At 100,000
 # goods 24 MB was no faster than 8 MB (writer 12.8-14.2 CPU-s against 12.5-13.4) and made the worker 40 MB bigger.
 IMPORT_CACHE_KIB = 8192
-MAX_PICTURE_BYTES = 2 * 1024 * 1024
-PICTURE_TYPES = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
 IMAGE_CACHE_COLUMNS = ("image_id", "owner_id", "position", "size", "local_file", "fetched_at")
 URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
 
@@ -346,8 +345,8 @@ def place_pictures(batch: RecordBatch, images_dir: Path, file_name: str) -> Plac
 
 
 def check_picture(source: str) -> tuple[str, int]:
-    """(extension, size) of an uploaded picture (a path within the upload folder): refuse anything but a jpg/png
-    of at most 2 MB."""
+    """(extension, size) of an uploaded picture (a path within the upload folder): refuse what retailCRM would
+    (see :mod:`core.pictures`)."""
     try:  # uploads are never symbolic links (see exchange.uploads): refuse one rather than follow it
         descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -358,13 +357,13 @@ def check_picture(source: str) -> tuple[str, int]:
             raise Malformed("файл картинки не был загружен")
         if info.st_size > MAX_PICTURE_BYTES:
             raise Malformed(f"картинка больше 2 МБ ({info.st_size} байт)")
-        head = os.read(descriptor, 8)
+        head = os.read(descriptor, SIGNATURE_LENGTH)
     finally:
         os.close(descriptor)
-    for magic, extension in PICTURE_TYPES:
-        if head.startswith(magic):
-            return extension, info.st_size
-    raise Malformed("картинка не в формате JPEG или PNG")
+    extension = picture_kind(head)
+    if extension is None:
+        raise Malformed("картинка не в формате JPEG или PNG")
+    return extension, info.st_size
 
 
 def picture_id(relative: str) -> str:

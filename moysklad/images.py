@@ -45,10 +45,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from core.files import LockTaken, locked
+from core.pictures import MAX_PICTURE_BYTES, SIGNATURE_LENGTH, picture_kind
 from moysklad.client import MoySkladClient
 from moysklad.errors import RequestRejected, ServerFailure, TransportFailure
 from moysklad.sync import SOURCE, Progress
-from moysklad.transform import MAX_PICTURE_BYTES, NOT_AN_IMAGE, listed_picture_problem, too_large
+from moysklad.transform import NOT_AN_IMAGE, listed_picture_problem, too_large
 from store import CatalogStore, StoreBusy
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,6 @@ WORKERS = 4
 FILE_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(jpg|png)")
 PART_PREFIX = ".part-"
 LOCK_NAME = ".lock"
-# Leading bytes of the formats retailCRM accepts.
-SIGNATURES = {b"\xff\xd8\xff": "jpg", b"\x89PNG": "png"}
-SIGNATURE_LENGTH = max(map(len, SIGNATURES))
 DOWNLOAD_FAILED = "download failed"
 INVALID_LINK = "invalid image link"
 # Rejections that the same file (same `updated` and `size`) will earn again: not retried.
@@ -215,20 +213,16 @@ def _save(chunks: Iterable[bytes], path: Path, limit_bytes: int, too_large: str)
         for chunk in chunks:
             if len(head) < SIGNATURE_LENGTH:
                 head += chunk[:SIGNATURE_LENGTH - len(head)]
-                if len(head) >= SIGNATURE_LENGTH and _kind(head) is None:
+                if len(head) >= SIGNATURE_LENGTH and picture_kind(head) is None:
                     raise ImageRejected(NOT_AN_IMAGE)
             size += len(chunk)
             if size > limit_bytes:
                 raise ImageRejected(too_large)
             out.write(chunk)
-    kind = _kind(head)
+    kind = picture_kind(head)
     if kind is None:
         raise ImageRejected(NOT_AN_IMAGE)
     return kind, size
-
-
-def _kind(head: bytes) -> str | None:
-    return next((kind for signature, kind in SIGNATURES.items() if head.startswith(signature)), None)
 
 
 def _record(store: CatalogStore, outcome: Outcome, result: ImageCacheResult) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import msgspec
 
+from core.pictures import MAX_PICTURE_BYTES
+
 ITEM_KINDS = ("product", "variant", "service", "bundle")
 UNSET = msgspec.UNSET
 
@@ -529,7 +531,6 @@ def component_record(bundle_id: str, row: dict) -> dict:
     return {"bundle_id": bundle_id, "component_id": component_id, "quantity": amount}
 
 
-MAX_PICTURE_BYTES = 2_000_000  # retailCRM's limit for a picture
 NOT_AN_IMAGE = "not a jpg/png"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from core.pictures import MAX_PICTURE_BYTES
 from core.settings import FeedSettings, Settings
 from emulator.harness import SHARED, child_pids, command_line
 from exchange.catalog_import import deactivate_untouched, import_file
@@ -362,6 +363,18 @@ def test_pictures_outside_the_upload_or_not_pictures_are_skipped(store, dirs, tm
     assert not dirs[1].exists() or not any(dirs[1].iterdir())
     assert sorted(s["reason"] for s in store.skipped_items(result.run_id)) == [
         "картинка не в формате JPEG или PNG", "путь картинки ведёт за пределы папки обмена", "файл картинки не был загружен"]
+
+
+def test_a_picture_larger_than_retailcrm_takes_is_skipped_with_its_size(store, dirs):
+    """retailCRM takes a picture of at most 2 MB (core.pictures): one byte more is left out, and the operator is told."""
+    (dirs[0] / "import_files").mkdir()
+    (dirs[0] / "import_files" / "limit.jpg").write_bytes(TINY_JPEG[:3] + bytes(MAX_PICTURE_BYTES - 3))
+    (dirs[0] / "import_files" / "over.jpg").write_bytes(TINY_JPEG[:3] + bytes(MAX_PICTURE_BYTES - 2))
+    extra = "<Картинка>import_files/limit.jpg</Картинка><Картинка>import_files/over.jpg</Картинка>"
+    result = load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник")], extra=extra)))
+    assert [r["filename"] for r in rows(store, "SELECT filename FROM images")] == ["limit.jpg"]
+    assert [s["reason"] for s in store.skipped_items(result.run_id)] == [
+        f"картинка больше 2 МБ ({MAX_PICTURE_BYTES + 1} байт)"]
 
 
 def test_a_picture_several_goods_share_is_served_once_and_imports_again(store, dirs):
