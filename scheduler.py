@@ -46,9 +46,11 @@ MAILBOX_POLL_SECONDS = 2.0
 SWEEP_SECONDS = 300
 MISFIRE_GRACE_SECONDS = 3600  # a run missed by up to an hour (a stalled process, a suspend) still happens, once
 MAX_DEBOUNCE_FACTOR = 5  # a steady stream of webhooks still rebuilds after this many debounce periods
-# After a 1C import the exchange feeds are rebuilt once the exchange has been quiet this long (its next
-# file usually follows within seconds); mode=complete rebuilds at once.
+# After a 1C import the exchange feeds are rebuilt once the exchange has sent nothing for this long (every
+# catalog request of a session puts the rebuild off: one full catalog may come as several files, and a
+# feed built between two of them would show the later files' goods as removed); mode=complete rebuilds at once.
 EXCHANGE_QUIET_SECONDS = 10
+EXCHANGE_LONGEST_WAIT_SECONDS = 30 * 60  # an exchange that never stops sending still has its feeds rebuilt this often
 # A cron feed's run comes up to this long after its time, so feeds on the same crontab do not all fall due at once.
 CRON_JITTER_SECONDS = 60
 
@@ -228,26 +230,27 @@ class MailboxPoller:
         for note in self.mailbox.notes():
             if note.kind == REBUILD:
                 account = self.accounts.get(note.key)
-                self._rebuild(note, account, account.moysklad_feeds if account else (),
-                              self.settings.webhooks.debounce_seconds)
+                quiet = self.settings.webhooks.debounce_seconds
+                self._rebuild(note, account, account.moysklad_feeds if account else (), quiet, MAX_DEBOUNCE_FACTOR * quiet)
             elif note.kind == EXCHANGE:
                 quiet = 0 if note.payload.get("urgent") else EXCHANGE_QUIET_SECONDS
                 exchange_feeds = tuple(feed for feed in self.settings.feeds if feed.source == "exchange")
-                self._rebuild(note, self.settings, exchange_feeds, quiet)
+                self._rebuild(note, self.settings, exchange_feeds, quiet, EXCHANGE_LONGEST_WAIT_SECONDS)
             elif note.kind == BUILD:
                 self._build(note)
             elif note.kind == STOCK:
                 self._stock(note)
 
-    def _rebuild(self, note: Note, account: Settings | None, feeds: tuple[FeedSettings, ...], quiet: float) -> None:
-        """Queue one rebuild of ``feeds`` once requests stopped for ``quiet`` seconds, or have kept
-        coming too long; a rebuild already waiting in the pool will see these changes too."""
+    def _rebuild(self, note: Note, account: Settings | None, feeds: tuple[FeedSettings, ...], quiet: float,
+                 longest: float) -> None:
+        """Queue one rebuild of ``feeds`` once requests stopped for ``quiet`` seconds, or have kept coming
+        for ``longest``; a rebuild already waiting in the pool will see these changes too."""
         if account is None or not feeds:
             self.mailbox.take(note)
             return
         now, burst = time.time(), (note.kind, note.key)
         first = self.first_seen.setdefault(burst, note.posted_at)
-        if now - note.posted_at < quiet and now - first < MAX_DEBOUNCE_FACTOR * quiet:
+        if now - note.posted_at < quiet and now - first < longest:
             return
         self.mailbox.take(note)
         del self.first_seen[burst]

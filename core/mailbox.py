@@ -10,6 +10,7 @@ is when the work was last asked for, which is what debouncing needs.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ NO_KEY = "_"  # names of feeds and accounts never start with "_"
 # The kinds of work a note asks for.
 REBUILD = "rebuild"  # MoySklad said the catalog changed: rebuild an account's moysklad feeds (key: account)
 BUILD = "build"  # the build button: build one feed now (key: feed name; payload: force)
-EXCHANGE = "exchange"  # a 1C exchange imported files: rebuild the exchange feeds (no key)
+EXCHANGE = "exchange"  # a 1C exchange imported files: rebuild the exchange feeds once it is quiet (no key)
 STOCK = "stock"  # a MoySklad stock webhook: refresh an account's stock (key: account; payload: report URL)
 
 
@@ -49,6 +50,14 @@ class Mailbox:
         """Ask for work; a note of the same kind and key is replaced (the newest request wins)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self._path(kind, key), json.dumps({**payload, "posted_at": time.time()}, ensure_ascii=False))
+
+    def prolong(self, kind: str, key: str = "") -> None:
+        """Ask again for work already asked for, without a note when none waits: a rebuild waiting for an
+        exchange to be quiet waits while the exchange still sends files."""
+        try:
+            os.utime(self._path(kind, key))
+        except FileNotFoundError:  # none waits, or the scheduler has just taken it
+            pass
 
     def notes(self, kind: str | None = None) -> list[Note]:
         """The waiting notes (of one kind), oldest first; a note being replaced meanwhile is skipped."""

@@ -20,6 +20,7 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from core.credentials import basic_auth_matches
+from core.mailbox import EXCHANGE
 from core.settings import Settings
 from exchange.sessions import (
     COOKIE_NAME,
@@ -75,6 +76,8 @@ def exchange() -> Response:
             try:
                 answer = modes[mode](session, log_store, settings)
                 session.touch()
+                if kind == "catalog":  # the session's next file may mean the catalog is whole only after it
+                    settings.mailbox.prolong(EXCHANGE)
             except (Refused, UploadError) as exc:
                 _record_failure(log_store, session, str(exc))
                 raise

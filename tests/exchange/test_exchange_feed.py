@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import pytest
 import requests
@@ -127,3 +128,30 @@ def test_one_full_catalog_sent_as_several_files_keeps_every_file_on_sale(shop):
     one_c_exchange(base, {"kettle": "990.00"})  # the next session's full catalog has no mug
     run_build(settings, settings.feeds[0])
     assert (activity(served(base), "kettle"), activity(served(base), "mug")) == ("Y", "N")
+
+
+def test_no_feed_is_built_between_two_files_of_one_full_catalog(shop, monkeypatch):
+    """A feed built between import0_1.xml and import0_2.xml would show the second file's goods as removed (and
+    push them to retailCRM as none available): while the session still sends, the rebuild waits for it."""
+    monkeypatch.setattr("scheduler.EXCHANGE_QUIET_SECONDS", 3)
+    settings, app, base = shop
+    one_c_exchange(base, {"kettle": "990.00", "mug": "350.00"})
+    run_build(settings, settings.feeds[0])
+    start_scheduler(app, retry_seconds=None)
+    client = OneC(base)
+    assert client.checkauth()[0] == "success"
+    client.init()
+    assert client.send("import0_1.xml", catalog([("kettle", "Чайник новый")]).encode()) == ["success"]
+    assert client.import_("import0_1.xml")[0] == ["success"]
+    second = catalog([("mug", "Кружка")]).encode()
+    seen = set()
+    for start in range(0, len(second), len(second) // 8 + 1):  # a slow upload: a piece a second, 8 s in all
+        assert client.call("file", "POST", data=second[start:start + len(second) // 8 + 1],
+                           filename="import0_2.xml") == ["success"]
+        for _ in range(5):
+            seen.add(activity(served(base), "mug"))
+            time.sleep(0.2)
+    assert client.import_("import0_2.xml")[0] == ["success"]
+    assert client.call("complete") == ["success"]
+    wait_for(lambda: "Чайник новый" in served(base), 60, "the rebuild once the session is complete")
+    assert seen == {"Y"} and activity(served(base), "mug") == "Y"
