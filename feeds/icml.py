@@ -44,6 +44,7 @@ preload("feeds.icml")  # loaded once, in the fork server, not in every rendering
 MAX_PRICE_KOPECKS = 99_999_999 * 100
 MAX_TEXT = 255
 MAX_LINK = 2000
+MAX_WEIGHT_KG = 9_999_999  # retailCRM's ICML documentation (fixtures/icml/SOURCES.md)
 UNCATEGORIZED_ID = "uncategorized"
 NOT_TRACKED = "NOT_TRACKED"  # MoySklad trackingType of goods under no mandatory marking
 # floor(free / quantity in the bundle) of figures like 2.25 / 0.75 must not lose a whole set to rounding
@@ -55,7 +56,7 @@ XML_INVALID_CHARS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 
 TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 ATTRIBUTE_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
                                    "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
-BARCODE = re.compile(r"^[0-9A-Za-z]{1,255}$")
+BARCODE = re.compile(r"[0-9A-Za-z]{1,255}")  # the whole value (fullmatch)
 # OKEI unit codes MoySklad uses → retailCRM unit codes.
 UNIT_CODES = {"796": "pcs", "166": "kg", "163": "g", "112": "l", "111": "ml", "006": "m", "055": "m2",
               "113": "m3", "778": "pack", "839": "set", "715": "pair"}
@@ -327,10 +328,10 @@ def purchase_price(row: OfferRow, rule: str) -> int | None:
     """The purchase price in kopecks by the feed's rule (unit cost, the card's buy price, none); None
     when there is none or it is outside what retailCRM takes."""
     purchase = None
-    if rule == "cost":
+    if rule == "cost":  # a cost of 0 with none in stock (no batch left) is none already (moysklad.transform)
         purchase = row.cost
-    elif rule == "buyPrice":
-        purchase = row.buy_price
+    elif rule == "buyPrice":  # 0 is MoySklad's unset buy price: published, it would overwrite retailCRM's own
+        purchase = row.buy_price or None
     return purchase if purchase is not None and 0 <= purchase <= MAX_PRICE_KOPECKS else None
 
 
@@ -382,7 +383,9 @@ def offer_xml(row: OfferRow, options: RenderOptions, category_ids: set[str]) -> 
             add(f"<picture>{text(link)}</picture>")
     add(f"<name>{text(name)}</name>")
     add(f"<productName>{text(clean_text(row.product_name) or name)}</productName>")
-    xml_id = clean_text(options.xml_id_of(row))
+    xml_id = clean_text(options.xml_id_of(row), None)
+    if len(xml_id) > MAX_TEXT:  # cut, it would match nothing in MoySklad (or another offer's)
+        raise OfferSkipped(f"xmlId длиннее {MAX_TEXT} символов: заказы с ним не дойдут до МойСклад; проверьте шаблон xml_id")
     if xml_id:
         add(f"<xmlId>{text(xml_id)}</xmlId>")
 
@@ -418,8 +421,9 @@ def offer_xml(row: OfferRow, options: RenderOptions, category_ids: set[str]) -> 
         sizes = [_number(attributes.get(a)) for a in feed.dimension_attributes]
         if None not in sizes:
             add(f"<dimensions>{'/'.join(decimal(size) for size in sizes)}</dimensions>")
-    if row.weight:
-        add(f"<weight>{decimal(row.weight)}</weight>")
+    weight = decimal(row.weight) if row.weight and 0 < row.weight <= MAX_WEIGHT_KG else "0"
+    if weight != "0":  # none, negative, beyond retailCRM's range or below its 0.001 kg precision: left out
+        add(f"<weight>{weight}</weight>")
     if row.barcodes:
         barcode = _barcode(row.barcodes)
         if barcode:
@@ -444,7 +448,7 @@ def _barcode(barcodes_json: str) -> str | None:
     for entry in from_json(barcodes_json):
         for kind, value in entry.items():
             value = str(value)
-            if BARCODE.match(value):
+            if BARCODE.fullmatch(value):
                 if kind == "ean13":
                     return value
                 fallback = fallback or value
@@ -470,24 +474,20 @@ def _pictures(row: OfferRow, options: RenderOptions) -> list[str]:
 # --- categories ----------------------------------------------------------------------------------
 
 def category_tree(rows) -> list[tuple[str, str | None, str]]:
-    """(id, parent id, name) in parent-before-child order; broken or looping parent links become roots."""
+    """(id, parent id, name) in parent-before-child order, each folder once; broken or looping parent links
+    become roots. Walked without recursion: a folder tree has no depth limit."""
     by_id = {r["id"]: r for r in rows}
     order, placed = [], set()
-
-    def place(category_id, trail):
-        if category_id in placed:
-            return
-        row = by_id[category_id]
-        parent = row["parent_id"] if row["parent_id"] in by_id and row["parent_id"] not in trail else None
-        if parent:
-            place(parent, trail | {category_id})
-            if parent not in placed:
-                parent = None
-        placed.add(category_id)
-        order.append((category_id, parent, clean_text(row["name"]) or "Без названия"))
-
-    for category_id in by_id:
-        place(category_id, frozenset())
+    for start in by_id:
+        chain, category_id = [], start  # the folder and its ancestors not placed yet, nearest first
+        while category_id in by_id and category_id not in placed and category_id not in chain:
+            chain.append(category_id)
+            category_id = by_id[category_id]["parent_id"]
+        for category_id in reversed(chain):  # the top one's parent is placed, missing, or in a loop: a root
+            parent = by_id[category_id]["parent_id"]
+            order.append((category_id, parent if parent in placed else None,
+                          clean_text(by_id[category_id]["name"]) or "Без названия"))
+            placed.add(category_id)
     return order
 
 

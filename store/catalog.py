@@ -149,7 +149,7 @@ class OfferRow(NamedTuple):
     external_code: str | None
     barcodes: str | None  # JSON [{"ean13": "..."}, ...]
     characteristics: str | None  # JSON [{"name": ..., "value": ...}, ...]
-    buy_price: int | None  # the offer's own, else (when asked for) its product's
+    buy_price: int | None  # the offer's own, else (when asked for, or its own is 0: unset) its product's
     cost: int | None
     archived: int
     removed: int
@@ -308,7 +308,7 @@ class CatalogReader:
         sql = f"""
             SELECT o.id, o.product_id, o.kind, o.name, o.code, o.article, o.external_code, o.barcodes,
                    o.characteristics,
-                   {"coalesce(o.buy_price, po.buy_price)" if with_product_buy_price else "o.buy_price"} AS buy_price,
+                   {"coalesce(nullif(o.buy_price, 0), po.buy_price)" if with_product_buy_price else "o.buy_price"} AS buy_price,
                    o.cost, o.archived, o.removed, o.removed_at, o.updated,
                    p.name AS product_name, p.category_id, p.unit_id, p.vat, p.vat_enabled, p.weight,
                    p.code AS product_code, p.external_code AS product_external_code,

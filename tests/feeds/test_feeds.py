@@ -13,7 +13,7 @@ from lxml import etree
 from core.settings import FeedSettings, ParamMapping, Settings
 from emulator.harness import client_settings
 from feeds.build import BuildFailed, build_feed
-from feeds.icml import clean_text, param_code
+from feeds.icml import category_tree, clean_text, param_code
 from store import CatalogStore
 from tests.moysklad.test_sync import dump
 
@@ -338,6 +338,68 @@ def test_an_out_of_range_price_skips_the_offer_with_its_reason(tmp_path, emulato
     result = build(settings)
     assert item.id not in offers_by_id(parse(settings))
     assert result.skipped == {"пустое наименование": result.skipped["пустое наименование"], "цена вне допустимого диапазона (0 … 99 999 999)": 1}
+
+
+def test_folder_links_that_loop_or_break_become_roots_and_each_folder_is_written_once():
+    def folders(*links):
+        return [{"id": folder, "parent_id": parent, "name": folder.upper()} for folder, parent in links]
+
+    assert category_tree(folders(("a", "a"))) == [("a", None, "A")]  # its own parent (a nested Группа, same Ид)
+    assert category_tree(folders(("a", "b"), ("b", "a"), ("c", "gone"))) == [
+        ("b", None, "B"), ("a", "b", "A"), ("c", None, "C")]
+    deep = category_tree(folders(*((f"f{n}", f"f{n - 1}" if n else None) for n in range(5000, -1, -1))))
+    assert len(deep) == 5001 and deep[0] == ("f0", None, "F0") and deep[-1] == ("f5000", "f4999", "F5000")
+
+
+def store_edit(settings, sql: str, *params) -> None:
+    """Change the store by hand (values no writer of this service makes, or a source sends rarely)."""
+    with contextlib.closing(sqlite3.connect(settings.store_path)) as conn, conn:
+        conn.execute(sql, params)
+
+
+def test_a_weight_or_barcode_retailcrm_would_refuse_is_left_out_of_the_offer(tmp_path, emulator):
+    settings = feed_settings(tmp_path, emulator)
+    build(settings)
+    goods = [i for i in live(emulator.catalog) if i.kind == "product" and not i.variant_ids and clean_text(i.name)]
+    weights = {goods[0].id: -2.5, goods[1].id: 12_345_678, goods[2].id: 0.0004, goods[3].id: 9_999_999}
+    for good_id, weight in weights.items():
+        store_edit(settings, "UPDATE products SET weight = ? WHERE id = ?", weight, good_id)
+    store_edit(settings, "UPDATE offers SET barcodes = ? WHERE id = ?", '[{"code128": "ABC123\\n"}]', goods[0].id)
+    store_edit(settings, "UPDATE offers SET barcodes = ? WHERE id = ?", '[{"code128": "ABC123"}]', goods[1].id)
+    build(settings, sync=False)
+    offers = offers_by_id(parse(settings))
+    assert [offers[good_id].findtext("weight") for good_id in weights] == [None, None, None, "9999999"]
+    assert (offers[goods[0].id].findtext("barcode"), offers[goods[1].id].findtext("barcode")) == (None, "ABC123")
+
+
+def test_a_buy_price_of_0_is_none_and_a_variant_with_0_takes_its_products(tmp_path, emulator):
+    """MoySklad sends an unset buy price as 0 (the vendor's variant_list.json): published, 0 would overwrite the
+    purchase price retailCRM keeps; a variant's 0 is no price of its own."""
+    settings = feed_settings(tmp_path, emulator, purchase_price="buyPrice")
+    build(settings)
+    catalog = emulator.catalog
+    variant = next(i for i in live(catalog) if i.kind == "variant" and clean_text(i.name)
+                   and catalog.items[i.parent_id].buy_price)
+    good = next(i for i in live(catalog) if i.kind == "product" and not i.variant_ids and clean_text(i.name))
+    store_edit(settings, "UPDATE offers SET buy_price = 0 WHERE id IN (?, ?)", variant.id, good.id)
+    build(settings, sync=False)
+    offers = offers_by_id(parse(settings))
+    assert offers[variant.id].findtext("purchasePrice") == rubles(catalog.items[variant.parent_id].buy_price)
+    assert offers[good.id].findtext("purchasePrice") is None
+
+
+def test_an_xml_id_longer_than_retailcrm_takes_skips_the_offer_instead_of_cutting_it(tmp_path, emulator):
+    """Cut, it would match nothing in MoySklad (orders would not reach it), or another offer's."""
+    settings = feed_settings(tmp_path, emulator, xml_id="{product.externalCode}#{externalCode}")
+    build(settings)
+    catalog = emulator.catalog
+    product = next(i for i in live(catalog) if i.kind == "product" and len(i.variant_ids) > 1)
+    store_edit(settings, "UPDATE products SET external_code = ? WHERE id = ?", "P" * 250, product.id)
+    result = build(settings, sync=False)
+    offers = offers_by_id(parse(settings))
+    assert not set(product.variant_ids) & set(offers) and offers
+    reason = "xmlId длиннее 255 символов: заказы с ним не дойдут до МойСклад; проверьте шаблон xml_id"
+    assert result.skipped[reason] == len(product.variant_ids)
 
 
 def test_an_infinite_number_in_the_store_skips_the_offer_not_the_feed(tmp_path, emulator):
