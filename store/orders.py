@@ -113,7 +113,7 @@ class OrderBook:
                 [session_id, fmt, utc_now(), len(rows)]).lastrowid
             self.db.conn.executemany("INSERT INTO order_query_items (query_id, order_number, revision) VALUES (?, ?, ?)",
                                      [(query_id, row["number"], row["revision"]) for row in rows])
-        items = self._items_of([row["number"] for row in rows])
+            items = self._items_of([row["number"] for row in rows])  # the lines of the very revision recorded
         for row in rows:
             row["items"] = items.get(row["number"], [])
         return query_id, rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,8 @@ def test_a_valid_order_becomes_exact_store_rows():
     ({"paid": "yes"}, "paid", "true or false"),
     ({"delivery": {"price": "free"}}, "delivery.price", "not a number"),
     ({"comment": "x" * 3001}, "comment", "at most 3000"),
+    ({"number": ".."}, "number", "not '.' or '..' alone"),  # /api/orders/.. is the list's address to any HTTP client
+    ({"number": "."}, "number", "not '.' or '..' alone"),
 ])
 def test_validation_names_the_offending_field(change, field, words):
     with pytest.raises(OrderInvalid) as error:
@@ -433,6 +436,35 @@ def test_success_marks_exactly_the_orders_of_the_last_query(store):
     assert store.order("A-1")["exported_revision"] == 1 and store.order("A-3")["exported_revision"] is None
     assert store.order("A-2")["exported_revision"] == 1
     assert [h["field"] for h in store.order("A-2")["history"]] == ["created", "updated", "exported"]
+
+
+def test_a_query_sends_each_order_with_the_lines_of_the_revision_it_records(store, monkeypatch):
+    """The shop may change an order while 1C's query reads it: the document must not carry the order of one
+    revision with the lines of the next (its sums would not add up), and mode=success confirms what was sent."""
+    put(store, order_payload("A-1"))
+    first_lines = store.order("A-1")["items"]
+    changed = threading.Event()
+
+    def change_order_meanwhile():  # the shop's API, through a connection of its own
+        with CatalogStore(store.path, wait_seconds=30) as shop:
+            put(shop, order_payload("A-1", items=[{"offer_id": "mug", "name": "Кружка", "quantity": 1, "price": 10}],
+                                    delivery=None, total="10.00"))
+        changed.set()
+
+    read_lines = store._items_of
+
+    def lines_read_while_the_shop_writes(numbers):
+        threading.Thread(target=change_order_meanwhile).start()
+        changed.wait(2)  # the change lands here unless the query holds the store until it has the lines
+        return read_lines(numbers)
+
+    monkeypatch.setattr(store, "_items_of", lines_read_while_the_shop_writes)
+    _, sent = store.start_order_query(7, "2.05-cp1251", 500)
+    assert changed.wait(30)
+    monkeypatch.undo()
+    assert sent[0]["revision"] == 1 and sent[0]["items"] == first_lines
+    _, again = store.start_order_query(7, "2.05-cp1251", 500)
+    assert again[0]["revision"] == 2 and [i["offer_id"] for i in again[0]["items"]] == ["mug"]
 
 
 def test_a_query_is_capped_at_orders_per_query(store):
