@@ -61,8 +61,8 @@ def validate_order(payload) -> ValidOrder:
     """Check a POST /api/orders body and turn it into store rows; OrderInvalid names the first problem."""
     body = _object(payload, "order", "")
     number = _text(body, "number", "number", 40, required=True)
-    if not NUMBER.fullmatch(number):
-        raise OrderInvalid("number", "use 1-40 letters, digits, '-', '_' or '.'")
+    if not NUMBER.fullmatch(number) or number in (".", ".."):  # those two: a path step back or none (RFC 3986)
+        raise OrderInvalid("number", "use 1-40 letters, digits, '-', '_' or '.' (not '.' or '..' alone)")
     customer = _object(body.get("customer"), "customer", "customer")
     company = _company(customer)
     name = _text(customer, "name", "customer.name", 255, required=not company)

@@ -116,11 +116,15 @@ def _json_body():
     if len(data) > limit:
         raise too_large
     try:
-        return json.loads(data.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_no_constant)
-    except UnicodeDecodeError:
-        raise ApiError(400, "the body is not UTF-8 text") from None
+        body = json.loads(data.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_no_constant)
+        json.dumps(body, ensure_ascii=False, default=str).encode()  # a "\ud800" escape: no character of any text
+    except UnicodeError:
+        raise ApiError(400, "the body is not UTF-8 text (or escapes half a character, \\ud800-\\udfff alone)") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError:  # Python reads no integer of more than 4300 digits
+        raise ApiError(400, "the body is not valid JSON: a number has too many digits") from None
+    return body
 
 
 def _no_constant(name: str):
