@@ -318,16 +318,30 @@ def _read_unit(name: str, documents: list, result: StatusDocument) -> None:
             continue
         update = OrderUpdate(number or document_id, document_id)
         shown = f"Файл {name}, заказ № {update.number}"
-        for tag in ("Проведен", "ПометкаУдаления"):  # 3.x may write these as elements of the document
-            if tag in fields:
-                column, kind = STATUS_REQUISITES[tag.lower()]
-                update.values[column] = _value(kind, text_of(fields[tag]), shown, tag)
+        _read_flag_elements(fields, update, shown)
         _read_requisites(doc, update, shown, STATUS_REQUISITES)
         if len(orders) == 1:
             for other in documents:
-                if other is not doc:
+                if other is not doc and _in_force(other, shown):
                     _read_requisites(other, update, shown, {k: STATUS_REQUISITES[k] for k in SUBORDINATE_REQUISITES})
         result.updates.append(update)
+
+
+def _read_flag_elements(fields: dict, update: OrderUpdate, shown: str) -> None:
+    """Проведен and ПометкаУдаления written as elements of the document (3.x), not as requisites."""
+    for tag in ("Проведен", "ПометкаУдаления"):
+        if tag in fields:
+            column, kind = STATUS_REQUISITES[tag.lower()]
+            update.values[column] = _value(kind, text_of(fields[tag]), shown, tag)
+
+
+def _in_force(doc, shown: str) -> bool:
+    """A payment or shipment document whose dates count: not marked for deletion, and not unposted (a
+    payment 1C has not posted, or has taken back, did not happen)."""
+    flags = OrderUpdate("", "")
+    _read_flag_elements(fields_of(doc), flags, shown)
+    _read_requisites(doc, flags, shown, {k: v for k, v in STATUS_REQUISITES.items() if v[0] in ("posted", "deleted")})
+    return flags.values.get("posted") != 0 and flags.values.get("deleted") != 1
 
 
 def _read_requisites(doc, update: OrderUpdate, shown: str, known: dict) -> None:

@@ -333,6 +333,22 @@ def test_1c_empty_dates_clear_and_3_1_containers_bring_payments_and_shipments():
     assert document.ignored == ["документ «Выплата безналичных денег» № П-1 без заказа"]
 
 
+def requisite(name: str, value: str) -> str:
+    return f"<ЗначениеРеквизита><Наименование>{name}</Наименование><Значение>{value}</Значение></ЗначениеРеквизита>"
+
+
+@pytest.mark.parametrize("element, flag", [("<ПометкаУдаления>true</ПометкаУдаления>", ""),
+                                           ("<Проведен>false</Проведен>", ""), ("", requisite("Проведен", "false"))])
+def test_a_payment_marked_for_deletion_or_not_posted_does_not_pay_the_order(element, flag):
+    payment = (f"<Документ><Ид>p-1</Ид><Номер>П-1</Номер><ХозОперация>Выплата безналичных денег</ХозОперация>{element}"
+               f"<ЗначенияРеквизитов>{flag}{requisite('Дата оплаты по 1С', '2024-05-04T09:00:00')}</ЗначенияРеквизитов>"
+               "</Документ>")
+    text = (f'<КоммерческаяИнформация xmlns="urn:1C.ru:commerceml_3" ВерсияСхемы="3.1"><Контейнер>'
+            f'{order_document("A-1", **{"Статус заказа": "Собран"})}{payment}</Контейнер></КоммерческаяИнформация>')
+    [update] = parse_status_document(text.encode(), "orders.xml").updates
+    assert update.values == {"status": "Собран"}
+
+
 def test_the_shared_samples_read_as_status_documents():
     bitrix = SHARED / "fixtures/commerceml/site-sale-query-bitrix-cp1251/bitrix-query-response-full.xml"
     cscart = SHARED / "fixtures/commerceml/cscart-docs-orders-fragment/orders_cscart.xml"
