@@ -106,11 +106,12 @@ def push_feed(settings: Settings, feed: FeedSettings, *, full: bool = False, off
                     options = resolve_options(reader, feed, settings.images_url)
                     passes = plan_passes(reader, feed, options)
                     if offer_ids is not None:  # a bundle's figures may follow any other good's
-                        offer_ids = sorted(set(offer_ids) | set(reader.bundle_ids(feed.source)))
+                        offer_ids = store.owe(feed.name, set(offer_ids) | set(reader.bundle_ids(feed.source)))
                     result.counts["staged"] = store.stage_push(feed_values(reader, options, passes, offer_ids))
                 result.counts["planned"] = store.plan_changes(feed.name, everything=full)
                 result.counts["plan_seconds"] = round(time.monotonic() - started, 3)
                 Sender(store, client, feed, result, received_at, progress).send_all()
+                store.settle(feed.name, offer_ids)
                 if offer_ids is None:
                     store.forget_unstaged_waiting(feed.name)
                 result.waiting = store.waiting_offers(feed.name)

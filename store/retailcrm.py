@@ -5,7 +5,9 @@ one retailCRM warehouse) or ``price:<code>`` (one price type). A push stages the
 says now in a temporary table, compares them in SQL with the last pushed ones, sends only the
 difference and records each batch as pushed once retailCRM accepted it. Offers retailCRM answered
 as not found are kept as waiting: their values stay unrecorded, so every later push sends them
-again until retailCRM knows them (after it loads the ICML file).
+again until retailCRM knows them (after it loads the ICML file). A push of some offers only (after a
+stock webhook) records them as owed before it sends and settles them once it has: the offers of one
+that failed go with the next such push, whichever goods that one is about.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ RETAILCRM_SCHEMA = """
 CREATE TABLE IF NOT EXISTS retailcrm_pushed (
     feed TEXT NOT NULL, offer_id TEXT NOT NULL, target TEXT NOT NULL, value TEXT, pushed_at TEXT NOT NULL,
     PRIMARY KEY (feed, offer_id, target)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS retailcrm_owed (
+    feed TEXT NOT NULL, offer_id TEXT NOT NULL, PRIMARY KEY (feed, offer_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS retailcrm_waiting (
     feed TEXT NOT NULL, offer_id TEXT NOT NULL, since TEXT NOT NULL, last_attempt_at TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (feed, offer_id)) WITHOUT ROWID;
@@ -86,6 +90,24 @@ class PushedValues:
                 [(feed, offer_id, target, value, now) for offer_id, target, value in values])
             self.db.conn.executemany("DELETE FROM retailcrm_waiting WHERE feed = ? AND offer_id = ?",
                                      [(feed, offer_id) for offer_id in {v[0] for v in values}])
+
+    def owe(self, feed: str, offer_ids: Iterable[str]) -> list[str]:
+        """A push of these offers begins: they are owed until :meth:`settle`. Returns them with the offers
+        still owed by pushes that failed."""
+        with self.immediate():
+            self.db.conn.executemany("INSERT OR IGNORE INTO retailcrm_owed (feed, offer_id) VALUES (?, ?)",
+                                     [(feed, offer_id) for offer_id in offer_ids])
+            return [offer_id for (offer_id,) in self.db.execute(
+                "SELECT offer_id FROM retailcrm_owed WHERE feed = ? ORDER BY offer_id", [feed])]
+
+    def settle(self, feed: str, offer_ids: list[str] | None) -> None:
+        """A push has sent all it planned: what it staged (``offer_ids``; None: the whole feed) is owed no more."""
+        with self.immediate():
+            if offer_ids is None:
+                self.db.execute("DELETE FROM retailcrm_owed WHERE feed = ?", [feed])
+            else:
+                self.db.conn.executemany("DELETE FROM retailcrm_owed WHERE feed = ? AND offer_id = ?",
+                                         [(feed, offer_id) for offer_id in offer_ids])
 
     def record_waiting(self, feed: str, offer_ids: Iterable[str]) -> None:
         """retailCRM does not know these offers yet: they wait, and later pushes send them again."""

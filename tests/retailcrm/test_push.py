@@ -231,6 +231,33 @@ def test_retailcrm_down_mid_push_loses_nothing_and_the_next_push_sends_the_rest(
     assert_crm_says_what_the_feeds_say(settings, crm)
 
 
+def test_a_stock_push_that_failed_goes_out_with_the_next_one_whatever_goods_that_one_is_about(tmp_path, emulator, crm):
+    """A stock webhook's push names only the goods that changed: one that failed must not leave its goods behind
+    until the next build (an hour by default) just because the next webhook is about other goods."""
+    settings = pushing_settings(tmp_path, emulator, crm)
+    build_and_load(settings, crm)
+    push(settings, crm)
+    catalog = emulator.catalog
+    first, second = [i for i in catalog.items.values() if i.kind == "product" and i.stocked and not i.variant_ids
+                     and not i.archived and i.operated][:2]
+
+    def stock_moves(good):
+        catalog.set_stock(good.id, catalog.stores[-1].id, stock=good.stock[-3] + 7)
+        build_feed(settings, settings.feeds[0])
+        build_feed(settings, settings.feeds[1], sync=False)
+
+    stock_moves(first)
+    crm.faults.outage = True
+    with crm_client(crm) as client, pytest.raises(ServerFailure):
+        push_feed(settings, settings.feeds[0], client=client, offer_ids=[first.id])
+    crm.faults.outage = False
+    stock_moves(second)
+    assert push(settings, crm, offer_ids=[second.id]).offers == 2
+    assert_crm_says_what_the_feeds_say(settings, crm)
+    crm.reset_stats()
+    assert push(settings, crm, offer_ids=[second.id]).requests == 0  # settled: nothing owed any more
+
+
 def test_a_slow_retailcrm_times_out_and_the_next_push_catches_up(tmp_path, emulator, crm):
     settings = pushing_settings(tmp_path, emulator, crm)
     build_and_load(settings, crm)
