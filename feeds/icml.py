@@ -349,6 +349,15 @@ def published_name(row: OfferRow) -> str:
     return name
 
 
+def published_xml_id(row: OfferRow, options: RenderOptions) -> str:
+    """The offer's xmlId ('' for none); raises :class:`OfferSkipped` for one longer than retailCRM takes: cut, it
+    would match nothing in MoySklad (orders would not reach it), or another offer's."""
+    xml_id = clean_text(options.xml_id_of(row), None)
+    if len(xml_id) > MAX_TEXT:
+        raise OfferSkipped(f"xmlId длиннее {MAX_TEXT} символов: заказы с ним не дойдут до МойСклад; проверьте шаблон xml_id")
+    return xml_id
+
+
 def offer_xml(row: OfferRow, options: RenderOptions, category_ids: set[str]) -> str:
     """One ``<offer>`` as escaped markup; raises :class:`OfferSkipped` when it cannot be published.
 
@@ -383,9 +392,7 @@ def offer_xml(row: OfferRow, options: RenderOptions, category_ids: set[str]) -> 
             add(f"<picture>{text(link)}</picture>")
     add(f"<name>{text(name)}</name>")
     add(f"<productName>{text(clean_text(row.product_name) or name)}</productName>")
-    xml_id = clean_text(options.xml_id_of(row), None)
-    if len(xml_id) > MAX_TEXT:  # cut, it would match nothing in MoySklad (or another offer's)
-        raise OfferSkipped(f"xmlId длиннее {MAX_TEXT} символов: заказы с ним не дойдут до МойСклад; проверьте шаблон xml_id")
+    xml_id = published_xml_id(row, options)
     if xml_id:
         add(f"<xmlId>{text(xml_id)}</xmlId>")
 

@@ -1,6 +1,6 @@
 """A feed's stock and prices pushed to retailCRM through API v5: what the feed publishes, only what changed.
 
-The values come from the functions the ICML renderer uses (``feeds.icml``: ``published_name``,
+The values come from the functions the ICML renderer uses (``feeds.icml``: ``published_name``, ``published_xml_id``,
 ``activity``, ``offer_quantity``, ``purchase_price``) over the same store rows, so a
 push never sends a value the feed would not publish: per mapped retailCRM warehouse, ``available``
 = the feed's quantity rule over that warehouse's MoySklad (or CommerceML) warehouses, 0 for
@@ -33,6 +33,7 @@ from feeds.icml import (
     decimal,
     offer_quantity,
     published_name,
+    published_xml_id,
     purchase_price,
     removed_before,
     resolve_options,
@@ -202,6 +203,7 @@ def feed_values(reader: CatalogReader, options: RenderOptions, passes: list[Pass
                     continue
                 try:
                     published_name(row)
+                    published_xml_id(row, options)
                 except OfferSkipped:
                     continue
                 purchases[offer_id] = purchase_price(row, feed.purchase_price)

@@ -1,5 +1,7 @@
 """Pushes to retailCRM over loopback with both emulators: what the feed says, only changes, batches, faults."""
 
+import dataclasses
+
 import pytest
 import requests
 from lxml import etree
@@ -192,6 +194,21 @@ def test_offers_retailcrm_does_not_know_yet_wait_and_go_out_once_it_loads_the_fe
     crm.load_icml(feed_file(settings, "main"), SITE)  # retailCRM loads the ICML file
     second = push(settings, crm)
     assert second.offers == first.waiting and second.not_found == 0 and second.waiting == 0
+    assert_crm_says_what_the_feeds_say(settings, crm)
+
+
+def test_offers_the_feed_skips_for_an_xml_id_too_long_are_not_pushed(tmp_path, emulator, crm):
+    """The ICML file leaves them out, so retailCRM never knows them: sent, they would wait forever."""
+    settings = pushing_settings(tmp_path, emulator, crm)
+    main = dataclasses.replace(settings.feeds[0], xml_id="{product.externalCode}#{externalCode}")
+    settings = dataclasses.replace(settings, feeds=(main, settings.feeds[1]))
+    product = next(i for i in emulator.catalog.items.values() if i.kind == "product" and len(i.variant_ids) > 1
+                   and not i.archived)
+    emulator.catalog.update_item(product.id, external_code="P" * 250)
+    published = build_and_load(settings, crm)
+    assert published and not set(product.variant_ids) & set(published)
+    result = push(settings, crm)
+    assert result.offers > 0 and result.not_found == 0 and result.waiting == 0
     assert_crm_says_what_the_feeds_say(settings, crm)
 
 
