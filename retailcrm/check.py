@@ -13,9 +13,10 @@ from retailcrm.client import API_PREFIX, RetailCrmClient
 from retailcrm.errors import KeyRejected, RetailCrmError
 from store import CatalogReader, StoreError
 
-# The methods a push calls. retailCRM lists a key's methods without the version ("/api/integration-modules/{code}"
-# in api-client-php's ApiTest testCredentials), the emulator with it: compared by their ends.
-NEEDED_METHODS = ("/store/inventories/upload", "/store/prices/upload")
+# The methods a push calls: stock when it maps warehouses, prices when it maps price types. retailCRM lists a key's
+# methods without the version ("/api/integration-modules/{code}" in api-client-php's ApiTest testCredentials), the
+# emulator with it: compared by their ends.
+STOCK_METHOD, PRICES_METHOD = "/store/inventories/upload", "/store/prices/upload"
 
 
 def check_feed(settings: Settings, feed: FeedSettings, client: RetailCrmClient) -> CheckReport:
@@ -34,7 +35,8 @@ def check_feed(settings: Settings, feed: FeedSettings, client: RetailCrmClient) 
     report.facts.append(("API key", "accepted"))
     methods = credentials.get("credentials")
     if isinstance(methods, list) and methods:
-        for method in NEEDED_METHODS:
+        needed = [method for method, mapped in ((STOCK_METHOD, crm.stores), (PRICES_METHOD, crm.prices)) if mapped]
+        for method in needed:
             if not any(isinstance(allowed, str) and allowed.endswith(method) for allowed in methods):
                 report.problems.append(f"the API key may not call {API_PREFIX}{method}: allow it in the key's "
                                        f"settings in retailCRM")

@@ -89,6 +89,18 @@ def test_check_names_what_a_limited_key_may_not_do(tmp_path, emulator, crm):  # 
     assert "no access to the shop 'shop' (it may use: outlet)" in result.stderr
 
 
+def test_check_asks_a_stock_only_push_for_the_stock_method_only(tmp_path, emulator, crm):  # noqa: F811
+    """A push without price types never calls the prices method: a key without it is fine for it."""
+    from emulator.retailcrm import INVENTORIES, REFERENCES
+
+    crm.add_key("stock-only-key-0123", sites=(SITE,), methods=[*REFERENCES, INVENTORIES])
+    env = dict(write_config(tmp_path, emulator, crm, prices="{}"), RETAILCRM_API_KEY_MAIN="stock-only-key-0123")
+    assert flask(env, "moysklad", "sync").returncode == 0
+    result = flask(env, "retailcrm", "check", "main")
+    assert result.returncode == 0, result.stderr
+    assert "may not call" not in result.stderr
+
+
 def test_check_refuses_to_push_another_price_into_the_price_type_the_icml_file_fills(tmp_path, emulator, crm):  # noqa: F811
     """retailCRM's default price type («base») takes the ICML file's <price> at every load: a push of the wholesale
     price into it would flip back every 3 hours. The feed's own price type there is fine."""
