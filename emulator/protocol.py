@@ -46,8 +46,14 @@ def bad_filter_value(key: str, value: str) -> ApiError:
     return ApiError(400, 1014, f"Неверное значение '{value}' параметра фильтрации '{key}'", parameter="filter")
 
 
-def parse_moment(text: str, parameter: str) -> datetime:
-    for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+# md/_general.md, «Формат даты и времени»: «ГГГГ-ММ-ДД ЧЧ:мм:сс» with or without milliseconds, and «Без секунд:
+# ГГГГ-ММ-ДД ЧЧ:мм — Только для параметров фильтрации»; a date alone is not among them.
+MOMENT_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S")
+FILTER_MOMENT_FORMATS = (*MOMENT_FORMATS, "%Y-%m-%d %H:%M")
+
+
+def parse_moment(text: str, parameter: str, in_filter: bool = False) -> datetime:
+    for fmt in FILTER_MOMENT_FORMATS if in_filter else MOMENT_FORMATS:
         try:
             return datetime.strptime(text.strip(), fmt)
         except ValueError:

@@ -33,7 +33,10 @@ RATE_LIMIT = 45  # units per window per credential
 RATE_WINDOW = 3.0  # seconds
 PARALLEL_LIMIT = 5
 STOCK_REPORT_COST = 5  # md/reports/_report_stock.md: /report/stock/all and /bystore cost 5 units from 2026-02
-BASIC_AUTH_COST = 4  # login/password requests, as from 2026-12-01
+# md/_restrictions.md: a request with login/password or a user's token («токен пользователя») weighs 2 units from
+# 2026-05-12, 3 from 2026-09-01, «с 1 декабря 2026: 1 запрос = 4 единицы → 11 запросов за 3 секунды»; the emulator's
+# tokens are users' (a published solution's token stays at 1, and no solution talks to it).
+USER_REQUEST_WEIGHT = {"2026-05-12": 2, "2026-09-01": 3, "2026-12-01": 4}
 DOWNLOAD_LINK_TTL = 60.0  # seconds a /download redirect target stays valid
 # md/_restrictions.md: "не более 8 КБ в заголовках запроса (URL, User-Agent, Authorization и т. д.)". The
 # answer to more is not documented; nginx, in front of the API, refuses a long request line with 414.
@@ -144,9 +147,10 @@ class RateLimiter:
         with self._lock:
             window = self._windows.setdefault(key, deque())
             used = self._used(window, now)
-            if self._in_flight.get(key, 0) >= PARALLEL_LIMIT:
-                raise ApiError(429, 1073, "Превышено ограничение на количество параллельных запросов",
-                               headers=self._headers(window, used, now, retry_after=1000 * RATE_WINDOW / 3))
+            if self._in_flight.get(key, 0) >= PARALLEL_LIMIT:  # md/_errors.md #1073; md/_general.md: «Заголовки
+                # не отображают лимиты на параллельные запросы»: the headers tell the unit budget, as always
+                raise ApiError(429, 1073, "Превышено ограничение на одновременное количество запросов",
+                               headers=self._headers(window, used, now))
             if not self.units_limited:
                 self._in_flight[key] = self._in_flight.get(key, 0) + 1
                 return {}
@@ -419,8 +423,8 @@ class _Handler(QuietHandler):
                 if entry["auth"] != "basic":
                     raise ApiError(401, 1056, AUTH_ERROR, headers={"X-Lognex-Auth": "-1056"})
             cost = STOCK_REPORT_COST if path.rstrip("/") in ("/report/stock/all", "/report/stock/bystore") else 1
-            if entry["auth"] == "basic":
-                cost = max(cost, BASIC_AUTH_COST)
+            today = moscow_now().date().isoformat()
+            cost = max([cost, *(weight for since, weight in USER_REQUEST_WEIGHT.items() if today >= since)])
             rate_headers = emulator.rate_limiter.acquire(key, cost)
             self.rate_key = key
         except ApiError as error:
@@ -683,7 +687,7 @@ class _Handler(QuietHandler):
                                parameter="filter")
             archived_values.add(value == "true")
         archived_values = archived_values or {False}
-        bounds = [(op, parse_moment(value, "updated")) for key, op, value in query.filters if key == "updated"]
+        bounds = [(op, parse_moment(value, "updated", in_filter=True)) for key, op, value in query.filters if key == "updated"]
         ids = set(query.values("id"))
         comparisons = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
                        "<": lambda a, b: a < b, "=": lambda a, b: a == b, "!=": lambda a, b: a != b}

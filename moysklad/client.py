@@ -8,6 +8,7 @@ read path; it waits as told on 429 and never repeats other 4xx.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
 import math
@@ -28,6 +29,7 @@ import urllib3
 from isal import isal_zlib  # inflates 4-5× faster than zlib: a full sync unpacks ~0.5 GB of JSON at 100,000 rows
 from requests.adapters import HTTPAdapter
 
+from core.clock import MOSCOW
 from core.settings import MoySkladSettings
 from moysklad.errors import MoySkladError, RateLimited, TransportFailure, classify
 from moysklad.transform import NotAListAnswer
@@ -57,10 +59,17 @@ PageDecoder = Callable[[bytes], Any]
 FIVE_UNIT_REPORTS = ("/report/stock/all", "/report/stock/bystore")
 
 
-def request_cost(path: str, auth_kind: str) -> int:
-    """Units MoySklad charges: 5 for the paged stock reports, at least 4 for anything sent with login/password."""
-    cost = 5 if path.rstrip("/") in FIVE_UNIT_REPORTS else 1
-    return max(cost, 4) if auth_kind == "basic" else cost
+# What one request of a user weighs (DOMAIN.md: "a request made with login/password or a user's token weighs 2
+# units from 2026-05-12, 3 from 2026-09-01, 4 from 2026-12-01"; only a published solution's token stays at 1). The
+# token МойСклад → Настройки → Токены makes is a user's, so every request of this service weighs this much.
+USER_REQUEST_UNITS = ((dt.date(2026, 12, 1), 4), (dt.date(2026, 9, 1), 3), (dt.date(2026, 5, 12), 2))
+
+
+def request_cost(path: str, today: dt.date) -> int:
+    """Units MoySklad charges on ``today`` (its date, Moscow): 5 for the paged stock reports, at least a user's
+    request weight for anything."""
+    weight = next((units for since, units in USER_REQUEST_UNITS if today >= since), 1)
+    return max(5 if path.rstrip("/") in FIVE_UNIT_REPORTS else 1, weight)
 
 
 class RateGate:
@@ -192,7 +201,7 @@ class MoySkladClient:
         """
         url = self.base_url + path if path.startswith("/") else path
         api_path = _api_path(url, self.base_path)
-        cost = request_cost(api_path, self.auth_kind)
+        cost = request_cost(api_path, dt.datetime.now(MOSCOW).date())
         attempt = 0
         throttled_in_a_row = 0
         while True:

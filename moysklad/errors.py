@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+# A 429 for too many parallel requests (1073) carries no time to wait (its headers tell the unit budget, not the
+# parallel one): another request of the user ends soon.
+PARALLEL_RETRY_SECONDS = 1.0
 # What a 403 on an endpoint means in terms of the MoySklad role settings an admin can change.
 PERMISSIONS = {
     "/entity/assortment": "view goods and services (Товары и услуги → Просматривать)",
@@ -112,6 +115,8 @@ def classify(status: int, body: bytes | None, headers, path: str, url: str) -> M
         )
     if status == 429:
         retry_after = _milliseconds(headers.get("X-Lognex-Retry-After"))
+        if retry_after is None and 1073 in codes:  # too many at once: one of them is done in a moment
+            retry_after = PARALLEL_RETRY_SECONDS
         if retry_after is None:
             retry_after = _milliseconds(headers.get("X-Lognex-Retry-TimeInterval")) or 3.0
         kind = "too many parallel requests" if 1073 in codes else "request budget used up"

@@ -86,12 +86,15 @@ def test_bad_credentials_401_1056(server, authorization):
     assert "X-Lognex-Auth-Message" in response.headers
 
 
-def test_basic_auth_accepted_and_costs_four_units(fresh):
+def test_basic_auth_and_a_users_token_cost_four_units_from_december_2026(fresh):
+    """md/_restrictions.md: «с 1 декабря 2026: 1 запрос = 4 единицы» for login/password and a user's token."""
     response = requests.get(fresh.base_url + "/entity/store", auth=("admin@emu", "emu-pass"),
                             headers={"Accept-Encoding": "gzip"})
     assert response.status_code == 200
     assert response.headers["X-RateLimit-Remaining"] == "41"
     assert fresh.request_log[-1]["auth"] == "basic" and fresh.request_log[-1]["cost"] == 4
+    assert get(fresh, "/entity/store").status_code == 200
+    assert fresh.request_log[-1]["auth"] != "basic" and fresh.request_log[-1]["cost"] == 4
 
 
 def test_credentials_change_at_runtime(fresh):
@@ -179,6 +182,10 @@ def test_parallel_limit_429_1073(fresh):
     assert codes.count(200) == 5 and codes.count(429) == 3
     assert {error_code(r) for r in responses if r.status_code == 429} == {1073}
     assert fresh.stats["max_in_flight"] >= 6
+    refused = [r for r in responses if r.status_code == 429]
+    # md/_general.md: the headers do not show the parallel limit; they tell the unit budget, here barely touched
+    assert all(int(r.headers["X-RateLimit-Remaining"]) > 0 and "X-Lognex-Retry-After" not in r.headers for r in refused)
+    assert refused[0].json()["errors"][0]["error"] == "Превышено ограничение на одновременное количество запросов"
 
 
 def test_other_users_tokens_each_have_their_own_rate_budget():
@@ -221,6 +228,10 @@ def test_unknown_filter_and_bad_date_rejected(server):
     assert unknown.status_code == 412 and error_code(unknown) == 1034
     assert unknown.json()["errors"][0]["error"] == "Ошибка фильтрации: Неизвестное поле фильтрации 'colour'"
     assert error_code(get(server, "/entity/product", filter="updated>=yesterday")) == 1035
+    # md/_general.md: a filter may leave the seconds out; a date alone is no documented form
+    assert get(server, "/entity/product", filter="updated>=2020-01-01 10:00").status_code == 200
+    assert error_code(get(server, "/entity/product", filter="updated>=2020-01-01")) == 1035
+    assert error_code(get(server, "/report/stock/bystore/current", changedSince="2020-01-01 10:00")) == 1035
 
 
 def test_update_delete_add_are_visible(fresh):

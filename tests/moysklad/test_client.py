@@ -3,11 +3,12 @@ single documents, prefetched pages and bare-array reports are fetched again with
 never more than ``max_retries`` times, and the error after giving up says what happened."""
 
 import collections
+import datetime as dt
 
 import pytest
 
 from emulator.harness import client_settings
-from moysklad.client import MoySkladClient
+from moysklad.client import MoySkladClient, request_cost
 from moysklad.errors import TransportFailure
 
 FRAMINGS = ("close", "length", "chunked")
@@ -52,3 +53,14 @@ def test_an_answer_always_cut_off_fails_after_max_retries_saying_so(emulator, wh
     assert emulator.stats["requests"] == 3
     assert str(error.value).endswith("(gave up after 3 attempts)")
     assert any(words in str(error.value) for words in GAVE_UP[framing]), str(error.value)
+
+
+@pytest.mark.parametrize("day, assortment, stock_report", [
+    ("2026-05-11", 1, 5), ("2026-05-12", 2, 5), ("2026-09-01", 3, 5), ("2026-11-30", 3, 5), ("2026-12-01", 4, 5)])
+def test_a_request_costs_what_moysklad_charges_a_user_that_day(day, assortment, stock_report):
+    """DOMAIN.md: a user's token (what МойСклад → Настройки → Токены makes) or login/password weighs 2 units from
+    2026-05-12, 3 from 2026-09-01, 4 from 2026-12-01; a paged stock report costs 5."""
+    today = dt.date.fromisoformat(day)
+    assert (request_cost("/entity/assortment", today), request_cost("/report/stock/all", today)) == (
+        assortment, stock_report)
+    assert request_cost("/report/stock/all/current", today) == assortment

@@ -166,10 +166,11 @@ def test_pacing_stays_inside_the_unit_budget(emulator, store):
     spent = sum(e["cost"] for e in log)
     assert spent > 45
     assert emulator.stats["throttled"] == 0 and result.throttled == 0
-    # the client counts units as MoySklad charges them: 5 for a /report/stock/all page, 1 for a /current report
+    # the client counts units as MoySklad charges them: 5 for a /report/stock/all page, and for any other request
+    # what a user's request weighs, 4 from 2026-12-01
     assert result.units == spent
     assert {e["cost"] for e in log if e["path"] == "/report/stock/all"} == {5}
-    assert {e["cost"] for e in log if e["path"].endswith("/current")} == {1}
+    assert {e["cost"] for e in log if e["path"].endswith("/current")} == {4}
 
 
 def test_a_noisy_neighbour_gets_us_429s_and_we_wait_as_told(emulator, store):

@@ -182,6 +182,9 @@ def test_errors_are_classified_once_with_words_a_person_can_act_on():
     error = classify(429, '{"errors":[{"error":"Превышено","code":1073}]}'.encode(), {"X-Lognex-Retry-After": "1500"}, "/x", "u")
     assert isinstance(error, RateLimited) and error.retriable and error.retry_after == 1.5
     assert "too many parallel requests" in str(error)
+    error = classify(429, '{"errors":[{"error":"Превышено","code":1073}]}'.encode(), {"X-Lognex-Retry-TimeInterval": "3000"},
+                     "/x", "u")
+    assert error.retry_after == 1.0  # no time given for the parallel limit: another request ends soon, not a window
 
     assert isinstance(classify(502, b"<html>Bad gateway</html>", {}, "/x", "u"), ServerFailure)
     error = classify(412, b'{"errors":[{"error":"first"},{"error":"second","code":3000}]}', {}, "/x", "u")
