@@ -398,7 +398,7 @@ def test_request_log_shape(fresh):
     get(fresh, "/entity/store", limit=2)
     entry = fresh.request_log[-1]
     assert entry["method"] == "GET" and entry["path"] == "/entity/store" and entry["query"] == {"limit": "2"}
-    assert entry["status"] == 200 and entry["cost"] == 1 and entry["auth"] == "bearer" and entry["t"] > 0
+    assert entry["status"] == 200 and entry["cost"] == 4 and entry["auth"] == "bearer" and entry["t"] > 0  # from 2026-12
 
 
 def test_generator_is_deterministic_and_exact_size():
