@@ -140,8 +140,8 @@ def prune_sessions(log: ExchangeLog, root: Path, minutes: int) -> int:
             continue
         _count_interrupted_upload(session, state)
         row = log.session(session.id)
-        if row and not row["finished_at"]:
-            log.update_session(session.id, finished_at=utc_now(), result="expired",
+        if row and not row["finished_at"]:  # a session that failed stays failed: what the operator must see
+            log.update_session(session.id, finished_at=utc_now(), result="failed" if row["result"] == "failed" else "expired",
                                files=files_summary(state), bytes=state["bytes"])
         shutil.rmtree(folder, ignore_errors=True)
         pruned += 1

@@ -508,7 +508,8 @@ def _seconds(run: dict) -> float | None:
     return round((_parse(run["finished_at"]) - _parse(run["started_at"])).total_seconds(), 3)
 
 
-SESSION_RESULTS = {"open": "идёт", "ok": "успешно", "failed": "ошибка"}
+SESSION_RESULTS = {"open": "идёт", "ok": "успешно", "failed": "ошибка",
+                   "expired": "закрыт по времени: 1С не завершил сеанс (mode=complete)"}
 
 
 def healthz(data: dict) -> tuple[int, list[str]]:

@@ -67,6 +67,20 @@ def test_a_killed_upload_is_logged_with_what_arrived_and_swept_when_the_session_
     assert row["files"] == [{"name": "import.xml", "bytes": arrived, "interrupted": True}]
 
 
+def test_a_failed_session_stays_failed_when_it_is_swept(tmp_path, monkeypatch):
+    """1C stops after a failure and never sends complete: the sweep must not turn the failure into «expired»."""
+    settings = exchange_settings(tmp_path)
+    with ExchangeLog(settings.exchange_log_path) as log:
+        session = open_session(log, settings.exchange_dir, "127.0.0.1")
+        log.update_session(session.id, result="failed", error="Файл import.xml: XML повреждён в строке 3")
+    real = time.time
+    monkeypatch.setattr("exchange.sessions.time.time", lambda: real() + 24 * 3600)
+    sweep_exchange_sessions(settings)
+    with ExchangeLog(settings.exchange_log_path) as log:
+        row = log.session(session.id)
+    assert (row["result"], row["error"]) == ("failed", "Файл import.xml: XML повреждён в строке 3") and row["finished_at"]
+
+
 def test_the_scheduler_sweeps_sessions_of_an_instance_with_an_exchange(tmp_path):
     from app import create_app
 
