@@ -254,7 +254,7 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
         state = "failing"
     elif last_ok is None:
         state = "building" if building else "pending"
-    elif age > STALE_INTERVALS * interval or (changed and _age(changed, now) > CHANGE_GRACE_SECONDS):
+    elif now > stale_from(feed, _parse(last_ok["finished_at"])) or (changed and _age(changed, now) > CHANGE_GRACE_SECONDS):
         state = "stale"
     else:
         state = "fresh"
@@ -528,6 +528,19 @@ def schedule_interval_seconds(feed: FeedSettings, now: dt.datetime) -> float:
     first = trigger.get_next_fire_time(None, now.astimezone())
     second = trigger.get_next_fire_time(first, first + dt.timedelta(seconds=1))
     return (second - first).total_seconds() if first and second else 24 * 3600
+
+
+def stale_from(feed: FeedSettings, built: dt.datetime) -> dt.datetime:
+    """When a feed last built at ``built`` turns stale: once STALE_INTERVALS scheduled runs after it have passed
+    without a build (a cron schedule's quiet hours, a night or a weekend, miss nothing)."""
+    if not feed.cron:
+        return built + dt.timedelta(seconds=STALE_INTERVALS * feed.interval_minutes * 60)
+    trigger, moment = crontab_trigger(feed.cron), built.astimezone()
+    for _ in range(STALE_INTERVALS):
+        moment = trigger.get_next_fire_time(None, moment + dt.timedelta(seconds=1))
+        if moment is None:
+            return dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+    return moment
 
 
 def next_run(feed: FeedSettings, now: dt.datetime, last: dict | None) -> dt.datetime | None:

@@ -26,6 +26,7 @@ from core.russian import plural
 from core.settings import AdminSettings, ApiSettings, ExchangeSettings, FeedSettings, Settings
 from emulator.harness import EMULATOR_TOKEN, ROOT, client_settings
 from feeds.build import BuildFailed, build_feed, sync_source
+from health.collect import stale_from
 from scheduler import run_build, start_scheduler
 from store import CatalogStore
 
@@ -144,6 +145,16 @@ def test_copy_button_puts_the_feed_url_on_the_clipboard(three_feeds, browser):
     WebDriverWait(browser, 5).until(lambda _: button.text == "Скопировано")  # the clipboard answers asynchronously
     selected = browser.execute_script("return window.getSelection().toString() || document.activeElement.value")
     assert selected == f"{settings.public_url}/feeds/fresh.xml"
+
+
+def test_a_feed_turns_stale_once_two_of_its_runs_passed_without_a_build():
+    """A cron schedule's quiet hours miss nothing: built after the last run of the morning, a feed on
+    «*/30 6-7 * * *» is fresh all day and night, and stale once the next morning's first two runs passed."""
+    built = dt.datetime(2026, 12, 3, 7, 34).astimezone()  # the server's time, as cron reads it
+    morning = FeedSettings(name="morning", pictures="none", cron="*/30 6-7 * * *")
+    assert stale_from(morning, built) == dt.datetime(2026, 12, 4, 6, 30).astimezone()
+    every_half_hour = FeedSettings(name="often", pictures="none", interval_minutes=30)
+    assert stale_from(every_half_hour, built) == built + dt.timedelta(hours=1)
 
 
 def test_health_json_shape_and_healthz(three_feeds):
