@@ -447,10 +447,43 @@ def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping
     return settings
 
 
+class _Number:
+    """A YAML number that remembers how it was written: a text key (a password, a login) takes it as written,
+    where ``str()`` would turn 0123 into 83 (YAML 1.1 octal) and 12:30 into 750."""
+
+    written: str
+
+
+class _Int(int, _Number):
+    pass
+
+
+class _Float(float, _Number):
+    pass
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader whose numbers keep their text (see :class:`_Number`) and whose booleans are refused for text."""
+
+    def construct_yaml_int(self, node):
+        value = _Int(super().construct_yaml_int(node))
+        value.written = node.value
+        return value
+
+    def construct_yaml_float(self, node):
+        value = _Float(super().construct_yaml_float(node))
+        value.written = node.value
+        return value
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+_ConfigLoader.add_constructor("tag:yaml.org,2002:float", _ConfigLoader.construct_yaml_float)
+
+
 def _read_yaml(config_path: Path) -> dict:
     """The parsed file; a YAML mistake is reported with its line and column."""
     try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(config_path.read_text(encoding="utf-8"), Loader=_ConfigLoader) or {}  # noqa: S506 (safe)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{config_path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(config_path)
@@ -701,7 +734,9 @@ def _convert(hint, value, key: str):
             return ""
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: must be text, got a {type(value).__name__}")
-        return str(value)
+        if isinstance(value, bool):  # yes, no, on, off: YAML reads them as true/false, not as what was written
+            raise ConfigError(f"{key}: YAML reads this as {str(value).lower()}, not as text: put the value in quotes")
+        return value.written if isinstance(value, _Number) else str(value)
     raise TypeError(f"no conversion for {hint}")  # a programming error, not a user one
 
 

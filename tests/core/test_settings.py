@@ -80,6 +80,13 @@ def test_login_and_password_are_enough(tmp_path):
     assert "hunter2-pass" not in repr(redacted(settings))
 
 
+@pytest.mark.parametrize("written", ["0123", "12:30", "0x1F", "1_000", "007"])
+def test_an_unquoted_secret_that_yaml_reads_as_a_number_is_taken_as_written(tmp_path, written):
+    """YAML 1.1 reads 0123 as 83 and 12:30 as 750: a password written so must still be the one 1C sends."""
+    settings = load_settings(write(tmp_path, f"exchange:\n  login: 1c\n  password: {written}\n"), environ={})
+    assert settings.exchange.password == written
+
+
 @pytest.mark.parametrize(
     "text, key, problem",
     [
@@ -97,6 +104,7 @@ def test_login_and_password_are_enough(tmp_path):
          "online.moysklad.ru refuses JSON API 1.2 since 2023-12-01; use https://api.moysklad.ru/api/remap/1.2"),
         ("- just\n- a list\n", "top level", "mapping"),
         ("moysklad: [token]\n", "moysklad", "mapping"),
+        ("exchange: {login: 1c, password: yes}\n", "exchange.password", "YAML reads this as true, not as text"),
     ],
 )
 def test_config_errors_name_the_key_and_the_problem(tmp_path, text, key, problem):
