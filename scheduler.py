@@ -121,12 +121,19 @@ def _run_jobs(app, settings: Settings, lock: IO) -> BackgroundScheduler:
         scheduler.add_job(sweep_exchange_sessions, "interval", args=[settings], seconds=SWEEP_SECONDS,
                           id="exchange-sweep", name="sweep expired exchange sessions")
     scheduler.start()
+    pool.next_runs = partial(_next_runs, scheduler)
     for account in accounts:  # every feed's first build at once: published as soon as the pool gets to it
         for feed in account.feeds:
             queue_build(pool, account, feed)
     app.extensions["scheduler"] = scheduler
     log.info("scheduler started in process %d: %s", os.getpid(), "; ".join(plan))
     return scheduler
+
+
+def _next_runs(scheduler: BackgroundScheduler) -> dict[str, float]:
+    """Each feed's next scheduled build (Unix time) as APScheduler has it, phase and jitter included."""
+    return {job.id.removeprefix("feed:"): job.next_run_time.timestamp() for job in scheduler.get_jobs()
+            if job.id.startswith("feed:") and job.next_run_time}
 
 
 def queue_build(pool: BuildPool, account: Settings, feed: FeedSettings) -> None:

@@ -97,6 +97,8 @@ class BuildPool:
         self._stopping = False
         self._changed = threading.Event()
         self._writer: threading.Thread | None = None
+        # feed name → when its schedule makes it due next (Unix time): the scheduler's own answer, for the pages
+        self.next_runs: Callable[[], dict[str, float]] | None = None
         if state_path is not None:
             self._writer = threading.Thread(target=self._write_state_loop, name="build-queue-state", daemon=True)
             self._writer.start()
@@ -122,6 +124,7 @@ class BuildPool:
             running = sorted(self._running.values(), key=lambda work: work.started_at or 0)
             longest = self._longest_wait
         return {"written_at": round(now, 3), "pid": os.getpid(), "size": self.size,
+                "next_runs": self.next_runs() if self.next_runs else {},
                 "waiting": [work.as_dict() for work in waiting], "running": [work.as_dict() for work in running],
                 "oldest_wait_seconds": round(max((now - work.queued_at for work in waiting), default=0.0), 3),
                 "longest_wait_seconds": round(longest, 3)}

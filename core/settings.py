@@ -423,17 +423,20 @@ def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping
     else:
         raw, base_dir, config_path, demo = copy.deepcopy(DEMO), Path.cwd(), None, True
 
+    from_environment = {}  # config key → the variable that set it, to blame a bad value on its real origin
     for variable, key_path in ENVIRONMENT.items():
         if environ.get(variable):
             _set_path(raw, key_path, environ[variable])
+            from_environment[".".join(key_path)] = variable
     if demo:
         raw["data_dir"] = os.path.join(raw.get("data_dir") or ".", DEMO_DATA_DIR)
-    for account in raw.get("accounts") or []:
+    for index, account in enumerate(raw.get("accounts") or []):
         if isinstance(account, dict) and isinstance(account.get("name"), str):
             for prefix, key_path in ACCOUNT_ENVIRONMENT.items():
-                value = environ.get(prefix + _variable_suffix(account["name"]))
-                if value:
-                    _set_path(account, key_path, value)
+                variable = prefix + _variable_suffix(account["name"])
+                if environ.get(variable):
+                    _set_path(account, key_path, environ[variable])
+                    from_environment[f"accounts[{index}].{'.'.join(key_path)}"] = variable
     _set_retailcrm_keys(raw, environ)
 
     try:
@@ -442,7 +445,9 @@ def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping
         settings = dataclasses.replace(settings, data_dir=data_dir, source_path=config_path)
         _check(settings)
     except ConfigError as exc:
-        origin = config_path or ("the environment (no config file)" if not demo else None)
+        variable = from_environment.get(str(exc).partition(":")[0])
+        origin = (f"environment variable {variable}" if variable else
+                  config_path or ("the environment (no config file)" if not demo else None))
         raise ConfigError(f"{origin}: {exc}" if origin else str(exc)) from None
     return settings
 
@@ -548,7 +553,7 @@ def _check(settings: Settings) -> None:
         if account.moysklad.emulator is not None:
             raise ConfigError(f"{where}.moysklad.emulator: only the main account can run the demo emulator")
         _check_moysklad(account.moysklad, f"{where}.moysklad", credentials=True, needed_by=f"account {account.name}",
-                        variables=f"MOYSKLAD_TOKEN_{_variable_suffix(account.name)}")
+                        variables=token_variable(account.name))
         for feed_index, feed in enumerate(account.feeds):
             if feed.source != "moysklad":
                 raise ConfigError(f"{where}.feeds[{feed_index}].source: an account's feeds publish its MoySklad "
@@ -644,6 +649,11 @@ def _check_retailcrm(crm: RetailCrmSettings, where: str, feed: str) -> None:
 def _variable_suffix(account: str) -> str:
     """An account name as environment variables spell it: shop-2 → SHOP_2."""
     return account.upper().replace("-", "_")
+
+
+def token_variable(account: str) -> str:
+    """The environment variable that holds an account's MoySklad token ('' = the main account)."""
+    return f"MOYSKLAD_TOKEN_{_variable_suffix(account)}" if account else "MOYSKLAD_TOKEN"
 
 
 def _check_exchange(exchange: ExchangeSettings) -> None:

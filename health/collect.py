@@ -17,7 +17,7 @@ from core.build_pool import SCHEDULED, read_queue_state
 from core.clock import MOSCOW
 from core.cron import crontab_trigger
 from core.russian import counted, grouped, plural
-from core.settings import FeedSettings, Settings, redacted
+from core.settings import FeedSettings, Settings, redacted, token_variable
 from feeds.build import PICTURES_MODE, feed_source
 from feeds.progress import read_progress
 from feeds.publish import feed_paths
@@ -66,8 +66,8 @@ class Advice:
 
 CREDENTIALS_REJECTED = Advice(
     "МойСклад не принял токен или логин/пароль",
-    "Выпустите новый токен в МоёмСкладе (Настройки → Токены) и запишите его в moysklad.token или в "
-    "переменную MOYSKLAD_TOKEN, затем перезапустите сервис. Выпуск нового токена отзывает старый.")
+    "Выпустите новый токен в МоёмСкладе (Настройки → Токены) и запишите его в {key} или в "
+    "переменную {variable}, затем перезапустите сервис. Выпуск нового токена отзывает старый.")
 # Known failures, matched on the error text the run recorded (first match wins).
 ADVICE = (
     (r"holds MoySklad account|holds the demo's",
@@ -153,6 +153,13 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
         elif feed["state"] != "fresh":
             problems.append(f"фид {feed['name']}: {feed['state_text']}"
                             + (f" — {feed['error']['title']}" if feed["error"] else ""))
+        if feed["retailcrm"] and feed["retailcrm"]["error"]:  # the file may be fresh while retailCRM's stock is not
+            problems.append(f"фид {feed['name']}: последняя отправка в retailCRM не прошла — "
+                            f"{feed['retailcrm']['error']['title']}")
+    failed_session = _last_failed_session(exchange)
+    if failed_session:
+        problems.append(f"обмен с 1С: последний сеанс ({failed_session['client'] or 'клиент неизвестен'}) завершился "
+                        f"ошибкой — {failed_session['error'] or 'причина не записана'}")
     return {
         "ok": not problems,
         "checked_at": _iso(now),
@@ -198,6 +205,9 @@ def _queue(settings: Settings, feeds: list[dict], now: dt.datetime, problems: li
                 "wait_seconds": wait, "wait_text": duration_text(wait),
                 "running_seconds": round(max(0.0, moment - entry["started_at"])) if running else None}
 
+    for name, moment in (state.get("next_runs") or {}).items():  # the scheduler's own plan beats the page's estimate
+        if name in by_name:
+            by_name[name]["next_run_at"] = _iso(_from_unix(moment))
     running = [work(entry, True) for entry in state.get("running", [])]
     waiting = [work(entry, False) for entry in state.get("waiting", [])]
     for item in running + waiting:
@@ -246,6 +256,7 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
     last = history[0] if history else None
     interval = schedule_interval_seconds(feed, now)
     error_run = _failed_attempt(last, last_sync, feed)
+    attempt = error_run if error_run and error_run["kind"] == "sync" else last
     age = _age(last_ok["finished_at"], now) if last_ok else None
     changed = _changed_after(store, feed, last_ok)
     progress = read_progress(settings.data_dir, feed.name)
@@ -273,7 +284,7 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
                      "text": f"по расписанию «{feed.cron}» (время сервера)" if feed.cron else every_text(interval)},
         "stale_after_seconds": round(STALE_INTERVALS * interval),
         "stale_after_text": duration_text(STALE_INTERVALS * interval),
-        "next_run_at": _iso(next_run(feed, now, last)),
+        "next_run_at": _iso(next_run(feed, now, attempt)),  # the scheduler's own plan replaces it (_queue)
         "last_success": None if last_ok is None else {
             "run_id": last_ok["id"],
             "number": numbers.get(last_ok["id"]) or store.run_number(source, "build", last_ok["id"]),
@@ -284,12 +295,12 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
             "with_pictures": last_ok["mode"] == PICTURES_MODE,
         },
         "file": {"exists": file.exists(), "size": _size(file)},
-        "last_attempt": _attempt(error_run if error_run and error_run["kind"] == "sync" else last, numbers, store),
+        "last_attempt": _attempt(attempt, numbers, store),
         "building": building,
         "progress": _progress(progress) if progress is not None else {},
         "source_changed_at": changed,
         "skipped": _skipped(last_ok),
-        "error": _error(error_run, numbers.get(error_run["id"]) if error_run else None, store),
+        "error": _error(error_run, numbers.get(error_run["id"]) if error_run else None, store, settings.account),
         "totals": store.run_totals(source, "build"),
         "history": [{"run_id": run["id"], "number": numbers[run["id"]], "started_at": run["started_at"],
                      "status": run["status"], "seconds": run["counts"].get("build_seconds"),
@@ -356,7 +367,8 @@ def _retailcrm(store: CatalogStore, feed: FeedSettings) -> dict:
     if failed:
         advice = failed["counts"].get("advice") or {}
         fallback = PUSH_INTERRUPTED if failed["status"] == "interrupted" else PUSH_FAILED
-        error = {"run_id": failed["id"], "at": failed["finished_at"] or failed["started_at"],
+        error = {"run_id": failed["id"], "number": store.run_number(source, "push", failed["id"]),
+                 "at": failed["finished_at"] or failed["started_at"],
                  "text": failed["error"] or "", "title": advice.get("title") or fallback.title,
                  "action": advice.get("action") or fallback.action}
     return {
@@ -394,11 +406,14 @@ def _failed_attempt(last_build: dict | None, sync: dict | None, feed: FeedSettin
     return None
 
 
-def _error(run: dict | None, number: int | None, store: CatalogStore) -> dict | None:
+def _error(run: dict | None, number: int | None, store: CatalogStore, account: str) -> dict | None:
     """A failed run in plain words; ``number`` is its place among its own kind (build №3, sync №12)."""
     if run is None:
         return None
     advice = advice_for(run["error"] or run["status"])
+    if advice is CREDENTIALS_REJECTED:  # name the token's place for this account, not the main one's
+        key = f"moysklad.token аккаунта {account} (раздел accounts)" if account else "moysklad.token"
+        advice = Advice(advice.title, advice.action.format(key=key, variable=token_variable(account)))
     what = "Синхронизация с МоимСкладом" if run["kind"] == "sync" else "Сборка"
     return {"run_id": run["id"], "number": number or store.run_number(run["source"], run["kind"], run["id"]),
             "kind": run["kind"], "at": run["finished_at"] or run["started_at"],
@@ -440,7 +455,7 @@ def _moysklad(store: CatalogStore, settings: Settings, last: dict | None) -> dic
         "catalog": store.counts("moysklad"),
         "totals": totals,
         "totals_text": _api_usage(totals["requests"], totals["throttled"], totals["retries"]),
-        "error": _error(last, None, store) if last and last["status"] in ("failed", "interrupted") else None,
+        "error": _error(last, None, store, settings.account) if last and last["status"] in ("failed", "interrupted") else None,
     }
 
 
@@ -501,6 +516,14 @@ def _exchange(settings: Settings, store: CatalogStore) -> dict:
                 **_run_summary(last_import, store), "seconds": _seconds(last_import)}}
 
 
+def _last_failed_session(exchange: dict | None) -> dict | None:
+    """The latest finished exchange session when it failed (1C's catalog or orders did not get through); None once a
+    later one succeeded. A session 1C left without mode=complete is not a failure: many 1C versions never send it."""
+    finished = (session for session in (exchange or {}).get("sessions", ()) if session["result"] != "open")
+    latest = next(finished, None)
+    return latest if latest and latest["result"] == "failed" else None
+
+
 def _seconds(run: dict) -> float | None:
     """How long a finished run took."""
     if not run["finished_at"]:
@@ -544,7 +567,8 @@ def stale_from(feed: FeedSettings, built: dt.datetime) -> dt.datetime:
 
 
 def next_run(feed: FeedSettings, now: dt.datetime, last: dict | None) -> dt.datetime | None:
-    """When the scheduler builds the feed next (an interval counts from the last build's start)."""
+    """When the scheduler builds the feed next, as the page estimates it when no scheduler wrote its plan (an interval
+    counts from the last attempt's start)."""
     if feed.cron:
         return crontab_trigger(feed.cron).get_next_fire_time(None, now.astimezone())
     if last is None:

@@ -29,8 +29,7 @@ class _HealthCollector:
         data = self.data
         yield _gauge("skladbridge_healthy", "1 when every feed is fresh and the store opens.", [((), int(data["ok"]))])
         yield from self._feeds(data["feeds"])
-        if data.get("moysklad"):
-            yield from self._moysklad(data["moysklad"])
+        yield from self._moysklad([account for account in data["accounts"] if account["moysklad"]])
         if data.get("exchange"):
             yield from self._exchange(data["exchange"])
         if data.get("queue"):
@@ -100,20 +99,29 @@ class _HealthCollector:
         yield latency
 
     @staticmethod
-    def _moysklad(moysklad: dict):
-        totals = moysklad["totals"]
+    def _moysklad(accounts: list[dict]):
+        """The MoySklad sync of every account that reads the API, labelled by account (``main`` for the main one)."""
+        if not accounts:
+            return
+
+        def per_account(pick):
+            return [((account["name"],), value) for account in accounts if (value := pick(account["moysklad"])) is not None]
+
+        def total(key):
+            return per_account(lambda moysklad: moysklad["totals"][key])
+
+        labels = ["account"]
         yield _gauge("skladbridge_moysklad_credentials_ok", "1 when the last sync got in (or a failure was not about them).",
-                     [((), int(moysklad["credentials"] == "ok"))])
-        yield _counter("skladbridge_moysklad_syncs", "Catalog syncs started.", [((), totals["runs"])])
-        yield _counter("skladbridge_moysklad_sync_failures", "Catalog syncs that failed.", [((), totals["failed"])])
-        yield _counter("skladbridge_moysklad_requests", "Requests sent to the MoySklad API.", [((), totals["requests"])])
-        yield _counter("skladbridge_moysklad_throttled", "429 answers from the MoySklad API.", [((), totals["throttled"])])
-        yield _counter("skladbridge_moysklad_retries", "Requests retried after a 5xx, timeout or reset.",
-                       [((), totals["retries"])])
-        last_ok = moysklad["last_successful_sync"]
-        if last_ok:
-            yield _gauge("skladbridge_moysklad_last_sync_timestamp_seconds", "When a sync last succeeded (Unix time).",
-                         [((), _timestamp(last_ok["finished_at"]))])
+                     per_account(lambda moysklad: int(moysklad["credentials"] == "ok")), labels)
+        yield _counter("skladbridge_moysklad_syncs", "Catalog syncs started.", total("runs"), labels)
+        yield _counter("skladbridge_moysklad_sync_failures", "Catalog syncs that failed.", total("failed"), labels)
+        yield _counter("skladbridge_moysklad_requests", "Requests sent to the MoySklad API.", total("requests"), labels)
+        yield _counter("skladbridge_moysklad_throttled", "429 answers from the MoySklad API.", total("throttled"), labels)
+        yield _counter("skladbridge_moysklad_retries", "Requests retried after a 5xx, timeout or reset.", total("retries"),
+                       labels)
+        yield _gauge("skladbridge_moysklad_last_sync_timestamp_seconds", "When a sync last succeeded (Unix time).",
+                     per_account(lambda moysklad: moysklad["last_successful_sync"]
+                                 and _timestamp(moysklad["last_successful_sync"]["finished_at"])), labels)
 
     @staticmethod
     def _queue(queue: dict):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 from lxml import etree
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.mailbox import REBUILD, Mailbox
 from core.settings import AccountSettings, ConfigError, FeedSettings, Settings, load_settings
@@ -90,8 +91,18 @@ def test_a_failing_account_does_not_hold_up_the_others(tmp_path, emulator_factor
         states = {f["name"]: f["state"] for f in health["feeds"]}
         assert states == {"shop-a": "fresh", "shop-b": "failing"}
         assert health["feeds"][1]["error"]["title"] == "МойСклад не принял токен или логин/пароль"
+        action = health["feeds"][1]["error"]["action"]  # where B's token goes, not where the main account's does
+        assert "moysklad.token аккаунта client-b" in action and "переменную MOYSKLAD_TOKEN_CLIENT_B," in action
+        assert health["accounts"][1]["moysklad"]["error"]["action"] == action
         assert requests.get(base + "/healthz", timeout=10).text == \
             "фид shop-b: ошибка сборки — МойСклад не принял токен или логин/пароль\n"
+        metrics = {(sample.name, sample.labels.get("account")): sample.value
+                   for family in text_string_to_metric_families(requests.get(base + "/metrics", timeout=10).text)
+                   for sample in family.samples if family.name.startswith("skladbridge_moysklad_")}
+        assert metrics[("skladbridge_moysklad_credentials_ok", "main")] == 1
+        assert metrics[("skladbridge_moysklad_credentials_ok", "client-b")] == 0
+        assert metrics[("skladbridge_moysklad_sync_failures_total", "client-b")] >= 1
+        assert metrics[("skladbridge_moysklad_sync_failures_total", "main")] == 0
     finally:
         scheduler.shutdown()
 

@@ -62,6 +62,24 @@ def test_a_named_config_that_is_missing_is_an_error(tmp_path):
         load_settings(environ={"SKLADBRIDGE_CONFIG": str(tmp_path / "nope.yaml")})
 
 
+@pytest.mark.parametrize("variable, key, value, error", [
+    ("MOYSKLAD_BASE_URL", "moysklad.base_url", "api.moysklad.ru/api/remap/1.2", "must be an http(s) URL"),
+    ("SKLADBRIDGE_PROXY_HOPS", "proxy_hops", "one", "must be a number"),
+])
+def test_a_bad_value_from_the_environment_is_blamed_on_its_variable_not_on_the_file(tmp_path, variable, key, value, error):
+    """The operator would search config.yaml for a value that is not there; the same value in the file is the file's."""
+    config = "moysklad: {token: t}\nfeeds: [{name: a}]\n"
+    with pytest.raises(ConfigError) as raised:
+        load_settings(write(tmp_path, config), environ={variable: value})
+    assert str(raised.value).startswith(f"environment variable {variable}: {key}: {error}")
+
+    section, _, name = key.rpartition(".")
+    in_file = config.replace("{token: t}", f"{{token: t, {name}: {value}}}") if section else config + f"{name}: {value}\n"
+    with pytest.raises(ConfigError) as raised:
+        load_settings(write(tmp_path, in_file), environ={})
+    assert str(raised.value).startswith(f"{tmp_path / 'config.yaml'}: {key}: {error}")
+
+
 def test_secrets_come_from_the_environment_and_paths_from_the_file(tmp_path):
     path = write(tmp_path, "data_dir: store\nmoysklad:\n  token: from-file\nfeeds:\n  - name: main\n")
     settings = load_settings(path, environ={"MOYSKLAD_TOKEN": "from-env", "MOYSKLAD_LOGIN": "a@b"})

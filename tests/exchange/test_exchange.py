@@ -400,6 +400,27 @@ def test_a_refusal_during_an_import_is_answered_at_once_and_logged_after(tmp_pat
     assert logged["result"] == "failed" and logged["error"] == "дождитесь окончания загрузки import.xml"
 
 
+def test_a_failed_exchange_is_a_problem_for_the_monitor_until_the_next_one_succeeds(tmp_path, serve):
+    """1C reports a refused file to whoever watches 1C; MoySklad's automatic exchange tells nobody. /healthz must."""
+    settings = exchange_settings(tmp_path)
+    base = serve(settings)
+    client = OneC(base)
+    client.checkauth()
+    client.init()
+    client.send("import.xml", "<?xml version='1.0' encoding='UTF-8'?><КоммерческаяИнформация><Каталог>".encode())  # cut off
+    answer, _ = client.import_("import.xml")
+    assert answer[0] == "failure"
+    reply = requests.get(base + "/healthz", timeout=10)
+    assert reply.status_code == 503
+    assert reply.text.splitlines() == [f"обмен с 1С: последний сеанс (127.0.0.1) завершился ошибкой — {answer[1]}"]
+    assert requests.get(base + "/health.json", timeout=10).json()["ok"] is False
+
+    good = {"import.xml": fixture("1c-official-2.04", "import.xml")}
+    OneC(base).exchange(good, list(good))
+    reply = requests.get(base + "/healthz", timeout=10)
+    assert (reply.status_code, reply.text) == (200, "ok\n")
+
+
 def test_a_picture_sent_again_after_its_import_never_changes_the_served_one(tmp_path, serve):
     """Imported pictures are hard-linked into the images folder; 1C appending to the same name later
     must get a file of its own, not grow the picture the feeds link to."""

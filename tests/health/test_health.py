@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 from core.mailbox import BUILD
 from core.russian import plural
 from core.settings import AdminSettings, ApiSettings, ExchangeSettings, FeedSettings, Settings
-from emulator.harness import EMULATOR_TOKEN, ROOT, client_settings
+from emulator.harness import EMULATOR_TOKEN, ROOT, client_settings, wait_for
 from feeds.build import BuildFailed, build_feed, sync_source
 from health.collect import stale_from
 from scheduler import run_build, start_scheduler
@@ -205,7 +205,7 @@ def test_rejected_credentials_are_explained(tmp_path, emulator, serve):
     assert feed["state"] == "failing"
     assert feed["error"]["kind"] == "sync"
     assert feed["error"]["title"] == "МойСклад не принял токен или логин/пароль"
-    assert "moysklad.token" in feed["error"]["action"]
+    assert "moysklad.token или в переменную MOYSKLAD_TOKEN," in feed["error"]["action"]
     assert "revoked-token" not in str(body)
 
 
@@ -444,3 +444,25 @@ def test_a_feed_anyone_can_guess_is_flagged_until_it_has_a_token(tmp_path, emula
 
     local = Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator), feeds=feeds)  # 127.0.0.1
     assert "легко угадать" not in requests.get(serve(local) + "/", timeout=10).text
+
+
+def test_the_next_build_is_the_schedulers_own_plan_even_after_a_first_build_failed(tmp_path, emulator, serve):
+    """The first build died in its sync (a revoked token), so the feed has no build of its own: the page must not
+    say «сейчас, в очереди» for the next hour, but when the scheduler will really try again."""
+    from app import create_app
+
+    settings = Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator, token="revoked-token"),
+                        feeds=(FeedSettings(name="main", pictures="none", interval_minutes=60),))
+    running = start_scheduler(create_app(settings), retry_seconds=None)
+    try:
+        base = serve(settings)
+        feed = wait_for(lambda: (body := requests.get(base + "/health.json", timeout=10).json())["feeds"][0]["error"]
+                        and body["queue"] and body["feeds"][0], 30, "the failed first build")
+        planned = running.get_job("feed:main").next_run_time
+        assert dt.datetime.fromisoformat(feed["next_run_at"]) == planned.replace(microsecond=0)
+        assert dt.timedelta(minutes=29) < planned - dt.datetime.now(dt.timezone.utc) < dt.timedelta(minutes=91)
+        page = requests.get(base + "/", timeout=10).text
+        line = page[page.index("<dt>Следующая сборка</dt>"):]
+        assert "(через " in line[:line.index("</dd>")]
+    finally:
+        running.shutdown(wait=True)
