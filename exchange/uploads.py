@@ -28,11 +28,13 @@ MAX_DEPTH = 8
 # One component: letters, digits and a few punctuation marks 1C and MoySklad use in names;
 # never starting with a dot (hidden files, "." and "..") nor ending with a dot or a space.
 COMPONENT = re.compile(r"[\w()\[\]+@,=#~-]([\w .()\[\]+@,=#~-]*[\w()\[\]+@,=#~-])?")
-# Zip bomb limits: unpacked bytes of one archive, and packing ratio of an entry over 1 MB.
+# Zip bomb limits: unpacked bytes of one archive, and the packing ratio of an entry, and of the whole archive, that
+# unpack to over 1 MB (CommerceML packs some 10-30 times, pictures not at all); the disk room an extraction leaves.
 MAX_UNPACKED_BYTES = 20 * 1024 ** 3
 MAX_RATIO = 200
 RATIO_MIN_BYTES = 1024 * 1024
 MAX_ENTRIES = 1_000_000
+DISK_RESERVE_BYTES = 1024 ** 3  # the store, the feeds and the pictures must still have room to be written
 
 
 class UploadError(Exception):
@@ -183,7 +185,8 @@ def extract_zip(archive: Path, root: Path) -> int:
     """
     with _open_zip(archive) as zf:
         entries = [info for info in zf.infolist() if not info.is_dir()]
-        _check_bomb(archive.name, entries)
+        _check_bomb(archive.name, entries, archive.stat().st_size)
+        _check_room(archive.name, sum(info.file_size for info in entries), root)
         targets = [(info, target_path(root, _entry_name(info))) for info in entries]
         for info, path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +204,14 @@ def _open_zip(archive: Path) -> zipfile.ZipFile:
         raise UploadError(f"архив {archive.name} повреждён или передан не полностью: {exc}") from None
 
 
+def _check_room(name: str, total: int, root: Path) -> None:
+    """Refuse an archive whose files would leave the data disk without room for the store and the feeds."""
+    free = shutil.disk_usage(root).free
+    if total > free - DISK_RESERVE_BYTES:
+        raise UploadError(f"архив {name} не распакован: его файлам нужно {total} байт, а на диске сервера свободно {free} "
+                          f"(и {DISK_RESERVE_BYTES} нужны каталогу и фидам); освободите место и повторите обмен")
+
+
 def _entry_name(info: zipfile.ZipInfo) -> str:
     """A zip entry's name, checked like an uploaded one (Windows separators read as folders)."""
     if stat.S_ISLNK(info.external_attr >> 16):
@@ -211,12 +222,15 @@ def _entry_name(info: zipfile.ZipInfo) -> str:
         raise UploadError(f"архив не распакован: {exc}") from None
 
 
-def _check_bomb(name: str, entries: list[zipfile.ZipInfo]) -> None:
+def _check_bomb(name: str, entries: list[zipfile.ZipInfo], archive_bytes: int) -> None:
     if len(entries) > MAX_ENTRIES:
         raise UploadError(f"архив {name}: больше {MAX_ENTRIES} файлов, не распакован")
     total = sum(info.file_size for info in entries)
     if total > MAX_UNPACKED_BYTES:
         raise UploadError(f"архив {name} распаковывается в {total} байт (больше {MAX_UNPACKED_BYTES}): не распакован")
+    if total > RATIO_MIN_BYTES and total > MAX_RATIO * max(archive_bytes, 1):  # many entries each under the entry check
+        raise UploadError(f"архив {name} ({archive_bytes} байт) распаковывается в {total} байт, в {total // max(archive_bytes, 1)} "
+                          f"раз больше (больше {MAX_RATIO}) — похоже на zip-бомбу, не распакован")
     for info in entries:
         if info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             raise UploadError(f"архив {name}: файл {info.filename[:80]!r} сжат в {info.file_size // max(info.compress_size, 1)} раз "

@@ -6,6 +6,7 @@ import http.client
 import io
 import json
 import logging
+import shutil
 import stat
 import time
 import zipfile
@@ -107,6 +108,16 @@ def zip_with(info: zipfile.ZipInfo, data: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def many_small_bombs() -> bytes:
+    """30 entries of 1 MiB of zeros: each under the one-entry check, together 30 MiB from some 40 KB."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("import.xml", fixture(*GOOD_IMPORT))
+        for n in range(30):
+            archive.writestr(f"import_files/{n}.bin", bytes(1024 * 1024))
+    return buffer.getvalue()
+
+
 def symlink_entry() -> zipfile.ZipInfo:
     info = zipfile.ZipInfo("import_files/link.jpg")
     info.external_attr = (stat.S_IFLNK | 0o777) << 16
@@ -120,6 +131,7 @@ def symlink_entry() -> zipfile.ZipInfo:
     (lambda: zip_with(zipfile.ZipInfo("..\\evil.txt"), b"windows slip"), ["архив"]),
     (lambda: zip_with(symlink_entry(), b"/etc/passwd"), ["символическую ссылку"]),
     (lambda: zip_with(zipfile.ZipInfo("zeros.bin"), bytes(48 * 1024 * 1024)), ["zip-бомбу"]),
+    (many_small_bombs, ["zip-бомбу", "распаковывается в 31"]),
     (lambda: make_zip({"import.xml": fixture(*GOOD_IMPORT)})[:-40], ["повреждён"]),
 ])
 def test_a_dangerous_archive_is_not_extracted(client, setup, archive, words):
@@ -138,6 +150,17 @@ def test_a_zip_bomb_by_total_size(client, monkeypatch):
     monkeypatch.setattr("exchange.uploads.MAX_UNPACKED_BYTES", 1000)
     assert client.send("catalog.zip", make_zip({"import.xml": fixture(*GOOD_IMPORT)})) == ["success"]
     failed(client.import_("catalog.zip")[0], "распаковывается")
+
+
+def test_an_archive_the_disk_has_no_room_for_is_not_extracted(client, setup, monkeypatch):
+    """A full data disk would stop the store and the feeds from being written: the archive is refused, saying why."""
+    settings, _ = setup
+    archive = make_zip({"import.xml": fixture(*GOOD_IMPORT)})
+    free = shutil.disk_usage(settings.data_dir)
+    monkeypatch.setattr("exchange.uploads.shutil.disk_usage", lambda path: free._replace(free=1024 ** 3 + 1000))
+    assert client.send("catalog.zip", archive) == ["success"]
+    failed(client.import_("catalog.zip")[0], "на диске сервера свободно", "освободите место")
+    assert not (upload_dir(settings, client) / "import.xml").exists()
 
 
 # --- sizes ----------------------------------------------------------------------------------
