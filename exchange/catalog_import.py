@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import operator
 import os
@@ -29,6 +30,7 @@ from exchange.catalog_parser import (
     CARD_COLUMNS,
     CATEGORY_COLUMNS,
     CHILD_COLUMNS,
+    GOOD_OFFER_COLUMNS,
     OFFER_CARD_COLUMNS,
     FileSummary,
     RecordBatch,
@@ -85,8 +87,9 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
         raise CommerceMLError(f"Файл {path.name} не найден среди загруженных файлов")
     started = time.monotonic()
     with store.run(SOURCE, "import") as run, store.page_cache(IMPORT_CACHE_KIB), \
-            run_in_child(parse_catalog_file, path, Path(upload_dir), name=f"commerceml-parser {path.name}",
-                         expected=(CommerceMLError,)) as messages, PictureLinker(Path(images_dir), path.name) as pictures:
+            run_in_child(parse_catalog_file, path, Path(upload_dir), known := _known_properties(store),
+                         name=f"commerceml-parser {path.name}", expected=(CommerceMLError,)) as messages, \
+            PictureLinker(Path(images_dir), path.name) as pictures:
         skips, writer = SkipLog(run, path.name), BatchWriter(run)
         placing = None  # the last batch, whose pictures the picture thread places while the next one is written
         try:
@@ -118,12 +121,28 @@ def import_file(store: CatalogStore, path: Path, *, upload_dir: Path, images_dir
         summary: FileSummary = messages.result
         writer.flush()
         apply_summary(run, summary, seen_since=session_first_run)
+        if summary.properties:  # for the goods of later files (1C 2.08+ sends the classifier in a file of its own)
+            run.set_setting(PROPERTIES_SETTING, merged_properties(known, summary.properties))
         log.info("exchange: %s (%.1f MB, %s) imported as %s in %.1f s: %s", path.name, path.stat().st_size / 1e6,
                  " ".join(f"{k}={v!r}" for k, v in summary.root_attributes.items()), summary.kind,
                  time.monotonic() - started, run.stats.counts)
     return ImportResult(kind=summary.kind, counts=dict(run.stats.counts), run_id=run.id,
                         root_attributes=summary.root_attributes,
                         parser_peak_rss_mb=summary.peak_rss_mb, parser_cpu_seconds=summary.cpu_seconds)
+
+
+def merged_properties(known: dict, defined: dict) -> dict:
+    """Property definitions after a file: its own name for each property it defines, and the values it lists added to
+    those known (a value id keeps its meaning; a classifier of changes only may list none)."""
+    merged = dict(known)
+    for property_id, (name, options) in defined.items():
+        merged[property_id] = (name, {**(known.get(property_id) or ("", {}))[1], **options})
+    return merged
+
+
+def _known_properties(store: CatalogStore) -> dict:
+    """The Свойства earlier files defined (read inside the import's run, which holds the store's write lock)."""
+    return json.loads(store.setting(SOURCE, PROPERTIES_SETTING) or "{}")
 
 
 def _write_placed(run: CatalogRun, writer: BatchWriter, skips: SkipLog, batch: RecordBatch, placed: Future,
@@ -142,6 +161,7 @@ def _refused(placed: Future) -> list[tuple[int, tuple]]:
 
 
 KEY = ("source", "id")
+PROPERTIES_SETTING = "properties"  # the classifier's Свойства as the latest file defined each, by id
 CHILD_KEYS = {"prices": ("offer_id", "price_type_id"), "attributes": ("owner_id", "attribute_id"),
               "images": ("owner_id", "position"), "stock": ("offer_id", "warehouse_id")}
 # Records whose rows are staged before they are merged into the store in key order (see BatchWriter): a group's
@@ -211,8 +231,9 @@ class BatchWriter:
         run = self.run
         run.merge_staged("categories", "categories", KEY, seen=True)
         run.merge_staged("products", "products", KEY, seen=True)
-        for name in self.offer_names.values():
-            run.merge_staged(name, "offers", KEY, seen=True)
+        for columns, name in self.offer_names.items():
+            # an offers file cannot tell a service: the kind its Товар gave the offer stays
+            run.merge_staged(name, "offers", KEY, seen=True, keep=() if columns == GOOD_OFFER_COLUMNS else ("kind",))
         for table, (owner_column, key) in CHILD_KEYS.items():
             if self.keys.get(f"{table}_owners"):
                 run.merge_staged(table, table, ("source", owner_column, key), children_of=(owner_column, f"{table}_owners"))
@@ -237,8 +258,13 @@ BY_ID, BY_OWNER_AND_KEY = operator.itemgetter(0), operator.itemgetter(0, 1)
 
 
 def _write_cards(run: CatalogRun, batch: RecordBatch) -> None:
-    """Cards made up from a variant Товар (kept fresh, but a real Товар of this run wins) or from an
-    offer (only when the store has no card; an existing one just counts as seen)."""
+    """Cards made up from a variant Товар (kept fresh, but a real Товар of this run wins) or from an offer.
+
+    A card made up from an offer is written when the store has none. Named again, it is the offers files' own
+    (no Товар describes it): live and on sale again after a full file or a deactivation left it out, with the
+    group and unit the offer gives and, from its base offer (Ид without '#'), its name. A Товар's card only
+    counts as seen: its Каталог decides it.
+    """
     variants = {card[0]: card for card in reversed(batch.variant_cards)}  # the first of each product wins
     seen = run.seen_runs("products", list(variants))
     run.upsert_rows("products", CARD_COLUMNS, [card for card_id, card in variants.items() if seen.get(card_id, -1) != run.id],
@@ -247,7 +273,13 @@ def _write_cards(run: CatalogRun, batch: RecordBatch) -> None:
     seen = run.seen_runs("products", list(missing))
     run.upsert_rows("products", OFFER_CARD_COLUMNS, [card for card_id, card in missing.items() if card_id not in seen],
                     KEY, seen=True)
-    run.mark_seen("products", [card_id for card_id, seen_run in seen.items() if seen_run != run.id])
+    named_again = [card_id for card_id, seen_run in seen.items() if seen_run != run.id]
+    if named_again:
+        base_names = {row[0]: row[columns.index("name")] for columns, rows in batch.offers.items() for row in rows}
+        group, unit = OFFER_CARD_COLUMNS.index("category_id"), OFFER_CARD_COLUMNS.index("unit_id")
+        run.revive_offer_cards([(card_id, base_names.get(card_id), missing[card_id][group], missing[card_id][unit])
+                                for card_id in named_again])
+    run.mark_seen("products", named_again)
 
 
 class SkipLog:
@@ -425,7 +457,7 @@ def _reconcile(run: CatalogRun, summary: FileSummary, seen_since: int | None) ->
             tables.append("categories")
         if summary.full.get("Каталог") and "Товары" in summary.listed:
             tables += ["products", "offers"]
-        offer_kinds = ("product",)
+        offer_kinds = ("product", "service")  # a Товар's own offer; its variants are the offers files'
     else:
         if summary.kind == "offers" and summary.full.get("ПакетПредложений") and "Предложения" in summary.listed:
             tables.append("offers")

@@ -42,7 +42,9 @@ from exchange.cml import (
     text_of,
 )
 
-SECTIONS = ("Классификатор", "Каталог", "ПакетПредложений")
+# ИзмененияПакетаПредложений (2.08+, «для быстрой загрузки на сайт»): a changes-only package of prices and stock.
+CHANGES_PACKAGE = "ИзмененияПакетаПредложений"
+SECTIONS = ("Классификатор", "Каталог", "ПакетПредложений", CHANGES_PACKAGE)
 # Only the end tags of these records reach Python; everything inside them stays in lxml until then.
 # Warehouses are read at the end of their list (Склады): a Склад also sits in every offer, as its stock.
 EVENT_TAGS = (ROOT_TAG, *SECTIONS, "Группа", "Свойство", "ТипЦены", "Склады", "ЕдиницаИзмерения", "Товар", "Предложение")
@@ -51,14 +53,16 @@ ROOT_ATTRIBUTES_KEPT = 20
 # Children found by local name in any namespace, matched by lxml in C (see exchange.cml.all_named)
 PICTURE, BARCODE, VAT_RATE, PROPERTY_VALUE, ID = "{*}Картинка", "{*}Штрихкод", "{*}СтавкаНалога", "{*}ЗначенияСвойства", "{*}Ид"
 PRICE, PRICE_TYPE_ID, PRICE_VALUE, WAREHOUSE = "{*}Цена", "{*}ИдТипаЦены", "{*}ЦенаЗаЕдиницу", "{*}Склад"
+WAREHOUSES = "{*}Склады"
 # Requisites not kept as attributes: picture captions, and the weight, which is a column of the card.
 TECHNICAL_REQUISITES = {"ОписаниеФайла", "Вес"}
 # The rows a batch carries are tuples of these columns (the writer adds the source): a tuple costs less to
 # make, to send through the pipe and to write than a dict.
 CATEGORY_COLUMNS = ("id", "name", "external_code", "archived", "parent_id", "updated")
 CARD_COLUMNS = ("id", "kind", "name", "code", "article", "external_code", "category_id", "description", "unit_id",
-                "vat", "vat_enabled", "weight", "archived", "updated")
-OFFER_CARD_COLUMNS = ("id", "kind", "name", "external_code", "category_id", "unit_id", "updated")  # from a Предложение
+                "vat", "vat_enabled", "weight", "archived", "updated", "from_offer")
+# A card made up from a Предложение whose product no Товар describes (from_offer 1: the offers files own it)
+OFFER_CARD_COLUMNS = ("id", "kind", "name", "external_code", "category_id", "unit_id", "updated", "from_offer")
 GOOD_OFFER_COLUMNS = ("id", "product_id", "kind", "name", "code", "article", "external_code", "barcodes",
                       "characteristics", "archived", "updated")
 CHILD_COLUMNS = {"prices": ("offer_id", "price_type_id", "value"),
@@ -94,12 +98,26 @@ def _quantity(text: str) -> float:
     return value
 
 
-def _deleted(fields: dict) -> int:
-    """ПометкаУдаления or Статус «Удален»: the item stays, archived."""
-    if "ПометкаУдаления" not in fields and "Статус" not in fields:
-        return 0
-    mark = text_of(fields.get("ПометкаУдаления")).lower() == "true"
-    return int(mark or text_of(fields.get("Статус")).lower() in ("удален", "удалён"))
+def _deleted(element, fields: dict) -> int:
+    """ПометкаУдаления or Статус «Удален» (an attribute of Товар in the 2.08-2.10 schemas, an element in older
+    files): the item stays, archived."""
+    status = element.get("Статус") or text_of(fields.get("Статус"))
+    mark = "ПометкаУдаления" in fields and text_of(fields["ПометкаУдаления"]).lower() == "true"
+    return int(mark or status.strip().lower() in ("удален", "удалён"))
+
+
+# ТипНоменклатуры values (UT 11, KA, MoySklad's export) that carry no stock; ВидНоменклатуры is the shop's own list,
+# so only its plain «Услуга» counts, and only when ТипНоменклатуры is absent.
+SERVICE_TYPES = {"услуга", "работа"}
+
+
+def _good_kind(requisites: list[tuple[str, str]]) -> str:
+    """'service' for a Товар 1C types as a service (no stock: a delivery, an installation), else 'product'."""
+    found = dict(requisites)
+    kind = found.get("ТипНоменклатуры")
+    if kind is None:
+        return "service" if (found.get("ВидНоменклатуры") or "").strip().lower() == "услуга" else "product"
+    return "service" if kind.strip().lower() in SERVICE_TYPES else "product"
 
 
 def _full(element) -> bool:
@@ -204,7 +222,7 @@ class RecordBatch:
         self.categories: list[tuple] = []  # CATEGORY_COLUMNS
         self.products: list[tuple] = []  # CARD_COLUMNS
         self.variant_cards: list[tuple] = []  # CARD_COLUMNS; written unless this run already wrote the card
-        self.missing_cards: list[tuple] = []  # OFFER_CARD_COLUMNS; written only when the store has no card yet
+        self.missing_cards: list[tuple] = []  # OFFER_CARD_COLUMNS; see _write_cards
         self.touched: list[str] = []  # offers a prices or rests file refers to without rewriting them
         self.offers: dict[tuple, list[tuple]] = {}  # by columns: an offers file sets fewer of them
         self.children: dict[str, tuple[list, list]] = {t: ([], []) for t in CHILD_COLUMNS}  # CHILD_COLUMNS[t]
@@ -237,12 +255,13 @@ class FileSummary:
     counts: Counter = field(default_factory=Counter)
     peak_rss_mb: float = 0.0
     cpu_seconds: float = 0.0
+    properties: dict[str, tuple[str, dict]] = field(default_factory=dict)  # the classifier's Свойства this file defined
 
 
 class CatalogParser:
     """Reads one document record by record and hands its rows, a :class:`RecordBatch` at a time, to the writer."""
 
-    def __init__(self, path: Path, upload_dir: Path):
+    def __init__(self, path: Path, upload_dir: Path, known_properties: dict | None = None):
         self.outbox: list[tuple] = []  # messages for the writer, handed out after each record
         self.path = path
         self.upload_dir = upload_dir.resolve()
@@ -254,7 +273,10 @@ class CatalogParser:
         self.full: dict[str, bool] = {}  # the sections the file has: lists everything (True) or changes
         self.listed: set[str] = set()  # Товары / Предложения present: only then may a full section reconcile
         self.shapes = {"named": 0, "priced": 0, "stocked": 0}
-        self.properties: dict[str, tuple[str, dict]] = {}
+        # property id → (name, {value id: text}): an earlier file's classifier (1C 2.08+ sends it in a file of its
+        # own), then this file's, which wins
+        self.properties: dict[str, tuple[str, dict]] = dict(known_properties or {})
+        self.defined: dict[str, tuple[str, dict]] = {}
         self.units: dict[str, dict] = {}
         self.references: dict[str, list] = {"price_types": [], "warehouses": []}
         self.records = 0
@@ -263,6 +285,7 @@ class CatalogParser:
             "Группа": self._group, "Свойство": self._property, "ТипЦены": self._price_type, "Склады": self._warehouses,
             "ЕдиницаИзмерения": self._unit_of_measure, "Товар": self._good, "Предложение": self._offer,
             "Классификатор": self._section, "Каталог": self._section, "ПакетПредложений": self._section,
+            CHANGES_PACKAGE: self._section,
         }
 
     # parsing
@@ -343,7 +366,11 @@ class CatalogParser:
         if not parent_is(element, ROOT_TAG):
             return False
         fields = fields_of(element)
-        self.full[local_name(element.tag)] = _full(element)
+        section = local_name(element.tag)
+        if section == CHANGES_PACKAGE:  # always changes only: it never takes away what it does not list
+            self.full["ПакетПредложений"] = self.full.get("ПакетПредложений", False)
+        else:
+            self.full[section] = _full(element)
         self.listed.update(name for name in ("Товары", "Предложения") if name in fields)
         owner = text_of(fields_of(fields["Владелец"]).get("Наименование")) if "Владелец" in fields else ""
         if owner:
@@ -361,7 +388,7 @@ class CatalogParser:
             return True
         above = parent.getparent()
         parent_id = text_of(fields_of(above).get("Ид")) or None if local_name(above.tag) == "Группа" else None
-        self.batch.categories.append((group_id, name, group_id, _deleted(fields), parent_id, self.updated))
+        self.batch.categories.append((group_id, name, group_id, _deleted(element, fields), parent_id, self.updated))
         self._counted("groups")
         return True
 
@@ -375,7 +402,7 @@ class CatalogParser:
             for option in all_named(fields.get("ВариантыЗначений"), "Справочник"):
                 option_fields = fields_of(option)
                 options[text_of(option_fields.get("ИдЗначения"))] = text_of(option_fields.get("Значение"))
-            self.properties[property_id] = (name, options)
+            self.properties[property_id] = self.defined[property_id] = (name, options)
             self.counts["properties"] += 1
         return True
 
@@ -399,8 +426,9 @@ class CatalogParser:
             self._skip(table, item_id, name, f"{what}: нет Ид или наименования")
             return True
         rows = self.references[table]
+        extra = {"position": len(rows), "currency": text_of(fields.get("Валюта")) or None} if table == "price_types" else {}
         rows.append({"id": item_id, "name": name, "external_code": item_id, "full": _full(element.getparent().getparent()),
-                     **({"position": len(rows)} if table == "price_types" else {})})
+                     **extra})
         return True
 
     def _unit_of_measure(self, element) -> bool:
@@ -426,16 +454,19 @@ class CatalogParser:
             if not product_id:
                 raise Malformed("Ид товара начинается с «#»: нет Ид карточки")
             requisites = requisite_pairs(fields.get("ЗначенияРеквизитов"))
-            code, article, archived = text_of(fields.get("Код")) or None, text_of(fields.get("Артикул")) or None, _deleted(fields)
+            code, article = text_of(fields.get("Код")) or None, text_of(fields.get("Артикул")) or None
+            archived = _deleted(element, fields)
+            kind = "variant" if characteristic else _good_kind(requisites)
             # a variant marked deleted does not archive its product
-            card = self._card(product_id, name, code, article, 0 if characteristic else archived, fields, requisites)
+            card = self._card(product_id, "product" if characteristic else kind, name, code, article,
+                              0 if characteristic else archived, fields, requisites)
         except Malformed as exc:
             self._skip("product", item_id, name, str(exc))
             return True
         barcodes = _barcodes(element) if "Штрихкод" in fields else None
         characteristics = _characteristics(fields.get("ХарактеристикиТовара")) if characteristic else None
         (self.batch.variant_cards if characteristic else self.batch.products).append(card)
-        self.batch.offer(GOOD_OFFER_COLUMNS, (item_id, product_id, "variant" if characteristic else "product", name, code,
+        self.batch.offer(GOOD_OFFER_COLUMNS, (item_id, product_id, kind, name, code,
                                               article, item_id, barcodes, characteristics, archived, self.updated))
         self.batch.replace("attributes", item_id, self._attributes(item_id, fields, requisites))
         self.batch.replace("images", item_id, [])
@@ -444,22 +475,24 @@ class CatalogParser:
         self._counted("goods")
         return True
 
-    def _card(self, product_id: str, name: str, code: str | None, article: str | None, archived: int, fields: dict,
-              requisites: list[tuple[str, str]]) -> tuple:
+    def _card(self, product_id: str, kind: str, name: str, code: str | None, article: str | None, archived: int,
+              fields: dict, requisites: list[tuple[str, str]]) -> tuple:
         """The product card of a Товар, as CARD_COLUMNS."""
         unit = self._unit_id(fields)
         vat, vat_enabled = _vat(fields.get("СтавкиНалогов"))
         weight = next((value for key, value in requisites if key == "Вес"), None)
-        return (product_id, "product", name, code, article, product_id, _first_group(fields),
+        return (product_id, kind, name, code, article, product_id, _first_group(fields),
                 text_of(fields.get("Описание")) or None, unit, vat, vat_enabled,
-                float(parse_decimal(weight, "вес")) if weight else None, archived, self.updated)
+                float(parse_decimal(weight, "вес")) if weight else None, archived, self.updated, 0)
 
     def _offer(self, element) -> bool:
         """A Предложение: offer data, prices and stock, whichever of them the file carries."""
-        if not parent_is(element, "Предложения", "ПакетПредложений"):
+        if not (parent_is(element, "Предложения", "ПакетПредложений") or parent_is(element, "Предложения", CHANGES_PACKAGE)):
             return False
         fields = fields_of(element)
         item_id, name = text_of(fields.get("Ид")), text_of(fields.get("Наименование"))
+        if item_id and "ИдХарактеристики" in fields:  # a changes package names the characteristic apart
+            item_id = f"{item_id}#{text_of(fields['ИдХарактеристики'])}"
         try:
             if not item_id or item_id.startswith("#"):
                 raise Malformed("у предложения нет Ид товара")
@@ -485,7 +518,7 @@ class CatalogParser:
     def _offer_row(self, item_id: str, name: str, element, fields: dict) -> None:
         """The offer itself, setting only what the Предложение holds, and a card if its product has none."""
         product_id, _, characteristic = item_id.partition("#")
-        row = [item_id, product_id, "variant" if characteristic else "product", name, item_id, _deleted(fields),
+        row = [item_id, product_id, "variant" if characteristic else "product", name, item_id, _deleted(element, fields),
                self.updated]
         if "Артикул" in fields:
             row.append(text_of(fields["Артикул"]) or None)
@@ -496,7 +529,7 @@ class CatalogParser:
         columns = _offer_columns("Артикул" in fields, "Штрихкод" in fields, "ХарактеристикиТовара" in fields)
         self.batch.offer(columns, tuple(row))
         self.batch.missing_cards.append((product_id, "product", name, product_id, _first_group(fields),
-                                         self._unit_id(fields), self.updated))
+                                         self._unit_id(fields), self.updated, 1))
         if "ЗначенияСвойств" in fields:
             self.batch.replace("attributes", item_id, self._attributes(item_id, fields, []))
         if "Картинка" in fields:
@@ -519,8 +552,8 @@ class CatalogParser:
     def _stock(self, offer_id: str, element, fields: dict) -> list[tuple] | None:
         """Stock in any of its three shapes: per warehouse when given, else the total (warehouse '')."""
         per_warehouse, total = [], None
-        for store in element.iterchildren(WAREHOUSE):  # 2.07: <Склад ИдСклада=.. КоличествоНаСкладе=../>
-            warehouse_id = store.get("ИдСклада")
+        for store in element.iterchildren(WAREHOUSE, WAREHOUSES):  # 2.07: <Склад ИдСклада=.. КоличествоНаСкладе=../>;
+            warehouse_id = store.get("ИдСклада")  # a changes package: <Склады ИдСклада=.. КоличествоНаСкладе=../>
             if warehouse_id:
                 per_warehouse.append((warehouse_id.strip(), _quantity((store.get("КоличествоНаСкладе") or "").strip())))
         for rest in all_named(fields.get("Остатки"), "Остаток"):  # 2.09+: <Остатки><Остаток><Склад><Ид/><Количество/>
@@ -609,7 +642,7 @@ class CatalogParser:
         self._send_batch()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return FileSummary(kind, self.full, self.listed, self.references, self.units, self.root_attributes, self.counts,
-                           usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+                           usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, self.defined)
 
     def _kind(self) -> str:
         """What the file is, by content: a Каталог makes an import; a package of offers is offers, prices or rests."""
@@ -625,9 +658,10 @@ class CatalogParser:
         if "Классификатор" in self.full:
             return "import"
         raise CommerceMLError(f"Файл {self.path.name}: в нём нет ни классификатора, ни каталога, ни пакета "
-                              "предложений; это не файл каталога (файлы заказов загружаются через type=sale)")
+                              "предложений (ни изменений пакета предложений); это не файл каталога (файлы заказов "
+                              "загружаются через type=sale)")
 
 
-def parse_catalog_file(path: Path, upload_dir: Path) -> Iterator[tuple]:
+def parse_catalog_file(path: Path, upload_dir: Path, known_properties: dict | None = None) -> Iterator[tuple]:
     """The parser as a generator function for :func:`core.child_process.run_in_child`."""
-    return (yield from CatalogParser(path, upload_dir).parse())
+    return (yield from CatalogParser(path, upload_dir, known_properties).parse())

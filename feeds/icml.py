@@ -219,6 +219,17 @@ class RenderOptions:
         return bool(self.feed.vendor_attribute or self.feed.params or self.feed.dimension_attributes)
 
 
+# How 1C writes the rouble in ТипЦены/Валюта (its own short name, the ISO code or the numeric one).
+ROUBLE = {"руб", "руб.", "рубль", "rub", "rur", "643", "₽"}
+
+
+def default_price_type(price_types: list[dict]) -> str | None:
+    """The price a feed without ``price_type`` publishes: the first price type in roubles (or of no stated currency),
+    not 1C's first one, which may be a wholesale price in dollars; the first one when none is in roubles."""
+    rouble = (p["id"] for p in price_types if (p.get("currency") or "руб").strip().lower() in ROUBLE)
+    return next(rouble, price_types[0]["id"] if price_types else None)
+
+
 def resolve_options(reader: CatalogReader, feed: FeedSettings, images_url: str, now: dt.datetime | None = None) -> RenderOptions:
     """Look up the configured price type and warehouses by name; a name that does not exist is an error."""
     source = feed.source
@@ -230,7 +241,7 @@ def resolve_options(reader: CatalogReader, feed: FeedSettings, images_url: str, 
             raise RenderError(f"feed {feed.name}: price type «{feed.price_type}» does not exist (known: {known})")
         price_type_id = matches[0]
     else:
-        price_type_id = price_types[0]["id"] if price_types else None
+        price_type_id = default_price_type(price_types)
     warehouse_ids = None
     if feed.stores:
         by_name = {w["name"]: w["id"] for w in reader.warehouses(source)}

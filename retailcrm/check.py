@@ -8,6 +8,7 @@ exchange). Every problem names what is missing and what exists.
 from __future__ import annotations
 
 from core.settings import FeedSettings, Settings
+from feeds.icml import default_price_type
 from moysklad.check import CheckReport
 from retailcrm.client import API_PREFIX, RetailCrmClient
 from retailcrm.errors import KeyRejected, RetailCrmError
@@ -47,8 +48,7 @@ def check_feed(settings: Settings, feed: FeedSettings, client: RetailCrmClient) 
     _codes(report, "warehouses", [t.code for t in crm.stores], lambda: client.stores(), "retailcrm.stores")
     price_types = _codes(report, "price types", [t.code for t in crm.prices], lambda: client.price_types(),
                          "retailcrm.prices")
-    catalog_price_types = _catalog_names(report, settings, feed)
-    _default_price_type(report, feed, price_types, catalog_price_types)
+    _default_price_type(report, feed, price_types, _catalog_names(report, settings, feed))
     return report
 
 
@@ -69,24 +69,26 @@ def _codes(report: CheckReport, what: str, wanted: list[str], fetch, key: str) -
     return known
 
 
-def _catalog_names(report: CheckReport, settings: Settings, feed: FeedSettings) -> list[str]:
+def _catalog_names(report: CheckReport, settings: Settings, feed: FeedSettings) -> str:
     """The catalog must have every warehouse and price type name the config maps (once it has any); returns
-    the catalog's price types."""
+    the price type a feed without price_type publishes ('' when unknown)."""
     crm, source = feed.retailcrm, feed.source
-    warehouses, price_types = [], []
+    warehouses, price_types, default = [], [], ""
     if settings.store_path.exists():
         try:
             with CatalogReader(settings.store_path) as reader:
                 warehouses = [row["name"] for row in reader.warehouses(source)]
-                price_types = [row["name"] for row in reader.price_types(source)]
+                rows = reader.price_types(source)
+                price_types = [row["name"] for row in rows]
+                default = next((row["name"] for row in rows if row["id"] == default_price_type(rows)), "")
         except StoreError as exc:
             report.problems.append(f"the catalog store cannot be read: {exc}")
-            return []
+            return default
     if not warehouses and not price_types:
         command = "moysklad sync" if source == "moysklad" else "feeds build"
         report.facts.append((f"{source} catalog", f"not loaded yet: names checked at the first push "
                                                   f"(run `flask --app app {command}`)"))
-        return []
+        return default
     report.facts.append((f"{source} warehouses", ", ".join(warehouses) or "(none)"))
     report.facts.append((f"{source} price types", ", ".join(price_types) or "(none)"))
     for target in crm.stores:
@@ -98,16 +100,15 @@ def _catalog_names(report: CheckReport, settings: Settings, feed: FeedSettings) 
         if target.price_type not in price_types:
             report.problems.append(f"retailcrm.prices.{target.code}: the {source} catalog has no price type "
                                    f"«{target.price_type}» (it has: {', '.join(price_types) or 'none'})")
-    return price_types
+    return default
 
 
-def _default_price_type(report: CheckReport, feed: FeedSettings, crm_price_types: dict,
-                        catalog_price_types: list[str]) -> None:
+def _default_price_type(report: CheckReport, feed: FeedSettings, crm_price_types: dict, catalog_default: str) -> None:
     """retailCRM's default price type is the one the ICML file's <price> fills at every catalog load: a push of
     another price into it would flip back every 3 hours."""
     default = next((code for code, entry in crm_price_types.items() if isinstance(entry, dict) and entry.get("default")),
                    None)
-    feed_price = feed.price_type or (catalog_price_types[0] if catalog_price_types else "")
+    feed_price = feed.price_type or catalog_default
     for target in feed.retailcrm.prices:
         if target.code == default and feed_price and target.price_type != feed_price:
             report.problems.append(

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS products (
     unit_id TEXT, vat REAL, vat_enabled INTEGER, weight REAL, volume REAL,
     variants_count INTEGER NOT NULL DEFAULT 0, archived INTEGER NOT NULL DEFAULT 0,
     removed INTEGER NOT NULL DEFAULT 0, removed_at TEXT, updated TEXT, seen_run INTEGER, tracking_type TEXT,
-    PRIMARY KEY (source, id)) WITHOUT ROWID;
+    from_offer INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (source, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offers (
     source TEXT NOT NULL, id TEXT NOT NULL, product_id TEXT NOT NULL, kind TEXT NOT NULL,
     name TEXT NOT NULL, code TEXT, article TEXT, external_code TEXT,
@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS offers (
 CREATE INDEX IF NOT EXISTS offers_by_product ON offers (source, product_id);
 CREATE TABLE IF NOT EXISTS price_types (
     source TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, external_code TEXT,
-    position INTEGER NOT NULL, PRIMARY KEY (source, id)) WITHOUT ROWID;
+    position INTEGER NOT NULL, currency TEXT, PRIMARY KEY (source, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS prices (
     source TEXT NOT NULL, offer_id TEXT NOT NULL, price_type_id TEXT NOT NULL,
     value INTEGER NOT NULL, PRIMARY KEY (source, offer_id, price_type_id)) WITHOUT ROWID;
@@ -79,8 +79,12 @@ CREATE TABLE IF NOT EXISTS attributes (
 CREATE TABLE IF NOT EXISTS source_settings (
     source TEXT NOT NULL, key TEXT NOT NULL, value TEXT, PRIMARY KEY (source, key)) WITHOUT ROWID;
 """
-ATTRIBUTES = """(SELECT json_group_array(json_array(name, value)) FROM attributes
-    WHERE source = :source AND owner_id = o.product_id)"""
+# An offer's attributes: its product's, then its own (a 1C characteristic's property values), which win by name.
+ATTRIBUTES = """(SELECT json_group_array(json_array(name, value)) FROM (
+    SELECT name, value, 0 AS own FROM attributes WHERE source = :source AND owner_id = o.product_id
+    UNION ALL
+    SELECT name, value, 1 FROM attributes WHERE source = :source AND owner_id = o.id AND o.id != o.product_id
+    ORDER BY own))"""
 
 # Pictures of one owner as JSON [[cached file, permanent link], ...] in position order.
 PICTURES = """SELECT json_group_array(json_array(c.local_file, coalesce(c.permanent_href, i.permanent_href)))
@@ -109,7 +113,8 @@ class CatalogStore(Database, RunLog, OrderBook, ImageCacheRows, PushedValues):
 
     SCHEMA = CATALOG_SCHEMA + RUNS_SCHEMA + IMAGE_CACHE_SCHEMA + ORDERS_SCHEMA + BUNDLES_SCHEMA + RETAILCRM_SCHEMA
     # products.tracking_type (MoySklad trackingType: mandatory marking) came after the table
-    ADDED_COLUMNS = (("products", "tracking_type", "TEXT"),)
+    ADDED_COLUMNS = (("products", "tracking_type", "TEXT"), ("products", "from_offer", "INTEGER NOT NULL DEFAULT 0"),
+                     ("price_types", "currency", "TEXT"))
 
     @property
     def run_class(self):
@@ -434,7 +439,7 @@ class CatalogRun(Run):
             start += count
 
     def merge_staged(self, name: str, table: str, pk: tuple[str, ...], *, seen: bool = False,
-                     children_of: tuple[str, str] | None = None, whole: bool = False) -> int:
+                     children_of: tuple[str, str] | None = None, whole: bool = False, keep: tuple[str, ...] = ()) -> int:
         """Write the rows staged as ``name`` into ``table`` in key order (they stay staged, as owners of
         children, until :meth:`drop_staged` or staging under that name again).
 
@@ -443,7 +448,8 @@ class CatalogRun(Run):
         a cache hit and a page read and written again, some 2× on a big full sync. ``children_of`` =
         (owner column, name of staged owners): first delete the rows of those owners (their prices,
         attributes), as :meth:`replace_children` does. ``seen``: see :meth:`_fixed`. ``whole``: the rows
-        staged are the whole table (a full run), see :meth:`_indexes_after`.
+        staged are the whole table (a full run), see :meth:`_indexes_after`. ``keep``: columns a new row gets
+        and an existing one keeps.
         """
         columns = self._staged.pop(name, None)
         if children_of is not None and children_of[1] in self._created and self._holds(table):
@@ -456,7 +462,7 @@ class CatalogRun(Run):
         select = (f"SELECT {', '.join([*fixed.values(), *columns])} FROM temp.staged_{name} "
                   f"WHERE true ORDER BY {', '.join(c for c in pk if c != 'source')}")  # WHERE: see SQLite's UPSERT parsing
         with self._indexes_after(table) if whole else contextlib.nullcontext():
-            return self.db.execute(_upsert_sql(table, (*fixed, *columns), select, pk)).rowcount
+            return self.db.execute(_upsert_sql(table, (*fixed, *columns), select, pk, keep)).rowcount
 
     @contextlib.contextmanager
     def _indexes_after(self, table: str):
@@ -558,6 +564,15 @@ class CatalogRun(Run):
                                         [self.source, *chunk]).fetchall())
         return seen
 
+    def revive_offer_cards(self, cards: list[tuple[str, str | None, str | None, str | None]]) -> None:
+        """Cards made up from offers (from_offer), named by an offers file again as (id, name or None, group or None,
+        unit or None): live and not archived, with what is given; a Товар's card is left alone."""
+        self.db.conn.executemany(
+            "UPDATE products SET name = coalesce(?, name), category_id = coalesce(?, category_id), "
+            "unit_id = coalesce(?, unit_id), archived = 0, removed = 0, removed_at = NULL "
+            "WHERE source = ? AND id = ? AND from_offer = 1",
+            [(name, category, unit, self.source, card_id) for card_id, name, category, unit in cards])
+
     def mark_seen(self, table: str, ids: list[str]) -> None:
         """Rows this run refers to without rewriting them count as seen (reconciliation, deactivation)."""
         for chunk in chunks(ids, 500):
@@ -644,9 +659,10 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _upsert_sql(table: str, names: tuple[str, ...], rows: str, pk: tuple[str, ...]) -> str:
-    """INSERT of ``rows`` (a ``VALUES`` or a ``SELECT``) into the columns ``names``, updating on conflict."""
-    updates = ", ".join(f"{c} = excluded.{c}" for c in names if c not in pk)
+def _upsert_sql(table: str, names: tuple[str, ...], rows: str, pk: tuple[str, ...], keep: tuple[str, ...] = ()) -> str:
+    """INSERT of ``rows`` (a ``VALUES`` or a ``SELECT``) into the columns ``names``, updating on conflict all but
+    ``pk`` and ``keep``."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in names if c not in pk and c not in keep)
     return (f"INSERT INTO {table} ({', '.join(names)}) {rows} "
             f"ON CONFLICT ({', '.join(pk)}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING"))
 

@@ -16,11 +16,12 @@ import pytest
 from lxml import etree
 
 from core.pictures import MAX_PICTURE_BYTES
-from core.settings import FeedSettings, Settings
+from core.settings import FeedSettings, ParamMapping, Settings
 from emulator.harness import SHARED, child_pids, command_line
 from exchange.catalog_import import deactivate_untouched, import_file
 from exchange.cml import CommerceMLError
 from feeds.build import build_feed
+from store import open_catalog
 
 SAMPLES = SHARED / "fixtures" / "commerceml"
 CATALOG_TABLES = ("categories", "products", "offers", "price_types", "prices", "warehouses", "stock", "units",
@@ -128,8 +129,21 @@ def test_official_sample_variants_from_import_and_a_full_offers_file(samples, st
                  "05e26d70-01e4-11dc-a411-00055d80a2d1#05e26d76-01e4-11dc-a411-00055d80a2d1",
                  "cbcf493b-55bc-11d9-848a-00112f43529a")
     assert price == [{"value": 700}]
-    assert [p["name"] for p in rows(store, "SELECT name FROM price_types ORDER BY position")] == [
-        "Оптовая", "Закупочная", "Плановая", "Розничная"]
+    assert [(p["name"], p["currency"]) for p in rows(store, "SELECT * FROM price_types ORDER BY position")] == [
+        ("Оптовая", "USD"), ("Закупочная", "USD"), ("Плановая", "USD"), ("Розничная", "руб")]
+
+
+def test_a_feed_without_a_price_type_publishes_roubles_not_1cs_first_price_in_dollars(samples, store, dirs, tmp_path):
+    """The official sample lists «Оптовая» in USD first: the table that costs 7 roubles must not sell at 5."""
+    folder = samples / "1c-official-2.04"
+    load(store, dirs, folder / "import.xml")
+    load(store, dirs, folder / "offers.xml")
+    store.close()
+    feed = FeedSettings(name="cml", source="exchange", pictures="none")
+    build_feed(Settings(data_dir=tmp_path / "data", feeds=(feed,)), feed, sync=False)
+    table = etree.parse(str(tmp_path / "data" / "feeds" / "cml.xml")).find(
+        ".//offer[@id='05e26d70-01e4-11dc-a411-00055d80a2d1#05e26d76-01e4-11dc-a411-00055d80a2d1']")
+    assert table.findtext("price") == "7.00"
 
 
 def test_ut10_sample_with_bom_package_ids_and_deleted_offers(samples, store, dirs):
@@ -166,6 +180,89 @@ def test_ut11_sample_namespace_and_stock_per_warehouse(samples, store, dirs):
     assert attributes["Изготовитель"] == "Crazy Boom"
 
 
+def test_ut11_a_good_with_the_status_attribute_deleted_is_off_sale(samples, store, dirs, tmp_path):
+    """UT 11 writes <Товар Статус="Удален"> (an attribute in the 2.08-2.10 schemas): the good must not stay on sale."""
+    folder = samples / "1c-ut11-2.07"
+    load(store, dirs, folder / "import0_1.xml")
+    load(store, dirs, folder / "offers0_1.xml")
+    deleted = "b631c9c1-49de-11e9-80c9-0cc47ab29cd1"
+    assert rows(store, "SELECT archived FROM products WHERE id=?", deleted) == [{"archived": 1}]
+    assert rows(store, "SELECT count(*) n FROM products WHERE archived=1") == [{"n": 1}]  # «Новый», «Изменен» are on sale
+    store.close()
+    feed = FeedSettings(name="cml", source="exchange", pictures="none")
+    build_feed(Settings(data_dir=tmp_path / "data", feeds=(feed,)), feed, sync=False)
+    published = {o.get("id") for o in etree.parse(str(tmp_path / "data" / "feeds" / "cml.xml")).iter("offer")}
+    # archived as of the file's date (2019): longer ago than inactive_days, so it has dropped out of the feed
+    assert deleted not in published and "bd8c4e15-18f9-11e7-80c2-0cc47ab29cd1" in published
+
+
+def test_a_service_stays_a_service_without_stock_when_its_offers_file_comes(samples, store, dirs, tmp_path):
+    """ТипНоменклатуры «Услуга» (a delivery): published as type="service" with no quantity, as a MoySklad service is,
+    not as a product forever out of stock; the offers file that follows (it cannot tell) does not undo it."""
+    folder = samples / "django-cml-2.05"
+    load(store, dirs, folder / "import.xml")
+    delivery = "ac547501-714a-11d9-ac6c-0080482454f7"
+    assert rows(store, "SELECT kind FROM offers WHERE id=?", delivery) == [{"kind": "service"}]
+    assert rows(store, "SELECT kind FROM products WHERE id=?", delivery) == [{"kind": "service"}]
+    offers = package(f"<Предложение><Ид>{delivery}</Ид><Наименование>Доставка до подъезда</Наименование>"
+                     "<Цены><Цена><ИдТипаЦены>retail</ИдТипаЦены><ЦенаЗаЕдиницу>500</ЦенаЗаЕдиницу></Цена></Цены>"
+                     "</Предложение>", changes_only=True)
+    load(store, dirs, write(dirs, "offers.xml", offers))
+    assert rows(store, "SELECT kind FROM offers WHERE id=?", delivery) == [{"kind": "service"}]
+    assert rows(store, "SELECT count(*) n FROM offers WHERE kind='service'") == [{"n": 19}]  # the file types 19 of its 282 goods «Услуга»
+    store.close()
+    feed = FeedSettings(name="cml", source="exchange", pictures="none", price_type="Розничная")
+    build_feed(Settings(data_dir=tmp_path / "data", feeds=(feed,)), feed, sync=False)
+    document = etree.parse(str(tmp_path / "data" / "feeds" / "cml.xml"))
+    offer = document.find(f".//offer[@id='{delivery}']")
+    assert offer.get("type") == "service" and offer.get("quantity") is None and offer.findtext("price") == "500.00"
+
+    with open_catalog(tmp_path / "data" / "catalog.sqlite") as again:  # a full catalog without it takes it away
+        service = "<ЗначенияРеквизитов><ЗначениеРеквизита><Наименование>ТипНоменклатуры</Наименование>" \
+                  "<Значение>Услуга</Значение></ЗначениеРеквизита></ЗначенияРеквизитов>"
+        load(again, dirs, write(dirs, "import.xml", catalog([("install", "Установка")], extra=service)))
+        assert rows(again, "SELECT id, kind FROM offers WHERE removed=0") == [{"id": "install", "kind": "service"}]
+
+
+def test_ut10_a_characteristics_own_property_values_reach_the_feed(samples, store, dirs, tmp_path):
+    """UT 10.3 tells a license's variants apart only by their own ЗначенияСвойств («Срок лицензии»): a param mapped
+    from it must come from the variant, not only from its product."""
+    folder = samples / "1c-ut10.3-2.05"
+    load(store, dirs, folder / "import.xml")
+    load(store, dirs, folder / "offers.xml")
+    variant = "235ccc6d-ab81-11e4-944a-00155d020201#a5abd77f-93f6-11e5-9468-00155d020201"
+    assert rows(store, "SELECT value FROM attributes WHERE owner_id=? AND name='Срок лицензии'", variant) == [{"value": "2 года"}]
+    store.close()
+    feed = FeedSettings(name="cml", source="exchange", pictures="none", params=(ParamMapping(attribute="Срок лицензии"),))
+    build_feed(Settings(data_dir=tmp_path / "data", feeds=(feed,)), feed, sync=False)
+    offer = etree.parse(str(tmp_path / "data" / "feeds" / "cml.xml")).find(f".//offer[@id='{variant}']")
+    assert [(param.get("name"), param.text) for param in offer.iter("param")] == [("Срок лицензии", "2 года")]
+
+
+def test_a_changes_package_updates_prices_and_stock_and_takes_nothing_away(samples, store, dirs):
+    """ИзмененияПакетаПредложений (2.08-2.10 schemas, 1C's quick update): an offer by Ид and ИдХарактеристики, stock as
+    <Склады ИдСклада КоличествоНаСкладе/>; what it does not list stays as it was."""
+    folder = samples / "1c-ut11-2.07"
+    load(store, dirs, folder / "import0_1.xml")
+    load(store, dirs, folder / "offers0_1.xml")
+    good, warehouse = "008b1914-6635-11e9-80c9-0cc47ab29cd1", "dd306af1-19c9-11e7-80c2-0cc47ab29cd1"
+    price_type = rows(store, "SELECT price_type_id FROM prices WHERE offer_id=?", good)[0]["price_type_id"]
+    live = rows(store, "SELECT count(*) n FROM offers WHERE removed=0")
+    changes = document(f"<ИзмененияПакетаПредложений><Ид>c#</Ид><ИдКаталога>c</ИдКаталога><Предложения>"
+                       f"<Предложение><Ид>{good}</Ид><Склады ИдСклада='{warehouse}' КоличествоНаСкладе='7'/>"
+                       f"<Цены><Цена><ИдТипаЦены>{price_type}</ИдТипаЦены><ЦенаЗаЕдиницу>150</ЦенаЗаЕдиницу></Цена></Цены>"
+                       f"</Предложение><Предложение><Ид>{good}</Ид><ИдХарактеристики>red</ИдХарактеристики>"
+                       f"<Склады ИдСклада='{warehouse}' КоличествоНаСкладе='2'/></Предложение>"
+                       "</Предложения></ИзмененияПакетаПредложений>").replace('ВерсияСхемы="2.07"', 'ВерсияСхемы="2.08"')
+    result = load(store, dirs, write(dirs, "changes.xml", changes))
+    assert result.counts["offers"] == 2 and not result.counts.get("removed_offers")
+    assert rows(store, "SELECT value FROM prices WHERE offer_id=?", good) == [{"value": 15000}]
+    assert rows(store, "SELECT offer_id, warehouse_id, stock FROM stock WHERE offer_id LIKE ? ORDER BY offer_id", good + "%") == [
+        {"offer_id": good, "warehouse_id": warehouse, "stock": 7.0},
+        {"offer_id": f"{good}#red", "warehouse_id": warehouse, "stock": 2.0}]
+    assert rows(store, "SELECT count(*) n FROM offers WHERE removed=0") == live
+
+
 def test_ut11_nested_groups_keep_their_parents(samples, store, dirs):
     load(store, dirs, samples / "1c-ut11-2.07" / "import0_1_with_nested_groups.xml")
     categories = rows(store, "SELECT * FROM categories")
@@ -185,6 +282,30 @@ def test_2_09_split_exchange_changes_only(samples, store, dirs):
     assert rows(store, "SELECT value FROM prices WHERE offer_id=?", offer) == [{"value": 18100}]
     assert rows(store, "SELECT warehouse_id, stock FROM stock WHERE offer_id=?", offer) == [
         {"warehouse_id": "5d1caeb1-44b2-11e4-a628-003048c64779", "stock": 1}]
+
+
+def test_property_values_of_goods_sent_after_their_classifier_are_kept(samples, store, dirs):
+    """1C 2.08+ sends the classifier (Свойства with their Справочник values) in a file of its own; the goods of a later
+    file, even of a later exchange, name its properties and values by id: «Тип лампы» = «Светодиодные», not nothing."""
+    folder = samples / "1c-2.09-multifile"
+    load(store, dirs, folder / SAMPLE_SETS["1c-2.09-multifile"][0])
+    lamp = ('<Товар><Ид>26b0dc1e-4d66-11e4-99fe-003048c64779</Ид><Наименование>Лампа</Наименование><ЗначенияСвойств>'
+            '<ЗначенияСвойства><Ид>3057f488-6bd7-11e4-86dd-003048c64779</Ид>'
+            '<Значение>6ee45a18-6bd7-11e4-86dd-003048c64779</Значение></ЗначенияСвойства></ЗначенияСвойств></Товар>')
+    goods = document(f'<Каталог СодержитТолькоИзменения="true"><Ид>c</Ид><Товары>{lamp}</Товары></Каталог>')
+    for _exchange in range(2):
+        result = load(store, dirs, write(dirs, "goods.xml", goods))
+        assert not result.counts.get("unknown_property_values")
+        assert rows(store, "SELECT name, value FROM attributes WHERE type='property'") == [
+            {"name": "Тип лампы", "value": "Светодиодные"}]
+    renamed = catalog([]).replace("</Группы></Классификатор>", "</Группы><Свойства><Свойство>"
+                                  "<Ид>3057f488-6bd7-11e4-86dd-003048c64779</Ид><Наименование>Лампа: тип</Наименование>"
+                                  "</Свойство></Свойства></Классификатор>").replace("СодержитТолькоИзменения=\"false\"",
+                                                                                     "СодержитТолькоИзменения=\"true\"")
+    load(store, dirs, write(dirs, "classifier.xml", renamed))  # a later classifier's name wins; its values add up
+    load(store, dirs, write(dirs, "goods.xml", goods))
+    assert rows(store, "SELECT name, value FROM attributes WHERE type='property'") == [
+        {"name": "Лампа: тип", "value": "Светодиодные"}]
 
 
 def test_bare_classifier_fragment_is_refused(samples, store, dirs):
@@ -411,6 +532,42 @@ def test_deactivate_keeps_cards_that_only_offers_files_name(store, dirs):
     load(store, dirs, write(dirs, "offers.xml", offers))
     this_session = [load(store, dirs, write(dirs, "offers.xml", offers)).run_id]
     assert deactivate_untouched(store, this_session) == {"products": 0, "offers": 0}
+
+
+def test_goods_only_offers_describe_come_back_and_follow_their_offers(samples, store, dirs):
+    """umi's import.xml describes 3 of the 14 goods its offers.xml sells. The next day's full import.xml removes the
+    other 11 cards again; that day's offers.xml must bring them back, or they sell as «not on sale» and drop out."""
+    folder = samples / "umi-cms-2.04"
+    for _day in (1, 2):
+        session = [load(store, dirs, folder / "import.xml").run_id]
+        session.append(load(store, dirs, folder / "offers.xml").run_id)
+    assert rows(store, "SELECT count(*) n FROM products WHERE removed=1 OR archived=1") == [{"n": 0}]
+    assert rows(store, "SELECT count(*) n FROM products WHERE from_offer=1") == [{"n": 11}]
+    assert deactivate_untouched(store, session) == {"products": 0, "offers": 0}
+
+    # a card made up from offers follows its base offer's name and group; a Товар's card follows its Товар
+    offers = package("<Предложение><Ид>p1</Ид><Наименование>Мыло</Наименование><Группы><Ид>g1</Ид></Группы></Предложение>")
+    load(store, dirs, write(dirs, "offers.xml", offers))
+    load(store, dirs, write(dirs, "offers.xml", offers.replace("Мыло", "Мыло детское").replace("g1", "g2")))
+    assert rows(store, "SELECT name, category_id FROM products WHERE id='p1'") == [{"name": "Мыло детское", "category_id": "g2"}]
+    load(store, dirs, write(dirs, "import.xml", catalog([("p1", "Мыло хозяйственное")], changes_only=True)))
+    load(store, dirs, write(dirs, "offers.xml", offers))
+    assert rows(store, "SELECT name, from_offer FROM products WHERE id='p1'") == [{"name": "Мыло хозяйственное", "from_offer": 0}]
+
+
+def test_a_good_only_offers_describe_is_on_sale_again_after_a_deactivation(samples, store, dirs):
+    """UT 10.3 sends its goods as offers only. Left out of one exchange (deactivate archived it), a good is sold
+    again when the next exchange lists it."""
+    folder = samples / "1c-ut10.3-2.05"
+    good = "7d2dcab3-e453-11e6-9483-00155d020201"
+    text = (folder / "import.xml").read_text(encoding="utf-8-sig")
+    start = text.index(f"<Предложение>\n\t\t\t\t<Ид>{good}")
+    without = write(dirs, "without.xml", text[:start] + text[text.index("</Предложение>", start) + len("</Предложение>"):])
+    load(store, dirs, folder / "import.xml")
+    assert deactivate_untouched(store, [load(store, dirs, without).run_id]) == {"products": 1, "offers": 1}
+    load(store, dirs, folder / "import.xml")
+    assert rows(store, "SELECT archived, removed FROM products WHERE id=?", good) == [{"archived": 0, "removed": 0}]
+    assert rows(store, "SELECT archived, removed FROM offers WHERE id=?", good) == [{"archived": 0, "removed": 0}]
 
 
 def test_progress_is_reported_every_thousand_records(store, dirs):
