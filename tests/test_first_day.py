@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,26 @@ def test_from_the_demo_to_an_account_without_traps(tmp_path, emulator_factory):
     log = server.log()
     assert "skladbridge: config error: " in log and "moysklad.tokn: unknown key" in log
     assert "Traceback" not in log and log.count("config error") == 1
+
+
+def test_the_emulator_starts_beside_a_config_still_missing_its_token(tmp_path):
+    """README's Configuration: copy the example, then try it against the emulator. The emulator needs no config, so the
+    token the copy still lacks must not stop it (it did: «config error: moysklad: no credentials»)."""
+    shutil.copy(ROOT / "config.example.yaml", tmp_path / "config.yaml")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    emulator = subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "emulator", "run", "--port", str(port),
+                                 "--products", "20"], cwd=tmp_path, env={**CLEAN_ENV, "PYTHONPATH": str(ROOT)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert emulator.stdout.readline().strip() == f"MoySklad emulator: http://127.0.0.1:{port}/api/remap/1.2"
+        answer = requests.get(f"http://127.0.0.1:{port}/api/remap/1.2/entity/assortment",
+                              headers={"Authorization": f"Bearer {EMULATOR_TOKEN}", "Accept-Encoding": "gzip"}, timeout=10)
+        assert answer.status_code == 200 and answer.json()["meta"]["size"] == 20
+    finally:
+        emulator.terminate()
+        emulator.communicate(timeout=10)
 
 
 def test_an_exchange_only_install_starts_and_exchanges_without_a_moysklad_section(tmp_path):
