@@ -33,6 +33,9 @@ DEFAULT_MOYSKLAD_URL = "https://api.moysklad.ru/api/remap/1.2"
 RETIRED_MOYSKLAD_HOST = "online.moysklad.ru"
 FEED_SOURCES = ("moysklad", "exchange")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# A secret that is a path segment of a URL (a feed's token, a webhook secret): what a route's <secret> matches
+# and a shard's nginx map too; `openssl rand -hex 24` makes one.
+URL_SECRET = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 # Environment variables that override config keys (secrets belong here, not in the file).
 ENVIRONMENT = {
@@ -521,14 +524,16 @@ def prepare_data_dirs(settings: Settings) -> None:
 
 
 def _set_retailcrm_keys(raw: dict, environ: typing.Mapping[str, str]) -> None:
-    """The retailCRM API key from the environment, for each feed that has a retailcrm section."""
-    lists = [raw.get("feeds")] + [a.get("feeds") for a in raw.get("accounts") or [] if isinstance(a, dict)]
-    for feeds in lists:
+    """The retailCRM API key from the environment, for each feed that has a retailcrm section: RETAILCRM_API_KEY_<FEED>,
+    else, for the main account's feeds only, RETAILCRM_API_KEY (another account is another client's retailCRM)."""
+    lists = [(raw.get("feeds"), True)] + [(a.get("feeds"), False) for a in raw.get("accounts") or [] if isinstance(a, dict)]
+    for feeds, main in lists:
         for feed in feeds if isinstance(feeds, list) else ():
             if not (isinstance(feed, dict) and isinstance(feed.get("retailcrm"), dict)):
                 continue
             name = feed.get("name") if isinstance(feed.get("name"), str) else ""
-            key = environ.get(f"{RETAILCRM_KEY_VARIABLE}_{_variable_suffix(name)}") or environ.get(RETAILCRM_KEY_VARIABLE)
+            key = environ.get(f"{RETAILCRM_KEY_VARIABLE}_{_variable_suffix(name)}") or \
+                (environ.get(RETAILCRM_KEY_VARIABLE) if main else None)
             if key:
                 feed["retailcrm"]["api_key"] = key
 
@@ -541,7 +546,9 @@ def _check(settings: Settings) -> None:
                     needed_by=f"feed{'s' if len(settings.moysklad_feeds) > 1 else ''} {users} (source: moysklad)")
     seen: set[str] = set()
     _check_feeds(settings.feeds, "feeds", seen)
-    names = set()
+    names, suffixes = set(), {}
+    secrets = {settings.webhooks.secret: "webhooks.secret"} if settings.webhooks.secret else {}
+    _check_webhook_secret(settings.webhooks.secret, "webhooks.secret", "SKLADBRIDGE_WEBHOOK_SECRET", {})
     for index, account in enumerate(settings.accounts):
         where = f"accounts[{index}]"
         if not NAME_PATTERN.match(account.name):
@@ -550,6 +557,13 @@ def _check(settings: Settings) -> None:
         if account.name in names:
             raise ConfigError(f"{where}.name: {account.name!r} is used by another account")
         names.add(account.name)
+        suffix = _variable_suffix(account.name)
+        if suffix in suffixes:  # shop-2 and shop_2 would both read MOYSKLAD_TOKEN_SHOP_2
+            raise ConfigError(f"{where}.name: {account.name!r} and {suffixes[suffix]!r} read the same environment "
+                              f"variables ({token_variable(account.name)}, …): rename one")
+        suffixes[suffix] = account.name
+        _check_webhook_secret(account.webhook_secret, f"{where}.webhook_secret",
+                              f"SKLADBRIDGE_WEBHOOK_SECRET_{suffix}", secrets)
         if account.moysklad.emulator is not None:
             raise ConfigError(f"{where}.moysklad.emulator: only the main account can run the demo emulator")
         _check_moysklad(account.moysklad, f"{where}.moysklad", credentials=True, needed_by=f"account {account.name}",
@@ -575,6 +589,19 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"proxy_hops: the number of reverse proxies in front (0 when none, 1 for nginx), got {settings.proxy_hops}")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
+
+
+def _check_webhook_secret(secret: str, key: str, variable: str, taken: dict[str, str]) -> None:
+    """A webhook secret is a path segment MoySklad calls (a '/' in it made every webhook a 404) and names one account."""
+    if not secret:
+        return
+    if not URL_SECRET.fullmatch(secret):
+        raise ConfigError(f"{key} (or {variable}): use 16-128 letters, digits, '-' or '_' (it is a secret part of the "
+                          "webhook URL MoySklad calls), e.g. the output of: openssl rand -hex 24")
+    if secret in taken:
+        raise ConfigError(f"{key}: the same secret as {taken[secret]}: each account needs its own, or one account's "
+                          "webhooks would rebuild another's feeds")
+    taken[secret] = key
 
 
 def _check_moysklad(ms: MoySkladSettings, where: str, credentials: bool, needed_by: str = "",
@@ -612,7 +639,7 @@ def _check_feeds(feeds: tuple[FeedSettings, ...], where_list: str, seen: set[str
                              ("quantity", QUANTITY_RULES), ("pictures", PICTURE_RULES)):
             if getattr(feed, key) not in allowed:
                 raise ConfigError(f"{where}.{key}: must be one of {', '.join(allowed)}, got {getattr(feed, key)!r}")
-        if feed.token and not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", feed.token):
+        if feed.token and not URL_SECRET.fullmatch(feed.token):
             raise ConfigError(f"{where}.token: use 16-128 letters, digits, '-' or '_' (it is a secret part of the URL)")
         if not 0 <= feed.min_ratio <= 1:
             raise ConfigError(f"{where}.min_ratio: must be between 0 and 1, got {feed.min_ratio}")

@@ -134,13 +134,37 @@ def test_account_secrets_come_from_the_environment(tmp_path):
     ("[{name: b, moysklad: {token: t}}, {name: b, moysklad: {token: t}}]", "accounts[1].name", "used by another account"),
     ("[{name: B, moysklad: {token: t}}]", "accounts[0].name", "lowercase"),
     ("[{name: b, moysklad: {token: t}, feeds: [{name: c, source: exchange}]}]", "accounts[0].feeds[0].source", "main feeds"),
+    # shop-2 and shop_2 would share MOYSKLAD_TOKEN_SHOP_2 and its webhook secret
+    ("[{name: shop-2, moysklad: {token: t}}, {name: shop_2, moysklad: {token: t}}]", "accounts[1].name",
+     "read the same environment variables (MOYSKLAD_TOKEN_SHOP_2"),
+    # one account's webhooks would rebuild another's feeds
+    ("[{name: b, moysklad: {token: t}, webhook_secret: main-hook-0123456789}]", "accounts[0].webhook_secret",
+     "the same secret as webhooks.secret"),
+    # base64's '/' made every webhook a 404, with no error anywhere
+    ("[{name: b, moysklad: {token: t}, webhook_secret: 'q9Zk/3hT+0aLw7Yx2bVn4cRm1sUe8dFp'}]",
+     "accounts[0].webhook_secret (or SKLADBRIDGE_WEBHOOK_SECRET_B)", "openssl rand -hex 24"),
+    ("[]", "webhooks.secret (or SKLADBRIDGE_WEBHOOK_SECRET)", "16-128 letters"),
 ])
 def test_account_config_errors_name_the_key(tmp_path, accounts, key, problem):
     config = tmp_path / "config.yaml"
-    config.write_text(f"moysklad: {{token: t}}\nfeeds: [{{name: a}}]\naccounts: {accounts}\n", encoding="utf-8")
+    hook = "short" if accounts == "[]" else "main-hook-0123456789"
+    config.write_text(f"moysklad: {{token: t}}\nfeeds: [{{name: a}}]\nwebhooks: {{secret: {hook}}}\naccounts: {accounts}\n",
+                      encoding="utf-8")
     with pytest.raises(ConfigError) as error:
         load_settings(config, environ={})
     assert key in str(error.value) and problem in str(error.value)
+
+
+def test_retailcrm_api_key_is_the_main_accounts_and_another_account_keeps_its_own(tmp_path):
+    """Another account is another client's retailCRM: the main client's key must not be sent there."""
+    config = tmp_path / "config.yaml"
+    crm = "retailcrm: {{url: https://{0}.retailcrm.ru, site: s, api_key: {1}, stores: {{main: all}}}}"
+    config.write_text(f"moysklad: {{token: t}}\nfeeds: [{{name: a, {crm.format('main', 'from-file-1')}}}]\n"
+                      f"accounts: [{{name: b, moysklad: {{token: t2}}, feeds: [{{name: b1, {crm.format('other', 'from-file-2')}}},"
+                      f" {{name: b2, {crm.format('third', 'from-file-3')}}}]}}]\n", encoding="utf-8")
+    settings = load_settings(config, environ={"RETAILCRM_API_KEY": "main-key", "RETAILCRM_API_KEY_B2": "b2-key"})
+    keys = {feed.name: feed.retailcrm.api_key for view in settings.every_account() for feed in view.feeds}
+    assert keys == {"a": "main-key", "b1": "from-file-2", "b2": "b2-key"}
 
 
 def test_a_webhook_rebuilds_only_its_own_account(tmp_path, emulator_factory, serve):
