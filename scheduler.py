@@ -35,6 +35,7 @@ from feeds.publish import failure_outcome
 from moysklad.connect import open_client
 from moysklad.errors import MoySkladError
 from moysklad.stock import apply_stock_changes, merge_requests
+from moysklad.web import rebuild_request
 from retailcrm.errors import RetailCrmError
 from retailcrm.push import MappingError, push_feed
 from store import ExchangeLog, StoreError, open_catalog
@@ -165,11 +166,12 @@ def _describe(feed: FeedSettings) -> str:
     return f"feed {feed.name} cron '{feed.cron}'" if feed.cron else f"feed {feed.name} every {feed.interval_minutes:g} min"
 
 
-def run_build(settings: Settings, feed: FeedSettings, sync: bool = True, force: bool = False) -> None:
+def run_build(settings: Settings, feed: FeedSettings, sync: bool = True, force: bool = False,
+              full_sync: bool = False) -> None:
     """One build, logged in one line; a failure leaves the previous file published and is never raised."""
     started = time.monotonic()
     try:
-        result = build_feed(settings, feed, sync=sync, force=force)
+        result = build_feed(settings, feed, sync=sync, force=force, full_sync=full_sync)
     except (BuildFailed, MoySkladError, StoreError) as exc:
         log.error("feed %s: build failed in %.1f s, %s: %s",
                   feed.name, time.monotonic() - started, failure_outcome(settings.feeds_dir, feed.name), exc)
@@ -238,7 +240,9 @@ class MailboxPoller:
             if note.kind == REBUILD:
                 account = self.accounts.get(note.key)
                 quiet = self.settings.webhooks.debounce_seconds
-                self._rebuild(note, account, account.moysklad_feeds if account else (), quiet, MAX_DEBOUNCE_FACTOR * quiet)
+                named = note.payload.get("feeds")  # None: a note of an earlier version, for every feed
+                feeds = tuple(feed for feed in account.moysklad_feeds if named is None or feed.name in named) if account else ()
+                self._rebuild(note, account, feeds, quiet, MAX_DEBOUNCE_FACTOR * quiet, full=bool(note.payload.get("full")))
             elif note.kind == EXCHANGE:
                 quiet = 0 if note.payload.get("urgent") else EXCHANGE_QUIET_SECONDS
                 exchange_feeds = tuple(feed for feed in self.settings.feeds if feed.source == "exchange")
@@ -249,9 +253,10 @@ class MailboxPoller:
                 self._stock(note)
 
     def _rebuild(self, note: Note, account: Settings | None, feeds: tuple[FeedSettings, ...], quiet: float,
-                 longest: float) -> None:
-        """Queue one rebuild of ``feeds`` once requests stopped for ``quiet`` seconds, or have kept coming
-        for ``longest``; a rebuild already waiting in the pool will see these changes too."""
+                 longest: float, full: bool = False) -> None:
+        """Queue one rebuild of ``feeds`` (after a full sync when ``full``) once requests stopped for ``quiet``
+        seconds, or have kept coming for ``longest``; the same rebuild already waiting in the pool will see these
+        changes too."""
         if account is None or not feeds:
             self.mailbox.take(note)
             return
@@ -261,14 +266,16 @@ class MailboxPoller:
             return
         self.mailbox.take(note)
         del self.first_seen[burst]
-        self.pool.submit(account.account, note.kind, "", partial(self._run_rebuild, account, feeds),
-                         feeds=tuple(feed.name for feed in feeds))
+        names = tuple(feed.name for feed in feeds)
+        self.pool.submit(account.account, note.kind, ",".join(names) + (" full" if full else ""),
+                         partial(self._run_rebuild, account, feeds, full), feeds=names,
+                         on_drop=partial(self._ask_again, note.kind, note.key, note.payload))
 
     @staticmethod
-    def _run_rebuild(account: Settings, feeds: tuple[FeedSettings, ...]) -> None:
-        """Build each feed; for moysklad feeds the first build's incremental sync serves them all."""
+    def _run_rebuild(account: Settings, feeds: tuple[FeedSettings, ...], full: bool = False) -> None:
+        """Build each feed; for moysklad feeds the first build's sync (full when ``full``) serves them all."""
         for index, feed in enumerate(feeds):
-            run_build(account, feed, sync=index == 0)
+            run_build(account, feed, sync=index == 0, full_sync=full and index == 0)
 
     def _stock(self, note: Note) -> None:
         """A stock webhook: at once (no debounce), after what its account runs now; requests arriving
@@ -283,12 +290,30 @@ class MailboxPoller:
             self.stock_waiting[note.key] = merge_requests(waiting, note.payload)
             if waiting is not None:
                 return
-        self.pool.submit(account.account, STOCK, "", partial(self._run_stock, account), feeds=pushing)
+        self.pool.submit(account.account, STOCK, "", partial(self._run_stock, account), feeds=pushing,
+                         on_drop=partial(self._stock_dropped, account.account))
 
     def _run_stock(self, account: Settings) -> None:
         with self.lock:
             request = self.stock_waiting.pop(account.account)
         run_stock_update(account, request)
+
+    def _stock_dropped(self, key: str) -> None:
+        """A shutdown dropped the stock work before it ran: its request waits in the mailbox for the next scheduler."""
+        with self.lock:
+            request = self.stock_waiting.pop(key, None)
+        if request is not None:
+            self._ask_again(STOCK, key, request)
+
+    def _ask_again(self, kind: str, key: str, payload: dict) -> None:
+        """Put back the note of work a shutdown dropped (the notes were taken when it was queued), joined with one
+        that came meanwhile, so the next scheduler does it."""
+        waiting = self.mailbox.note(kind, key)
+        if waiting is not None and kind == REBUILD:
+            payload = rebuild_request(waiting.payload, payload.get("feeds") or [], bool(payload.get("full")))
+        elif waiting is not None and kind == STOCK:
+            payload = merge_requests(waiting.payload, payload)
+        self.mailbox.post(kind, key, **{k: v for k, v in payload.items() if k != "posted_at"})
 
     def _build(self, note: Note) -> None:
         """The note stays until the build starts, so the page shows the request as waiting until then."""

@@ -66,6 +66,7 @@ class Work:
     queued_at: float = 0.0  # Unix time
     started_at: float | None = None
     order: int = 0  # queue order among works of the same rank
+    on_drop: Callable[[], None] | None = field(default=None, repr=False)  # a shutdown drops it: ask for it again
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -103,15 +104,16 @@ class BuildPool:
             self._writer = threading.Thread(target=self._write_state_loop, name="build-queue-state", daemon=True)
             self._writer.start()
 
-    def submit(self, account: str, kind: str, feed: str, run: Callable[[], None], feeds: tuple[str, ...] = ()) -> bool:
+    def submit(self, account: str, kind: str, feed: str, run: Callable[[], None], feeds: tuple[str, ...] = (),
+               on_drop: Callable[[], None] | None = None) -> bool:
         """Queue the work; False when the same work already waits (it will do what this one asks) or
-        the pool is stopping."""
+        the pool is stopping. ``on_drop`` is called if a shutdown drops it before it starts."""
         with self._lock:
             key = (account, kind, feed)
             if self._stopping or key in self._waiting:
                 return False
             self._waiting[key] = Work(account, kind, feed, run, feeds or ((feed,) if feed else ()),
-                                      queued_at=time.time(), order=next(self._order))
+                                      queued_at=time.time(), order=next(self._order), on_drop=on_drop)
             self._start_what_may_run()
         self._changed.set()
         return True
@@ -134,7 +136,14 @@ class BuildPool:
         the running works finish first."""
         with self._lock:
             self._stopping = True
+            dropped = list(self._waiting.values())
             self._waiting.clear()
+        for work in dropped:
+            if work.on_drop is not None:
+                try:
+                    work.on_drop()
+                except OSError as exc:  # a full disk: the next scheduled build does the work instead
+                    log.warning("%s work of account %s was not asked for again: %s", work.kind, work.account or "main", exc)
         self._executor.shutdown(wait=wait)
         self._changed.set()
         if wait and self._writer is not None:

@@ -671,6 +671,14 @@ def _check_retailcrm(crm: RetailCrmSettings, where: str, feed: str) -> None:
         raise ConfigError(f"{where}.site: name the retailCRM shop (its symbolic code) this feed is loaded into")
     if not crm.stores and not crm.prices:
         raise ConfigError(f"{where}: map at least one retailCRM warehouse (stores) or price type (prices)")
+    summed_into: dict[str, str] = {}  # retailCRM adds its warehouses up: a warehouse in two of them counts twice
+    for target in crm.stores:
+        for name in target.warehouses or (ALL_WAREHOUSES,):
+            if name in summed_into:
+                what = "«all»" if name == ALL_WAREHOUSES else f"«{name}»"
+                raise ConfigError(f"{where}.stores.{target.code}: {what} is summed into {summed_into[name]} already; "
+                                  "retailCRM adds its warehouses' stock up, so it would count twice")
+            summed_into[name] = target.code
 
 
 def _variable_suffix(account: str) -> str:

@@ -73,8 +73,9 @@ def sync_source(settings: Settings, progress=None) -> SyncResult:
 
 
 def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, sync: bool = True,
-               echo: Callable[[str], None] | None = None) -> BuildResult:
-    """Check the feed's names, sync (source moysklad, unless ``sync`` is false), render and publish one feed.
+               echo: Callable[[str], None] | None = None, full_sync: bool = False) -> BuildResult:
+    """Check the feed's names, sync (source moysklad, unless ``sync`` is false; whole when ``full_sync``), render
+    and publish one feed.
 
     ``echo`` receives progress lines for a person (the command line); any process sees the progress
     through :func:`feeds.progress.read_progress`.
@@ -86,7 +87,7 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
             return _publish(settings, feed, force, started, progress)
         with open_client(settings.moysklad) as client:
             _check_names(settings, feed)
-            sync_result = _sync(client, settings, progress)
+            sync_result = _sync(client, settings, progress, full=full_sync)
             waiting = _pictures_waiting(settings, sync_result)
             if waiting <= PICTURES_BEFORE_PUBLISH:
                 _refresh_pictures(client, settings, sync_result, progress)
@@ -120,11 +121,12 @@ def _check_names(settings: Settings, feed: FeedSettings) -> None:
             raise BuildFailed("; ".join(problems))
 
 
-def _sync(client: MoySkladClient, settings: Settings, progress) -> SyncResult:
+def _sync(client: MoySkladClient, settings: Settings, progress, full: bool = False) -> SyncResult:
     ms = settings.moysklad
     with open_catalog(settings.store_path) as store:
-        return sync_catalog(client, store, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours,
-                            stock_report_hours=ms.stock_report_hours, progress=progress)
+        return sync_catalog(client, store, full=full, overlap_minutes=ms.overlap_minutes,
+                            full_sync_hours=ms.full_sync_hours, stock_report_hours=ms.stock_report_hours,
+                            progress=progress)
 
 
 def _picture_modes(settings: Settings) -> set[str]:

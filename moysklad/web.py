@@ -58,7 +58,9 @@ def moysklad_webhook(secret: str):
     rebuild = bool(changes and rebuilt)
     stock = changes == ["stock"] and bool(pushing)
     if rebuild:
-        settings.mailbox.post(REBUILD, settings.account)
+        waiting = settings.mailbox.note(REBUILD, settings.account)
+        settings.mailbox.post(REBUILD, settings.account, **rebuild_request(waiting.payload if waiting else None, rebuilt,
+                                                                          deleted=any(c.endswith(" DELETE") for c in changes)))
     if stock:
         waiting = settings.mailbox.note(STOCK, settings.account)
         request = merge_requests(waiting.payload if waiting else None,
@@ -69,6 +71,14 @@ def moysklad_webhook(secret: str):
              f"rebuild of {', '.join(rebuilt)} requested" if rebuild else "no rebuild",
              f"; stock push of {', '.join(pushing)} requested" if stock else "")
     return jsonify({"ok": True, "rebuild": rebuild, "stock": stock})
+
+
+def rebuild_request(waiting: dict | None, feeds: list[str], deleted: bool) -> dict:
+    """A rebuild note's payload, joined with the one still waiting: the feeds to rebuild (a stock webhook leaves out
+    those that push: their fast path has it) and whether a full sync must run, because something was deleted (an
+    incremental sync reads what changed, never what is gone: the goods would sell on until the daily full sync)."""
+    waiting = waiting or {}
+    return {"feeds": sorted(set(waiting.get("feeds") or ()) | set(feeds)), "full": bool(waiting.get("full")) or deleted}
 
 
 def _read_body() -> bytes | None:

@@ -162,12 +162,16 @@ def plan_passes(reader: CatalogReader, feed: FeedSettings, options: RenderOption
     warehouses = {row["name"]: row["id"] for row in reader.warehouses(source)}
     price_types = {row["name"]: row["id"] for row in reader.price_types(source)}
     groups: dict[tuple | None, list[str]] = {}
+    listed = {name for target in crm.stores for name in target.warehouses}
+    # "all" beside other targets is the rest: retailCRM adds its warehouses up ('' is stock 1C gave no warehouse)
+    rest = tuple(sorted([""] + [warehouse_id for name, warehouse_id in warehouses.items() if name not in listed]))
     for target in crm.stores:
         missing = [name for name in target.warehouses if name not in warehouses]
         if missing:
             raise MappingError(f"feed {feed.name}: retailcrm.stores.{target.code}: warehouse «{missing[0]}» does not "
                                f"exist in the {source} catalog (known: {', '.join(warehouses) or 'none'})")
-        key = tuple(sorted(warehouses[name] for name in target.warehouses)) if target.warehouses else None
+        key = tuple(sorted(warehouses[name] for name in target.warehouses)) if target.warehouses else \
+            (rest if listed else None)
         groups.setdefault(key, []).append(target.code)
     prices: dict[str | None, list[str]] = {options.price_type_id: []}
     for target in crm.prices:

@@ -38,7 +38,7 @@ def test_the_block_shows_the_last_push_what_waits_and_a_failure_with_what_to_do(
     reply = requests.get(base + "/healthz", timeout=10)  # the feed file is fresh, but retailCRM's stock is not
     assert reply.status_code == 503
     assert reply.text.splitlines() == ["фид main: последняя отправка в retailCRM не прошла — retailCRM не принял API-ключ",
-                                       "фид spb: ещё не собран"]
+                                       "фид spb: ещё не собран", "фид rest: ещё не собран"]
 
     families = {f.name: f for f in text_string_to_metric_families(requests.get(base + "/metrics", timeout=10).text)}
 
@@ -52,8 +52,8 @@ def test_the_block_shows_the_last_push_what_waits_and_a_failure_with_what_to_do(
     assert value("skladbridge_retailcrm_waiting_offers") == waiting
     assert value("skladbridge_retailcrm_not_found") == waiting
     assert value("skladbridge_retailcrm_requests") == block["totals"]["requests"]
-    assert "spb" not in {s.labels.get("feed") for s in families["skladbridge_retailcrm_pushes"].samples}
+    assert {s.labels.get("feed") for s in families["skladbridge_retailcrm_pushes"].samples} == {"main"}
 
     crm.faults.revoked = False  # a new key: the next push gets through, and the monitor is satisfied again
     push_feed(settings, feed, full=True, client=crm_client(crm))
-    assert requests.get(base + "/healthz", timeout=10).text.splitlines() == ["фид spb: ещё не собран"]
+    assert requests.get(base + "/healthz", timeout=10).text.splitlines() == ["фид spb: ещё не собран", "фид rest: ещё не собран"]

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import requests
+from lxml import etree
 from werkzeug.serving import make_server
 
 from core.mailbox import REBUILD
@@ -36,10 +37,11 @@ def post(url: str, body, **kwargs) -> requests.Response:
     return requests.post(url, data=data, headers={"Content-Type": "application/json"}, timeout=5, **kwargs)
 
 
-def builds(settings: Settings) -> list[dict]:
+def builds(settings: Settings, source: str = "feed:main", kind: str = "build") -> list[dict]:
+    """The runs of one source and kind (the main feed's builds by default), newest first."""
     store = CatalogStore(settings.store_path)
     try:
-        return [run for run in store.recent_runs(100) if run["source"] == "feed:main" and run["kind"] == "build"]
+        return [run for run in store.recent_runs(100) if run["source"] == source and run["kind"] == kind]
     finally:
         store.close()
 
@@ -139,3 +141,41 @@ def test_a_burst_of_webhooks_makes_one_rebuild_after_the_debounce(app, live_app,
     finally:
         running.shutdown(wait=True)
 
+
+
+def syncs(settings: Settings) -> list[dict]:
+    return builds(settings, "moysklad", "sync")
+
+
+def test_a_deleted_good_leaves_the_feed_at_the_rebuild_its_webhook_asks_for(tmp_path, emulator_factory, serve):
+    """An incremental sync reads what changed, never what is gone: the DELETE webhook's rebuild syncs the whole
+    catalog, or the deleted good sells on (price and stock in the feed) until the daily full sync."""
+    from app import create_app
+
+    emulator = emulator_factory(products=60)
+    app_settings = Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator),
+                            feeds=(FeedSettings(name="main", pictures="none", interval_minutes=24 * 60),),
+                            webhooks=WebhookSettings(secret=SECRET, debounce_seconds=1))
+    live_app = serve(app_settings)
+    running = start_scheduler(create_app(app_settings), retry_seconds=None)
+    try:
+        wait_for(lambda: [b for b in builds(app_settings) if b["status"] == "ok"], 30, "the build at start")
+        catalog = emulator.catalog
+        gone = next(i for i in catalog.items.values() if i.kind == "product" and not i.variant_ids and not i.archived)
+        feed = app_settings.feeds_dir / "main.xml"
+        assert etree.parse(str(feed)).find(f".//offer[@id='{gone.id}']").findtext("productActivity") is None
+        catalog.delete_item(gone.id)
+        event = {"events": [{"meta": {"type": "product", "href": f"{emulator.base_url}/entity/product/{gone.id}"},
+                             "action": "DELETE", "accountId": "a"}]}
+        assert post(hook_url(live_app), event).json()["rebuild"] is True
+        wait_for(lambda: len(builds(app_settings)) == 2 and builds(app_settings)[0]["status"] == "ok", 30,
+                 "the rebuild after the webhook")
+        assert [run["mode"] for run in syncs(app_settings)] == ["full", "full"]  # the first build's, then this one's
+        offer = etree.parse(str(feed)).find(f".//offer[@id='{gone.id}']")
+        assert offer.findtext("productActivity") == "N" and offer.get("quantity") == "0"
+
+        post(hook_url(live_app), product_event())  # an ordinary change still syncs only what changed
+        wait_for(lambda: len(builds(app_settings)) == 3 and builds(app_settings)[0]["status"] == "ok", 30, "the next rebuild")
+        assert syncs(app_settings)[0]["mode"] == "incremental"
+    finally:
+        running.shutdown(wait=True)

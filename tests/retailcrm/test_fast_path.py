@@ -4,17 +4,19 @@ to the app → the changed stock read from the short report → the value in the
 import dataclasses
 import json
 import threading
+import time
 
 import pytest
 import requests
 from werkzeug.serving import make_server
 
+from core.build_pool import BuildPool
 from core.mailbox import REBUILD, STOCK
 from core.settings import FeedSettings, WebhookSettings
 from emulator.harness import wait_for
 from feeds.build import build_feed
 from retailcrm.push import push_source
-from scheduler import start_scheduler
+from scheduler import MailboxPoller, start_scheduler
 from store import open_catalog
 from tests.retailcrm.test_push import SITE, crm, pushing_settings  # noqa: F401  (crm is a fixture)
 
@@ -75,7 +77,7 @@ def test_set_stock_reaches_retailcrm_through_the_stock_webhook_without_a_sync_or
     spb = len(catalog.stores) - 1
     catalog.set_stock(good.id, catalog.stores[spb].id, stock=good.stock[3 * spb + 1] + 42)
     wait_for(lambda: crm.stock(SITE, good.id)["spb"]["available"] == 42, 30, "the new stock in retailCRM")
-    assert crm.stock(SITE, good.id)["main"]["available"] == sum(free(good, s) for s in range(len(catalog.stores)))
+    assert crm.stock(SITE, good.id)["main"]["available"] == sum(free(good, s) for s in range(spb))  # "all": the rest
 
     delivery = next(d for d in emulator.webhooks.deliveries if d["kind"] == "webhookstock")
     assert delivery["ok"] and delivery["elapsed"] < MOYSKLAD_DEADLINE
@@ -133,6 +135,49 @@ def test_a_feed_without_a_retailcrm_section_is_rebuilt_on_stock_webhooks_as_befo
     answer = post(f"{serve(settings)}/webhooks/moysklad/{SECRET}", stock_hook())
     assert answer.json() == {"ok": True, "rebuild": True, "stock": True}
     assert settings.mailbox.note(REBUILD) is not None and settings.mailbox.note(STOCK) is not None
+
+    class Queue:
+        """Where the scheduler puts work (what runs it is not under test here)."""
+
+        def __init__(self):
+            self.rebuilds = []
+
+        def submit(self, account, kind, key, run, feeds=(), on_drop=None):
+            if kind == REBUILD:
+                self.rebuilds.append(list(feeds))
+
+    def queued_rebuilds() -> list[list[str]]:
+        """What the scheduler queues for the notes once the debounce passed."""
+        queue = Queue()
+        time.sleep(settings.webhooks.debounce_seconds + 0.1)
+        MailboxPoller(queue, settings).poll()
+        return queue.rebuilds
+
+    assert queued_rebuilds() == [["plain"]]  # the pushing feed's stock took the fast path: no sync, no render for it
+    post(f"{serve(settings)}/webhooks/moysklad/{SECRET}", stock_hook())
+    post(f"{serve(settings)}/webhooks/moysklad/{SECRET}", {"events": [{"meta": {"type": "product"}, "action": "UPDATE"}]})
+    assert queued_rebuilds() == [["main", "plain"]]  # a product change is every feed's
+
+
+def test_webhook_work_a_restart_drops_before_it_starts_waits_for_the_next_scheduler(hook_settings, serve):
+    """The scheduler takes a webhook's note when it queues the work; a restart while that work waits behind a running
+    build must leave the request in the mailbox, or the change waits for the next scheduled build (an hour)."""
+    _, settings = hook_settings
+    settings = dataclasses.replace(settings, feeds=(*settings.feeds, FeedSettings(name="plain", pictures="none")))
+    url = f"{serve(settings)}/webhooks/moysklad/{SECRET}"
+    post(url, stock_hook("2026-03-01 10:00:00"))
+    post(url, {"events": [{"meta": {"type": "product"}, "action": "DELETE"}]})
+    pool, busy = BuildPool(1), threading.Event()
+    pool.submit("", "scheduled", "main", lambda: busy.wait(30))  # the account's build that runs now
+    time.sleep(settings.webhooks.debounce_seconds + 0.1)
+    MailboxPoller(pool, settings).poll()
+    assert settings.mailbox.notes() == [] and len(pool.snapshot()["waiting"]) == 2  # taken, queued behind the build
+    post(url, stock_hook("2026-03-01 10:30:00"))  # one more arrives meanwhile
+    pool.shutdown(wait=False)  # systemctl restart
+    busy.set()
+    rebuild, stock = settings.mailbox.note(REBUILD), settings.mailbox.note(STOCK)
+    assert rebuild.payload["feeds"] == ["main", "plain"] and rebuild.payload["full"] is True  # the deletion's full sync
+    assert stock.payload["changed_since"] == "2026-03-01 10:00:00"  # the earliest of both
 
 
 @pytest.mark.parametrize("body", [b"{not json", json.dumps({"reportUrl": 5}).encode(), b"[]"])

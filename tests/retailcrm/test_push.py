@@ -6,7 +6,7 @@ import pytest
 import requests
 from lxml import etree
 
-from core.settings import FeedSettings, PriceTarget, RetailCrmSettings, Settings, StoreTarget
+from core.settings import ConfigError, FeedSettings, PriceTarget, RetailCrmSettings, Settings, StoreTarget, load_settings
 from emulator.harness import client_settings
 from emulator.retailcrm import INVENTORIES, PRICES, RetailCrmEmulator
 from feeds.build import build_feed
@@ -35,8 +35,9 @@ def crm_client(crm, **overrides) -> RetailCrmClient:
 
 
 def pushing_settings(tmp_path, emulator, crm, **crm_options) -> Settings:
-    """Feed "main" pushes to retailCRM: warehouse main = all, spb = the St Petersburg warehouse, wholesale prices.
-    Feed "spb" publishes that warehouse and price type in its ICML file: what the feed says for them."""
+    """Feed "main" pushes to retailCRM: warehouse spb = the St Petersburg warehouse, main = all the others ("all" beside
+    another target is the rest: retailCRM adds its warehouses up), wholesale prices. Feed "spb" publishes that
+    warehouse and price type in its ICML file, feed "rest" the other warehouses: what the feeds say for them."""
     catalog = emulator.catalog
     spb, wholesale = catalog.stores[-1].name, catalog.price_types[1].name
     options = dict(url=crm.base_url, api_key=KEY, site=SITE, stores=(StoreTarget("main"), StoreTarget("spb", (spb,))),
@@ -44,13 +45,20 @@ def pushing_settings(tmp_path, emulator, crm, **crm_options) -> Settings:
     options.update(crm_options)
     return Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator), public_url="https://feeds.example",
                     feeds=(FeedSettings(name="main", pictures="none", retailcrm=RetailCrmSettings(**options)),
-                           FeedSettings(name="spb", pictures="none", stores=(spb,), price_type=wholesale)))
+                           FeedSettings(name="spb", pictures="none", stores=(spb,), price_type=wholesale),
+                           FeedSettings(name="rest", pictures="none", stores=tuple(s.name for s in catalog.stores[:-1]))))
+
+
+def build_others(settings: Settings) -> None:
+    """The feeds that say what the pushing one must send, from the store the main build synced."""
+    for feed in settings.feeds[1:]:
+        build_feed(settings, feed, sync=False)
 
 
 def build_and_load(settings: Settings, crm) -> dict:
-    """Build both feeds, let retailCRM load the main one (as it does every 3 hours); the main feed's offers by id."""
+    """Build every feed, let retailCRM load the main one (as it does every 3 hours); the main feed's offers by id."""
     build_feed(settings, settings.feeds[0])
-    build_feed(settings, settings.feeds[1], sync=False)
+    build_others(settings)
     crm.load_icml(feed_file(settings, "main"), SITE)
     return offers(settings, "main")
 
@@ -80,7 +88,7 @@ def to_send(settings: Settings) -> tuple[set, set]:
 
 
 def assert_crm_says_what_the_feeds_say(settings, crm, services=True):
-    main, spb = offers(settings, "main"), offers(settings, "spb")
+    main, spb, rest = offers(settings, "main"), offers(settings, "spb"), offers(settings, "rest")
     checked = {"stock": 0, "service": 0, "inactive": 0, "price": 0, "no price": 0}
     for offer_id, offer in main.items():
         stock, prices = crm.stock(SITE, offer_id), crm.prices(SITE, offer_id)
@@ -89,7 +97,7 @@ def assert_crm_says_what_the_feeds_say(settings, crm, services=True):
             checked["service"] += 1
         else:
             purchase = number(offer.findtext("purchasePrice"))
-            assert stock["main"]["available"] == float(offer.get("quantity")), offer_id
+            assert stock["main"]["available"] == float(rest[offer_id].get("quantity")), offer_id
             assert stock["spb"]["available"] == float(spb[offer_id].get("quantity")), offer_id
             assert stock["main"].get("purchasePrice") == purchase == stock["spb"].get("purchasePrice"), offer_id
             checked["stock"] += 1
@@ -138,7 +146,7 @@ def test_after_a_push_only_what_changed_is_sent(tmp_path, emulator, crm):
     priced = next(i for i in catalog.items.values() if i.kind == "service" and not i.archived)
     catalog.update_item(priced.id, sale_prices=(priced.sale_prices[0], 4321_00.0, *priced.sale_prices[2:]))
     build_feed(settings, settings.feeds[0])
-    build_feed(settings, settings.feeds[1], sync=False)
+    build_others(settings)
     result = push(settings, crm)
 
     assert result.offers == 2 and result.batches == 2
@@ -148,7 +156,7 @@ def test_after_a_push_only_what_changed_is_sent(tmp_path, emulator, crm):
 
     catalog.update_item(priced.id, sale_prices=(priced.sale_prices[0], 0.0, *priced.sale_prices[2:]))  # cleared
     build_feed(settings, settings.feeds[0])
-    build_feed(settings, settings.feeds[1], sync=False)
+    build_others(settings)
     crm.reset_stats()
     assert push(settings, crm).offers == 1
     assert "wholesale" not in crm.prices(SITE, priced.id)  # removed, not a price of 0 an operator could sell at
@@ -177,7 +185,7 @@ def test_a_10000_offer_full_push_goes_in_batches_of_250_without_tripping_the_rat
 def test_offers_retailcrm_does_not_know_yet_wait_and_go_out_once_it_loads_the_feed(tmp_path, emulator, crm):
     settings = pushing_settings(tmp_path, emulator, crm)
     build_feed(settings, settings.feeds[0])
-    build_feed(settings, settings.feeds[1], sync=False)
+    build_others(settings)
     published = offers(settings, "main")
     known = sorted(published)[: len(published) // 2]
     crm.load_icml(b"<yml_catalog><shop><offers>" + b"".join(f'<offer id="{i}"/>'.encode() for i in known)
@@ -201,7 +209,7 @@ def test_offers_the_feed_skips_for_an_xml_id_too_long_are_not_pushed(tmp_path, e
     """The ICML file leaves them out, so retailCRM never knows them: sent, they would wait forever."""
     settings = pushing_settings(tmp_path, emulator, crm)
     main = dataclasses.replace(settings.feeds[0], xml_id="{product.externalCode}#{externalCode}")
-    settings = dataclasses.replace(settings, feeds=(main, settings.feeds[1]))
+    settings = dataclasses.replace(settings, feeds=(main, *settings.feeds[1:]))
     product = next(i for i in emulator.catalog.items.values() if i.kind == "product" and len(i.variant_ids) > 1
                    and not i.archived)
     emulator.catalog.update_item(product.id, external_code="P" * 250)
@@ -210,6 +218,26 @@ def test_offers_the_feed_skips_for_an_xml_id_too_long_are_not_pushed(tmp_path, e
     result = push(settings, crm)
     assert result.offers > 0 and result.not_found == 0 and result.waiting == 0
     assert_crm_says_what_the_feeds_say(settings, crm)
+
+
+def test_a_warehouse_is_counted_once_in_retailcrm_which_adds_its_warehouses_up(tmp_path, emulator, crm):
+    """README's example maps main: all and spb: [Склад Питер]. retailCRM's total stock is the sum over its warehouses:
+    "all" beside spb is every warehouse but Питер, or an operator sees (and sells) Питер's goods twice."""
+    settings = pushing_settings(tmp_path, emulator, crm)
+    build_and_load(settings, crm)
+    push(settings, crm)
+    spb, rest, counted = offers(settings, "spb"), offers(settings, "rest"), 0
+    for offer_id, offer in offers(settings, "main").items():  # the ICML file's quantity: every warehouse, once
+        if float(rest[offer_id].get("quantity") or 0) > 0 and float(spb[offer_id].get("quantity") or 0) > 0:
+            stock = crm.stock(SITE, offer_id)  # (both parts above 0: neither was a negative sum shown as 0)
+            assert stock["main"]["available"] + stock["spb"]["available"] == pytest.approx(float(offer.get("quantity")))
+            counted += 1
+    assert counted > 10 and len(emulator.catalog.stores) > 2
+    config = tmp_path / "config.yaml"  # two lists sharing a warehouse cannot mean "the rest": a config error
+    config.write_text("moysklad: {token: t}\nfeeds: [{name: main, retailcrm: {url: https://a.retailcrm.ru, api_key: k, "
+                      "site: s, stores: {spb: [Склад Питер], north: [Склад Питер, Мурманск]}}}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"feeds\[0\]\.retailcrm\.stores\.north: «Склад Питер» is summed into spb already"):
+        load_settings(config, environ={})
 
 
 # --- faults ------------------------------------------------------------------------------------------
@@ -261,7 +289,7 @@ def test_a_stock_push_that_failed_goes_out_with_the_next_one_whatever_goods_that
     def stock_moves(good):
         catalog.set_stock(good.id, catalog.stores[-1].id, stock=good.stock[-3] + 7)
         build_feed(settings, settings.feeds[0])
-        build_feed(settings, settings.feeds[1], sync=False)
+        build_others(settings)
 
     stock_moves(first)
     crm.faults.outage = True
@@ -352,7 +380,8 @@ def test_an_exchange_feed_pushes_the_warehouses_and_price_types_of_the_commercem
         FeedSettings(name="main", source="exchange", pictures="none", min_ratio=0, retailcrm=RetailCrmSettings(
             url=crm.base_url, api_key=KEY, site=SITE, stores=(StoreTarget("main"), StoreTarget("spb", ("Москва",))),
             prices=(PriceTarget("wholesale", "BASE"),))),
-        FeedSettings(name="spb", source="exchange", pictures="none", min_ratio=0, stores=("Москва",), price_type="BASE")))
+        FeedSettings(name="spb", source="exchange", pictures="none", min_ratio=0, stores=("Москва",), price_type="BASE"),
+        FeedSettings(name="rest", source="exchange", pictures="none", min_ratio=0, stores=("Владивосток", "Новосибирск"))))
     with open_catalog(settings.store_path) as store:
         for name in ("import0_1.xml", "offers0_1.xml"):
             import_file(store, folder / name, upload_dir=upload, images_dir=images)
