@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import re
+from urllib.parse import unquote
 
 from core.settings import Settings, secret_values
 
@@ -23,7 +24,10 @@ URL_SECRETS = (
 
 
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """The text with URL secrets and the configured secret values replaced by ***."""
+    """The text with URL secrets and the configured secret values replaced by ***. A path is matched as the router reads
+    it: /feeds/<token>%2Fmain.xml or …/main%2Exml reach the feed too, so they are decoded first."""
+    if "%" in text:
+        text = unquote(text)
     for pattern, replacement in URL_SECRETS:
         text = pattern.sub(replacement, text)
     for secret in secrets:

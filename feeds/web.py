@@ -73,7 +73,7 @@ def _download_slots(limit: int) -> threading.BoundedSemaphore | None:
 def _send_file(paths: dict, release=None) -> Response:
     """The feed (gzipped when asked and ready) with validators; ``release`` is called once the server
     closes the file: after its last byte, or when the client went away."""
-    wants_gzip = "gzip" in (request.headers.get("Accept-Encoding") or "").lower()
+    wants_gzip = request.accept_encodings["gzip"] > 0  # «gzip;q=0» refuses it
     handle = None
     if wants_gzip:
         handle = _open(paths["gz"])

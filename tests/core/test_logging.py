@@ -23,6 +23,9 @@ def test_url_secrets_are_masked():
     masked = scrub(line)
     assert SESSID not in masked and FEED_TOKEN not in masked and HOOK not in masked
     assert "sessid=***&filename=a.xml" in masked and "/feeds/***/main.xml" in masked and "/webhooks/moysklad/***" in masked
+    # the router reads %2F and %2E as '/' and '.': such a path reaches the feed, so the log must not show its token
+    for encoded in (f"/feeds/{FEED_TOKEN}%2Fmain.xml", f"/feeds/{FEED_TOKEN}/main%2Exml", f"/feeds/{FEED_TOKEN}%2fmain%2exml"):
+        assert scrub(f'"GET {encoded} HTTP/1.1" 200') == '"GET /feeds/***/main.xml HTTP/1.1" 200'
 
 
 def test_configured_secrets_are_scrubbed_from_text_and_json_lines():
@@ -43,7 +46,9 @@ def test_gunicorn_json_logs_have_one_line_per_build_and_sync_and_no_secrets(guni
     server.wait_ready()
     base = f"http://127.0.0.1:{server.port}"
     wait_for(lambda: server.build_lines(), 60, "the first build")
-    assert requests.get(f"{base}/feeds/{FEED_TOKEN}/main.xml", timeout=10).status_code == 200
+    feed = requests.get(f"{base}/feeds/{FEED_TOKEN}/main.xml", headers={"Accept-Encoding": "identity"}, timeout=10)
+    assert feed.status_code == 200
+    feed_size = len(feed.content)
     requests.get(f"{base}/exchange/1c", params={"type": "catalog", "mode": "init", "sessid": SESSID}, timeout=10)
     requests.post(f"{base}/webhooks/moysklad/{HOOK}", json={}, timeout=10)
     server.stop()
@@ -56,6 +61,8 @@ def test_gunicorn_json_logs_have_one_line_per_build_and_sync_and_no_secrets(guni
     assert any(m.startswith("feed main: build #") and "published in" in m and "offers" in m for m in messages)
     access = [e for e in entries if e.get("logger") == "access"]
     assert {"GET /feeds/***/main.xml HTTP/1.1", "POST /webhooks/moysklad/*** HTTP/1.1"} <= {e["request"] for e in access}
+    download = next(e for e in access if e["request"] == "GET /feeds/***/main.xml HTTP/1.1")
+    assert download["bytes"] == str(feed_size) != "0"  # sent by sendfile, which gunicorn does not count
     assert all(isinstance(e["ms"], int) and e["status"] for e in access)
     exchange = [m for m in messages if m.startswith("exchange type=catalog mode=init")]
     assert exchange and "failure" in exchange[0] and " ms" in exchange[0]  # the exchange is off: refused, timed

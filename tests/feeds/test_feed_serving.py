@@ -74,6 +74,8 @@ def test_gzip_only_when_asked(tmp_path, emulator, serve):
     assert len(packed) < len(plain.content) / 3
     assert gzip.decompress(packed) == plain.content
     assert raw.headers["ETag"] != plain.headers["ETag"]
+    refused = requests.get(base + "/feeds/main.xml", headers={"Accept-Encoding": "gzip;q=0, identity"}, timeout=5)
+    assert "Content-Encoding" not in refused.headers and refused.content == plain.content  # q=0: not acceptable
 
 
 def test_a_feed_with_a_token_is_only_at_its_secret_url(tmp_path, emulator, serve):
