@@ -35,6 +35,10 @@ def shard_routes(instances: dict[str, Settings]) -> dict[str, str]:
         if not NAME_PATTERN.match(name):
             raise ConfigError(f"instance name {name!r}: lowercase letters, digits, '-' or '_' (it names an nginx upstream)")
         claim(f"instance:{name}", name, f"the name {name}", "name each instance once")
+        if settings.accel_redirect:  # the front nginx cannot read this instance's disk: every feed would be a 404
+            raise ConfigError(f"instance {name}: accel_redirect ({settings.accel_redirect}) hands a feed to the nginx in "
+                              "front of the app, which for a shard is the front nginx without this instance's files: "
+                              "leave accel_redirect unset on instances behind nginx-shards.conf")
         prefixed = urlsplit(settings.public_url).path.rstrip("/") == SHARD_PREFIX + name
         move = (f"set public_url of all but one of them to https://<host>{SHARD_PREFIX}<instance> "
                 "(its pictures and its 1C exchange address are then under that prefix)")

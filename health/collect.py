@@ -166,6 +166,7 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
         "demo": settings.is_demo,
         "problems": problems,
         "notes": notes,  # not problems: a first build running
+        "warnings": setup_warnings(settings),  # not problems either: nothing fails, but retailCRM misses something
         "store": accounts[0]["store"],
         "feeds": feeds,
         "moysklad": accounts[0]["moysklad"],
@@ -232,6 +233,15 @@ def _queue(settings: Settings, feeds: list[dict], now: dt.datetime, problems: li
 
 def _from_unix(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+
+
+def setup_warnings(settings: Settings) -> list[str]:
+    """Settings that break what retailCRM reads although every build succeeds (the demo runs on this machine alone)."""
+    if settings.is_demo or (urlsplit(settings.public_url).hostname or "") not in LOOPBACK_HOSTS:
+        return []
+    return [f"public_url — {settings.public_url}: ссылки на фиды и картинки ведут на этот компьютер, и retailCRM не "
+            "может их открыть (картинки товаров не загрузятся). Задайте public_url (или SKLADBRIDGE_PUBLIC_URL) — "
+            "адрес, по которому сервис доступен из интернета, например https://feed.example.ru, и перезапустите сервис."]
 
 
 def open_feed_warning(settings: Settings, feed: FeedSettings) -> str | None:

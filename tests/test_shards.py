@@ -4,6 +4,7 @@ Every feed, account's pictures, webhook and the 1C exchange reach the instance t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -137,3 +138,8 @@ def test_a_url_two_instances_claim_is_refused_naming_both(tmp_path):
     routes = shard_routes(configs)
     assert routes["images:"] == "a" and routes["feed:main-b"] == "b" and routes["images:client-b"] == "b"
     assert '"webhook:client-b-hook-0123456789" b;' in nginx_map(routes)
+
+    # X-Accel-Redirect needs the files on the nginx that answers: the front one has none of an instance's
+    configs["b"] = dataclasses.replace(configs["b"], accel_redirect="/_skladbridge_data/")
+    with pytest.raises(ConfigError, match=r"^instance b: accel_redirect \(/_skladbridge_data/\) .* leave accel_redirect unset"):
+        shard_routes(configs)

@@ -442,8 +442,14 @@ def test_a_feed_anyone_can_guess_is_flagged_until_it_has_a_token(tmp_path, emula
     body = requests.get(serve(public) + "/health.json", timeout=10).json()
     assert [bool(feed["open_warning"]) for feed in body["feeds"]] == [True, True, False]
 
+    assert body["warnings"] == []
+
     local = Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator), feeds=feeds)  # 127.0.0.1
-    assert "легко угадать" not in requests.get(serve(local) + "/", timeout=10).text
+    page = requests.get(serve(local) + "/", timeout=10).text
+    assert "легко угадать" not in page
+    # ... but a real account's feed and pictures at 127.0.0.1 are nothing retailCRM can open: the page says so
+    assert "public_url — http://127.0.0.1:8080: ссылки на фиды и картинки ведут на этот компьютер" in page
+    assert requests.get(serve(local) + "/healthz", timeout=10).status_code == 200  # nothing fails: a warning
 
 
 def test_the_next_build_is_the_schedulers_own_plan_even_after_a_first_build_failed(tmp_path, emulator, serve):
