@@ -83,10 +83,11 @@ def runs(data_dir: Path, source: str, kind: str) -> list[dict]:
 
 
 def expected_stock(item, spb: int) -> dict:
-    """What the feed says for a good (quantity rule "free"): summed over all warehouses, and on spb."""
-    stores = len(item.stock) // 3
-    total = max(sum(item.stock[3 * s] for s in range(stores)) - sum(item.stock[3 * s + 1] for s in range(stores)), 0)
-    return {"main": total, "spb": max(item.stock[3 * spb] - item.stock[3 * spb + 1], 0)}
+    """What the push sends for a good (quantity rule "free"): on spb, and on main ("all" beside spb: every other
+    warehouse, since retailCRM adds its warehouses up)."""
+    others = [s for s in range(len(item.stock) // 3) if s != spb]
+    rest = max(sum(item.stock[3 * s] for s in others) - sum(item.stock[3 * s + 1] for s in others), 0)
+    return {"main": rest, "spb": max(item.stock[3 * spb] - item.stock[3 * spb + 1], 0)}
 
 
 def visible(crm: RetailCrmEmulator, item_id: str, expected: dict) -> bool:
