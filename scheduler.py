@@ -27,15 +27,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 from core.build_pool import QUEUE_FILE, SCHEDULED, BuildPool
 from core.cron import crontab_trigger
 from core.files import lock_holder, release
-from core.mailbox import BUILD, EXCHANGE, REBUILD, STOCK, Mailbox, Note
+from core.mailbox import BUILD, EXCHANGE, REBUILD, STOCK, Mailbox, Note, join_stock
 from core.settings import FeedSettings, Settings
 from exchange.sessions import prune_sessions
 from feeds.build import BuildFailed, build_feed
 from feeds.publish import failure_outcome
 from moysklad.connect import open_client
 from moysklad.errors import MoySkladError
-from moysklad.stock import apply_stock_changes, merge_requests
-from moysklad.web import rebuild_request
+from moysklad.stock import apply_stock_changes
 from retailcrm.errors import RetailCrmError
 from retailcrm.push import MappingError, push_feed
 from store import ExchangeLog, StoreError, open_catalog
@@ -264,7 +263,8 @@ class MailboxPoller:
         first = self.first_seen.setdefault(burst, note.posted_at)
         if now - note.posted_at < quiet and now - first < longest:
             return
-        self.mailbox.take(note)
+        if not self.mailbox.take(note):  # asked for again just now: the next poll sees the joined request
+            return
         del self.first_seen[burst]
         names = tuple(feed.name for feed in feeds)
         self.pool.submit(account.account, note.kind, ",".join(names) + (" full" if full else ""),
@@ -280,14 +280,15 @@ class MailboxPoller:
     def _stock(self, note: Note) -> None:
         """A stock webhook: at once (no debounce), after what its account runs now; requests arriving
         meanwhile join the one waiting."""
-        self.mailbox.take(note)
+        if not self.mailbox.take(note):  # asked for again just now: the next poll sees the joined request
+            return
         account = self.accounts.get(note.key)
         pushing = tuple(feed.name for feed in account.moysklad_feeds if feed.retailcrm) if account else ()
         if not pushing:
             return
         with self.lock:
             waiting = self.stock_waiting.get(note.key)
-            self.stock_waiting[note.key] = merge_requests(waiting, note.payload)
+            self.stock_waiting[note.key] = join_stock(waiting or {}, note.payload)
             if waiting is not None:
                 return
         self.pool.submit(account.account, STOCK, "", partial(self._run_stock, account), feeds=pushing,
@@ -308,11 +309,6 @@ class MailboxPoller:
     def _ask_again(self, kind: str, key: str, payload: dict) -> None:
         """Put back the note of work a shutdown dropped (the notes were taken when it was queued), joined with one
         that came meanwhile, so the next scheduler does it."""
-        waiting = self.mailbox.note(kind, key)
-        if waiting is not None and kind == REBUILD:
-            payload = rebuild_request(waiting.payload, payload.get("feeds") or [], bool(payload.get("full")))
-        elif waiting is not None and kind == STOCK:
-            payload = merge_requests(waiting.payload, payload)
         self.mailbox.post(kind, key, **{k: v for k, v in payload.items() if k != "posted_at"})
 
     def _build(self, note: Note) -> None:

@@ -4,7 +4,10 @@ A webhook, the health page's build button or a finished 1C exchange reaches whic
 worker the client hit, while one process runs the scheduler (the holder of ``scheduler.lock``).
 So the asker leaves a note and the scheduler reads the mailbox every few seconds. A note is named
 by its kind and key (a feed, an account): asking again replaces it, and its time of last change
-is when the work was last asked for, which is what debouncing needs.
+is when the work was last asked for, which is what debouncing needs. A rebuild or stock note asked
+for again is joined with the one waiting (:data:`JOINS`), under a lock that every worker's post and
+the scheduler's take hold, so two webhooks at once, or one arriving as the scheduler takes the note,
+lose nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.files import atomic_write, release, try_lock
+from core.files import atomic_write, locked, release, try_lock
 
 MAILBOX_DIR = "mailbox"
 SCHEDULER_LOCK = "scheduler.lock"
@@ -26,6 +29,28 @@ REBUILD = "rebuild"  # MoySklad said the catalog changed: rebuild an account's m
 BUILD = "build"  # the build button: build one feed now (key: feed name; payload: force)
 EXCHANGE = "exchange"  # a 1C exchange imported files: rebuild the exchange feeds once it is quiet (no key)
 STOCK = "stock"  # a MoySklad stock webhook: refresh an account's stock (key: account; payload: report URL)
+LOCK = ".lock"
+
+
+def join_rebuild(waiting: dict, new: dict) -> dict:
+    """Two rebuild requests as one: every feed either names (a stock webhook leaves out the feeds that push: their
+    fast path has it), and a full sync if either asks for one, because something was deleted (an incremental sync
+    reads what changed, never what is gone: the goods would sell on until the daily full sync)."""
+    return {"feeds": sorted(set(waiting.get("feeds") or ()) | set(new.get("feeds") or ())),
+            "full": bool(waiting.get("full")) or bool(new.get("full"))}
+
+
+def join_stock(waiting: dict, new: dict) -> dict:
+    """Two stock requests as one: the earliest moment to read from, the earliest webhook to answer for."""
+    merged = dict(new)
+    for key in ("changed_since", "received_at"):
+        known = [value for value in (waiting.get(key), new.get(key)) if value]
+        merged[key] = min(known) if known else None
+    return merged
+
+
+# Kinds whose requests add up; for the others the newest note wins.
+JOINS = {REBUILD: join_rebuild, STOCK: join_stock}
 
 
 @dataclass(frozen=True)
@@ -47,9 +72,15 @@ class Mailbox:
         self.dir = self.data_dir / MAILBOX_DIR
 
     def post(self, kind: str, key: str = "", **payload) -> None:
-        """Ask for work; a note of the same kind and key is replaced (the newest request wins)."""
+        """Ask for work: joined with the note of the same kind and key still waiting (see :data:`JOINS`), or
+        replacing it (the newest request wins)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self._path(kind, key), json.dumps({**payload, "posted_at": time.time()}, ensure_ascii=False))
+        path = self._path(kind, key)
+        with locked(self.dir / LOCK):
+            waiting = self._read(path) if kind in JOINS else None
+            if waiting is not None:
+                payload = JOINS[kind]({k: v for k, v in waiting[1].items() if k != "posted_at"}, payload)
+            atomic_write(path, json.dumps({**payload, "posted_at": time.time()}, ensure_ascii=False))
 
     def prolong(self, kind: str, key: str = "") -> None:
         """Ask again for work already asked for, without a note when none waits: a rebuild waiting for an
@@ -61,25 +92,36 @@ class Mailbox:
 
     def notes(self, kind: str | None = None) -> list[Note]:
         """The waiting notes (of one kind), oldest first; a note being replaced meanwhile is skipped."""
-        found = []
         pattern = f"{kind}.*.json" if kind else "*.json"
-        for path in self.dir.glob(pattern) if self.dir.is_dir() else ():
-            note_kind, _, rest = path.name.partition(".")
-            key = rest[:-len(".json")]
-            try:
-                posted_at = path.stat().st_mtime
-                payload = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            found.append(Note(note_kind, "" if key == NO_KEY else key, payload, posted_at, path))
-        return sorted(found, key=lambda note: note.posted_at)
+        found = [self._note(path) for path in (self.dir.glob(pattern) if self.dir.is_dir() else ())]
+        return sorted((note for note in found if note is not None), key=lambda note: note.posted_at)
 
     def note(self, kind: str, key: str = "") -> Note | None:
-        return next((n for n in self.notes(kind) if n.key == key), None)
+        return self._note(self._path(kind, key))
 
-    def take(self, note: Note) -> None:
-        """The work is being done: a request arriving after this asks for it again."""
-        note.path.unlink(missing_ok=True)
+    def take(self, note: Note) -> bool:
+        """The work is being done: the note goes, unless a request came after it was read (that note stays, and
+        holds this one's work too). A request arriving after this asks for the work again."""
+        with locked(self.dir / LOCK):
+            current = self._read(note.path)
+            if current is not None and current[1] != note.payload:
+                return False
+            note.path.unlink(missing_ok=True)
+        return True
+
+    def _note(self, path: Path) -> Note | None:
+        note_kind, _, rest = path.name.partition(".")
+        key = rest[:-len(".json")]
+        found = self._read(path)
+        return None if found is None else Note(note_kind, "" if key == NO_KEY else key, found[1], found[0], path)
+
+    @staticmethod
+    def _read(path: Path) -> tuple[float, dict] | None:
+        """(time of last change, payload) of a note; None when there is none, or it is being replaced."""
+        try:
+            return path.stat().st_mtime, json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
     def _path(self, kind: str, key: str) -> Path:
         return self.dir / f"{kind}.{key or NO_KEY}.json"

@@ -25,7 +25,7 @@ from store import CatalogStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StockUpdate", "apply_stock_changes", "merge_requests", "read_from", "report_moment"]
+__all__ = ["StockUpdate", "apply_stock_changes", "read_from", "report_moment"]
 
 MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 
@@ -55,17 +55,6 @@ def report_moment(report_url) -> str | None:
     values = parse_qs(urlsplit(report_url).query).get("changedSince") or [""]
     moment = values[0].strip()
     return moment if MOMENT.match(moment) else None
-
-
-def merge_requests(waiting: dict | None, new: dict) -> dict:
-    """Two stock requests as one: the earliest moment to read from, the earliest webhook to answer for."""
-    if not waiting:
-        return dict(new)
-    merged = dict(new)
-    for key in ("changed_since", "received_at"):
-        known = [value for value in (waiting.get(key), new.get(key)) if value]
-        merged[key] = min(known) if known else None
-    return merged
 
 
 def apply_stock_changes(client: MoySkladClient, store: CatalogStore, changed_since: str | None) -> StockUpdate:

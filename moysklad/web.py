@@ -36,7 +36,7 @@ CATALOG_TYPES = frozenset({"product", "variant", "productfolder", "service", "bu
 @webhooks_bp.post("/webhooks/moysklad/<secret>")
 def moysklad_webhook(secret: str):
     """Answer at once; a catalog or stock change leaves a rebuild request for the scheduler."""
-    from moysklad.stock import merge_requests, report_moment
+    from moysklad.stock import report_moment
 
     settings = next((account for account in current_app.config["SETTINGS"].every_account()
                      if tokens_match(secret, account.webhooks.secret)), None)
@@ -57,28 +57,16 @@ def moysklad_webhook(secret: str):
     rebuilt = [feed.name for feed in settings.moysklad_feeds if not (changes == ["stock"] and feed.retailcrm)]
     rebuild = bool(changes and rebuilt)
     stock = changes == ["stock"] and bool(pushing)
-    if rebuild:
-        waiting = settings.mailbox.note(REBUILD, settings.account)
-        settings.mailbox.post(REBUILD, settings.account, **rebuild_request(waiting.payload if waiting else None, rebuilt,
-                                                                          deleted=any(c.endswith(" DELETE") for c in changes)))
+    if rebuild:  # joined with the request still waiting (core.mailbox.JOINS)
+        settings.mailbox.post(REBUILD, settings.account, feeds=rebuilt,
+                              full=any(change.endswith(" DELETE") for change in changes))
     if stock:
-        waiting = settings.mailbox.note(STOCK, settings.account)
-        request = merge_requests(waiting.payload if waiting else None,
-                                 {"changed_since": changed_since, "received_at": received_at})
-        settings.mailbox.post(STOCK, settings.account, **request)
+        settings.mailbox.post(STOCK, settings.account, changed_since=changed_since, received_at=received_at)
     summary = ", ".join(f"{count} {change}" for change, count in Counter(changes).items())
     log.info("webhook POST /webhooks/moysklad/***: %s; %s%s", summary or "no change the feeds show",
              f"rebuild of {', '.join(rebuilt)} requested" if rebuild else "no rebuild",
              f"; stock push of {', '.join(pushing)} requested" if stock else "")
     return jsonify({"ok": True, "rebuild": rebuild, "stock": stock})
-
-
-def rebuild_request(waiting: dict | None, feeds: list[str], deleted: bool) -> dict:
-    """A rebuild note's payload, joined with the one still waiting: the feeds to rebuild (a stock webhook leaves out
-    those that push: their fast path has it) and whether a full sync must run, because something was deleted (an
-    incremental sync reads what changed, never what is gone: the goods would sell on until the daily full sync)."""
-    waiting = waiting or {}
-    return {"feeds": sorted(set(waiting.get("feeds") or ()) | set(feeds)), "full": bool(waiting.get("full")) or deleted}
 
 
 def _read_body() -> bytes | None:

@@ -7,7 +7,7 @@ import pytest
 from core.clock import MOSCOW
 from emulator.harness import client_settings
 from moysklad.client import MoySkladClient
-from moysklad.stock import apply_stock_changes, merge_requests, read_from, report_moment
+from moysklad.stock import apply_stock_changes, read_from, report_moment
 from moysklad.sync import STOCK_BOOKMARK, sync_catalog
 from store import CatalogReader
 
@@ -70,10 +70,3 @@ def test_only_the_moment_is_taken_from_the_report_url():
     assert report_moment(url.replace("11:00:00", "soon")) is None
     with pytest.raises(ValueError):
         report_moment({"href": url})
-
-
-def test_two_requests_merge_into_the_earliest_moment_and_webhook():
-    merged = merge_requests({"changed_since": "2026-03-02 11:05:00", "received_at": 20.0},
-                            {"changed_since": "2026-03-02 11:00:00", "received_at": 30.0})
-    assert merged == {"changed_since": "2026-03-02 11:00:00", "received_at": 20.0}
-    assert merge_requests(None, {"changed_since": None, "received_at": 5.0}) == {"changed_since": None, "received_at": 5.0}
