@@ -656,11 +656,12 @@ def _check_feeds(feeds: tuple[FeedSettings, ...], where_list: str, seen: set[str
             if not param.attribute:
                 raise ConfigError(f"{where}.params[{param_index}].attribute: name the MoySklad attribute")
         if feed.retailcrm is not None:
-            _check_retailcrm(feed.retailcrm, f"{where}.retailcrm", feed.name)
+            _check_retailcrm(feed.retailcrm, f"{where}.retailcrm", feed.name, feed.stores)
 
 
-def _check_retailcrm(crm: RetailCrmSettings, where: str, feed: str) -> None:
-    """A retailcrm section must say where to push (account, key, shop) and at least one thing to push."""
+def _check_retailcrm(crm: RetailCrmSettings, where: str, feed: str, counted: tuple[str, ...]) -> None:
+    """A retailcrm section must say where to push (account, key, shop) and at least one thing to push, from the
+    warehouses the feed counts (``counted``: its stores; none = all)."""
     if not crm.url.startswith(("https://", "http://")):
         raise ConfigError(f"{where}.url: the retailCRM account address, e.g. https://shop.retailcrm.ru, "
                           f"got {crm.url!r}")
@@ -673,6 +674,10 @@ def _check_retailcrm(crm: RetailCrmSettings, where: str, feed: str) -> None:
         raise ConfigError(f"{where}: map at least one retailCRM warehouse (stores) or price type (prices)")
     summed_into: dict[str, str] = {}  # retailCRM adds its warehouses up: a warehouse in two of them counts twice
     for target in crm.stores:
+        outside = [name for name in target.warehouses if counted and name not in counted]
+        if outside:
+            raise ConfigError(f"{where}.stores.{target.code}: warehouse «{outside[0]}» is not among the feed's stores "
+                              f"({', '.join(counted)}); retailCRM would show stock the feed leaves out")
         for name in target.warehouses or (ALL_WAREHOUSES,):
             if name in summed_into:
                 what = "«all»" if name == ALL_WAREHOUSES else f"«{name}»"

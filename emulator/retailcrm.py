@@ -312,10 +312,8 @@ class RetailCrmEmulator(LoopbackServer):
         return items
 
     def _site(self, site: str | None, grant: KeyGrant) -> str:
-        if not site:
-            if len(self.sites) == 1:
-                return self.sites[0]
-            raise ApiError(400, "Parameter 'site' is missing")  # RETAILCRM.md:34-35 (needed with several shops)
+        if not site:  # needed when offers are matched by externalId/xmlId, unique per shop (RETAILCRM.md:34-35, :45)
+            raise ApiError(400, "Parameter 'site' is missing")
         if site not in self.sites:
             raise ApiError(400, ENTITY_FORMAT, {"site": _unknown("Site", site)})
         if grant.sites is not None and site not in grant.sites:
@@ -428,10 +426,10 @@ class _Handler(QuietHandler):
             status = 503 if faults.outage else injected
             emulator._note(url.path, status)
             return self.send(status, _fault_page(status), "text/html")
-        # form fields and query both carry parameters (RETAILCRM.md:22: apiKey may be a query parameter)
-        params = dict(parse_qsl(url.query, keep_blank_values=True))
-        params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        key = self.headers.get("X-API-Key") or params.get("apiKey")  # header names are case-insensitive
+        # form fields and query both carry parameters; the key comes in the header or the query (RETAILCRM.md:22)
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        params = {**query, **dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))}
+        key = self.headers.get("X-API-Key") or query.get("apiKey")  # header names are case-insensitive
         if not emulator.rate_window.admit(key or ""):
             emulator._note_rate_limited()
             emulator._note(url.path, 503)

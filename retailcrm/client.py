@@ -189,7 +189,7 @@ class RetailCrmClient:
     # --- sending ----------------------------------------------------------------------------
 
     def _send(self, method: str, path: str, form: dict | None = None) -> dict:
-        """Send with pacing and retries; return the JSON object of a 2xx answer."""
+        """Send with pacing and retries; return the JSON object of a 2xx answer that does not say it failed."""
         url = self.url + path
         attempt = 0
         while True:
@@ -201,7 +201,9 @@ class RetailCrmClient:
                 finally:
                     self.window.answered(place)
                 if response.status_code < 300:
-                    return _decode(response.content, path)
+                    data = _decode(response.content, path)
+                    if data.get("success") is not False:  # an error is told by its body (RETAILCRM.md:23)
+                        return data
                 error = classify(response.status_code, response.content, response.headers, path, url)
             except TransportFailure as exc:
                 error = exc

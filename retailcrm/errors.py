@@ -124,7 +124,8 @@ def unknown_reference(errors: list[tuple[str, str]]) -> str | None:
 
 
 def classify(status: int, body: bytes | None, headers, path: str, url: str) -> RetailCrmError:
-    """Turn a non-2xx answer into the error a caller handles and a person can act on."""
+    """Turn a non-2xx answer (or a 2xx whose body says ``success: false``) into the error a caller handles and a person
+    can act on."""
     message, errors = error_fields(body)
     server_text = "; ".join([message] + [f"{field}: {text}" for field, text in errors]).strip("; ")
     kwargs = {"status": status, "path": path, "server_text": server_text}

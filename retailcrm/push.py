@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from core.money import money
 from core.settings import FeedSettings, Settings
 from feeds.icml import (
+    MAX_PRICE_KOPECKS,
     OfferSkipped,
     RenderError,
     RenderOptions,
@@ -163,15 +164,18 @@ def plan_passes(reader: CatalogReader, feed: FeedSettings, options: RenderOption
     price_types = {row["name"]: row["id"] for row in reader.price_types(source)}
     groups: dict[tuple | None, list[str]] = {}
     listed = {name for target in crm.stores for name in target.warehouses}
-    # "all" beside other targets is the rest: retailCRM adds its warehouses up ('' is stock 1C gave no warehouse)
-    rest = tuple(sorted([""] + [warehouse_id for name, warehouse_id in warehouses.items() if name not in listed]))
+    # "all" is what the feed counts (its stores, or every warehouse and '', the stock MoySklad or 1C gave none), less
+    # what other targets list: retailCRM adds its warehouses up
+    counted = options.warehouse_ids if options.warehouse_ids is not None else ["", *warehouses.values()]
+    listed_ids = {warehouses.get(name) for name in listed}
+    rest = tuple(sorted(warehouse_id for warehouse_id in counted if warehouse_id not in listed_ids))
     for target in crm.stores:
         missing = [name for name in target.warehouses if name not in warehouses]
         if missing:
             raise MappingError(f"feed {feed.name}: retailcrm.stores.{target.code}: warehouse «{missing[0]}» does not "
                                f"exist in the {source} catalog (known: {', '.join(warehouses) or 'none'})")
         key = tuple(sorted(warehouses[name] for name in target.warehouses)) if target.warehouses else \
-            (rest if listed else None)
+            (rest if listed or options.warehouse_ids is not None else None)
         groups.setdefault(key, []).append(target.code)
     prices: dict[str | None, list[str]] = {options.price_type_id: []}
     for target in crm.prices:
@@ -194,6 +198,7 @@ def feed_values(reader: CatalogReader, options: RenderOptions, passes: list[Pass
     """(offer id, target, value) for every offer the feed publishes (of ``offer_ids``, when given)."""
     feed = options.feed
     purchases: dict[str, int | None] = {}  # published offers → purchase price, from the first read
+    out_of_range: list[str] = []  # offers with a price of another type that retailCRM cannot hold
     for index, read in enumerate(passes):
         rows = reader.offers(options.source, price_type_id=read.price_type_id, warehouse_ids=read.warehouse_ids,
                              quantity_rule=feed.quantity, include_bundles=feed.include_bundles,
@@ -223,9 +228,15 @@ def feed_values(reader: CatalogReader, options: RenderOptions, passes: list[Pass
                 # MoySklad lists every price type of a good, one nobody filled in as 0: retailCRM would offer it
                 # as a price of 0 to sell at, so it is removed from the offer instead
                 price = row.price
+                if price is not None and not 0 <= price <= MAX_PRICE_KOPECKS:  # as the ICML file's price (index 0)
+                    out_of_range.append(offer_id)
+                    continue
                 value = money(price) if price else None
                 for code in read.price_codes:
                     yield offer_id, f"{PRICE}:{code}", value
+    if out_of_range:
+        log.warning("feed %s: %d prices outside retailCRM's range (0 … 99,999,999) not pushed, e.g. offer %s; "
+                    "fix them in %s", feed.name, len(out_of_range), out_of_range[0], options.source)
 
 
 def stock_value(available: float, purchase: int | None) -> str:

@@ -166,6 +166,25 @@ def test_after_a_push_only_what_changed_is_sent(tmp_path, emulator, crm):
     assert everything.offers == len(set.union(*to_send(settings)))  # --full sends everything again
 
 
+def test_a_price_of_another_type_outside_retailcrms_range_is_not_pushed_and_is_named_in_the_log(tmp_path, emulator,
+                                                                                                 crm, caplog):
+    """The ICML file leaves out an offer whose price retailCRM cannot hold (over 99,999,999); a wholesale price that
+    size, a typo in MoySklad, must not go out either (the batch it sits in would be refused), and says so."""
+    settings = pushing_settings(tmp_path, emulator, crm)
+    catalog = emulator.catalog
+    priced = next(i for i in catalog.items.values() if i.kind == "service" and not i.archived)
+    catalog.update_item(priced.id, sale_prices=(priced.sale_prices[0], 4321_00.0, *priced.sale_prices[2:]))
+    build_and_load(settings, crm)
+    push(settings, crm)
+    catalog.update_item(priced.id, sale_prices=(priced.sale_prices[0], 150_000_000_00.0, *priced.sale_prices[2:]))
+    build_feed(settings, settings.feeds[0])
+    build_others(settings)
+    crm.reset_stats()
+    assert push(settings, crm).offers == 0 and crm.stats_snapshot()["by_path"] == {}
+    assert crm.prices(SITE, priced.id)["wholesale"] == 4321  # as it was, not 150,000,000
+    assert f"1 prices outside retailCRM's range (0 … 99,999,999) not pushed, e.g. offer {priced.id}" in caplog.text
+
+
 def test_a_10000_offer_full_push_goes_in_batches_of_250_without_tripping_the_rate_limit(tmp_path, emulator_factory, crm):
     emulator = emulator_factory(products=13_500, seed=3)
     settings = pushing_settings(tmp_path, emulator, crm)
@@ -237,6 +256,30 @@ def test_a_warehouse_is_counted_once_in_retailcrm_which_adds_its_warehouses_up(t
     config.write_text("moysklad: {token: t}\nfeeds: [{name: main, retailcrm: {url: https://a.retailcrm.ru, api_key: k, "
                       "site: s, stores: {spb: [Склад Питер], north: [Склад Питер, Мурманск]}}}]\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"feeds\[0\]\.retailcrm\.stores\.north: «Склад Питер» is summed into spb already"):
+        load_settings(config, environ={})
+
+
+
+def test_all_is_the_warehouses_the_feed_counts_not_every_warehouse_of_the_account(tmp_path, emulator, crm):
+    """A feed that publishes one warehouse (the others hold defects, a supplier's goods) and maps main: all must show
+    in retailCRM the stock its ICML file shows, not the stock of warehouses it leaves out."""
+    own = emulator.catalog.stores[0].name
+    settings = pushing_settings(tmp_path, emulator, crm, stores=(StoreTarget("main"),), prices=())
+    settings = dataclasses.replace(settings, feeds=(dataclasses.replace(settings.feeds[0], stores=(own,)),
+                                                    FeedSettings(name="every", pictures="none")))
+    published = build_and_load(settings, crm)
+    push(settings, crm)
+    every, differs = offers(settings, "every"), 0
+    for offer_id, offer in published.items():
+        if offer.get("quantity") is not None:
+            assert crm.stock(SITE, offer_id)["main"]["available"] == float(offer.get("quantity")), offer_id
+            differs += offer.get("quantity") != every[offer_id].get("quantity")
+    assert differs > 10  # the warehouses the feed leaves out hold stock the push must leave out too
+    config = tmp_path / "config.yaml"  # a warehouse the feed leaves out, mapped by name: a config error
+    config.write_text("moysklad: {token: t}\nfeeds: [{name: main, stores: [Основной склад], retailcrm: {url: https://a.retailcrm.ru, "
+                      "api_key: k, site: s, stores: {spb: [Склад Питер]}}}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"feeds\[0\]\.retailcrm\.stores\.spb: warehouse «Склад Питер» is not among "
+                                          r"the feed's stores \(Основной склад\); retailCRM would show stock the feed leaves out"):
         load_settings(config, environ={})
 
 

@@ -264,3 +264,32 @@ def test_connections_reset_every_time_give_a_transport_failure_naming_the_path(c
         client.price_types()
     assert "/api/v5/reference/price-types" in str(caught.value) and "gave up after 3 attempts" in str(caught.value)
     assert caught.value.title == "Нет связи с retailCRM"
+
+
+def test_an_answer_of_200_that_says_success_false_is_a_failure_not_an_accepted_push():
+    """retailCRM tells an error by its body (RETAILCRM.md:23). A 200 whose body says it failed must not count the
+    stock as delivered: it would not be sent again until it changed. The emulator never answers so, hence this server."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class ValidationFailed(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"success": false, "errorMsg": "Validation error", "errors": {"offers[0]": "Invalid value"}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ValidationFailed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with RetailCrmClient(f"http://127.0.0.1:{server.server_port}", KEY, retry_base_delay=0.02) as client, \
+                pytest.raises(RequestRejected, match=r"HTTP 200\): Validation error; offers\[0\]: Invalid value"):
+            client.upload_inventories([stock_row("115", 1)], site="shop")
+    finally:
+        server.shutdown()
+        server.server_close()

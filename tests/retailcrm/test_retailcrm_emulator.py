@@ -67,6 +67,8 @@ def test_key_checks_answer_retailcrms_texts(crm):
     assert (missing.status_code, missing.json()) == (403, {"success": False, "errorMsg": '"apiKey" is missing.'})
     assert (wrong.status_code, wrong.json()) == (403, {"success": False, "errorMsg": 'Wrong "apiKey" value.'})
     assert by_query.json() == {"success": True, "sites": {"shop": {"code": "shop", "name": "shop"}}}
+    in_the_form = upload(crm, headers={}, apiKey=KEY, offers=offers_json("1"), site="shop")  # header or query only
+    assert (in_the_form.status_code, in_the_form.json()["errorMsg"]) == (403, '"apiKey" is missing.')
     crm.add_key("refs-only", methods={"/api/v5/reference/stores"})
     denied = upload(crm, headers={"X-API-Key": "refs-only"}, offers=offers_json("1"))
     assert (denied.status_code, denied.json()["errorMsg"]) == (403, "Access denied.")
@@ -132,6 +134,15 @@ def test_an_unknown_store_or_price_type_refuses_the_whole_batch(crm):
     assert crm.stock("shop", "1") == {} and crm.prices("shop", "1") == {}
 
 
+def test_offers_named_by_external_id_need_the_site_even_in_an_account_of_one_shop(crm):
+    """RETAILCRM.md:34-35, :45: site is needed when offers are matched by externalId/xmlId (unique per shop)."""
+    crm.load_icml(b'<yml_catalog><shop><offers><offer id="1"/></offers></shop></yml_catalog>', "shop")
+    stock = upload(crm, offers=offers_json("1"))
+    prices = upload(crm, "/store/prices/upload", prices=json.dumps([{"externalId": "1", "prices": [{"code": "base", "price": 5}]}]))
+    assert [(a.status_code, a.json()["errorMsg"]) for a in (stock, prices)] == [(400, "Parameter 'site' is missing")] * 2
+    assert crm.stock("shop", "1") == {} and crm.prices("shop", "1") == {}
+
+
 def test_an_upload_answers_processed_and_not_found_offers(crm):
     crm.load_icml(b'<yml_catalog><shop><offers><offer id="1"><xmlId>x1</xmlId></offer></offers></shop></yml_catalog>',
                   "shop")
@@ -154,7 +165,7 @@ def test_an_offer_named_by_retailcrms_own_id_needs_no_site():
         prices = json.dumps([{"id": offer_id, "prices": [{"code": "base", "price": 10}]}])
         assert upload(crm, "/store/prices/upload", prices=prices).json()["processedOffersCount"] == 1
         assert crm.stock("shop", "1") == {"main": {"available": 3}} and crm.prices("shop", "1") == {"base": 10}
-        by_external_id = upload(crm, offers=offers_json("1"))  # two shops: which one's "1"?
+        by_external_id = upload(crm, offers=offers_json("1"))  # which shop's "1"? (even an account of one shop asks)
         assert by_external_id.status_code == 400 and by_external_id.json()["errorMsg"] == "Parameter 'site' is missing"
 
         crm.load_icml(b'<yml_catalog><shop><offers><offer id="2"/></offers></shop></yml_catalog>', "other")
