@@ -58,7 +58,9 @@ ATTRIBUTE_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': 
                                    "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
 BARCODE = re.compile(r"[0-9A-Za-z]{1,255}")  # the whole value (fullmatch)
 # OKEI unit codes MoySklad uses → retailCRM unit codes.
-UNIT_CODES = {"796": "pcs", "166": "kg", "163": "g", "112": "l", "111": "ml", "006": "m", "055": "m2",
+# OKEI code → retailCRM unit code; pcs and meter as retailCRM's own ICML example writes them
+# (fixtures/icml/retailcrm-doc-example-ru.xml)
+UNIT_CODES = {"796": "pcs", "166": "kg", "163": "g", "112": "l", "111": "ml", "006": "meter", "055": "m2",
               "113": "m3", "778": "pack", "839": "set", "715": "pair"}
 PARAM_CODES = {"цвет": "color", "размер": "size", "вес": "weight", "артикул": "article", "материал": "material"}
 TRANSLIT = str.maketrans({

@@ -13,7 +13,7 @@ from lxml import etree
 from core.settings import FeedSettings, ParamMapping, Settings
 from emulator.harness import client_settings
 from feeds.build import BuildFailed, build_feed
-from feeds.icml import category_tree, clean_text, param_code
+from feeds.icml import category_tree, clean_text, param_code, unit_xml
 from store import CatalogStore
 from tests.moysklad.test_sync import dump
 
@@ -154,6 +154,15 @@ def test_only_the_named_warehouses_count(tmp_path, emulator):
         if item.id in offers and item.stocked:
             assert float(offers[item.id].get("quantity")) == pytest.approx(max(item.stock[0] - item.stock[1], 0))
 
+
+def test_units_carry_the_codes_of_retailcrms_own_icml_example(shared_fixtures):
+    """Goods sold by the metre get retailCRM's code for it, not one of our own making."""
+    example = etree.parse(str(shared_fixtures / "icml" / "retailcrm-doc-example-ru.xml"))
+    codes = {unit.get("name"): unit.get("code") for unit in example.iterfind(".//unit")}
+    ours = {unit.get("name"): unit.get("code") for unit in (
+        etree.fromstring(unit_xml({"code": "006", "name": "м", "description": "Метр"})),
+        etree.fromstring(unit_xml({"code": "796", "name": "шт", "description": "Штука"})))}
+    assert ours == codes == {"Метр": "meter", "Штука": "pcs"}
 
 def test_services_bundles_units_and_vat(catalog_feed, emulator):
     _, document, _ = catalog_feed
