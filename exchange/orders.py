@@ -68,6 +68,8 @@ ORDER_OPERATION = "заказ товара"
 CATALOG_SECTIONS = ("Классификатор", "Каталог", "ПакетПредложений", "ИзмененияПакетаПредложений")
 TRUE_WORDS = ("true", "да", "1", "yes")
 FALSE_WORDS = ("false", "нет", "0", "no", "")
+# An empty date as 1C writes it: date and time left blank around the «T» that joins them.
+EMPTY_DATES = ("", "T")
 DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%d.%m.%Y")
 
 
@@ -374,8 +376,9 @@ def _value(kind: str, text: str, shown: str, requisite: str):
 
 
 def _date(text: str, shown: str, requisite: str) -> str | None:
-    """A 1C date (ISO, or dd.mm.yyyy) as ISO without a zone; 1C's empty date 0001-01-01 means none."""
-    if not text or text.startswith(("0001-01-01", "01.01.0001")):
+    """A 1C date (ISO, or dd.mm.yyyy) as ISO without a zone; 1C's empty dates (0001-01-01, a bare «T»,
+    nothing at all) mean none."""
+    if text in EMPTY_DATES or text.startswith(("0001-01-01", "01.01.0001")):
         return None
     try:
         moment = dt.datetime.fromisoformat(text)

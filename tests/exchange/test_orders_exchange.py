@@ -206,6 +206,24 @@ def test_a_status_file_sent_in_chunks_is_applied_when_complete(tmp_path, serve):
     assert client.call("import", filename="big.xml") == ["success"]
 
 
+def test_1c_empty_dates_written_as_t_or_blank_clear_the_date_and_the_file_is_applied(base):
+    """1C writes an empty date as «T» (or leaves it blank): no date, like 0001-01-01, not a refused file."""
+    api = Api(base)
+    api.post(order_payload("A-1"))
+    api.post(order_payload("A-2"))
+    client = Sale(base).login()
+    shipped = status_document(order_document("A-1", **{"Дата отгрузки по 1С": "2024-05-03T18:00:00"}))
+    assert client.send("st-1.xml", shipped) == ["success"]
+    back = status_document(
+        order_document("A-1", **{"Статус заказа": "Собран", "Дата отгрузки по 1С": "T", "Дата оплаты по 1С": " "}),
+        order_document("A-2", **{"Статус заказа": "В работе", "Дата оплаты по 1С": "", "Дата отгрузки по 1С": " T "}))
+    assert client.send("st-2.xml", back) == ["success"]
+    assert client.call("import", filename="st-2.xml") == ["success"]
+    first, second = api.order("A-1"), api.order("A-2")
+    assert (first["status"], first["shipped_at"], first["paid_at"]) == ("Собран", None, None)
+    assert (second["status"], second["shipped_at"], second["paid_at"]) == ("В работе", None, None)
+
+
 # --- bad status documents ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("data, words", [
