@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from core.clock import utc_now
+from core.clock import MOSCOW, moscow_now, utc_now
 from core.money import money
 from core.settings import ExchangeSettings
 from exchange.cml import (
@@ -62,6 +62,8 @@ STATUS_REQUISITES = {"статус заказа": ("status", "text"), "дата 
                      "дата отгрузки по 1с": ("shipped_at", "date"), "проведен": ("posted", "flag"),
                      "пометкаудаления": ("deleted", "flag"), "пометка удаления": ("deleted", "flag"),
                      "отменен": ("cancelled", "flag")}
+# Flags many 1C configurations send instead of (or beside) those two dates, and the date each one stands for.
+DONE_FLAGS = {"оплачен": "paid_at", "отгружен": "shipped_at"}
 # Of the payment and shipment documents a 3.1 container may hold, only these dates concern the order.
 SUBORDINATE_REQUISITES = ("дата оплаты по 1с", "дата отгрузки по 1с")
 ORDER_OPERATION = "заказ товара"
@@ -261,6 +263,7 @@ class OrderUpdate:
     number: str
     document_id: str
     values: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)  # values that count only while the order has none recorded
 
 
 @dataclass
@@ -296,16 +299,31 @@ def parse_status_document(data: bytes, name: str) -> StatusDocument:
         raise StatusDocumentError(f"Файл {name}: это файл каталога («{sections[0]}»), а не документы заказов; "
                                   "каталог загружается через type=catalog")
     result = StatusDocument([], [])
+    written = _written_at(root) or moscow_now().isoformat(timespec="seconds")
     for child in root:
         tag = local_name(child.tag)
         if tag == "Документ":
-            _read_unit(name, [child], result)
+            _read_unit(name, [child], result, written)
         elif tag == "Контейнер":
-            _read_unit(name, all_named(child, "Документ"), result)
+            _read_unit(name, all_named(child, "Документ"), result, written)
     return result
 
 
-def _read_unit(name: str, documents: list, result: StatusDocument) -> None:
+def _written_at(root) -> str | None:
+    """When 1C wrote the file (ДатаФормирования, its Moscow wall clock), if it gives the time of day."""
+    text = (root.get("ДатаФормирования") or "").strip()
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if "T" not in text and " " not in text:  # a day alone: midnight would be a made-up time
+        return None
+    if moment.tzinfo:
+        moment = moment.astimezone(MOSCOW)
+    return moment.replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+def _read_unit(name: str, documents: list, result: StatusDocument, written: str) -> None:
     """One order document, or one 3.1 container: the order plus its payments and shipments."""
     orders = [doc for doc in documents if _operation(doc) in ("", ORDER_OPERATION)]
     if not orders:
@@ -326,6 +344,7 @@ def _read_unit(name: str, documents: list, result: StatusDocument) -> None:
             for other in documents:
                 if other is not doc and _in_force(other, shown):
                     _read_requisites(other, update, shown, {k: STATUS_REQUISITES[k] for k in SUBORDINATE_REQUISITES})
+        _read_done_flags(doc, update, shown, written)
         result.updates.append(update)
 
 
@@ -346,11 +365,30 @@ def _in_force(doc, shown: str) -> bool:
     return flags.values.get("posted") != 0 and flags.values.get("deleted") != 1
 
 
+def _read_done_flags(doc, update: OrderUpdate, shown: str, written: str) -> None:
+    """Оплачен / Отгружен: true means paid / shipped at the date the document gives, else at the one recorded,
+    else when the file was written; false means not paid / shipped (the date is cleared)."""
+    for requisite, value in _requisites(doc):
+        column = DONE_FLAGS.get(_normal(requisite))
+        if column is None or update.values.get(column):  # a date the document gives says it all
+            continue
+        if _value("flag", value, shown, requisite):
+            update.values.pop(column, None)  # an empty date beside the flag: when is not known
+            update.defaults[column] = written
+        else:
+            update.values[column] = None
+
+
 def _read_requisites(doc, update: OrderUpdate, shown: str, known: dict) -> None:
-    for requisite, value in requisite_pairs(fields_of(doc).get("ЗначенияРеквизитов")):
+    for requisite, value in _requisites(doc):
         target = known.get(_normal(requisite))
         if target:
             update.values[target[0]] = _value(target[1], value, shown, requisite)
+
+
+def _requisites(doc) -> list[tuple[str, str]]:
+    """A document's requisites: in ЗначенияРеквизитов, or right in the Документ as an old 1C variant writes them."""
+    return requisite_pairs(fields_of(doc).get("ЗначенияРеквизитов")) + requisite_pairs(doc)
 
 
 def _operation(doc) -> str:
@@ -398,8 +436,8 @@ def _date(text: str, shown: str, requisite: str) -> str | None:
 def apply_status_document(store: CatalogStore, data: bytes, name: str, detail: str) -> dict:
     """Parse and apply one status document in one store run; returns its counts and skipped orders."""
     document = parse_status_document(data, name)
-    updates = [{"ids": [update.document_id, update.number], "number": update.number, "values": update.values}
-               for update in document.updates]
+    updates = [{"ids": [update.document_id, update.number], "number": update.number, "values": update.values,
+                "defaults": update.defaults} for update in document.updates]
     counts = store.apply_order_changes(updates, detail=f"{detail}, file {name}")
     counts["ignored"] = document.ignored
     log.info("exchange: status document %s applied: %s", name,

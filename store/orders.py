@@ -150,7 +150,8 @@ class OrderBook:
         """Apply one status document as one run: every change is recorded in the history, or none is.
 
         ``updates``: ``{"ids": [Ид, Номер], "number": Номер, "values": {column: value}}`` per document,
-        values only for the columns it states. Unknown orders are skipped with the reason recorded.
+        values only for the columns it states, and optionally ``"defaults"``: values for columns the order
+        has nothing in yet (a paid flag without a date). Unknown orders are skipped with the reason recorded.
         """
         with self.run(ORDERS_SOURCE, "status") as run:
             now = utc_now()
@@ -161,10 +162,12 @@ class OrderBook:
                              f"заказ № {update['number'] or '(без номера)'} не найден на сайте")
                     run.stats.add("unknown")
                     continue
-                unknown = set(update["values"]) - set(ORDER_STATUS_COLUMNS)
+                defaults = update.get("defaults", {})
+                unknown = (set(update["values"]) | set(defaults)) - set(ORDER_STATUS_COLUMNS)
                 if unknown:  # a programming error: columns are named in the SQL below
                     raise ValueError(f"not an order status column: {sorted(unknown)}")
-                changed = {c: v for c, v in update["values"].items() if row[c] != v}
+                values = {**{c: v for c, v in defaults.items() if row[c] is None}, **update["values"]}
+                changed = {c: v for c, v in values.items() if row[c] != v}
                 run.stats.add("documents")
                 if not changed:
                     run.stats.add("unchanged")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import sqlite3
@@ -11,10 +12,12 @@ import pytest
 import requests
 from lxml import etree
 
+from core.clock import MOSCOW
 from core.settings import ApiSettings
 from exchange.orders import parse_status_document
 from tests.exchange.test_exchange import OneC, exchange_settings, sessions
-from tests.orders.test_orders import XXE, child_text, children, order_document, order_payload, requisites, status_document
+from tests.orders.test_orders import (XXE, child_text, children, order_document, order_payload, requisite, requisites,
+                                      status_document)
 
 API_KEY = "test-api-key-0123456789abcdef"
 
@@ -222,6 +225,40 @@ def test_1c_empty_dates_written_as_t_or_blank_clear_the_date_and_the_file_is_app
     first, second = api.order("A-1"), api.order("A-2")
     assert (first["status"], first["shipped_at"], first["paid_at"]) == ("Собран", None, None)
     assert (second["status"], second["shipped_at"], second["paid_at"]) == ("В работе", None, None)
+
+
+def test_paid_and_shipped_flags_mark_the_order_like_the_dates_do(base):
+    """«Оплачен» / «Отгружен» = true: paid / shipped when the file was written, unless a date says when or one is
+    recorded; false clears it. Requisites may also sit right in the Документ, without ЗначенияРеквизитов."""
+    api = Api(base)
+    for number in ("A-1", "A-2", "A-3"):
+        api.post(order_payload(number))
+    client = Sale(base).login()
+    bare = ("<Документ><Ид>A-3</Ид><Номер>A-3</Номер><ХозОперация>Заказ товара</ХозОперация>"
+            + requisite("Статус заказа", "Отгружен") + requisite("Отгружен", "Да") + "</Документ>")
+    first = status_document(order_document("A-1", Оплачен="true", Отгружен="Да"),
+                            order_document("A-2", **{"Оплачен": "true", "Дата оплаты по 1С": "2024-05-02T10:15:00"}), bare)
+    assert 'ДатаФормирования="2024-05-03T10:00:00"'.encode("cp1251") in first
+    assert client.send("st-1.xml", first) == ["success"]
+    assert [(o["paid_at"], o["shipped_at"]) for o in map(api.order, ("A-1", "A-2"))] == [
+        ("2024-05-03T10:00:00", "2024-05-03T10:00:00"), ("2024-05-02T10:15:00", None)]
+    assert (api.order("A-3")["status"], api.order("A-3")["shipped_at"]) == ("Отгружен", "2024-05-03T10:00:00")
+    later = status_document(order_document("A-1", Оплачен="true", Отгружен="false")).replace(
+        "2024-05-03T10:00:00".encode(), b"2024-05-09T08:00:00")
+    assert client.send("st-2.xml", later) == ["success"]
+    again = api.order("A-1")
+    assert (again["paid_at"], again["shipped_at"]) == ("2024-05-03T10:00:00", None)  # the first word on paying stays
+    assert [(h["field"], h["new"]) for h in again["history"][1:]] == [
+        ("paid_at", "2024-05-03T10:00:00"), ("shipped_at", "2024-05-03T10:00:00"), ("shipped_at", None)]
+
+
+def test_a_paid_flag_in_a_file_without_its_time_is_stamped_with_the_exchange_moscow_time(base):
+    Api(base).post(order_payload("A-1"))
+    data = status_document(order_document("A-1", Оплачен="1")).replace(b"2024-05-03T10:00:00", b"2024-05-03")
+    before = dt.datetime.now(MOSCOW).replace(tzinfo=None, microsecond=0)
+    assert Sale(base).login().send("st.xml", data) == ["success"]
+    after = dt.datetime.now(MOSCOW).replace(tzinfo=None)
+    assert before <= dt.datetime.fromisoformat(Api(base).order("A-1")["paid_at"]) <= after
 
 
 # --- bad status documents ---------------------------------------------------------------------------
