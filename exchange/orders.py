@@ -114,6 +114,8 @@ def render_orders(orders: list[dict], fmt: str, generated: dt.datetime) -> bytes
 def _document(order: dict) -> etree._Element:
     """One order as a Документ «Заказ товара» in the order of the schema's sequence."""
     moment = dt.datetime.fromisoformat(order["ordered_at"])
+    if moment.tzinfo:  # an order stored before dates were kept on Moscow wall clock
+        moment = moment.astimezone(MOSCOW)
     doc = etree.Element("Документ")
     _fields(doc, [("Ид", order["number"]), ("Номер", order["number"]), ("Дата", moment.strftime("%Y-%m-%d")),
                   ("ХозОперация", "Заказ товара"), ("Роль", "Продавец"),
@@ -458,7 +460,7 @@ def query_orders(session: ExchangeSession, store_path: Path, config: ExchangeSet
     recorded as this session's latest query."""
     with open_catalog(store_path, wait_seconds=ORDERS_WAIT_SECONDS) as catalog:
         query_id, orders = catalog.start_order_query(session.id, config.orders_format, config.orders_per_query)
-    body = render_orders(orders, config.orders_format, dt.datetime.now())
+    body = render_orders(orders, config.orders_format, moscow_now())
     log.info("exchange session %s: query %s sent %s orders as %s (%s bytes)", session.id, query_id, len(orders),
              config.orders_format, len(body))
     return body, FORMATS[config.orders_format].content_type

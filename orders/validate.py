@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+from core.clock import MOSCOW
 from core.money import money
 from store.orders import DELIVERY_ID, DELIVERY_NAME
 
@@ -258,7 +259,8 @@ def _vat(value, where: str) -> str | None:
 
 
 def _date(value) -> str | None:
-    """ISO 8601 as the shop sends it; its wall-clock time is what 1C sees. Absent: the time it arrives."""
+    """ISO 8601 as Moscow wall-clock time without a zone, which is what 1C reads: a date with an offset is
+    converted, one without is the shop's own wall clock and kept. Absent: the store stamps its arrival."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -267,6 +269,8 @@ def _date(value) -> str | None:
         moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
         raise OrderInvalid("date", f"{value!r} is not an ISO 8601 date and time such as 2024-05-01T12:30:00+03:00") from None
+    if moment.tzinfo:
+        moment = moment.astimezone(MOSCOW).replace(tzinfo=None)
     if not 2000 <= moment.year <= 2100:
         raise OrderInvalid("date", f"{value!r} is outside 2000-2100")
     return moment.isoformat(timespec="seconds")

@@ -6,10 +6,9 @@ Orders live in the catalog store's file, in tables of their own. Each change is 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
-from core.clock import utc_now
+from core.clock import moscow_now, utc_now
 
 ORDERS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -65,9 +64,9 @@ class OrderBook:
         with self.immediate():
             row = self._order_row(number)
             now = utc_now()
-            # no date given: the time the order first arrived (shop wall-clock), kept on later updates
+            # no date given: the time the order first arrived (Moscow wall clock, as 1C reads it), kept on later updates
             order = {**order, "ordered_at": order["ordered_at"] or (row["ordered_at"] if row else
-                                                                     dt.datetime.now().isoformat(timespec="seconds"))}
+                                                                     moscow_now().isoformat(timespec="seconds"))}
             if row is None:
                 self.db.execute(
                     f"INSERT INTO orders (number, {', '.join(ORDER_COLUMNS)}, revision, content_hash, created_at, updated_at) "

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import sqlite3
+import time
 
 import pytest
 import requests
@@ -259,6 +260,37 @@ def test_a_paid_flag_in_a_file_without_its_time_is_stamped_with_the_exchange_mos
     assert Sale(base).login().send("st.xml", data) == ["success"]
     after = dt.datetime.now(MOSCOW).replace(tzinfo=None)
     assert before <= dt.datetime.fromisoformat(Api(base).order("A-1")["paid_at"]) <= after
+
+
+@pytest.fixture
+def server_clock_in_utc(monkeypatch):
+    """The process's local clock on UTC, as on a server: whatever goes to 1C must still be Moscow time."""
+    monkeypatch.setenv("TZ", "UTC0")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_order_dates_go_to_1c_on_moscow_wall_clock(base, server_clock_in_utc):
+    api = Api(base)
+    assert api.post(order_payload("A-1", date="2024-05-01T22:30:00Z")).status_code == 201
+    assert api.post(order_payload("A-2", date="2024-05-01T12:30:00")).status_code == 201  # the shop's own wall clock
+    assert api.post(order_payload("A-3", date="2024-05-01T12:30:00+05:00")).status_code == 201
+    before = dt.datetime.now(MOSCOW).replace(tzinfo=None, microsecond=0)
+    assert api.post(order_payload("A-4", date=None)).status_code == 201
+    response = Sale(base).login().query()
+    after = dt.datetime.now(MOSCOW).replace(tzinfo=None)
+    sent = {child_text(doc, "Номер"): (child_text(doc, "Дата"), child_text(doc, "Время"))
+            for doc in documents(response.content)}
+    assert (sent["A-1"], sent["A-2"], sent["A-3"]) == (("2024-05-02", "01:30:00"), ("2024-05-01", "12:30:00"),
+                                                       ("2024-05-01", "10:30:00"))
+    assert [api.order(n)["date"] for n in ("A-1", "A-2", "A-3")] == [
+        "2024-05-02T01:30:00", "2024-05-01T12:30:00", "2024-05-01T10:30:00"]
+    stamped = dt.datetime.fromisoformat(" ".join(sent["A-4"]))
+    assert before <= stamped <= after and api.order("A-4")["date"] == stamped.isoformat()
+    generated = dt.datetime.fromisoformat(etree.fromstring(response.content).get("ДатаФормирования"))
+    assert before <= generated <= after
 
 
 # --- bad status documents ---------------------------------------------------------------------------
