@@ -31,7 +31,8 @@ CURRENCY = re.compile(r"[A-Z]{3}")
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f]")
 FIELDS = {
-    "": ("number", "date", "currency", "customer", "items", "delivery", "payment_method", "paid", "comment", "total"),
+    "": ("number", "date", "currency", "customer", "items", "delivery", "payment_method", "paid", "comment", "total",
+         "status", "cancelled"),
     "customer": ("name", "phone", "email", "address", "company"),
     "customer.company": ("name", "inn", "kpp"),
     "items[]": ("offer_id", "type", "name", "quantity", "price", "discount", "vat"),
@@ -50,12 +51,14 @@ class OrderInvalid(ValueError):
 
 @dataclass
 class ValidOrder:
-    """An order ready for the store: its columns, its lines (the delivery line last) and a hash of both."""
+    """An order ready for the store: its columns, its lines (the delivery line last), the statuses the shop
+    gives (only those it gives: the others stay as 1C reported them) and a hash of all three."""
 
     number: str
     columns: dict
     items: list[dict]
     content_hash: str
+    statuses: dict
 
 
 def validate_order(payload) -> ValidOrder:
@@ -88,6 +91,7 @@ def validate_order(payload) -> ValidOrder:
     paid = body.get("paid", False)
     if not isinstance(paid, bool):
         raise OrderInvalid("paid", "must be true or false")
+    statuses = _statuses(body)
     columns = {
         "ordered_at": _date(body.get("date")), "currency": currency, "total": total,
         "customer_name": name or None, "customer_phone": phone, "customer_email": email,
@@ -96,8 +100,23 @@ def validate_order(payload) -> ValidOrder:
         "payment_method": _text(body, "payment_method", "payment_method", 255), "paid": int(paid),
         "shipping_method": delivery_method, "comment": _text(body, "comment", "comment", 3000, multiline=True),
     }
-    content = json.dumps({"columns": columns, "items": items}, sort_keys=True, ensure_ascii=False)
-    return ValidOrder(number, columns, items, hashlib.sha256(content.encode()).hexdigest())
+    # without statuses the hash is what it always was: an order stored earlier and posted again is unchanged
+    content = json.dumps({"columns": columns, "items": items, **({"statuses": statuses} if statuses else {})},
+                         sort_keys=True, ensure_ascii=False)
+    return ValidOrder(number, columns, items, hashlib.sha256(content.encode()).hexdigest(), statuses)
+
+
+def _statuses(body: dict) -> dict:
+    """`status` (a text) and `cancelled` (true/false) when the shop gives them: how 1C learns of a cancellation."""
+    statuses = {}
+    status = _text(body, "status", "status", 255)
+    if status:
+        statuses["status"] = status
+    if body.get("cancelled") is not None:
+        if not isinstance(body["cancelled"], bool):
+            raise OrderInvalid("cancelled", "must be true or false")
+        statuses["cancelled"] = int(body["cancelled"])
+    return statuses
 
 
 def _company(customer: dict) -> dict:
@@ -289,7 +308,7 @@ def _json_type(value) -> str:
 # --- back to JSON ---------------------------------------------------------------------------------
 
 def order_json(row: dict) -> dict:
-    """An order from the store as GET /api/orders/<number> shows it: content, statuses from 1C, history."""
+    """An order from the store as GET /api/orders/<number> shows it: content, statuses (1C's or the shop's), history."""
     lines = [item for item in row["items"] if item["kind"] != "delivery"]
     delivery_line = next((item for item in row["items"] if item["kind"] == "delivery"), None)
     company = ({"name": row["company_name"], "inn": row["company_inn"], "kpp": row["company_kpp"]}

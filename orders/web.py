@@ -6,7 +6,8 @@ a refusal is ``{"error": "<what is wrong>", "field": "<which field>"}`` with the
 
 POST is idempotent on the order number: the same order again answers 200 and changes nothing; a
 changed order answers 200, becomes a new revision and is sent to 1C again with the next
-``type=sale&mode=query`` (statuses 1C reported are kept); a new number answers 201.
+``type=sale&mode=query`` (statuses 1C reported are kept, but for ``status`` and ``cancelled`` when
+the shop gives them: that is how a cancellation reaches 1C); a new number answers 201.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def create_order() -> Response:
                        headers={"Allow": "POST"})
     order = validate_order(_json_body())
     with _store() as store:
-        result = store.save_order(order.number, order.columns, order.items, order.content_hash)
+        result = store.save_order(order.number, order.columns, order.items, order.content_hash, order.statuses)
         row = store.order(order.number)
     log.info("orders api: order %s %s (revision %s) from %s", order.number, result, row["revision"], request.remote_addr)
     return _json({"result": result, **order_json(row)}, 201 if result == "created" else 200,

@@ -44,6 +44,8 @@ ORDER_COLUMNS = ("ordered_at", "currency", "total", "customer_name", "customer_p
                  "shipping_method", "comment")
 ORDER_ITEM_COLUMNS = ("kind", "offer_id", "name", "quantity", "price", "discount", "vat", "amount")
 ORDER_STATUS_COLUMNS = ("status", "paid_at", "shipped_at", "posted", "deleted", "cancelled")
+# Of those, the ones the shop may set too (to tell 1C of a cancellation); the latest word, either side's, stands.
+ORDER_SHOP_STATUS_COLUMNS = ("status", "cancelled")
 ORDER_FLAGS = ("paid", "posted", "deleted", "cancelled")
 ORDERS_SOURCE = "orders"
 # The delivery line of an order: the id 1C maps to its delivery service (1C's own example orders.xml).
@@ -54,38 +56,45 @@ DELIVERY_NAME = "Доставка заказа"
 class OrderBook:
     """Orders (mixed into the catalog store, whose runs record status documents)."""
 
-    def save_order(self, number: str, order: dict, items: list[dict], content_hash: str) -> str:
+    def save_order(self, number: str, order: dict, items: list[dict], content_hash: str,
+                   statuses: dict | None = None) -> str:
         """Create or update an order from the shop in one transaction: 'created', 'updated' or 'unchanged'.
 
         The same content again changes nothing (a retried request is harmless). Changed content is a
         new revision, which the next ``type=sale&mode=query`` sends again; the statuses 1C reported
-        stay as they are. ``items`` includes the delivery line (kind ``delivery``).
+        stay as they are, but for those in ``statuses`` (columns of ORDER_SHOP_STATUS_COLUMNS), which
+        the shop sets. ``items`` includes the delivery line (kind ``delivery``).
         """
+        statuses = statuses or {}
+        if set(statuses) - set(ORDER_SHOP_STATUS_COLUMNS):  # a programming error: columns are named in the SQL below
+            raise ValueError(f"not a status the shop sets: {sorted(set(statuses) - set(ORDER_SHOP_STATUS_COLUMNS))}")
         with self.immediate():
             row = self._order_row(number)
             now = utc_now()
             # no date given: the time the order first arrived (Moscow wall clock, as 1C reads it), kept on later updates
             order = {**order, "ordered_at": order["ordered_at"] or (row["ordered_at"] if row else
                                                                      moscow_now().isoformat(timespec="seconds"))}
+            columns = (*ORDER_COLUMNS, *statuses)
+            order.update(statuses)
             if row is None:
                 self.db.execute(
-                    f"INSERT INTO orders (number, {', '.join(ORDER_COLUMNS)}, revision, content_hash, created_at, updated_at) "
-                    f"VALUES (?, {', '.join('?' * len(ORDER_COLUMNS))}, 1, ?, ?, ?)",
-                    [number, *(order[c] for c in ORDER_COLUMNS), content_hash, now, now])
+                    f"INSERT INTO orders (number, {', '.join(columns)}, revision, content_hash, created_at, updated_at) "
+                    f"VALUES (?, {', '.join('?' * len(columns))}, 1, ?, ?, ?)",
+                    [number, *(order[c] for c in columns), content_hash, now, now])
                 self._replace_order_items(number, items)
                 self._order_history(number, now, "api", "created", None, "1", "revision 1")
                 return "created"
             if row["content_hash"] == content_hash:
                 return "unchanged"
             old_items = self._order_items(number)
-            changed = [c for c in ORDER_COLUMNS if row[c] != order[c]]
+            changed = [c for c in columns if row[c] != order[c]]
             if [{c: item[c] for c in ORDER_ITEM_COLUMNS} for item in old_items] != \
                     [{c: item[c] for c in ORDER_ITEM_COLUMNS} for item in items]:
                 changed.append("items")
             revision = row["revision"] + 1
             self.db.execute(
-                f"UPDATE orders SET {', '.join(c + ' = ?' for c in ORDER_COLUMNS)}, revision = ?, content_hash = ?, "
-                "updated_at = ? WHERE number = ?", [*(order[c] for c in ORDER_COLUMNS), revision, content_hash, now, number])
+                f"UPDATE orders SET {', '.join(c + ' = ?' for c in columns)}, revision = ?, content_hash = ?, "
+                "updated_at = ? WHERE number = ?", [*(order[c] for c in columns), revision, content_hash, now, number])
             self._replace_order_items(number, items)
             self._order_history(number, now, "api", "updated", str(row["revision"]), str(revision),
                                 f"revision {revision}: {', '.join(changed) or 'formatting'}")

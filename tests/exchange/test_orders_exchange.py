@@ -197,6 +197,28 @@ def test_a_changed_order_goes_to_1c_again_and_keeps_its_statuses(base):
     assert api.order("A-1")["status"] == "В работе"
 
 
+def test_the_shop_cancels_an_order_1c_has_confirmed_and_1c_gets_it_again(base):
+    api = Api(base)
+    api.post(order_payload("A-1"))
+    api.post(order_payload("A-2"))
+    client = Sale(base).login()
+    client.query()
+    client.call("success")
+    assert client.send("st.xml", status_document(order_document("A-1", **{"Статус заказа": "В работе"}))) == ["success"]
+    cancelled = api.post(order_payload("A-1", cancelled=True, status="Отменён покупателем"))
+    assert (cancelled.status_code, cancelled.json()["result"], cancelled.json()["revision"]) == (200, "updated", 2)
+    assert (cancelled.json()["cancelled"], cancelled.json()["status"]) == (True, "Отменён покупателем")
+    assert cancelled.json()["history"][-1]["detail"] == "revision 2: status, cancelled"
+    [doc] = documents(client.query().content)  # A-2 stays confirmed
+    assert child_text(doc, "Номер") == "A-1"
+    assert (requisites(doc)["Отменен"], requisites(doc)["Статус заказа"]) == ("true", "Отменён покупателем")
+    client.call("success")
+    again = api.post(order_payload("A-1", cancelled=True, status="Отменён покупателем"))
+    assert (again.json()["result"], documents(client.query().content)) == ("unchanged", [])
+    kept = api.post(order_payload("A-2", comment="Без звонка"))  # no cancelled or status: 1C's word stays
+    assert (kept.json()["result"], kept.json()["cancelled"], kept.json()["status"]) == ("updated", False, None)
+
+
 def test_a_status_file_sent_in_chunks_is_applied_when_complete(tmp_path, serve):
     base = serve(sale_settings(tmp_path, file_limit=1024))
     Api(base).post(order_payload("A-1"))

@@ -121,6 +121,8 @@ def test_a_valid_order_becomes_exact_store_rows():
     ({"date": "01.05.2024"}, "date", "ISO 8601"),
     ({"currency": "руб"}, "currency", "ISO 4217"),
     ({"paid": "yes"}, "paid", "true or false"),
+    ({"cancelled": "yes"}, "cancelled", "true or false"),
+    ({"status": "x" * 256}, "status", "at most 255"),
     ({"delivery": {"price": "free"}}, "delivery.price", "not a number"),
     ({"comment": "x" * 3001}, "comment", "at most 3000"),
     ({"number": ".."}, "number", "not '.' or '..' alone"),  # /api/orders/.. is the list's address to any HTTP client
