@@ -156,6 +156,9 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
         if feed["retailcrm"] and feed["retailcrm"]["error"]:  # the file may be fresh while retailCRM's stock is not
             problems.append(f"фид {feed['name']}: последняя отправка в retailCRM не прошла — "
                             f"{feed['retailcrm']['error']['title']}")
+    stuck = _orders_stuck(exchange, settings.exchange.orders_per_query)
+    if stuck:
+        problems.append(stuck)
     failed_session = _last_failed_session(exchange)
     if failed_session:
         problems.append(f"обмен с 1С: последний сеанс ({failed_session['client'] or 'клиент неизвестен'}) завершился "
@@ -524,6 +527,23 @@ def _exchange(settings: Settings, store: CatalogStore) -> dict:
             "orders": store.orders_summary(),
             "last_import": None if last_import is None else {
                 **_run_summary(last_import, store), "seconds": _seconds(last_import)}}
+
+
+# Queries with orders in a row that 1C took and never confirmed (mode=success) before the page calls it a problem:
+# one can be a session cut short, three are a 1C that fails on these orders every time.
+UNCONFIRMED_QUERIES_PROBLEM = 3
+
+
+def _orders_stuck(exchange: dict | None, per_query: int) -> str | None:
+    """Why orders stopped reaching 1C, when they did: every query sends the oldest orders 1C has not confirmed, so
+    while 1C fails on them, the orders after the first ``per_query`` never go."""
+    orders = (exchange or {}).get("orders") or {}
+    unconfirmed = orders.get("unconfirmed_queries", 0)
+    if unconfirmed < UNCONFIRMED_QUERIES_PROBLEM or not orders.get("waiting_for_1c"):
+        return None
+    return (f"обмен с 1С: {unconfirmed} {plural(unconfirmed, 'запрос', 'запроса', 'запросов')} заказов подряд 1С "
+            f"не подтвердила (mode=success) — она не может загрузить эти заказы; заказы сверх первых {per_query} "
+            "(exchange.orders_per_query) в 1С не уходят. Посмотрите журнал обмена в 1С / МоёмСкладе")
 
 
 def _last_failed_session(exchange: dict | None) -> dict | None:

@@ -47,6 +47,7 @@ ORDER_STATUS_COLUMNS = ("status", "paid_at", "shipped_at", "posted", "deleted", 
 # Of those, the ones the shop may set too (to tell 1C of a cancellation); the latest word, either side's, stands.
 ORDER_SHOP_STATUS_COLUMNS = ("status", "cancelled")
 ORDER_FLAGS = ("paid", "posted", "deleted", "cancelled")
+UNCONFIRMED_QUERIES_SHOWN = 10  # how far back the health page counts queries 1C did not confirm
 ORDERS_SOURCE = "orders"
 # The delivery line of an order: the id 1C maps to its delivery service (1C's own example orders.xml).
 DELIVERY_ID = "ORDER_DELIVERY"
@@ -197,8 +198,12 @@ class OrderBook:
             "SELECT count(*), coalesce(sum(exported_revision IS NULL OR exported_revision < revision), 0), "
             "min(CASE WHEN exported_revision IS NULL OR exported_revision < revision THEN created_at END) FROM orders").fetchone()
         last = self.db.execute("SELECT sent_at, confirmed_at, orders FROM order_queries ORDER BY id DESC LIMIT 1").fetchone()
+        recent = self.db.execute("SELECT confirmed_at FROM order_queries WHERE orders > 0 ORDER BY id DESC LIMIT ?",
+                                 [UNCONFIRMED_QUERIES_SHOWN]).fetchall()
+        unconfirmed = next((n for n, (confirmed_at,) in enumerate(recent) if confirmed_at), len(recent))
         return {"orders": total, "waiting_for_1c": waiting, "oldest_waiting_since": oldest,
-                "last_query": dict(zip(("sent_at", "confirmed_at", "orders"), last)) if last else None}
+                "last_query": dict(zip(("sent_at", "confirmed_at", "orders"), last)) if last else None,
+                "unconfirmed_queries": unconfirmed}  # the latest queries with orders in a row that 1C never confirmed
 
     def _order_row(self, number: str) -> dict | None:
         rows = list(self.db.query("SELECT * FROM orders WHERE number = ?", [number]))

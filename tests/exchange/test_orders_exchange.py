@@ -182,6 +182,28 @@ def test_a_query_without_success_is_sent_again_and_success_marks_only_what_was_s
     assert api.order("A-1")["exported_revision"] == 1 and api.order("A-2")["exported_revision"] is None
 
 
+def test_orders_1c_takes_and_never_confirms_are_a_problem_naming_the_blocked_limit(tmp_path, serve):
+    """Each query sends the oldest orders 1C has not confirmed: while 1C fails on them, newer orders past
+    orders_per_query never reach 1C. Three unconfirmed queries in a row fail /healthz until 1C confirms one."""
+    base = serve(sale_settings(tmp_path, orders_per_query=2))
+    api = Api(base)
+    for number in ("S-1", "S-2", "S-3"):
+        api.post(order_payload(number))
+    for attempt in range(3):
+        assert requests.get(base + "/healthz", timeout=10).status_code == 200, attempt  # not yet: once can be a cut
+        sale = Sale(base).login()
+        assert [child_text(d, "Номер") for d in documents(sale.query().content)] == ["S-1", "S-2"]
+        sale.call("complete")  # 1C could not load them and said no success
+    reply = requests.get(base + "/healthz", timeout=10)
+    assert reply.status_code == 503
+    assert ("обмен с 1С: 3 запроса заказов подряд 1С не подтвердила (mode=success) — она не может загрузить эти заказы; "
+            "заказы сверх первых 2 (exchange.orders_per_query) в 1С не уходят") in reply.text
+    sale = Sale(base).login()
+    sale.query()
+    assert sale.call("success") == ["success"]
+    assert requests.get(base + "/healthz", timeout=10).status_code == 200
+
+
 def test_a_changed_order_goes_to_1c_again_and_keeps_its_statuses(base):
     api = Api(base)
     api.post(order_payload("A-1"))
