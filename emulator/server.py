@@ -29,7 +29,7 @@ from .webhooks import ANSWER_WITHIN, STOCK_INTERVAL, WebhookHub
 API_PREFIX = "/api/remap/1.2"
 AUTH_ERROR = "Ошибка аутентификации: Неправильный пароль или имя пользователя или ключ авторизации"
 
-RATE_LIMIT = 45  # units per window per credential
+RATE_LIMIT = 45  # units per window per user
 RATE_WINDOW = 3.0  # seconds
 PARALLEL_LIMIT = 5
 STOCK_REPORT_COST = 5  # md/reports/_report_stock.md: /report/stock/all and /bystore cost 5 units from 2026-02
@@ -126,7 +126,7 @@ class Faults:
 
 
 class RateLimiter:
-    """Sliding-window units and parallel-request counts per credential."""
+    """Sliding-window units and parallel-request counts per user (the key authenticate gives)."""
 
     def __init__(self, units_limited: bool = True):
         self._lock = threading.Lock()
@@ -192,6 +192,9 @@ class EmulatorServer(LoopbackServer):
                  rate_limited: bool = True):
         self.catalog = catalog
         self.token, self.login, self.password = token, login, password
+        # DOMAIN.md: «45 units per 3 s counted per user …; 5 parallel requests per user»: the token and the
+        # login/password are one user's, so both count under this key (kept when set_credentials renames)
+        self.user_key = "user:" + login
         # More users' tokens (one emulator standing in for many accounts, as a benchmark of many clients
         # needs): each has a rate budget and parallel slots of its own, as MoySklad counts them per user.
         self.other_tokens = frozenset(other_tokens)
@@ -276,17 +279,19 @@ class EmulatorServer(LoopbackServer):
     # -- auth ---------------------------------------------------------------------------------
 
     def authenticate(self, header: str | None) -> tuple[str, str]:
-        """(auth kind, rate-limit key) or 401."""
+        """(auth kind, rate-limit key: the user's, whichever of their credentials came) or 401."""
         scheme, _, value = (header or "").partition(" ")
-        if scheme.lower() == "bearer" and (value.strip() == self.token or value.strip() in self.other_tokens):
-            return "bearer", "bearer:" + value.strip()
+        if scheme.lower() == "bearer" and value.strip() == self.token:
+            return "bearer", self.user_key
+        if scheme.lower() == "bearer" and value.strip() in self.other_tokens:
+            return "bearer", "token:" + value.strip()  # another user's (see other_tokens)
         if scheme.lower() == "basic":
             try:
                 login, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")
             except (ValueError, UnicodeDecodeError):
                 login, password = "", None
             if login == self.login and password == self.password:
-                return "basic", "basic:" + login
+                return "basic", self.user_key
         raise ApiError(401, 1056, AUTH_ERROR, headers={
             "X-Lognex-Auth": "-1056",
             "X-Lognex-Auth-Message": quote("Неправильный пароль или имя пользователя или ключ авторизации")})

@@ -1,5 +1,6 @@
 """The MoySklad emulator over loopback: protocol rules, limits, filters, reports, faults, data."""
 
+import base64
 import gzip
 import http.client
 import json
@@ -186,6 +187,28 @@ def test_parallel_limit_429_1073(fresh):
     # md/_general.md: the headers do not show the parallel limit; they tell the unit budget, here barely touched
     assert all(int(r.headers["X-RateLimit-Remaining"]) > 0 and "X-Lognex-Retry-After" not in r.headers for r in refused)
     assert refused[0].json()["errors"][0]["error"] == "Превышено ограничение на одновременное количество запросов"
+
+
+def test_a_users_token_and_login_share_one_budget_and_one_set_of_parallel_slots(fresh):
+    """DOMAIN.md: «45 units per 3 s counted per user …; 5 parallel requests per user»: the token and the
+    login/password of admin@emu are one user, so they draw on one budget and one set of slots."""
+    basic = {"Accept-Encoding": "gzip", "Authorization": "Basic " + base64.b64encode(b"admin@emu:emu-pass").decode()}
+    by_token = requests.get(fresh.base_url + "/entity/uom", headers=AUTH)
+    by_login = requests.get(fresh.base_url + "/entity/uom", headers=basic)
+    cost = fresh.request_log[-1]["cost"]
+    assert int(by_login.headers["X-RateLimit-Remaining"]) == int(by_token.headers["X-RateLimit-Remaining"]) - cost
+    time.sleep(3.1)  # the window empties, so only the parallel limit can refuse below
+    fresh.faults.latency_ms = 1500
+    together = threading.Barrier(6)
+
+    def request(headers):
+        together.wait()
+        return requests.get(fresh.base_url + "/entity/uom", headers=headers)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        responses = list(pool.map(request, [AUTH, basic] * 3))
+    assert sorted(r.status_code for r in responses) == [200] * 5 + [429]
+    assert {error_code(r) for r in responses if r.status_code == 429} == {1073}
 
 
 def test_other_users_tokens_each_have_their_own_rate_budget():
