@@ -45,15 +45,18 @@ class ScrubbingLogger(Logger):
 
     def setup(self, cfg):
         super().setup(cfg)
+        # the configured values too: a path the URL patterns miss (/feeds//<token>/main.xml, ?token=…) still
+        # reaches the router, which answers it with a redirect or a 404 that names the secret
+        self.secrets = _configured_secrets()
         if os.environ.get("SKLADBRIDGE_LOG_FORMAT") == "json":  # gunicorn's own lines too
             for handler in self.error_log.handlers:
-                handler.setFormatter(JsonFormatter())
+                handler.setFormatter(JsonFormatter(self.secrets))
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
         for key in ("r", "U", "q", "f"):
             if isinstance(atoms.get(key), str):
-                atoms[key] = scrub(atoms[key])
+                atoms[key] = scrub(atoms[key], self.secrets)
         return atoms
 
     def access(self, resp, req, environ, request_time):
@@ -69,6 +72,16 @@ class ScrubbingLogger(Logger):
 
 
 logger_class = ScrubbingLogger
+
+
+def _configured_secrets() -> tuple[str, ...]:
+    """The secrets of the configuration, for the access log; none when it does not load (on_starting says why)."""
+    from core.settings import ConfigError, load_settings, secret_values
+
+    try:
+        return secret_values(load_settings())
+    except ConfigError:
+        return ()
 
 
 def on_starting(server):

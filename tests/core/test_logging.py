@@ -42,7 +42,8 @@ def test_configured_secrets_are_scrubbed_from_text_and_json_lines():
 
 
 def test_gunicorn_json_logs_have_one_line_per_build_and_sync_and_no_secrets(gunicorn):
-    server = gunicorn(workers=1, feed_options=f"token: {FEED_TOKEN}", environ={"SKLADBRIDGE_LOG_FORMAT": "json"})
+    server = gunicorn(workers=1, feed_options=f"token: {FEED_TOKEN}",
+                      environ={"SKLADBRIDGE_LOG_FORMAT": "json", "SKLADBRIDGE_WEBHOOK_SECRET": HOOK})
     server.wait_ready()
     base = f"http://127.0.0.1:{server.port}"
     wait_for(lambda: server.build_lines(), 60, "the first build")
@@ -51,6 +52,9 @@ def test_gunicorn_json_logs_have_one_line_per_build_and_sync_and_no_secrets(guni
     feed_size = len(feed.content)
     requests.get(f"{base}/exchange/1c", params={"type": "catalog", "mode": "init", "sessid": SESSID}, timeout=10)
     requests.post(f"{base}/webhooks/moysklad/{HOOK}", json={}, timeout=10)
+    for odd in (f"/feeds//{FEED_TOKEN}/main.xml", f"/feeds/{FEED_TOKEN}/main", f"/feeds/main.xml?token={FEED_TOKEN}",
+                f"/webhooks/MoySklad/{HOOK}", f"/webhooks/moysklad//{HOOK}"):  # paths the URL patterns miss
+        requests.get(base + odd, timeout=10, allow_redirects=False)
     server.stop()
 
     entries = [json.loads(line) for line in server.log().splitlines() if line.strip()]  # every line is JSON
