@@ -19,7 +19,8 @@ bind = os.environ.get("SKLADBRIDGE_BIND", "127.0.0.1:8080")
 # Threaded workers: a 100 MB upload chunk from 1C, a slow retailCRM download of a big feed and
 # the import polls each hold a thread, not a whole worker. Two workers are plenty on a small VPS;
 # exactly one of them runs the scheduler (the others take over within 30 s if it dies).
-worker_class = "gthread"
+# gthread with a deadline for the request head (core/gunicorn_worker.py): half-sent requests cannot hold the threads.
+worker_class = "core.gunicorn_worker.HeadDeadlineWorker"
 workers = int(os.environ.get("SKLADBRIDGE_WORKERS", "2"))
 threads = int(os.environ.get("SKLADBRIDGE_THREADS", "8"))
 

@@ -153,3 +153,27 @@ def test_gunicorn_facing_clients_keeps_threads_for_everything_but_downloads(tmp_
                  "the download slots to come back once the clients left")
     finally:
         app.stop()
+
+
+def test_half_sent_request_heads_give_their_threads_back(tmp_path, emulator_factory):
+    """Slowloris: connections that send part of a request head and never finish it held every thread of the
+    threaded worker, so feeds, 1C and /healthz stopped answering until they closed. With the repo's config the head
+    has a deadline (SKLADBRIDGE_REQUEST_HEAD_SECONDS), after which the connection is closed and its thread is free."""
+    emulator = emulator_factory(products=60)
+    config = (f"data_dir: data\nmoysklad:\n  base_url: {emulator.base_url}\n  token: {EMULATOR_TOKEN}\n"
+              "feeds:\n  - name: main\n    pictures: none\n")
+    app = Gunicorn(tmp_path, config, workers=1, deployed=True, options=("--threads", "2"),
+                   environ={"SKLADBRIDGE_REQUEST_HEAD_SECONDS": "2"}).wait_ready()
+    stalled = []
+    for _ in range(6):  # three times the threads
+        connection = socket.create_connection(("127.0.0.1", app.port), timeout=15)
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        stalled.append(connection)
+    try:
+        answer = requests.get(f"http://127.0.0.1:{app.port}/health.json", timeout=15)
+        assert answer.headers["Content-Type"].startswith("application/json")
+        assert [connection.recv(1024) for connection in stalled] == [b""] * 6  # each closed at its deadline
+    finally:
+        for connection in stalled:
+            connection.close()
+
