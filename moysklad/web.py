@@ -50,9 +50,10 @@ def moysklad_webhook(secret: str):
         payload = json.loads(body)
         changes = catalog_changes(payload)
         changed_since = report_moment(payload["reportUrl"]) if changes == ["stock"] else None
-    except ValueError as exc:
-        log.warning("webhook POST /webhooks/moysklad/***: rejected: %s", exc)
-        return jsonify({"error": str(exc)}), 400
+    except (ValueError, RecursionError) as exc:  # RecursionError: [[[[… nested deeper than Python's stack
+        reason = str(exc) if isinstance(exc, ValueError) else "the JSON is nested too deeply"
+        log.warning("webhook POST /webhooks/moysklad/***: rejected: %s", reason)
+        return jsonify({"error": reason}), 400
     pushing = [feed.name for feed in settings.moysklad_feeds if feed.retailcrm is not None]
     rebuilt = [feed.name for feed in settings.moysklad_feeds if not (changes == ["stock"] and feed.retailcrm)]
     rebuild = bool(changes and rebuilt)

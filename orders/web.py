@@ -125,6 +125,8 @@ def _json_body():
         raise ApiError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError:  # Python reads no integer of more than 4300 digits
         raise ApiError(400, "the body is not valid JSON: a number has too many digits") from None
+    except RecursionError:  # [[[[… nested deeper than Python's stack
+        raise ApiError(400, "the body is not valid JSON for an order: nested too deeply") from None
     return body
 
 

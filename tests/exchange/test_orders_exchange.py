@@ -430,6 +430,7 @@ def test_posting_the_same_number_is_idempotent(base):
     (b'{"number": "A-1",', {"Content-Type": "application/json"}, 400, None, "not valid JSON"),
     (b'{"number": NaN}', {"Content-Type": "application/json"}, 400, None, "NaN is not a number"),
     (b"\xff\xfe{}", {"Content-Type": "application/json"}, 400, None, "not UTF-8"),
+    (b"[" * 60_000, {"Content-Type": "application/json"}, 400, None, "nested too deeply"),
     (b'{"number": "A-1001", "comment": "\\ud800"}', {"Content-Type": "application/json"}, 400, None, "half a character"),
     (b'{"number": "A-1001", "total": ' + b"1" * 5000 + b"}", {"Content-Type": "application/json"}, 400, None,
      "too many digits"),

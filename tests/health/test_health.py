@@ -311,6 +311,18 @@ def test_build_button_refuses_requests_without_the_page_token(three_feeds):
     assert session.post(base + "/health/build/nope", data={"csrf": token}, timeout=10).status_code == 404
 
 
+def test_build_button_refuses_a_big_body_unread(three_feeds):
+    """The form is two short fields; open pages (no admin password) let anyone post. 20 MB, declared or sent in
+    chunks without a length, must be refused, not read into memory or onto disk."""
+    _, base = three_feeds
+    url = base + "/health/build/fresh"
+    declared = requests.post(url, data=b"csrf=" + b"x" * 20_000_000, timeout=30,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    chunked = requests.post(url, data=(b"x" * 1_000_000 for _ in range(20)), timeout=30,
+                            headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert (declared.status_code, chunked.status_code) == (413, 413)
+
+
 def test_build_button_in_chromium_runs_a_build_and_shows_its_result(tmp_path, emulator_factory, browser):
     """The click reaches the scheduler (through a note any worker can leave) and the page shows how it ended."""
     from app import create_app

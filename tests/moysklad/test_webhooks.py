@@ -97,7 +97,7 @@ def test_changes_the_feeds_do_not_show_ask_for_nothing(live_app, app_settings):
     assert app_settings.mailbox.note(REBUILD) is None
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"events": "product"}', b"\xff\xfe"])
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"events": "product"}', b"\xff\xfe", b"[" * 200_000])
 def test_a_malformed_body_is_a_400_with_a_json_error(live_app, body):
     response = post(hook_url(live_app), body)
     assert response.status_code == 400
