@@ -2,10 +2,13 @@
 
 gthread hands a connection to a thread as soon as its first bytes arrive, and the thread then waits for the rest
 of the request line and headers without any limit: a few dozen connections that send ``GET / HTTP/1.1`` and
-never finish (slowloris) froze every feed, the exchange and the health page until they closed. Here a watchdog
-shuts down the reading side of any connection whose head has not arrived whole within ``REQUEST_HEAD_SECONDS``
-(env ``SKLADBRIDGE_REQUEST_HEAD_SECONDS``); the thread sees the end of the stream and goes back to the pool. The
+never finish (slowloris) froze every feed, the exchange and the health page until they closed. Here a request
+head has ``REQUEST_HEAD_SECONDS`` (env ``SKLADBRIDGE_REQUEST_HEAD_SECONDS``) from the moment its connection is
+queued for a thread: a connection still holding half a head when a thread takes it after that is closed at once,
+and a watchdog shuts the reading side of one a thread is still waiting on, which then sees the end of the stream
+and goes back to the pool. A burst of half-sent requests thus costs one deadline, not one per pool's worth. The
 body is not limited here: 1C's upload chunks may be slow, and each is bounded by the exchange's own size limits.
+A server facing the internet still belongs behind nginx (deploy/nginx.conf), which reads every head itself.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 REQUEST_HEAD_SECONDS = float(os.environ.get("SKLADBRIDGE_REQUEST_HEAD_SECONDS", "15"))
 WATCH_INTERVAL = min(1.0, REQUEST_HEAD_SECONDS / 4)
+HEAD_PEEK_BYTES = 65536  # a request line and headers of any client seen (gunicorn's limits allow more, rarely met)
 
 
 class HeadDeadlineWorker(ThreadWorker):
@@ -30,9 +34,17 @@ class HeadDeadlineWorker(ThreadWorker):
         threading.Thread(target=self._watch_heads, name="request-head-watchdog", daemon=True).start()
         super().init_process()
 
+    def enqueue_req(self, conn):
+        conn.head_deadline = time.monotonic() + REQUEST_HEAD_SECONDS  # new, kept alive or pending: a head is due
+        super().enqueue_req(conn)
+
     def handle(self, conn):
+        deadline = getattr(conn, "head_deadline", time.monotonic() + REQUEST_HEAD_SECONDS)
+        if time.monotonic() >= deadline and not _head_complete(conn):
+            _cut(conn.sock)  # it waited its whole deadline in the queue and still has half a head
+            return False
         with self.deadlines_lock:
-            self.head_deadlines[conn.sock] = time.monotonic() + REQUEST_HEAD_SECONDS
+            self.head_deadlines[conn.sock] = deadline
         try:
             return super().handle(conn)
         finally:
@@ -55,7 +67,26 @@ class HeadDeadlineWorker(ThreadWorker):
                 for sock in late:
                     del self.head_deadlines[sock]
             for sock in late:
-                try:
-                    sock.shutdown(socket.SHUT_RD)
-                except OSError:  # closed meanwhile
-                    pass
+                _cut(sock)
+
+
+def _head_complete(conn) -> bool:
+    """Whether a whole request head waits to be read (in the socket, or read ahead by the last request's parser)."""
+    if conn.parser is not None and b"\r\n\r\n" in conn.parser.unreader.buf.getvalue():
+        return True
+    try:
+        waiting = conn.sock.recv(HEAD_PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # nothing yet, or the connection is gone
+        return False
+    return b"\r\n\r\n" in waiting
+
+
+def _cut(sock: socket.socket) -> None:
+    """End a connection whose head is late: its thread (if one waits on it) reads the end of the stream, and
+    gunicorn's graceful close, which would otherwise wait up to 2 s on the worker's main loop for a client that
+    never closes, finds nothing to drain."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # closed meanwhile
+        pass
+

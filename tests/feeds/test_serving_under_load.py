@@ -165,14 +165,14 @@ def test_half_sent_request_heads_give_their_threads_back(tmp_path, emulator_fact
     app = Gunicorn(tmp_path, config, workers=1, deployed=True, options=("--threads", "2"),
                    environ={"SKLADBRIDGE_REQUEST_HEAD_SECONDS": "2"}).wait_ready()
     stalled = []
-    for _ in range(6):  # three times the threads
+    for _ in range(16):  # eight times the threads: a deadline per thread's turn would take 16 s to reach the page
         connection = socket.create_connection(("127.0.0.1", app.port), timeout=15)
         connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
         stalled.append(connection)
     try:
-        answer = requests.get(f"http://127.0.0.1:{app.port}/health.json", timeout=15)
+        answer = requests.get(f"http://127.0.0.1:{app.port}/health.json", timeout=10)
         assert answer.headers["Content-Type"].startswith("application/json")
-        assert [connection.recv(1024) for connection in stalled] == [b""] * 6  # each closed at its deadline
+        assert [connection.recv(1024) for connection in stalled] == [b""] * 16  # each closed at its deadline
     finally:
         for connection in stalled:
             connection.close()
