@@ -17,6 +17,7 @@ import operator
 import os
 import shutil
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -357,14 +358,14 @@ def place_pictures(batch: RecordBatch, images_dir: Path, file_name: str) -> Plac
         if batch.pictures:
             images_dir.mkdir(parents=True, exist_ok=True)
         for index, (number, owner_id, relative, source) in enumerate(batch.pictures):
+            image_id = picture_id(relative)
             try:
-                extension, size = check_picture(source)
+                partial, extension, size = _take_picture(source, images_dir, image_id)
             except Malformed as exc:
                 placed.refused.append((index, ("picture", owner_id, relative, str(exc))))
                 continue
-            image_id = picture_id(relative)
             local_file = f"{image_id}.{extension}"
-            _link(source, images_dir, local_file)
+            _serve(partial, images_dir, local_file)
             position = position + 1 if number == record else 0  # positions of one record's pictures that count
             record = number
             placed.images.append((owner_id, position, relative.rpartition("/")[2], size,
@@ -376,9 +377,41 @@ def place_pictures(batch: RecordBatch, images_dir: Path, file_name: str) -> Plac
     return placed
 
 
+def _take_picture(source: str, images_dir: Path, image_id: str) -> tuple[str, str, int]:
+    """(partial, extension, size): the upload linked under a name of this thread's in the images folder, then
+    checked there, so the file served is the file checked, whatever the upload's name points to by then (1C may
+    send it again meanwhile)."""
+    partial = os.path.join(images_dir, f".{image_id}.{os.getpid()}.{threading.get_native_id()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(partial)  # left by a killed import of a process with this pid
+    try:
+        os.link(source, partial, follow_symlinks=False)  # a symbolic link stays one: check_picture refuses it
+    except (FileNotFoundError, NotADirectoryError):
+        raise Malformed("файл картинки не был загружен") from None
+    except OSError:  # another file system, or one without hard links (or a folder, refused below)
+        _copy_upload(source, partial)
+    try:
+        return (partial, *check_picture(partial))
+    except Malformed:
+        os.unlink(partial)
+        raise
+
+
+def _copy_upload(source: str, partial: str) -> None:
+    try:  # uploads are never symbolic links (see exchange.uploads): refuse one rather than follow it
+        descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        raise Malformed("файл картинки не был загружен") from None
+    with open(descriptor, "rb") as upload:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise Malformed("файл картинки не был загружен")
+        with open(partial, "xb") as copy:
+            shutil.copyfileobj(upload, copy)
+
+
 def check_picture(source: str) -> tuple[str, int]:
-    """(extension, size) of an uploaded picture (a path within the upload folder): refuse what retailCRM would
-    (see :mod:`core.pictures`)."""
+    """(extension, size) of an uploaded picture (its link in the images folder, see _take_picture): refuse what
+    retailCRM would (see :mod:`core.pictures`)."""
     try:  # uploads are never symbolic links (see exchange.uploads): refuse one rather than follow it
         descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -408,28 +441,11 @@ def picture_id(relative: str) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-def _link(source: str, images_dir: Path, name: str) -> None:
-    target = os.path.join(images_dir, name)
-    try:
-        os.link(source, target)  # a new picture: it appears whole, in one step
-    except OSError:  # it exists (a feed may be serving it: replace it atomically), or no hard links here
-        if _same_file(source, target):
-            return  # this very upload, linked for an earlier good or import
-        partial = os.path.join(images_dir, f".{name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)  # left by a killed import of a process with this pid
-        try:
-            os.link(source, partial)
-        except OSError:  # another file system, or one without hard links
-            shutil.copyfile(source, partial)
-        os.replace(partial, target)
-
-
-def _same_file(one: str, other: str) -> bool:
-    try:
-        return os.path.samefile(one, other)
-    except OSError:
-        return False
+def _serve(partial: str, images_dir: Path, name: str) -> None:
+    """The checked picture takes its name in one step (a feed may be serving the one it replaces)."""
+    os.replace(partial, os.path.join(images_dir, name))
+    with contextlib.suppress(FileNotFoundError):  # the very upload, linked for an earlier good or import: rename
+        os.unlink(partial)  # between two links of one file leaves both
 
 
 def apply_summary(run: CatalogRun, summary: FileSummary, seen_since: int | None = None) -> None:

@@ -154,8 +154,8 @@ def _count_interrupted_upload(session: ExchangeSession, state: dict) -> None:
     if not receiving:
         return
     name = receiving["name"]
-    try:
-        arrived = max(0, (session.upload_dir / name).stat().st_size - receiving["from"])
+    try:  # a chunk written beside the upload (exchange.uploads.append_stream) holds what came before it too
+        arrived = max(0, (session.upload_dir / (receiving.get("temp") or name)).stat().st_size - receiving["from"])
     except OSError:
         arrived = 0
     state["bytes"] += arrived

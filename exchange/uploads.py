@@ -8,14 +8,17 @@ are shown to the 1C operator, hence in Russian.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import stat
 import zipfile
 from pathlib import Path
 
+from core.pictures import MAX_PICTURE_BYTES
 from core.settings import ExchangeSettings
 from exchange.sessions import ExchangeSession, Refused
 
@@ -90,11 +93,14 @@ def receive(session: ExchangeSession, name: str, stream, declared_length: int | 
             path = target_path(session.upload_dir, name)
             _start_or_append(state, name, path)
             new = not path.exists()
+            size = path.stat().st_size if not new else 0
+            temp = None if _grows_in_place(path) else _temp_beside(path)
             # a worker killed mid-chunk leaves this behind: the sweep then counts what did arrive
-            state["receiving"] = {"name": name, "from": path.stat().st_size if not new else 0, "new": new}
+            state["receiving"] = {"name": name, "from": size, "new": new,
+                                  "temp": str(temp.relative_to(session.upload_dir)) if temp else None}
         written = 0
         try:
-            written = append_stream(stream, path, limit, too_large)
+            written = append_stream(stream, path, limit, too_large, temp)
         except OSError as exc:
             raise UploadError(f"не удалось записать файл {name}: {exc.strerror or exc}") from None
         finally:
@@ -118,20 +124,27 @@ def _start_or_append(state: dict, name: str, path: Path) -> None:
         path.unlink(missing_ok=True)
     if name.lower().endswith(".zip"):
         state["zips"][name] = "pending"
-    _unshare(path)
 
 
-def _unshare(path: Path) -> None:
-    """A picture an import already linked into the images folder gets a file of its own before more
-    is appended to it: appending must never change a picture the feeds serve."""
+def _grows_in_place(path: Path) -> bool:
+    """Only an upload no import can serve may grow in place: one over MAX_PICTURE_BYTES (the import refuses it,
+    checking the very file it links) and linked nowhere else; any other write makes a new file (see append_stream)."""
     try:
-        if path.stat().st_nlink < 2:
-            return
+        info = path.stat()
     except OSError:  # not there (a new file), or not reachable: appending will say what is wrong
-        return
-    copy = path.with_name(f".{path.name}.unshare")
-    shutil.copyfile(path, copy)
-    os.replace(copy, path)
+        return False
+    return info.st_size > MAX_PICTURE_BYTES and info.st_nlink == 1
+
+
+def _temp_beside(path: Path) -> Path:
+    """Where a file is written before it takes path's name: a name no client can send (it starts with a dot) nor
+    guess, so that no Картинка of an import can point at a file still being written."""
+    return path.with_name(f".{secrets.token_hex(8)}.part")
+
+
+def _create(path: Path) -> int:
+    """A new file (a new inode): never one an import linked into the images folder, never through a link."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
 
 
 def _count_file(state: dict, name: str, written: int, new: bool) -> None:
@@ -144,29 +157,44 @@ def _count_file(state: dict, name: str, written: int, new: bool) -> None:
     folder["files"] += int(new)
 
 
-def append_stream(stream, path: Path, limit: int, too_large: str) -> int:
+def append_stream(stream, path: Path, limit: int, too_large: str, temp: Path | None = None) -> int:
     """Append the request body to path in chunks; past ``limit`` bytes refuse with ``too_large``.
 
-    Returns the bytes written. On any failure the file is left as it was before this request (or
-    not there at all), so a refused chunk never corrupts what 1C sent earlier.
+    With ``temp`` the file is made anew there (what arrived before, then the body) and takes path's name once
+    whole: a picture the images folder links to never changes, and an import never links half a chunk. Without
+    it the body is appended in place (see _grows_in_place). Returns the bytes written. On any failure the file
+    is left as it was before this request (or not there at all), so a refused chunk never corrupts what 1C
+    sent earlier.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    existed = path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
-    with os.fdopen(fd, "ab") as handle:
-        start = handle.tell()
-        written = 0
-        try:
-            while chunk := stream.read(CHUNK_BYTES):
-                written += len(chunk)
-                if written > limit:
-                    raise UploadError(too_large)
-                handle.write(chunk)
-        except BaseException:
-            handle.truncate(start)
-            if not existed:
-                path.unlink(missing_ok=True)
-            raise
+    if temp is None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        with os.fdopen(fd, "ab") as handle:
+            start = handle.tell()
+            try:
+                return _copy_body(stream, handle, limit, too_large)
+            except BaseException:
+                handle.truncate(start)
+                raise
+    try:
+        with os.fdopen(_create(temp), "wb") as handle:
+            with contextlib.suppress(FileNotFoundError), open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as before:
+                shutil.copyfileobj(before, handle, CHUNK_BYTES)
+            written = _copy_body(stream, handle, limit, too_large)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def _copy_body(stream, handle, limit: int, too_large: str) -> int:
+    written = 0
+    while chunk := stream.read(CHUNK_BYTES):
+        written += len(chunk)
+        if written > limit:
+            raise UploadError(too_large)
+        handle.write(chunk)
     return written
 
 
@@ -190,10 +218,14 @@ def extract_zip(archive: Path, root: Path) -> int:
         targets = [(info, target_path(root, _entry_name(info))) for info in entries]
         for info, path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-            with zf.open(info) as source, os.fdopen(fd, "wb") as target:
-                while chunk := source.read(CHUNK_BYTES):
-                    target.write(chunk)
+            temp = _temp_beside(path)  # a new file, renamed: never written into a picture the feeds serve
+            try:
+                with zf.open(info) as source, os.fdopen(_create(temp), "wb") as target:
+                    shutil.copyfileobj(source, target, CHUNK_BYTES)
+                os.replace(temp, path)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
     return len(targets)
 
 

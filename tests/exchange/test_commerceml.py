@@ -514,6 +514,28 @@ def test_a_picture_several_goods_share_is_served_once_and_imports_again(store, d
     assert [r["owner_id"] for r in rows(store, "SELECT owner_id FROM images ORDER BY owner_id")] == ["a", "b", "c"]
 
 
+def test_the_picture_served_is_the_file_that_was_checked(store, dirs, monkeypatch):
+    """An upload replaced under its name while the import checks it (1C sending the name again meanwhile): the
+    images folder gets the file that passed the check, never the unchecked newcomer."""
+    from core.pictures import picture_kind
+
+    (dirs[0] / "import_files").mkdir()
+    upload = dirs[0] / "import_files" / "kettle.jpg"
+    upload.write_bytes(TINY_JPEG)
+
+    def replaced_while_checked(head):
+        newcomer = upload.with_name("newcomer")
+        newcomer.write_bytes(b"<html><script>alert(1)</script>")
+        os.replace(newcomer, upload)
+        return picture_kind(head)
+
+    monkeypatch.setattr("exchange.catalog_import.picture_kind", replaced_while_checked)
+    extra = "<Картинка>import_files/kettle.jpg</Картинка>"
+    load(store, dirs, write(dirs, "import.xml", catalog([("a", "Чайник")], extra=extra)))
+    image_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "import_files/kettle.jpg"))
+    assert (dirs[1] / f"{image_id}.jpg").read_bytes() == TINY_JPEG
+
+
 def test_deactivate_archives_what_the_session_did_not_touch(store, dirs, monkeypatch):
     """The session is its own imports (their store runs), not a time: an earlier session's import in the
     same second as this session's start must not count as this session's."""

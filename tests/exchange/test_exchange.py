@@ -443,3 +443,46 @@ def test_a_picture_sent_again_after_its_import_never_changes_the_served_one(tmp_
     assert upload.read_bytes() == jpeg + b"more bytes"
     assert served[0].read_bytes() == jpeg
     assert requests.get(f"{base}/images/{served[0].name}", timeout=10).content == jpeg
+
+
+def test_an_archive_bringing_a_served_picture_again_never_changes_the_served_one(tmp_path, serve):
+    """A second archive of the session with the same picture path is extracted into a file of its own: writing
+    into the upload the images folder links to would serve its bytes unchecked (over 2 MB, not a picture)."""
+    from tests.exchange.test_commerceml import catalog
+
+    settings = exchange_settings(tmp_path)
+    base = serve(settings)
+    client = OneC(base)
+    client.checkauth()
+    client.init()
+    jpeg = b"\xff\xd8\xff\xe0" + picture(5)
+    extra = "<Картинка>import_files/cd/kettle.jpg</Картинка>"
+    document = catalog([("kettle", "Чайник")], extra=extra).encode()
+    assert client.send("a.zip", make_zip({"import.xml": document, "import_files/cd/kettle.jpg": jpeg})) == ["success"]
+    assert client.import_("import.xml")[0] == ["success"]
+    [served] = [path for path in settings.images_dir.iterdir() if path.suffix == ".jpg"]
+    assert served.stat().st_nlink == 2  # hard-linked to the upload
+
+    html = b"<html><script>alert(1)</script>" + os.urandom(3 * 1024 * 1024).hex().encode()[:3 * 1024 * 1024]
+    assert client.send("b.zip", make_zip({"import2.xml": document, "import_files/cd/kettle.jpg": html})) == ["success"]
+    client.import_("import2.xml")  # extracts b.zip; its picture is refused (over 2 MB, not a JPEG)
+    upload = settings.data_dir / "exchange" / str(sessions(settings)[0]["id"]) / "upload" / "import_files/cd/kettle.jpg"
+    assert upload.read_bytes() == html
+    assert served.read_bytes() == jpeg
+    assert requests.get(f"{base}/images/{served.name}", timeout=10).content == jpeg
+
+
+def test_a_chunk_appears_at_the_upload_name_only_once_it_has_arrived_whole(tmp_path, serve):
+    """An import running meanwhile could link a half-arrived picture (and serve it while it grows): a chunk is
+    written beside the upload and takes its name when whole."""
+    settings = exchange_settings(tmp_path, zip=False)
+    holder = Holder(serve(settings))
+    upload = settings.data_dir / "exchange" / str(sessions(settings)[0]["id"]) / "upload"
+    holder.hold()  # hold.jpg: 5 of 10 bytes sent
+    assert not (upload / "hold.jpg").exists()
+    holder.release()
+    assert (upload / "hold.jpg").read_bytes() == b"1234567890"
+    holder.hold()  # 1C appends to the same name: the whole file stays as it was until the chunk is in
+    assert (upload / "hold.jpg").read_bytes() == b"1234567890"
+    holder.release()
+    assert (upload / "hold.jpg").read_bytes() == b"12345678901234567890"

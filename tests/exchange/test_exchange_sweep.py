@@ -47,11 +47,14 @@ def test_a_killed_upload_is_logged_with_what_arrived_and_swept_when_the_session_
         session = open_session(log, root, "127.0.0.1")
     uploader = subprocess.Popen([sys.executable, "-c", UPLOADER, str(root), str(session.id), str(settings.exchange_log_path)],
                                 cwd=ROOT)
-    partial = session.upload_dir / "import.xml"
-    wait_for(lambda: partial.exists() and partial.stat().st_size >= 256 * 1024, 30, "the upload to be under way")
+
+    def partial():  # a chunk is written beside its upload, under a name of its own (see exchange.uploads)
+        return next(session.upload_dir.glob(".*.part"), None)
+
+    wait_for(lambda: partial() and partial().stat().st_size >= 256 * 1024, 30, "the upload to be under way")
     os.kill(uploader.pid, signal.SIGKILL)  # the gunicorn worker dies mid-chunk
     uploader.wait()
-    arrived = partial.stat().st_size
+    arrived = partial().stat().st_size
     (session.dir / ".state.json.k1ll3d").write_text("{")  # what a kill inside a state write leaves
 
     sweep_exchange_sessions(settings)
