@@ -231,7 +231,8 @@ class ExchangeSettings:
     password: str = ""
     zip: bool = True
     file_limit: int = 100 * 1024 * 1024
-    max_session_bytes: int = 2 * 1024 * 1024 * 1024
+    max_session_bytes: int = 2 * 1024 * 1024 * 1024  # what lands on disk: uploads and what archives unpack to
+    max_session_files: int = 100_000  # files a session creates (uploads and archive entries): a bound on inodes
     session_minutes: int = 60
     orders_format: str = "2.05-cp1251"
     orders_per_query: int = 500
@@ -705,6 +706,8 @@ def _check_exchange(exchange: ExchangeSettings) -> None:
     if exchange.max_session_bytes < exchange.file_limit:
         raise ConfigError(f"exchange.max_session_bytes: must be at least exchange.file_limit ({exchange.file_limit}), "
                           f"got {exchange.max_session_bytes}")
+    if exchange.max_session_files < 1:
+        raise ConfigError(f"exchange.max_session_files: must be at least 1, got {exchange.max_session_files}")
     if exchange.session_minutes < 1:
         raise ConfigError(f"exchange.session_minutes: must be at least 1, got {exchange.session_minutes}")
     if exchange.orders_format not in ORDER_FORMATS:

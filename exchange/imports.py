@@ -21,10 +21,11 @@ from pathlib import Path
 
 from core.clock import utc_now
 from core.mailbox import EXCHANGE, Mailbox
+from core.settings import ExchangeSettings
 from exchange.catalog_import import deactivate_untouched, import_file
 from exchange.cml import CommerceMLError
 from exchange.sessions import DEAD_IMPORT_SECONDS, ExchangeSession, Refused, files_summary
-from exchange.uploads import UploadError, archive_names, extract_zip, target_path
+from exchange.uploads import UploadError, archive_names, extract_archive, target_path
 from store import ExchangeLog, StoreBusy, open_catalog
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ IMPORT_WAIT_SECONDS = 900
 
 
 def request_import(session: ExchangeSession, name: str, store_path: Path, images_dir: Path, *,
-                   log_path: Path, mailbox: Mailbox) -> list[str]:
+                   log_path: Path, mailbox: Mailbox, limits: ExchangeSettings) -> list[str]:
     """Answer one ``mode=import`` call: start the job the first time, then report on it; a job that
     changed the catalog asks the scheduler (through the mailbox) to rebuild the exchange feeds."""
     with session.state() as state:
@@ -51,7 +52,7 @@ def request_import(session: ExchangeSession, name: str, store_path: Path, images
             steps = _plan(session, state, name)
             job = state["imports"][name] = {"status": "running", "started": utc_now(), "beat": time.time(),
                                             "progress": f"начата загрузка {name}"}
-            threading.Thread(target=_run, args=(session, name, steps, store_path, images_dir, log_path, mailbox),
+            threading.Thread(target=_run, args=(session, name, steps, store_path, images_dir, log_path, mailbox, limits),
                              name=f"exchange-import-{session.id}", daemon=True).start()
             log.info("exchange session %s: import of %s started (%s)", session.id, name,
                      ", ".join(f"{kind} {arg}" for kind, arg in steps))
@@ -117,11 +118,11 @@ class _Beat:
 
 
 def _run(session: ExchangeSession, name: str, steps: list[tuple[str, str]], store_path: Path, images_dir: Path,
-         log_path: Path, mailbox: Mailbox) -> None:
+         log_path: Path, mailbox: Mailbox, limits: ExchangeSettings) -> None:
     """The job: extract and import, then record the outcome in the state file and the session log."""
     beat = _Beat(session, name)
     try:
-        outcome = {"status": "ok", "results": _steps(session, steps, store_path, images_dir, beat)}
+        outcome = {"status": "ok", "results": _steps(session, steps, store_path, images_dir, beat, limits)}
     except BaseException as exc:  # noqa: BLE001 — whatever happens, 1C must hear a failure, not poll forever
         outcome = {"status": "failed", "error": _reason(name, exc)}
     finally:
@@ -140,14 +141,15 @@ def _run(session: ExchangeSession, name: str, steps: list[tuple[str, str]], stor
         log_store.update_session(session.id, **values)
 
 
-def _steps(session: ExchangeSession, steps, store_path: Path, images_dir: Path, beat: _Beat) -> list[dict]:
+def _steps(session: ExchangeSession, steps, store_path: Path, images_dir: Path, beat: _Beat,
+           limits: ExchangeSettings) -> list[dict]:
     results = []
     with open_catalog(store_path, wait_seconds=IMPORT_WAIT_SECONDS) as store:
         for kind, name in steps:
             path = target_path(session.upload_dir, name)
             if kind == "extract":
                 beat.text = f"распаковка архива {name}"
-                files = extract_zip(path, session.upload_dir)
+                files = extract_archive(session, name, limits)
                 with session.state() as state:
                     state["zips"][name] = f"extracted {files} files"
                 continue

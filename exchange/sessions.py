@@ -95,7 +95,9 @@ class ExchangeSession:
 
 
 def new_state() -> dict:
-    return {"last_seen": time.time(), "bytes": 0, "files": {}, "zips": {}, "imports": {}, "failure": None}
+    # bytes: received; unpacked: bytes archives unpacked to; created: files made by uploads and archives
+    return {"last_seen": time.time(), "bytes": 0, "unpacked": 0, "created": 0, "files": {}, "zips": {}, "imports": {},
+            "failure": None}
 
 
 def open_session(log: ExchangeLog, root: Path, client: str | None) -> ExchangeSession:

@@ -83,7 +83,7 @@ def receive(session: ExchangeSession, name: str, stream, declared_length: int | 
     """
     with session.upload_lock():
         with session.state() as state:
-            room = config.max_session_bytes - state["bytes"]
+            room = config.max_session_bytes - on_disk(state)
             limit = min(config.file_limit, room)
             too_large = (f"файл {name}: больше {config.file_limit} байт за один запрос (file_limit)"
                          if limit == config.file_limit else
@@ -93,22 +93,30 @@ def receive(session: ExchangeSession, name: str, stream, declared_length: int | 
             path = target_path(session.upload_dir, name)
             _start_or_append(state, name, path)
             new = not path.exists()
+            if new:  # counted now, so that an archive extracted meanwhile cannot take the last place too
+                if state.get("created", 0) >= config.max_session_files:
+                    raise UploadError(f"файл {name} не принят: в сеансе не больше {config.max_session_files} файлов "
+                                      "(exchange.max_session_files)")
+                state["created"] = state.get("created", 0) + 1
             size = path.stat().st_size if not new else 0
             temp = None if _grows_in_place(path) else _temp_beside(path)
             # a worker killed mid-chunk leaves this behind: the sweep then counts what did arrive
             state["receiving"] = {"name": name, "from": size, "new": new,
                                   "temp": str(temp.relative_to(session.upload_dir)) if temp else None}
-        written = 0
+        written, stored = 0, False
         try:
             written = append_stream(stream, path, limit, too_large, temp)
+            stored = True
         except OSError as exc:
             raise UploadError(f"не удалось записать файл {name}: {exc.strerror or exc}") from None
         finally:
             with session.state() as state:
                 state.pop("receiving", None)
-                if written:
+                if stored:  # an empty file is a file too
                     state["bytes"] += written
                     _count_file(state, name, written, new)
+                elif new:
+                    state["created"] -= 1
     log.info("exchange session %s: %s bytes appended to %r", session.id, written, name)
     return path, written
 
@@ -145,6 +153,12 @@ def _temp_beside(path: Path) -> Path:
 def _create(path: Path) -> int:
     """A new file (a new inode): never one an import linked into the images folder, never through a link."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+
+
+def on_disk(state: dict) -> int:
+    """Bytes the session put on disk: what was uploaded and what its archives unpacked to (what
+    exchange.max_session_bytes limits)."""
+    return state["bytes"] + state.get("unpacked", 0)
 
 
 def _count_file(state: dict, name: str, written: int, new: bool) -> None:
@@ -204,18 +218,40 @@ def archive_names(archive: Path) -> list[str]:
         return [_entry_name(info) for info in zf.infolist() if not info.is_dir()]
 
 
-def extract_zip(archive: Path, root: Path) -> int:
+def extract_archive(session: ExchangeSession, name: str, config: ExchangeSettings) -> int:
+    """Extract an archive the session uploaded (see extract_zip), its files counted against the session's
+    limits before any is written; returns the files written."""
+    def reserve(total: int, files: int) -> None:
+        with session.state() as state:
+            used, created = on_disk(state), state.get("created", 0)
+            if used + total > config.max_session_bytes:
+                raise UploadError(f"архив {name} не распакован: его файлы ({total} байт) превысили бы объём сеанса "
+                                  f"{config.max_session_bytes} байт (exchange.max_session_bytes), уже занято {used}")
+            if created + files > config.max_session_files:
+                raise UploadError(f"архив {name} не распакован: с его {files} файлами в сеансе их было бы {created + files}, "
+                                  f"а можно не больше {config.max_session_files} файлов (exchange.max_session_files)")
+            state["unpacked"] = state.get("unpacked", 0) + total
+            state["created"] = created + files
+
+    return extract_zip(target_path(session.upload_dir, name), session.upload_dir, reserve)
+
+
+def extract_zip(archive: Path, root: Path, reserve=None) -> int:
     """Extract a complete archive under root after checking every entry; returns the files written.
 
     Refused as a whole, before anything is written: names that escape root (zip slip, absolute
-    names), symbolic links, and archives that unpack absurdly (zip bombs). The declared sizes
-    are trustworthy upper bounds: zipfile never reads past them and checks each CRC.
+    names), symbolic links, archives that unpack absurdly (zip bombs), and what ``reserve(bytes,
+    files)`` refuses (it raises UploadError). The declared sizes are trustworthy upper bounds:
+    zipfile never reads past them and checks each CRC.
     """
     with _open_zip(archive) as zf:
         entries = [info for info in zf.infolist() if not info.is_dir()]
+        total = sum(info.file_size for info in entries)
         _check_bomb(archive.name, entries, archive.stat().st_size)
-        _check_room(archive.name, sum(info.file_size for info in entries), root)
+        _check_room(archive.name, total, root)
         targets = [(info, target_path(root, _entry_name(info))) for info in entries]
+        if reserve is not None:
+            reserve(total, len(targets))
         for info, path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
             temp = _temp_beside(path)  # a new file, renamed: never written into a picture the feeds serve

@@ -155,7 +155,7 @@ def _import(session, log_store, settings: Settings) -> list[str]:
     from exchange.imports import request_import
 
     return request_import(session, _filename(), settings.store_path, settings.images_dir, log_path=log_store.path,
-                          mailbox=settings.mailbox)
+                          mailbox=settings.mailbox, limits=settings.exchange)
 
 
 def _deactivate(session, log_store, settings: Settings) -> list[str]:

@@ -148,6 +148,7 @@ def test_exchange_credentials_come_from_the_environment(tmp_path):
     ("{password: p}", "exchange.login"),
     ("{file_limit: 10}", "exchange.file_limit"),
     ("{file_limit: 2048, max_session_bytes: 1024}", "exchange.max_session_bytes"),
+    ("{max_session_files: 0}", "exchange.max_session_files"),
     ("{session_minutes: 0}", "exchange.session_minutes"),
     ("{zip: maybe}", "exchange.zip"),
 ])

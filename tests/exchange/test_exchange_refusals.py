@@ -202,6 +202,47 @@ def test_the_session_total_is_limited(client, setup):
     assert not (upload_dir(setup[0], client) / "import_files/5.jpg").exists()
 
 
+def test_archives_count_what_they_unpack_against_the_session_total(client, setup):
+    """The limit is on what lands on disk: archives of a few KB each that unpack to 150 KB, two of them over
+    max_session_bytes (256 KB), though each alone fits and together they were sent in some 2 KB."""
+    settings, _ = setup
+    document = fixture(*GOOD_IMPORT)
+    first = make_zip({"import.xml": document, "import_files/a.bin": bytes(150 * 1024)})
+    second = make_zip({"import2.xml": document, "import_files/b.bin": bytes(150 * 1024)})
+    assert client.send("first.zip", first) == ["success"]
+    assert client.import_("import.xml")[0] == ["success"]
+    assert client.send("second.zip", second) == ["success"]
+    failed(client.import_("import2.xml")[0], "архив second.zip", "объём сеанса", str(4 * FILE_LIMIT),
+           "exchange.max_session_bytes")
+    assert not (upload_dir(settings, client) / "import_files/b.bin").exists()
+    failed(client.send("import_files/c.jpg", b"z" * (110 * 1024)), "объём сеанса")  # what the first unpacked counts
+
+
+def test_every_file_a_session_creates_counts_and_their_number_is_limited(tmp_path, serve):  # noqa: F811
+    settings = exchange_settings(tmp_path, max_session_files=5)
+    client = OneC(serve(settings))
+    assert client.checkauth()[0] == "success"
+    for n in range(3):
+        assert client.send(f"empty{n}.xml", b"") == ["success"]
+    assert client.send("empty0.xml", b"") == ["success"]  # the same file again: not another one
+    state = json.loads((settings.data_dir / "exchange" / str(sessions(settings)[0]["id"]) / "state.json").read_text())
+    assert state["files"] == {f"empty{n}.xml": {"bytes": 0} for n in range(3)}
+    assert client.send("import_files/ab/empty.jpg", b"") == ["success"]
+    assert client.send("empty3.xml", b"") == ["success"]
+    failed(client.send("empty9.xml", b""), "5 файлов", "exchange.max_session_files")
+    assert not list((settings.data_dir / "exchange").rglob("empty9.xml"))
+
+
+def test_an_archive_with_more_files_than_the_session_may_hold_is_not_extracted(tmp_path, serve):  # noqa: F811
+    settings = exchange_settings(tmp_path, max_session_files=5)
+    client = OneC(serve(settings))
+    assert client.checkauth()[0] == "success"
+    entries = {"import.xml": fixture(*GOOD_IMPORT), **{f"import_files/{n}.jpg": b"" for n in range(4)}}
+    assert client.send("catalog.zip", make_zip(entries)) == ["success"]  # the sixth file of the session
+    failed(client.import_("import.xml")[0], "архив catalog.zip", "5 файлов", "exchange.max_session_files")
+    assert not list((settings.data_dir / "exchange").rglob("import.xml"))
+
+
 # --- authentication and sessions -------------------------------------------------------------
 
 @pytest.mark.parametrize("login, password", [(LOGIN, "wrong"), ("someone", PASSWORD), ("", ""), (LOGIN, PASSWORD + "x")])
