@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -190,29 +192,31 @@ class LoginThrottle:
     def __init__(self, path: Path):
         self.path = path
 
-    def refused_for(self, address: str) -> int:
-        """Seconds this address must still wait, 0 when it may try."""
-        failures = self._recent(self._read()).get(address, [])
-        if len(failures) < MAX_FAILURES:
-            return 0
-        return max(1, int(failures[-MAX_FAILURES] + FAILURE_WINDOW - time.time()))
+    def attempt(self, address: str, credentials_match: Callable[[], bool]) -> None:
+        """One login from address: raises Refused while it must wait, or (counted) when the credentials are wrong.
 
-    def failed(self, address: str) -> None:
-        with self._update() as table:
-            table.setdefault(address, []).append(time.time())
-
-    def succeeded(self, address: str) -> None:
-        with self._update() as table:
-            table.pop(address, None)
-
-    @contextlib.contextmanager
-    def _update(self):
+        The check, the compare and the record are one step under the lock: parallel attempts (gunicorn's
+        processes and threads) cannot all pass the check before any of their failures is written.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with locked(self.path.with_suffix(".lock")):
             table = self._recent(self._read())
-            yield table
+            failures = table.get(address, [])
+            if len(failures) >= MAX_FAILURES:
+                wait = max(1, int(failures[-MAX_FAILURES] + FAILURE_WINDOW - time.time()))
+                raise Refused(f"слишком много неудачных попыток входа: повторите через {math.ceil(wait / 60)} мин")
+            matched = credentials_match()
+            if matched and address not in table:
+                return
+            if matched:
+                del table[address]
+            else:
+                failures.append(time.time())
+                table[address] = failures
             newest = sorted(table, key=lambda a: table[a][-1], reverse=True)[:MAX_TRACKED_ADDRESSES]
             atomic_write(self.path, json.dumps({address: table[address] for address in newest}))
+        if not matched:
+            raise Refused("неверный логин или пароль обмена")
 
     def _read(self) -> dict:
         try:

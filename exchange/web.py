@@ -11,7 +11,6 @@ private.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from typing import TYPE_CHECKING
@@ -118,14 +117,8 @@ def _checkauth(log_store: ExchangeLog, settings: Settings) -> list[str]:
     """HTTP Basic login; repeated failures from one address are refused for a while."""
     config, root = settings.exchange, settings.exchange_dir
     address = request.remote_addr or "unknown"
-    throttle = LoginThrottle(root / "login-failures.json")
-    wait = throttle.refused_for(address)
-    if wait:
-        raise Refused(f"слишком много неудачных попыток входа: повторите через {math.ceil(wait / 60)} мин")
-    if not basic_auth_matches(request.authorization, config.login, config.password):
-        throttle.failed(address)
-        raise Refused("неверный логин или пароль обмена")
-    throttle.succeeded(address)
+    LoginThrottle(root / "login-failures.json").attempt(
+        address, lambda: basic_auth_matches(request.authorization, config.login, config.password))
     prune_sessions(log_store, root, config.session_minutes)
     session = open_session(log_store, root, address)
     log.info("exchange session %s opened for %s", session.id, address)

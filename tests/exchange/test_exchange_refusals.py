@@ -8,8 +8,10 @@ import json
 import logging
 import shutil
 import stat
+import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -268,6 +270,24 @@ def test_repeated_failures_from_one_address_are_refused_for_a_while(setup, monke
     monkeypatch.setattr(exchange_sessions, "FAILURE_WINDOW", 0.01)
     time.sleep(0.02)
     assert OneC(base).checkauth()[0] == "success"  # the window passed
+
+
+def test_parallel_failures_cannot_pass_the_limit(setup):
+    """The check, the compare and the record of a failure are one step: 64 wrong logins at once get exactly
+    MAX_FAILURES answers «неверный», the rest are refused without a compare."""
+    start = threading.Barrier(64)
+
+    def guess(_):
+        start.wait(10)
+        return OneC(setup[1], password="guess").checkauth()
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(guess, range(64)))
+    for lines in answers:
+        assert lines[0] == "failure", lines
+    wrong = [lines for lines in answers if "неверный логин" in lines[1]]
+    assert len(wrong) == exchange_sessions.MAX_FAILURES
+    assert all("слишком много неудачных попыток" in lines[1] for lines in answers if lines not in wrong)
 
 
 @pytest.mark.parametrize("cookie", [None, "", "forged-token", "x" * 5000])
