@@ -247,6 +247,13 @@ for _code in (400, 404, 405, 413, 500, Exception):
 @exchange_bp.app_errorhandler(405)
 def _routing_error(exc: HTTPException):
     """Routing errors belong to no blueprint: answer those of the exchange paths as 1C expects."""
-    if request.path.startswith("/exchange/") or request.path == PATHS[1]:
+    if _is_exchange_path(request.path):
         return _error(exc)
     return exc
+
+
+def _is_exchange_path(path: str) -> bool:
+    """The exchange paths as an operator may type them: any case, slashes more or less, anything under /exchange,
+    1c_exchange.php in any folder (1C-Bitrix's /bitrix/admin/1c_exchange.php)."""
+    parts = [part for part in path.lower().split("/") if part]
+    return bool(parts) and (parts[0] == "exchange" or PATHS[1].lstrip("/") in parts)

@@ -338,6 +338,19 @@ def test_routing_errors_are_failure_texts_too(setup, method, path):
     failed(response.text.split("\n"))
 
 
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/1c_exchange.php/"), ("GET", "/1C_exchange.php"), ("POST", "/1C_EXCHANGE.PHP"), ("GET", "/Exchange/1C"),
+    ("GET", "/exchange"), ("GET", "/exchange/1c//"), ("GET", "/1c_exchange.php/x"), ("GET", "/bitrix/admin/1c_exchange.php"),
+])
+def test_a_mistyped_exchange_address_is_a_failure_text_naming_the_right_one(setup, method, path):
+    """What an operator may type for the address (1C-Bitrix habits, another case, a slash more) is answered the
+    way 1C expects, never with an HTML page."""
+    response = requests.request(method, setup[1] + path + "?type=catalog&mode=checkauth", timeout=10)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    assert "<html" not in response.text.lower()
+    failed(response.text.split("\n"), "/exchange/1c")
+
+
 def test_other_pages_keep_their_own_errors(setup):
     response = requests.get(setup[1] + "/feeds/nope.xml", timeout=10)
     assert response.status_code == 404
