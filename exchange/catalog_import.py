@@ -354,81 +354,94 @@ def place_pictures(batch: RecordBatch, images_dir: Path, file_name: str) -> Plac
     file stays. Raises CommerceMLError (nothing of the file saved) when it cannot."""
     placed = PlacedPictures()
     record, position = None, 0
+    if not batch.pictures:
+        return placed
     try:
-        if batch.pictures:
-            images_dir.mkdir(parents=True, exist_ok=True)
-        for index, (number, owner_id, relative, source) in enumerate(batch.pictures):
-            image_id = picture_id(relative)
-            try:
-                partial, extension, size = _take_picture(source, images_dir, image_id)
-            except Malformed as exc:
-                placed.refused.append((index, ("picture", owner_id, relative, str(exc))))
-                continue
-            local_file = f"{image_id}.{extension}"
-            _serve(partial, images_dir, local_file)
-            position = position + 1 if number == record else 0  # positions of one record's pictures that count
-            record = number
-            placed.images.append((owner_id, position, relative.rpartition("/")[2], size,
-                                  f"exchange:/download/{image_id}", batch.updated))
-            placed.image_cache.append((image_id, owner_id, position, size, local_file, batch.started))
+        images_dir.mkdir(parents=True, exist_ok=True)
+        folder = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for index, (number, owner_id, relative, source) in enumerate(batch.pictures):
+                image_id = picture_id(relative)
+                try:
+                    local_file, size = place_picture(source, folder, image_id)
+                except Malformed as exc:
+                    placed.refused.append((index, ("picture", owner_id, relative, str(exc))))
+                    continue
+                position = position + 1 if number == record else 0  # positions of one record's pictures that count
+                record = number
+                placed.images.append((owner_id, position, relative.rpartition("/")[2], size,
+                                      f"exchange:/download/{image_id}", batch.updated))
+                placed.image_cache.append((image_id, owner_id, position, size, local_file, batch.started))
+        finally:
+            os.close(folder)
     except OSError as exc:
         raise CommerceMLError(f"Файл {file_name}: картинки не удалось сохранить в папку {images_dir}: "
                               f"{exc.strerror or exc}") from None
     return placed
 
 
-def _take_picture(source: str, images_dir: Path, image_id: str) -> tuple[str, str, int]:
-    """(partial, extension, size): the upload linked under a name of this thread's in the images folder, then
-    checked there, so the file served is the file checked, whatever the upload's name points to by then (1C may
-    send it again meanwhile)."""
-    partial = os.path.join(images_dir, f".{image_id}.{os.getpid()}.{threading.get_native_id()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(partial)  # left by a killed import of a process with this pid
-    try:
-        os.link(source, partial, follow_symlinks=False)  # a symbolic link stays one: check_picture refuses it
-    except (FileNotFoundError, NotADirectoryError):
-        raise Malformed("файл картинки не был загружен") from None
-    except OSError:  # another file system, or one without hard links (or a folder, refused below)
-        _copy_upload(source, partial)
-    try:
-        return (partial, *check_picture(partial))
-    except Malformed:
-        os.unlink(partial)
-        raise
-
-
-def _copy_upload(source: str, partial: str) -> None:
+def place_picture(source: str, folder: int, image_id: str) -> tuple[str, int]:
+    """(file name in the images folder, size) of an uploaded picture (a path within the upload folder), checked and
+    linked into the folder (a descriptor of the images folder) through one open descriptor: the file served is the
+    file checked, whatever the upload's name points to by then (1C may send it again meanwhile). Four system calls
+    and a link: tens of thousands of pictures."""
     try:  # uploads are never symbolic links (see exchange.uploads): refuse one rather than follow it
         descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         raise Malformed("файл картинки не был загружен") from None
-    with open(descriptor, "rb") as upload:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise Malformed("файл картинки не был загружен")
-        with open(partial, "xb") as copy:
-            shutil.copyfileobj(upload, copy)
-
-
-def check_picture(source: str) -> tuple[str, int]:
-    """(extension, size) of an uploaded picture (its link in the images folder, see _take_picture): refuse what
-    retailCRM would (see :mod:`core.pictures`)."""
-    try:  # uploads are never symbolic links (see exchange.uploads): refuse one rather than follow it
-        descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        raise Malformed("файл картинки не был загружен") from None
-    try:  # the file descriptor itself, not a file object: tens of thousands of pictures, four system calls each
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise Malformed("файл картинки не был загружен")
-        if info.st_size > MAX_PICTURE_BYTES:
-            raise Malformed(f"картинка больше 2 МБ ({info.st_size} байт)")
-        head = os.read(descriptor, SIGNATURE_LENGTH)
+    try:
+        extension, info = check_picture(descriptor)
+        local_file = f"{image_id}.{extension}"
+        _link_open_file(descriptor, info, folder, local_file)
     finally:
         os.close(descriptor)
-    extension = picture_kind(head)
+    return local_file, info.st_size
+
+
+def check_picture(descriptor: int) -> tuple[str, os.stat_result]:
+    """(extension, file status) of an open upload: refuse what retailCRM would (see :mod:`core.pictures`)."""
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        raise Malformed("файл картинки не был загружен")
+    if info.st_size > MAX_PICTURE_BYTES:
+        raise Malformed(f"картинка больше 2 МБ ({info.st_size} байт)")
+    extension = picture_kind(os.read(descriptor, SIGNATURE_LENGTH))
     if extension is None:
         raise Malformed("картинка не в формате JPEG или PNG")
-    return extension, info.st_size
+    return extension, info
+
+
+def _link_open_file(descriptor: int, info: os.stat_result, folder: int, name: str) -> None:
+    """The open file under ``name`` in the images folder: a new picture appears whole, in one step; one a feed may be
+    serving is replaced atomically; the same file linked before (an earlier good or import) stays."""
+    opened = f"/proc/self/fd/{descriptor}"
+    try:  # with a folder descriptor os.link is linkat(AT_SYMLINK_FOLLOW): the inode the descriptor holds
+        os.link(opened, name, dst_dir_fd=folder)
+        return
+    except FileExistsError:
+        if _same_file(name, folder, info):
+            return
+    except OSError:  # another file system, one without hard links, or no /proc: a copy below
+        pass
+    partial = f".{name}.{os.getpid()}.{threading.get_native_id()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(partial, dir_fd=folder)  # left by a killed import of a process with this pid
+    try:
+        os.link(opened, partial, dst_dir_fd=folder)
+    except OSError:
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        copy = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=folder)
+        with open(descriptor, "rb", closefd=False) as upload, open(copy, "wb") as target:
+            shutil.copyfileobj(upload, target)
+    os.replace(partial, name, src_dir_fd=folder, dst_dir_fd=folder)
+
+
+def _same_file(name: str, folder: int, info: os.stat_result) -> bool:
+    try:
+        found = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except OSError:
+        return False
+    return (found.st_dev, found.st_ino) == (info.st_dev, info.st_ino)
 
 
 def picture_id(relative: str) -> str:
@@ -439,13 +452,6 @@ def picture_id(relative: str) -> str:
     digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
     text = digest.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-def _serve(partial: str, images_dir: Path, name: str) -> None:
-    """The checked picture takes its name in one step (a feed may be serving the one it replaces)."""
-    os.replace(partial, os.path.join(images_dir, name))
-    with contextlib.suppress(FileNotFoundError):  # the very upload, linked for an earlier good or import: rename
-        os.unlink(partial)  # between two links of one file leaves both
 
 
 def apply_summary(run: CatalogRun, summary: FileSummary, seen_since: int | None = None) -> None:

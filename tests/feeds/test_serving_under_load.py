@@ -132,6 +132,7 @@ def test_healthz_answers_while_a_hundred_clients_hold_feed_downloads(site):
     finally:
         for connection in stalled:
             connection.close()
+        app.stop()
 
 
 def test_gunicorn_facing_clients_keeps_threads_for_everything_but_downloads(tmp_path, emulator_factory):
@@ -176,4 +177,5 @@ def test_half_sent_request_heads_give_their_threads_back(tmp_path, emulator_fact
     finally:
         for connection in stalled:
             connection.close()
+        app.stop()
 
