@@ -209,9 +209,9 @@ def _queue(settings: Settings, feeds: list[dict], now: dt.datetime, problems: li
                 "wait_seconds": wait, "wait_text": duration_text(wait),
                 "running_seconds": round(max(0.0, moment - entry["started_at"])) if running else None}
 
-    for name, moment in (state.get("next_runs") or {}).items():  # the scheduler's own plan beats the page's estimate
+    for name, planned in (state.get("next_runs") or {}).items():  # the scheduler's own plan beats the page's estimate
         if name in by_name:
-            by_name[name]["next_run_at"] = _iso(_from_unix(moment))
+            by_name[name]["next_run_at"] = _iso(_from_unix(planned))
     running = [work(entry, True) for entry in state.get("running", [])]
     waiting = [work(entry, False) for entry in state.get("waiting", [])]
     for item in running + waiting:

@@ -5,6 +5,7 @@ interval is a problem the operator is told about."""
 from __future__ import annotations
 
 import threading
+import time
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -55,3 +56,29 @@ def test_the_queue_and_a_build_waiting_longer_than_its_interval_are_shown(tmp_pa
         pool.shutdown(wait=True)
     assert wait_for(lambda: requests.get(base + "/health.json", timeout=10).json()["queue"]["running"] == 0, 10,
                     "the page to show the pool empty")
+
+
+def test_a_build_that_has_just_started_waiting_is_no_problem_whatever_the_schedulers_next_runs(tmp_path, emulator_factory,
+                                                                                                serve):
+    """The scheduler writes each feed's next fire time (an hour or two ahead) beside the queue; a wait must still be
+    counted from now, or every start-up of many accounts turned /healthz red with waits of hours."""
+    settings = Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator_factory(products=20)),
+                        max_concurrent_builds=1,
+                        feeds=(FeedSettings(name="slow", pictures="none"), FeedSettings(name="quick", pictures="none")))
+    base = serve(settings)
+    pool = BuildPool(settings.build_pool_size, settings.data_dir / QUEUE_FILE)
+    pool.next_runs = lambda: {"slow": time.time() + 7200, "quick": time.time() + 7200}
+    long_build_ends = threading.Event()
+    try:
+        pool.submit("", SCHEDULED, "slow", long_build_ends.wait)
+        pool.submit("", SCHEDULED, "quick", lambda: None)  # waits behind it: seconds, against an interval of an hour
+        data = wait_for(lambda: (reply := requests.get(base + "/health.json", timeout=10).json())["queue"]
+                        and reply["queue"]["waiting"] == 1 and reply, 30, "the queue on the page")
+        quick = {feed["name"]: feed for feed in data["feeds"]}["quick"]
+        assert quick["queue"]["state"] == "waiting" and quick["queue"]["wait_seconds"] < 60
+        assert not any("ждёт в очереди дольше интервала" in problem for problem in data["problems"])
+        assert quick["next_run_at"] is not None  # the plan is shown as the next build
+    finally:
+        long_build_ends.set()
+        pool.shutdown(wait=True)
+
