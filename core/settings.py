@@ -55,6 +55,7 @@ ENVIRONMENT = {
     "SKLADBRIDGE_ACCEL_REDIRECT": ("accel_redirect",),
     "SKLADBRIDGE_ADMIN_PASSWORD": ("admin", "password"),
 }
+MAIN_ACCOUNT_LABEL = "main"  # how the pages and the metrics name the main account (accounts[] take other names)
 # The same for each of accounts[]: the variable name ends with the account's name, e.g. MOYSKLAD_TOKEN_SHOP_2.
 ACCOUNT_ENVIRONMENT = {
     "MOYSKLAD_TOKEN_": ("moysklad", "token"),
@@ -557,6 +558,9 @@ def _check(settings: Settings) -> None:
                               "(it names the account's data folder and picture URLs)")
         if account.name in names:
             raise ConfigError(f"{where}.name: {account.name!r} is used by another account")
+        if account.name == MAIN_ACCOUNT_LABEL:
+            raise ConfigError(f"{where}.name: {account.name!r} names the main account (the top-level moysklad and "
+                              "feeds) on the pages and in the metrics: choose another name")
         names.add(account.name)
         suffix = _variable_suffix(account.name)
         if suffix in suffixes:  # shop-2 and shop_2 would both read MOYSKLAD_TOKEN_SHOP_2
@@ -574,6 +578,7 @@ def _check(settings: Settings) -> None:
                 raise ConfigError(f"{where}.feeds[{feed_index}].source: an account's feeds publish its MoySklad "
                                   "catalog (source: moysklad); exchange feeds belong to the main feeds list")
         _check_feeds(account.feeds, f"{where}.feeds", seen)
+    _check_one_user_per_account(settings)
     _check_exchange(settings.exchange)
     _check_api(settings.api)
     if not settings.public_url.startswith(("http://", "https://")):
@@ -590,6 +595,24 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"proxy_hops: the number of reverse proxies in front (0 when none, 1 for nginx), got {settings.proxy_hops}")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
+
+
+def _check_one_user_per_account(settings: Settings) -> None:
+    """Two accounts on one MoySklad user (a copied token) would sync at once on one budget of 45 units per 3 s and 5
+    parallel requests, which MoySklad counts per user: 429s, and the risk of its ban for too many."""
+    users: dict[tuple, str] = {}
+    for view in settings.every_account():
+        if not view.moysklad_feeds or view.moysklad.emulator is not None:
+            continue
+        ms, where = view.moysklad, f"accounts.{view.account}.moysklad" if view.account else "moysklad"
+        for user in ((ms.base_url, "token", ms.token) if ms.token else None,
+                     (ms.base_url, "login", ms.login) if ms.login else None):
+            if user is None:
+                continue
+            if user in users:
+                raise ConfigError(f"{where}: the same MoySklad {user[1]} as {users[user]}: each account needs its own "
+                                  "MoySklad user (MoySklad counts its limits per user, and both would sync at once)")
+            users[user] = where
 
 
 def _check_webhook_secret(secret: str, key: str, variable: str, taken: dict[str, str]) -> None:

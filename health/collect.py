@@ -17,7 +17,7 @@ from core.build_pool import SCHEDULED, read_queue_state
 from core.clock import MOSCOW
 from core.cron import crontab_trigger
 from core.russian import counted, grouped, plural
-from core.settings import FeedSettings, Settings, redacted, token_variable
+from core.settings import MAIN_ACCOUNT_LABEL, FeedSettings, Settings, redacted, token_variable
 from feeds.build import PICTURES_MODE, feed_source
 from feeds.progress import read_progress
 from feeds.publish import feed_paths
@@ -126,7 +126,7 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
     accounts: list[dict] = []
     exchange = None
     for view in settings.every_account():
-        account = {"name": view.account or "main", "moysklad": None,
+        account = {"name": view.account or MAIN_ACCOUNT_LABEL, "moysklad": None,
                    "store": {"ok": True, "path": str(view.store_path), "size": _size(view.store_path)}}
         accounts.append(account)
         try:
@@ -202,7 +202,7 @@ def _queue(settings: Settings, feeds: list[dict], now: dt.datetime, problems: li
 
     def work(entry: dict, running: bool) -> dict:
         wait = round(max(0.0, (entry["started_at"] if running else moment) - entry["queued_at"]))
-        return {"account": entry["account"] or "main", "kind": entry["kind"],
+        return {"account": entry["account"] or MAIN_ACCOUNT_LABEL, "kind": entry["kind"],
                 "kind_text": WORK_TEXTS.get(entry["kind"], entry["kind"]), "feeds": entry["feeds"],
                 "queued_at": _iso(_from_unix(entry["queued_at"])),
                 "started_at": _iso(_from_unix(entry["started_at"])) if running else None,
@@ -287,7 +287,7 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
     token_part = (feed.token if reveal_tokens else "***") + "/" if feed.token else ""
     return {
         "name": feed.name,
-        "account": settings.account or "main",
+        "account": settings.account or MAIN_ACCOUNT_LABEL,
         "source": feed.source,
         "state": state,
         "state_text": STATE_TEXTS[state],

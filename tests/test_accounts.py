@@ -144,6 +144,12 @@ def test_account_secrets_come_from_the_environment(tmp_path):
     ("[{name: b, moysklad: {token: t}, webhook_secret: 'q9Zk/3hT+0aLw7Yx2bVn4cRm1sUe8dFp'}]",
      "accounts[0].webhook_secret (or SKLADBRIDGE_WEBHOOK_SECRET_B)", "openssl rand -hex 24"),
     ("[]", "webhooks.secret (or SKLADBRIDGE_WEBHOOK_SECRET)", "16-128 letters"),
+    # the pages and the metrics call the main account main: two series of one name
+    ("[{name: main, moysklad: {token: u}}]", "accounts[0].name", "names the main account"),
+    # a copied token: two accounts syncing at once on one MoySklad user's limits
+    ("[{name: b, moysklad: {token: t}, feeds: [{name: c}]}]", "accounts.b.moysklad", "the same MoySklad token as moysklad"),
+    ("[{name: b, moysklad: {token: u}, feeds: [{name: c}]}, {name: d, moysklad: {token: u}, feeds: [{name: e}]}]",
+     "accounts.d.moysklad", "the same MoySklad token as accounts.b.moysklad"),
 ])
 def test_account_config_errors_name_the_key(tmp_path, accounts, key, problem):
     config = tmp_path / "config.yaml"
