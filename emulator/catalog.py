@@ -106,6 +106,10 @@ HOSTILE_EVERY = 12
 # quantityMode=nonEmpty leaves out (DOMAIN.md "Details that are easy to get wrong").
 NEVER_STOCKED_EVERY = 9
 NOTHING_AVAILABLE_EVERY = 11
+# One good in UNBOUND_RESERVE_EVERY (not of the two above) is also reserved by a customer order without a
+# warehouse: md/reports/_report_stock.md «При разделении по складам строка без склада содержит резервы, не
+# привязанные к складу» (the fixture stock_bystore_current_freeStock.json has such a row, storeId null).
+UNBOUND_RESERVE_EVERY = 8
 FRACTIONAL_QUANTITIES = (0.5, 1.5, 2.25, 0.25, 0.75)
 HTML_DESCRIPTION = '<p>Описание с <b>HTML</b> &amp; <a href="https://example.com/?a=1&b=2">ссылкой</a></p><br>'
 NAME_MAX = 255  # MoySklad caps names at 255 characters (spec maxLength)
@@ -214,6 +218,7 @@ class Item:
     variant_ids: list = field(default_factory=list)
     components: tuple = ()  # bundle: ((item id, quantity), ...)
     stock: list | None = None  # flat [stock, reserve, inTransit] * stores; None: services, bundles
+    unbound_reserve: float | None = None  # reserved by orders without a warehouse; None: never had such a reserve
     stock_changed: datetime | None = None  # None: never took part in an operation (in no stock report)
     tracking_type: str = NOT_TRACKED  # products and bundles; a variant is marked as its product
 
@@ -421,6 +426,18 @@ class Catalog:
             self.version += 1
             self._stock_event([item_id], physical=physical)
 
+    def reserve_without_store(self, item_id: str, reserve: float) -> None:
+        """A customer order without a warehouse reserving ``reserve`` of a good (0 releases it), as an operation."""
+        # doc: "Строка со "storeId":null соответствует резерву для Заказа Покупателя без указания склада"
+        with self.lock:
+            item = self.items[item_id]
+            if item.stock is None:
+                raise ValueError(f"{item.kind} {item_id} has no stock")
+            item.unbound_reserve = float(reserve)
+            item.stock_changed = moscow_now()
+            self.version += 1
+            self._stock_event([item_id], physical=False)
+
     def receive(self, item_id: str, store_id: str, quantity: float, unit_cost: float) -> None:
         """A supply (приёмка): ``quantity`` more on one store, bought at ``unit_cost`` kopecks. An operation:
         it stamps the stock change, not ``updated``. The unit cost the stock report gives (FIFO: what is in
@@ -613,11 +630,11 @@ class _Generator:
         elif roll < 0.45:
             item.use_parent_vat = True
 
-    def goods_stock(self, stores: int, fractional: bool) -> tuple[list, bool]:
-        """(stock figures, took part in an operation) of the next stock-bearing good."""
+    def goods_stock(self, stores: int, fractional: bool) -> tuple[list, bool, float | None]:
+        """(stock figures, took part in an operation, reserve without a warehouse) of the next stock-bearing good."""
         self.goods += 1
         if self.goods % NEVER_STOCKED_EVERY == 4:
-            return [0.0] * (3 * stores), False
+            return [0.0] * (3 * stores), False, None
         values = self.stock(stores, fractional)
         if self.goods % NOTHING_AVAILABLE_EVERY == 6:
             # everything on hand is reserved: stock = reserve, nothing in transit, so available is 0
@@ -625,7 +642,10 @@ class _Generator:
             for index in range(stores):
                 values[3 * index] = max(values[3 * index], 0.0)
                 values[3 * index + 1], values[3 * index + 2] = values[3 * index], 0.0
-        return values, True
+            return values, True, None
+        # no random draw: the goods and their figures stay what each seed gave before
+        unbound = self.goods % UNBOUND_RESERVE_EVERY == 3
+        return values, True, float(1 + self.goods // UNBOUND_RESERVE_EVERY % 5) if unbound else None
 
     def tracking_type(self) -> str:
         if self.product_count % MARKED_EVERY != 3:
@@ -712,7 +732,7 @@ class _Generator:
             if variant_count:
                 product.stock = [0.0] * (3 * stores)  # all its stock is on its variants
             else:
-                product.stock, operated = self.goods_stock(stores, fractional)
+                product.stock, operated, product.unbound_reserve = self.goods_stock(stores, fractional)
                 product.stock_changed = updated if operated else None
             items[product.id] = product
             goods.append(product)
@@ -721,7 +741,7 @@ class _Generator:
                 color = COLORS[(n + self.code) % len(COLORS)]
                 characteristics = ((0, color), (1, sizes[n])) if rng.random() < 0.7 else ((0, color),)
                 own_prices = rng.random() < 0.5
-                stock, operated = self.goods_stock(stores, fractional)
+                stock, operated, unbound_reserve = self.goods_stock(stores, fractional)
                 variant = Item(
                     kind=KIND_VARIANT, id=self.uid(),
                     name=f"{product.name} ({', '.join(v for _, v in characteristics)})"[:NAME_MAX],
@@ -732,7 +752,7 @@ class _Generator:
                     cost=float(round(product.cost * rng.uniform(0.9, 1.1))), barcodes=self.barcodes(),
                     characteristics=characteristics, image_count=rng.randrange(0, 3),
                     archived=product.archived or rng.random() < 0.02,
-                    stock=stock, stock_changed=updated if operated else None,
+                    stock=stock, stock_changed=updated if operated else None, unbound_reserve=unbound_reserve,
                 )
                 items[variant.id] = variant
                 product.variant_ids.append(variant.id)

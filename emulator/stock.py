@@ -262,10 +262,20 @@ def current_rows(catalog: Catalog, query: Query, by_store: bool) -> list[dict]:
     wanted = set(query.values("assortmentId"))
     store_filter = set(query.values("storeId"))
     stores = [(i, s.id) for i, s in enumerate(catalog.stores) if not store_filter or s.id in store_filter]
+    # doc: «При разделении по складам строка без склада содержит резервы, не привязанные к складу», so the
+    # total of /all/current holds them too; a storeId filter («только указанные склады») leaves that row out
+    unbound = not store_filter
 
     def value(stock: float, reserve: float, in_transit: float) -> float:
         return {"stock": stock, "freeStock": stock - reserve, "quantity": stock - reserve + in_transit,
                 "reserve": reserve, "inTransit": in_transit}[stock_type]
+
+    def places(item: Item, figures_of) -> list:
+        """(storeId, figure) of a good: the row without a warehouse first, as the doc's freeStock example has it."""
+        figures = [(store_id, figures_of(*item.stock[3 * i:3 * i + 3])) for i, store_id in stores]
+        if unbound and item.unbound_reserve is not None:
+            figures.insert(0, (None, figures_of(0.0, item.unbound_reserve, 0.0)))
+        return figures
 
     def emit(item_id: str, figures: list) -> list[dict]:
         if by_store:
@@ -283,13 +293,12 @@ def current_rows(catalog: Catalog, query: Query, by_store: bool) -> list[dict]:
             continue
         if item.id in catalog.recalculating:
             if with_recalculate:
-                rows += emit(item.id, [(store_id, None) for _, store_id in stores])
+                rows += emit(item.id, places(item, lambda *_: None))
             continue
         if item.archived and changed_since is None:
             continue
         # doc: "если за запрашиваемый интервал был удален или архивирован товар ... остаток равный 0"
-        figures = [(store_id, 0.0 if item.archived else value(*item.stock[3 * i:3 * i + 3])) for i, store_id in stores]
-        rows += emit(item.id, figures)
+        rows += emit(item.id, places(item, (lambda *_: 0.0) if item.archived else value))
     if changed_since is not None:
         for item_id, moment in removed:
             if moment >= changed_since:

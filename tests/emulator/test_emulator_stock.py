@@ -1,5 +1,6 @@
 """Stock reports of the emulator over loopback, each rule as md/reports/_report_stock.md states it."""
 
+import collections
 import time
 from datetime import timedelta
 
@@ -232,10 +233,46 @@ def test_current_report_filters_in_every_documented_form(server):
 def test_current_report_leaves_out_zero_lines_and_archived_goods(server):
     catalog = server.catalog
     rows = report(server, "/report/stock/all/current", stockType="freeStock")
-    free = {i.id: totals(i)[0] - totals(i)[1] for i in listed(catalog)}
+    # the total takes off the reserve without a warehouse too (see test_a_reserve_without_a_warehouse_…)
+    free = {i.id: totals(i)[0] - totals(i)[1] - (i.unbound_reserve or 0) for i in listed(catalog)}
     assert {r["assortmentId"]: r["freeStock"] for r in rows} == {k: v for k, v in free.items() if v != 0}
     zero = report(server, "/report/stock/all/current", stockType="freeStock", include="zeroLines")
     assert {r["assortmentId"] for r in zero} == set(free)
+
+
+def test_a_reserve_without_a_warehouse_is_the_row_with_store_id_null(server):
+    """doc (краткий отчет): «При разделении по складам строка без склада содержит резервы, не привязанные к
+    складу»; fixture stock_bystore_current_freeStock.json: that row's freeStock is minus the reserve."""
+    catalog = server.catalog
+    reserve = report(server, "/report/stock/bystore/current", stockType="reserve")
+    free = report(server, "/report/stock/bystore/current", stockType="freeStock")
+    unbound = {r["assortmentId"]: r["reserve"] for r in reserve if r["storeId"] is None}
+    assert unbound and all(value > 0 for value in unbound.values())
+    assert {r["assortmentId"]: r["freeStock"] for r in free if r["storeId"] is None} == {
+        good: -value for good, value in unbound.items()}
+    assert all(r["storeId"] for r in report(server, "/report/stock/bystore/current"))  # stock is on warehouses
+    # not split by warehouse, the good's reserve is the sum of its rows, the one without a warehouse included
+    summed = collections.defaultdict(float)
+    for row in reserve:
+        summed[row["assortmentId"]] += row["reserve"]
+    assert {r["assortmentId"]: r["reserve"] for r in report(server, "/report/stock/all/current",
+                                                            stockType="reserve")} == summed
+    # filter storeId: «Выдать в отчёте только указанные склады»
+    store = catalog.stores[0]
+    on_store = report(server, "/report/stock/bystore/current", stockType="reserve", filter=f"storeId={store.id}")
+    assert {r["storeId"] for r in on_store} == {store.id}
+
+
+def test_a_released_reserve_without_a_warehouse_shows_0_in_a_changed_since_report(fresh):
+    """doc: with changedSince «всегда включен вывод нулевых остатков», so a client learns the order let go."""
+    catalog = fresh.catalog
+    good = next(i for i in listed(catalog) if i.unbound_reserve)
+    before = format_moment(moscow_now() - timedelta(seconds=1))[:19]
+    catalog.reserve_without_store(good.id, 0)
+    changed = report(fresh, "/report/stock/bystore/current", stockType="reserve", changedSince=before)
+    assert {r["storeId"]: r["reserve"] for r in changed if r["assortmentId"] == good.id}[None] == 0
+    now = report(fresh, "/report/stock/bystore/current", stockType="reserve", filter=f"assortmentId={good.id}")
+    assert all(r["storeId"] for r in now)
 
 
 def test_changed_since_gives_current_values_zero_lines_and_removals(fresh):

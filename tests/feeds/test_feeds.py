@@ -137,6 +137,7 @@ def test_free_stock_sums_the_warehouses_and_never_goes_negative(tmp_path, emulat
             if item.id not in offers or not item.stocked:
                 continue
             totals = [sum(item.stock[w * 3 + k] for w in range(len(catalog.stores))) for k in range(3)]
+            totals[1] += item.unbound_reserve or 0  # every warehouse: the reserve without one counts too
             expected = max(formula(*totals), 0)
             negatives += formula(*totals) < 0
             assert float(offers[item.id].get("quantity")) == pytest.approx(expected), (rule, item.name)
@@ -163,6 +164,32 @@ def test_units_carry_the_codes_of_retailcrms_own_icml_example(shared_fixtures):
         etree.fromstring(unit_xml({"code": "006", "name": "м", "description": "Метр"})),
         etree.fromstring(unit_xml({"code": "796", "name": "шт", "description": "Штука"})))}
     assert ours == codes == {"Метр": "meter", "Штука": "pcs"}
+
+
+def test_a_reserve_without_a_warehouse_counts_in_a_feed_over_every_warehouse_only(tmp_path, emulator):
+    """MoySklad's short report by warehouse gives a reserve made without a warehouse as the row with storeId
+    null (md/reports/_report_stock.md): the sync keeps it as warehouse "", which every warehouse's free stock
+    loses, and a feed naming its warehouses does not."""
+    catalog = emulator.catalog
+    reserved = [i for i in live(catalog) if i.stocked and i.unbound_reserve]
+    assert reserved, "the generated catalog has goods reserved without a warehouse"
+    first = catalog.stores[0]
+    everywhere, named = feed_settings(tmp_path / "all", emulator), feed_settings(tmp_path / "one", emulator,
+                                                                                stores=(first.name,))
+    build(everywhere)
+    build(named)
+    over_all, over_first = offers_by_id(parse(everywhere)), offers_by_id(parse(named))
+    lowered = 0
+    for item in reserved:
+        if item.id not in over_all:
+            continue
+        stock, reserve = (sum(item.stock[3 * w + k] for w in range(len(catalog.stores))) for k in (0, 1))
+        expected = max(stock - reserve - item.unbound_reserve, 0)
+        assert float(over_all[item.id].get("quantity")) == pytest.approx(expected), item.name
+        assert float(over_first[item.id].get("quantity")) == pytest.approx(max(item.stock[0] - item.stock[1], 0))
+        lowered += expected < max(stock - reserve, 0)
+    assert lowered, "some published figure is lowered by a reserve without a warehouse"
+
 
 def test_services_bundles_units_and_vat(catalog_feed, emulator):
     _, document, _ = catalog_feed
@@ -503,7 +530,7 @@ def card_of(catalog, item):
 
 def bundle_by_hand(catalog, bundle, rule="free", stores=None):
     """What a bundle can be sold of, from the emulator's own objects, in exact decimals."""
-    stores = range(len(catalog.stores)) if stores is None else stores
+    every, stores = stores is None, range(len(catalog.stores)) if stores is None else stores
     sets = []
     for part_id, per_bundle in bundle.components:
         good = catalog.items.get(part_id)
@@ -512,6 +539,8 @@ def bundle_by_hand(catalog, bundle, rule="free", stores=None):
         if good.kind == "service":
             continue
         stock, reserve, in_transit = (sum(Decimal(str(good.stock[3 * w + k])) for w in stores) for k in range(3))
+        if every:  # every warehouse: the reserve without one counts too
+            reserve += Decimal(str(good.unbound_reserve or 0))
         value = {"free": stock - reserve, "stock": stock, "quantity": stock - reserve + in_transit}[rule]
         sets.append(max(value, 0) // Decimal(str(per_bundle)))
     return min(sets) if sets else None

@@ -87,8 +87,18 @@ def to_send(settings: Settings) -> tuple[set, set]:
             {o for o in main if number(spb[o].findtext("price"))})
 
 
+def reserved_without_warehouse(settings: Settings) -> dict[str, float]:
+    """Per offer, what orders reserved without a warehouse (MoySklad's row with storeId null, stored as warehouse "").
+    retailCRM's main, the rest, holds it; the feed "rest", which names its warehouses, cannot."""
+    if settings.feeds[0].quantity == "stock":
+        return {}
+    with open_catalog(settings.store_path) as store:
+        return dict(store.db.execute("SELECT offer_id, reserve FROM stock WHERE warehouse_id = ''").fetchall())
+
+
 def assert_crm_says_what_the_feeds_say(settings, crm, services=True):
     main, spb, rest = offers(settings, "main"), offers(settings, "spb"), offers(settings, "rest")
+    unbound = reserved_without_warehouse(settings)
     checked = {"stock": 0, "service": 0, "inactive": 0, "price": 0, "no price": 0}
     for offer_id, offer in main.items():
         stock, prices = crm.stock(SITE, offer_id), crm.prices(SITE, offer_id)
@@ -97,7 +107,10 @@ def assert_crm_says_what_the_feeds_say(settings, crm, services=True):
             checked["service"] += 1
         else:
             purchase = number(offer.findtext("purchasePrice"))
-            assert stock["main"]["available"] == float(rest[offer_id].get("quantity")), offer_id
+            rest_available = float(rest[offer_id].get("quantity"))
+            if offer_id in unbound:
+                rest_available = pytest.approx(max(rest_available - unbound[offer_id], 0))
+            assert stock["main"]["available"] == rest_available, offer_id
             assert stock["spb"]["available"] == float(spb[offer_id].get("quantity")), offer_id
             assert stock["main"].get("purchasePrice") == purchase == stock["spb"].get("purchasePrice"), offer_id
             checked["stock"] += 1
