@@ -41,6 +41,12 @@ def filter_error(text: str) -> ApiError:
     return ApiError(412, 1034, f"Ошибка фильтрации: {text}", parameter="filter")
 
 
+def bad_parameter_value(name: str, value: str, allowed: tuple) -> ApiError:
+    """md/_errors.md #1084: "Неверное значение '{значение}' параметра запроса '{параметр}', допустимые значения: ..."."""
+    return ApiError(400, 1084, f"Неверное значение '{value}' параметра запроса '{name}', допустимые значения: "
+                               f"'{', '.join(allowed)}'", parameter=name)
+
+
 def bad_filter_value(key: str, value: str) -> ApiError:
     """md/_errors.md #1014: "Неверное значение '{значение}' параметра фильтрации '{имя параметра}'"."""
     return ApiError(400, 1014, f"Неверное значение '{value}' параметра фильтрации '{key}'", parameter="filter")
@@ -93,6 +99,16 @@ class Query:
             raise ApiError(400, 1040, "Неверно заданы параметры запроса: значение параметра 'offset' должно быть "
                                       "неотрицательным", parameter="offset")
         return limit, offset
+
+    def choice(self, name: str, allowed: tuple, default: str | None = None) -> str | None:
+        """A query parameter whose documented values are `allowed` (the spec's enum): absent gives `default`,
+        another value is refused."""
+        value = self.params.get(name)
+        if value is None:
+            return default
+        if value not in allowed:
+            raise bad_parameter_value(name, value, allowed)
+        return value
 
     def expansions(self, listing: bool = True) -> frozenset[str]:
         """The expand paths; none on a list page above limit 100 (md/_general.md §expand: silently ignored)."""

@@ -23,7 +23,7 @@ from .catalog import KIND_BUNDLE, KIND_PRODUCT, KIND_SERVICE, KIND_VARIANT, Cata
 from .loopback import LoopbackServer, QuietHandler, abort_connection, common_control
 from .protocol import EXPAND_LIMIT, ApiError, Query, parse_moment
 from .render import JSON, Renderer
-from .stock import StockReport, current_rows
+from .stock import GROUP_BY, STOCK_MODES, StockReport, current_rows
 from .webhooks import ANSWER_WITHIN, STOCK_INTERVAL, WebhookHub
 
 API_PREFIX = "/api/remap/1.2"
@@ -47,6 +47,10 @@ HEADER_LIMIT = 8 * 1024
 # would measure the emulator.
 RENDERED_LISTS = ("/entity/assortment", "/entity/bundle", "/entity/productfolder", "/report/stock/all")
 ENTITY_KINDS = {"product": KIND_PRODUCT, "variant": KIND_VARIANT, "service": KIND_SERVICE, "bundle": KIND_BUNDLE}
+# spec components parameter `fields` (GET /entity/product, /entity/variant, their {id} and .../images): its enum;
+# «В одном запросе можно передать только одно значение»
+FIELDS = ("minimumStock", "downloadPermanentHref", "stock", "declaration")
+FIELDS_KINDS = (KIND_PRODUCT, KIND_VARIANT)
 WEBHOOK_KINDS = ("webhook", "webhookstock")
 # How a truncated answer is framed: "close" (no length, the body ends where the connection does: the
 # client decodes a gzip prefix and meets an unterminated JSON), "length" (the full Content-Length is
@@ -772,6 +776,10 @@ class _Handler(QuietHandler):
         return self.emulator.cached((kinds, tuple(sorted(parents))) + key, build)
 
     def assortment(self, query, path):
+        # spec GET /entity/assortment: groupBy, stockMode and quantityMode each have an enum (their effect on
+        # the rows is not emulated)
+        for name, allowed in (("groupBy", GROUP_BY), ("stockMode", STOCK_MODES), ("quantityMode", STOCK_MODES)):
+            query.choice(name, allowed)
         rows = self.items((KIND_PRODUCT, KIND_VARIANT, KIND_SERVICE, KIND_BUNDLE), query)
         beta = self.headers.get("X-Lognex-Remap-Beta-Feature") or ""
         with_stock = "assortmentWithoutStock" not in beta
@@ -779,6 +787,8 @@ class _Handler(QuietHandler):
         return self.page(path, query, "assortment", rows, lambda item: renderer.item(item, with_stock))
 
     def entity_list(self, query, path, kind):
+        if kind in FIELDS_KINDS:
+            query.choice("fields", FIELDS)
         rows = self.items((kind,), query, ("productid",) if kind == KIND_VARIANT else ())
         expand = query.expansions()  # none above limit 100, as for every expand
         return self.page(path, query, kind, rows, lambda item: self.emulator.renderer.item(item, expand=expand))
@@ -790,6 +800,8 @@ class _Handler(QuietHandler):
         return item
 
     def entity_by_id(self, query, path, kind, item_id):
+        if kind in FIELDS_KINDS:
+            query.choice("fields", FIELDS)
         return self.emulator.renderer.item(self.find(kind, item_id), expand=query.expansions(listing=False))
 
     def bundle_components(self, query, path, bundle_id, component=None):
@@ -809,7 +821,8 @@ class _Handler(QuietHandler):
     def images(self, query, path, kind, item_id):
         item = self.find(kind, item_id)
         limit, _ = query.paging()
-        permanent = limit <= EXPAND_LIMIT and "downloadPermanentHref" in query.params.get("fields", "").split(",")
+        # the spec has the images of a product only; the images of every kind take the same parameter here
+        permanent = query.choice("fields", FIELDS) == "downloadPermanentHref" and limit <= EXPAND_LIMIT
         catalog, renderer = self.emulator.catalog, self.emulator.renderer
         rows = list(enumerate(catalog.image_ids(item)))
         return self.page(path, query, "image", rows,

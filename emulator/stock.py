@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .catalog import KIND_PRODUCT, Catalog, Item, moscow_now
-from .protocol import ApiError, Query, bad_filter_value, filter_error, parse_moment, unknown_filter_key
+from .protocol import ApiError, Query, bad_filter_value, bad_parameter_value, filter_error, parse_moment, unknown_filter_key
 from .render import number
 
 STOCK_TYPES = ("stock", "freeStock", "quantity", "reserve", "inTransit")
@@ -124,10 +124,7 @@ class StockReport:
         # no good here has a supplier: "=" a supplier matches none, "=" empty matches all, "!=" empty none
         suppliers = [(op, v) for k, op, v in query.filters if k == "supplier"]
         self.no_supplier_match = any((op == "=" and v) or (op == "!=" and not v) for op, v in suppliers)
-        self.group_by = query.params.get("groupBy", "variant")
-        if self.group_by not in GROUP_BY:
-            raise ApiError(400, 1084, f"Неверное значение '{self.group_by}' параметра запроса 'groupBy', допустимые "
-                                      f"значения: '{', '.join(GROUP_BY)}'", parameter="groupBy")
+        self.group_by = query.choice("groupBy", GROUP_BY, "variant")
         # doc: includeRelated adds the variants (and series) of the filtered products
         self.include_related = query.params.get("includeRelated") == "true" and bool(self.products or self.variants)
         self.cache_key = ("stock", by_store, tuple(sorted(query.filters)), self.group_by, self.include_related,
@@ -246,14 +243,10 @@ def current_rows(catalog: Catalog, query: Query, by_store: bool) -> list[dict]:
     for key, op, _ in query.filters:
         if op != "=":
             raise filter_error(f"оператор '{op}' не поддерживается для поля '{key}'")
-    stock_type = query.params.get("stockType", "stock")  # doc: "Значение по умолчанию - stock"
-    if stock_type not in STOCK_TYPES:
-        raise ApiError(400, 1084, f"Неверное значение '{stock_type}' параметра запроса 'stockType', допустимые "
-                                  f"значения: '{', '.join(STOCK_TYPES)}'", parameter="stockType")
+    stock_type = query.choice("stockType", STOCK_TYPES, "stock")  # doc: "Значение по умолчанию - stock"
     include = [part for part in query.params.get("include", "").split(",") if part]
     if any(part != "zeroLines" for part in include):
-        raise ApiError(400, 1084, f"Неверное значение '{query.params['include']}' параметра запроса 'include', "
-                                  f"допустимые значения: 'zeroLines'", parameter="include")
+        raise bad_parameter_value("include", query.params["include"], ("zeroLines",))
     changed_since = since(query)
     # doc: zero lines only with include=zeroLines, and always with changedSince
     zero_lines = bool(include) or changed_since is not None

@@ -136,6 +136,35 @@ def test_error_bodies(registry, server):
         validate(registry, "Error", response.json())
 
 
+# (path, parameter, a value outside the enum the spec gives it, one inside)
+ENUM_PARAMETERS = [
+    ("/entity/assortment", "stockMode", "bogus", "all"),
+    ("/entity/assortment", "quantityMode", "bogus", "positiveOnly"),
+    ("/entity/assortment", "groupBy", "bogus", "variant"),
+    ("/entity/product", "fields", "bogus", "minimumStock"),
+    ("/entity/variant", "fields", "bogus", "minimumStock"),
+    # components parameter fields: «В одном запросе можно передать только одно значение»
+    ("/entity/product", "fields", "minimumStock,stock", "stock"),
+    ("/entity/product/{product}", "fields", "bogus", "declaration"),
+    ("/entity/product/{product}/images", "fields", "bogus", "downloadPermanentHref"),
+]
+
+
+@pytest.mark.parametrize("path, name, wrong, right", ENUM_PARAMETERS)
+def test_a_value_outside_a_parameters_enum_is_refused(registry, server, path, name, wrong, right):
+    """A query parameter the spec gives an enum takes only those values: md/_errors.md #1084 «Неверное значение
+    '{значение}' параметра запроса '{параметр}', допустимые значения: '{список допустимых значений}'»."""
+    product = next(i for i in server.catalog.items.values() if i.kind == "product" and not i.archived)
+    url = server.base_url + path.format(product=product.id)
+    refused = patiently("GET", url, headers=AUTH, params={name: wrong})
+    assert refused.status_code == 400, refused.text[:300]
+    validate(registry, "Error", refused.json())
+    error = refused.json()["errors"][0]
+    assert error["code"] == 1084 and error["parameter"] == name
+    assert error["error"].startswith(f"Неверное значение '{wrong}' параметра запроса '{name}', допустимые значения: '")
+    assert patiently("GET", url, headers=AUTH, params={name: right}).status_code == 200
+
+
 @pytest.mark.parametrize("expand", ["components", "components.assortment"])
 def test_bundles_with_expanded_components(registry, server, expand):
     body = fetch(server, "/entity/bundle", expand=expand, limit=100)
