@@ -84,9 +84,10 @@ def runs(data_dir: Path, source: str, kind: str) -> list[dict]:
 
 def expected_stock(item, spb: int) -> dict:
     """What the push sends for a good (quantity rule "free"): on spb, and on main ("all" beside spb: every other
-    warehouse, since retailCRM adds its warehouses up)."""
+    warehouse and the reserve MoySklad ties to none, since retailCRM adds its warehouses up)."""
     others = [s for s in range(len(item.stock) // 3) if s != spb]
-    rest = max(sum(item.stock[3 * s] for s in others) - sum(item.stock[3 * s + 1] for s in others), 0)
+    reserved = sum(item.stock[3 * s + 1] for s in others) + (item.unbound_reserve or 0)
+    rest = max(sum(item.stock[3 * s] for s in others) - reserved, 0)
     return {"main": rest, "spb": max(item.stock[3 * spb] - item.stock[3 * spb + 1], 0)}
 
 
