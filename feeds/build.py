@@ -20,12 +20,12 @@ from core.child_process import start_soon
 from core.settings import FeedSettings, Settings
 from feeds.icml import RenderError, RenderStats, render_icml, resolve_options
 from feeds.progress import BuildProgress
-from feeds.publish import GuardRefused, PublishRefused, publish, remove_leftovers
+from feeds.publish import GuardRefused, PublishRefused, publish, remove_leftovers, withdraw
 from moysklad import images
 from moysklad.check import feed_name_problems
 from moysklad.client import MoySkladClient
 from moysklad.connect import open_client
-from moysklad.errors import MoySkladError
+from moysklad.errors import ONE_ACCOUNT_PER_STORE, AccountMismatch, MoySkladError
 from moysklad.sync import SyncResult, sync_catalog
 from store import CatalogReader, StoreError, open_catalog
 
@@ -87,7 +87,11 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
             return _publish(settings, feed, force, started, progress)
         with open_client(settings.moysklad) as client:
             _check_names(settings, feed)
-            sync_result = _sync(client, settings, progress, full=full_sync)
+            try:
+                sync_result = _sync(client, settings, progress, full=full_sync)
+            except AccountMismatch:
+                _withdraw_other_account(settings)
+                raise
             waiting = _pictures_waiting(settings, sync_result)
             if waiting <= PICTURES_BEFORE_PUBLISH:
                 _refresh_pictures(client, settings, sync_result, progress)
@@ -102,6 +106,25 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
                     result.with_pictures = _publish(settings, feed, False, time.monotonic(), progress, mode=PICTURES_MODE)
         result.sync = sync_result
         return result
+
+
+def _withdraw_other_account(settings: Settings) -> None:
+    """The store holds another MoySklad account than the config's (an account name reused for a new client, say):
+    its feed files, built from that account, must not be served at this config's URLs to this config's retailCRM."""
+    for feed in settings.moysklad_feeds:
+        if withdraw(settings.feeds_dir, feed.name):
+            log.warning("feed %s: withdrawn (moved aside as %s/%s.xml.withdrawn): it was built from another "
+                        "MoySklad account than the configured one", feed.name, settings.feeds_dir, feed.name)
+
+
+def _other_account_synced_last(store, feed: FeedSettings) -> str | None:
+    """The error of the last sync when it found the store holding another MoySklad account: nothing may be published
+    from that store for this config (a rebuild's later feeds do not sync themselves)."""
+    if feed.source != "moysklad":
+        return None
+    last = store.last_run("moysklad", "sync")
+    error = (last or {}).get("error") or ""
+    return error if ONE_ACCOUNT_PER_STORE in error else None
 
 
 def _check_names(settings: Settings, feed: FeedSettings) -> None:
@@ -164,6 +187,10 @@ def _publish(settings: Settings, feed: FeedSettings, force: bool, started: float
     """Render the feed from the store and publish it, as one build run."""
     feeds_dir = settings.feeds_dir
     with open_catalog(settings.store_path) as store:
+        other_account = _other_account_synced_last(store, feed)
+        if other_account:
+            with store.run(feed_source(feed), "build"):  # recorded as this feed's failed build, for the page
+                raise BuildFailed(other_account)
         last = store.last_run(feed_source(feed), "build", "ok")
         previous_active = last["counts"].get("active") if last else None
         try:

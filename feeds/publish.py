@@ -46,6 +46,16 @@ def failure_outcome(feeds_dir: Path, name: str) -> str:
     return "the previous file stays published" if feed_paths(feeds_dir, name)["xml"].exists() else "nothing is published yet"
 
 
+def withdraw(feeds_dir: Path, name: str) -> bool:
+    """Stop serving a feed: its files are moved aside (``*.withdrawn``), not deleted; whether it was published."""
+    published = False
+    for path in feed_paths(feeds_dir, name).values():
+        if path.exists():
+            path.replace(path.with_name(path.name + ".withdrawn"))
+            published = True
+    return published
+
+
 def remove_leftovers(feeds_dir: Path, name: str) -> None:
     """Temp files of a build that was killed; builds of one feed never overlap, so none is live."""
     for leftover in feeds_dir.glob(f".{name}.*.tmp"):

@@ -71,6 +71,9 @@ class AccountMismatch(MoySkladError):
     """The catalog store holds another MoySklad account (or the demo's): syncing would mix two catalogs."""
 
 
+ONE_ACCOUNT_PER_STORE = "One store holds one account"  # in every AccountMismatch message (and so in its run's error)
+
+
 def error_messages(body: bytes | str | None) -> tuple[list[str], tuple[int, ...]]:
     """The ``errors[].error`` texts and codes of a MoySklad error body; empty when it has none."""
     if not body:

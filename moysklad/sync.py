@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 
 from core.clock import MOSCOW
 from moysklad.client import MoySkladClient
-from moysklad.errors import AccountMismatch
+from moysklad.errors import ONE_ACCOUNT_PER_STORE, AccountMismatch
 from moysklad.transform import (
     ATTRIBUTE_COLUMNS,
     IMAGE_COLUMNS,
@@ -267,7 +267,7 @@ def account_conflict(store_path, held: dict, reached: dict) -> str | None:
     if held["id"] == reached["id"] and (held["address"] == DEMO_ADDRESS) == (reached["address"] == DEMO_ADDRESS):
         return None
     return (f"the catalog store {store_path} holds {_account_text(held)}, but moysklad.base_url and the "
-            f"credentials reach {_account_text(reached)}. One store holds one account: give this one a data_dir "
+            f"credentials reach {_account_text(reached)}. {ONE_ACCOUNT_PER_STORE}: give this one a data_dir "
             f"of its own (or an entry in accounts:), or, to replace the old catalog, stop the service and move "
             f"{store_path.parent} aside, then sync again")
 

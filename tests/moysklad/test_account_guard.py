@@ -69,3 +69,32 @@ def test_check_warns_before_a_sync_would_be_refused(tmp_path, emulator_factory):
     assert result.returncode == 1
     assert (f"PROBLEM: a sync would be refused: the catalog store {tmp_path / 'data' / 'catalog.sqlite'} holds MoySklad "
             f"account «ООО \"Ромашка & Ко\"» (accountId {shop.catalog.ids.account} at {shop.base_url})") in result.stderr
+
+
+def test_feeds_built_from_another_account_are_withdrawn_not_served_to_the_new_one(tmp_path, emulator_factory):
+    """An account name reused for a new client (or a token changed to another account's): the store holds the old
+    client's catalog, so the sync is refused, and the old client's goods, stock and purchase prices must stop
+    being served at these feed URLs, to the new client's retailCRM. A rebuild's later feeds, which do not sync
+    themselves, must not publish them again either."""
+    import dataclasses
+
+    from core.settings import FeedSettings, Settings
+    from emulator.harness import client_settings
+    from feeds.build import BuildFailed, build_feed
+
+    old, new = emulator_factory(products=30, seed=1), emulator_factory(products=30, seed=2)
+    feeds = (FeedSettings(name="shop", pictures="none"), FeedSettings(name="shop-opt", pictures="none"))
+    settings = Settings(data_dir=tmp_path / "data", moysklad=client_settings(old), feeds=feeds)
+    build_feed(settings, feeds[0])
+    build_feed(settings, feeds[1], sync=False)
+    served = [settings.feeds_dir / f"{feed.name}.xml" for feed in feeds]
+    assert all(path.exists() for path in served)
+
+    settings = dataclasses.replace(settings, moysklad=client_settings(new))
+    with pytest.raises(AccountMismatch):
+        build_feed(settings, feeds[0])
+    assert not any(path.exists() for path in served)  # moved aside, not deleted
+    assert all(path.with_name(path.name + ".withdrawn").exists() for path in served)
+    with pytest.raises(BuildFailed, match="One store holds one account"):
+        build_feed(settings, feeds[1], sync=False)
+    assert not any(path.exists() for path in served)
