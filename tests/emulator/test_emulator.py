@@ -167,18 +167,22 @@ def test_rate_limit_429_1049_with_headers(fresh):
     assert requests.get(fresh.base_url + "/report/stock/all", headers=AUTH).status_code == 200
 
 
-def test_parallel_limit_429_1073(fresh):
-    # all 8 in flight at once, even when a loaded machine starts the threads late: each waits for the others,
-    # and the first answers take long enough that none is back before the last is sent
-    fresh.faults.latency_ms = 1500
-    together = threading.Barrier(8)
+def at_once(server, header_sets: list[dict]) -> list[requests.Response]:
+    """One /entity/uom request per header set, all in flight at once even when a loaded machine starts the threads
+    late: each waits for the others, and with the server's latency none is back before the last is sent."""
+    together = threading.Barrier(len(header_sets))
 
-    def request(_):
+    def request(headers):
         together.wait()
-        return requests.get(fresh.base_url + "/entity/uom", headers=AUTH)
+        return requests.get(server.base_url + "/entity/uom", headers=headers)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        responses = list(pool.map(request, range(8)))
+    with ThreadPoolExecutor(max_workers=len(header_sets)) as pool:
+        return list(pool.map(request, header_sets))
+
+
+def test_parallel_limit_429_1073(fresh):
+    fresh.faults.latency_ms = 1500
+    responses = at_once(fresh, [AUTH] * 8)
     codes = sorted(r.status_code for r in responses)
     assert codes.count(200) == 5 and codes.count(429) == 3
     assert {error_code(r) for r in responses if r.status_code == 429} == {1073}
@@ -199,14 +203,7 @@ def test_a_users_token_and_login_share_one_budget_and_one_set_of_parallel_slots(
     assert int(by_login.headers["X-RateLimit-Remaining"]) == int(by_token.headers["X-RateLimit-Remaining"]) - cost
     time.sleep(3.1)  # the window empties, so only the parallel limit can refuse below
     fresh.faults.latency_ms = 1500
-    together = threading.Barrier(6)
-
-    def request(headers):
-        together.wait()
-        return requests.get(fresh.base_url + "/entity/uom", headers=headers)
-
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        responses = list(pool.map(request, [AUTH, basic] * 3))
+    responses = at_once(fresh, [AUTH, basic] * 3)
     assert sorted(r.status_code for r in responses) == [200] * 5 + [429]
     assert {error_code(r) for r in responses if r.status_code == 429} == {1073}
 
