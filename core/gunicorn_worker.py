@@ -9,6 +9,9 @@ and a watchdog shuts the reading side of one a thread is still waiting on, which
 and goes back to the pool. A burst of half-sent requests thus costs one deadline, not one per pool's worth. The
 body is not limited here: 1C's upload chunks may be slow, and each is bounded by the exchange's own size limits.
 A server facing the internet still belongs behind nginx (deploy/nginx.conf), which reads every head itself.
+
+A request gunicorn cannot parse (an over-long header, a broken request line) it answers itself, before the app:
+here as plain text whose first line is ``failure``, like every refusal of the exchange, never its HTML page.
 """
 
 from __future__ import annotations
@@ -18,11 +21,22 @@ import socket
 import threading
 import time
 
+from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
 REQUEST_HEAD_SECONDS = float(os.environ.get("SKLADBRIDGE_REQUEST_HEAD_SECONDS", "15"))
 WATCH_INTERVAL = min(1.0, REQUEST_HEAD_SECONDS / 4)
 HEAD_PEEK_BYTES = 65536  # a request line and headers of any client seen (gunicorn's limits allow more, rarely met)
+# What the operator reads in 1C or MoySklad for each status gunicorn answers a request it refuses with.
+REFUSED_REQUEST_TEXTS = {
+    400: "сервер не смог разобрать запрос",
+    403: "запрос запрещён",
+    414: "строка запроса длиннее 8 КБ",
+    417: "ожидание (Expect) не поддерживается",
+    431: "заголовки запроса слишком большие",
+    500: "внутренняя ошибка сервера; подробности в журнале сервиса",
+    501: "кодирование передачи не поддерживается",
+}
 
 
 class HeadDeadlineWorker(ThreadWorker):
@@ -90,3 +104,16 @@ def _cut(sock: socket.socket) -> None:
     except OSError:  # closed meanwhile
         pass
 
+
+
+def write_refusal(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it refuses before the app, as plain text: 1C shows the body of an exchange
+    answer and reads «failure» in its first line, and nothing else we serve answers with an HTML page."""
+    text = REFUSED_REQUEST_TEXTS.get(status_int, "запрос отклонён")
+    body = f"failure\n{text} (HTTP {status_int} {reason}){': ' + mesg if mesg else ''}\n".encode("utf-8", "replace")
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+util.write_error = write_refusal  # what Worker.handle_error calls; gunicorn has no setting for it

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import shutil
+import socket
 import stat
 import threading
 import time
@@ -18,6 +19,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 import requests
 
+from emulator.harness import Gunicorn
 from exchange import sessions as exchange_sessions
 from tests.exchange.test_exchange import (
     FILE_LIMIT,
@@ -349,6 +351,42 @@ def test_a_mistyped_exchange_address_is_a_failure_text_naming_the_right_one(setu
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
     assert "<html" not in response.text.lower()
     failed(response.text.split("\n"), "/exchange/1c")
+
+
+def raw_answer(port: int, request: bytes) -> tuple[str, dict, str]:
+    """Send bytes as they are (requests would refuse to) and read the answer to the end: status line, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *fields = head.decode("latin-1").split("\r\n")
+    return status, dict(field.split(": ", 1) for field in fields), body.decode("utf-8")
+
+
+def test_requests_gunicorn_refuses_itself_get_a_failure_text_not_its_html_page(tmp_path):
+    """A header over gunicorn's 8 KB limit, an over-long request line or a broken one never reach the app: gunicorn
+    answered them with its own HTML page, which 1C shows as it is. Under the deployed config they are a failure text."""
+    config = f"data_dir: data\nexchange:\n  login: {LOGIN}\nfeeds:\n  - name: shop\n    source: exchange\n"
+    server = Gunicorn(tmp_path, config, workers=1, deployed=True, environ={"EXCHANGE_PASSWORD": PASSWORD}).wait_ready()
+    exchange = "/exchange/1c?type=catalog&mode=checkauth"
+    try:
+        refused = {
+            "431": raw_answer(server.port, f"GET {exchange} HTTP/1.1\r\nHost: x\r\nCookie: {'a' * 9000}\r\n\r\n".encode()),
+            "414": raw_answer(server.port, f"GET {exchange}&{'a' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n".encode()),
+            "400": raw_answer(server.port, b"GET /exchange/1c HTTP/1.1 extra\r\nHost: x\r\n\r\n"),
+        }
+        for status, (status_line, headers, body) in refused.items():
+            assert status_line.startswith(f"HTTP/1.1 {status} ")
+            assert headers["Content-Type"] == "text/plain; charset=utf-8"
+            assert int(headers["Content-Length"]) == len(body.encode())
+            assert "<html" not in body.lower() and body.split("\n")[0] == "failure"
+        assert "заголовки запроса слишком большие" in refused["431"][2]
+        assert "строка запроса длиннее 8 КБ" in refused["414"][2]
+        assert OneC(server.base).checkauth()[0] == "success"  # the same server still answers whole requests
+    finally:
+        server.stop()
 
 
 def test_other_pages_keep_their_own_errors(setup):
