@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hmac
 import json
 import random
 import secrets
@@ -285,7 +286,7 @@ class EmulatorServer(LoopbackServer):
     def authenticate(self, header: str | None) -> tuple[str, str]:
         """(auth kind, rate-limit key: the user's, whichever of their credentials came) or 401."""
         scheme, _, value = (header or "").partition(" ")
-        if scheme.lower() == "bearer" and value.strip() == self.token:
+        if scheme.lower() == "bearer" and _same(value.strip(), self.token):
             return "bearer", self.user_key
         if scheme.lower() == "bearer" and value.strip() in self.other_tokens:
             return "bearer", "token:" + value.strip()  # another user's (see other_tokens)
@@ -294,7 +295,7 @@ class EmulatorServer(LoopbackServer):
                 login, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")
             except (ValueError, UnicodeDecodeError):
                 login, password = "", None
-            if login == self.login and password == self.password:
+            if _same(login, self.login) & _same(password, self.password):  # both compared, each in constant time
                 return "basic", self.user_key
         raise ApiError(401, 1056, AUTH_ERROR, headers={
             "X-Lognex-Auth": "-1056",
@@ -903,3 +904,8 @@ class _Handler(QuietHandler):
     def webhook_delete(self, query, path, kind, hook_id):
         self.emulator.webhooks.delete(kind, hook_id)
         return 200, None, {}  # doc: "Response 200 ... Успешное удаление вебхука", no body
+
+
+def _same(given: str | None, expected: str | None) -> bool:
+    """A credential from a request against the emulator's own, in constant time as a real server compares."""
+    return given is not None and expected is not None and hmac.compare_digest(given.encode(), expected.encode())
