@@ -21,6 +21,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 
 from core.credentials import tokens_match
 from core.mailbox import REBUILD, STOCK
+from core.request_body import read_limited
 
 # moysklad.stock is imported by the view: the app and its command line start without requests or SQLite.
 
@@ -43,7 +44,7 @@ def moysklad_webhook(secret: str):
     if settings is None:
         abort(404)
     received_at = time.time()
-    body = _read_body()
+    body = read_limited(request, MAX_BODY_BYTES)
     if body is None:
         return jsonify({"error": f"the body is larger than {MAX_BODY_BYTES} bytes"}), 413
     try:
@@ -68,14 +69,6 @@ def moysklad_webhook(secret: str):
              f"rebuild of {', '.join(rebuilt)} requested" if rebuild else "no rebuild",
              f"; stock push of {', '.join(pushing)} requested" if stock else "")
     return jsonify({"ok": True, "rebuild": rebuild, "stock": stock})
-
-
-def _read_body() -> bytes | None:
-    """The request body, or None when it is over the limit (checked before reading when declared)."""
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        return None
-    body = request.stream.read(MAX_BODY_BYTES + 1)
-    return None if len(body) > MAX_BODY_BYTES else body
 
 
 def catalog_changes(payload) -> list[str]:

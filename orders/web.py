@@ -21,6 +21,7 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from core.credentials import tokens_match
+from core.request_body import read_limited
 
 if TYPE_CHECKING:
     from store import CatalogStore
@@ -108,14 +109,11 @@ def _presented_key() -> str | None:
 def _json_body():
     """The request body as JSON, at most api.max_body_bytes; numbers with decimals read exactly."""
     limit = current_app.config["SETTINGS"].api.max_body_bytes
-    too_large = ApiError(413, f"the body is larger than {limit} bytes (api.max_body_bytes)")
-    if (request.content_length or 0) > limit:
-        raise too_large
+    data = read_limited(request, limit)
+    if data is None:
+        raise ApiError(413, f"the body is larger than {limit} bytes (api.max_body_bytes)")
     if request.mimetype != "application/json":
         raise ApiError(415, f"send the order as JSON with Content-Type: application/json, got {request.mimetype or 'none'!r}")
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
-        raise too_large
     try:
         body = json.loads(data.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_no_constant)
         json.dumps(body, ensure_ascii=False, default=str).encode()  # a "\ud800" escape: no character of any text
