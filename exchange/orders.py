@@ -28,6 +28,7 @@ from lxml import etree
 from core.clock import MOSCOW, moscow_now, utc_now
 from core.money import money
 from core.settings import ExchangeSettings
+from core.units import PIECE, Unit, okei_unit
 from exchange.cml import (
     DOCTYPE_REFUSED,
     PROLOG_BYTES,
@@ -119,7 +120,7 @@ def _document(order: dict) -> etree._Element:
     doc = etree.Element("Документ")
     _fields(doc, [("Ид", order["number"]), ("Номер", order["number"]), ("Дата", moment.strftime("%Y-%m-%d")),
                   ("ХозОперация", "Заказ товара"), ("Роль", "Продавец"),
-                  ("Валюта", CURRENCIES.get(order["currency"], order["currency"])), ("Курс", "1"),
+                  ("Валюта", CURRENCIES.get(order["currency"], order["currency"])), ("Курс", order["currency_rate"]),
                   ("Сумма", money(order["total"]))])
     etree.SubElement(doc, "Контрагенты").append(_customer(order))
     _sub(doc, "Время", moment.strftime("%H:%M:%S"))
@@ -128,7 +129,7 @@ def _document(order: dict) -> etree._Element:
     _taxes(doc, order["items"])
     goods = etree.SubElement(doc, "Товары")
     for item in order["items"]:
-        goods.append(_good(item))
+        goods.append(_good(item, line_unit(item, order["catalog_units"].get(item["offer_id"]))))
     requisites = [("Метод оплаты", order["payment_method"]), ("Заказ оплачен", _flag(order["paid"])),
                   ("Способ доставки", order["shipping_method"]), ("Адрес доставки", order["customer_address"]),
                   ("Контактное лицо", order["customer_name"] if order["company_name"] else None),
@@ -173,12 +174,22 @@ def customer_id(order: dict) -> uuid.UUID:
     return uuid.uuid5(CUSTOMER_NAMESPACE, key)
 
 
-def _good(item: dict) -> etree._Element:
+def line_unit(item: dict, catalog_unit: dict | None) -> Unit:
+    """What the line's quantity counts: the unit the shop gave, else the good's in the catalog, else шт
+    (0.5 of a good sold by the kilogram must not reach 1C as half a piece)."""
+    return (okei_unit(item["unit_code"], item["unit_name"])
+            or (okei_unit(catalog_unit["code"], catalog_unit["name"], catalog_unit["description"]) if catalog_unit else None)
+            or PIECE)
+
+
+def _good(item: dict, unit: Unit) -> etree._Element:
     """A line: a product or service (the delivery is the service ORDER_DELIVERY), VAT and discount included in its sum."""
     good = etree.Element("Товар")
     _sub(good, "Ид", item["offer_id"])
     _sub(good, "Наименование", item["name"])
-    _sub(good, "БазоваяЕдиница", "шт", {"Код": "796", "НаименованиеПолное": "Штука", "МеждународноеСокращение": "PCE"})
+    known = {"Код": unit.code, "НаименованиеПолное": unit.full_name and unit.full_name[:255],
+             "МеждународноеСокращение": unit.international}
+    _sub(good, "БазоваяЕдиница", unit.name, {key: XML_FORBIDDEN.sub("", value) for key, value in known.items() if value})
     kind = "Товар" if item["kind"] == "product" else "Услуга"
     _pair_list(good, "ЗначенияРеквизитов", [("ВидНоменклатуры", kind), ("ТипНоменклатуры", kind)])
     _sub(good, "ЦенаЗаЕдиницу", money(item["price"]))

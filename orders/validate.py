@@ -17,11 +17,14 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from core.clock import MOSCOW
 from core.money import money
+from core.units import OKEI, OKEI_CODE
 from store.orders import DELIVERY_ID, DELIVERY_NAME
 
 MAX_ITEMS = 1000
 MAX_MONEY = Decimal("999999999.99")
 MAX_QUANTITY = Decimal(1_000_000)
+MAX_RATE = Decimal(1_000_000)  # units of the base currency per unit of the order's
+RATE_DECIMALS = 4  # 1C keeps currency rates with four decimals, as the Central Bank publishes them
 VAT_RATES = ("0", "5", "7", "10", "20", "22")  # Russian VAT, with the USN rates 5 and 7 (2025) and 22 (2026)
 NUMBER = re.compile(r"[0-9A-Za-zА-Яа-яЁё_.-]{1,40}")  # it is the document's Ид (≤ 40 in CommerceML) and a URL part
 PHONE = re.compile(r"\+?[0-9()\s-]{5,32}")
@@ -31,11 +34,12 @@ CURRENCY = re.compile(r"[A-Z]{3}")
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f]")
 FIELDS = {
-    "": ("number", "date", "currency", "customer", "items", "delivery", "payment_method", "paid", "comment", "total",
-         "status", "cancelled"),
+    "": ("number", "date", "currency", "currency_rate", "customer", "items", "delivery", "payment_method", "paid",
+         "comment", "total", "status", "cancelled"),
     "customer": ("name", "phone", "email", "address", "company"),
     "customer.company": ("name", "inn", "kpp"),
-    "items[]": ("offer_id", "type", "name", "quantity", "price", "discount", "vat"),
+    "items[]": ("offer_id", "type", "name", "quantity", "price", "discount", "vat", "unit"),
+    "items[].unit": ("code", "name"),
     "delivery": ("method", "price", "vat"),
 }
 
@@ -61,8 +65,9 @@ class ValidOrder:
     statuses: dict
 
 
-def validate_order(payload) -> ValidOrder:
-    """Check a POST /api/orders body and turn it into store rows; OrderInvalid names the first problem."""
+def validate_order(payload, base_currency: str = "RUB") -> ValidOrder:
+    """Check a POST /api/orders body and turn it into store rows; OrderInvalid names the first problem.
+    ``base_currency``: the one 1C counts in at rate 1 (another needs ``currency_rate``)."""
     body = _object(payload, "order", "")
     number = _text(body, "number", "number", 40, required=True)
     if not NUMBER.fullmatch(number) or number in (".", ".."):  # those two: a path step back or none (RFC 3986)
@@ -88,22 +93,58 @@ def validate_order(payload) -> ValidOrder:
     currency = _text(body, "currency", "currency", 3) or "RUB"
     if not CURRENCY.fullmatch(currency):
         raise OrderInvalid("currency", f"{currency!r} is not an ISO 4217 code such as RUB")
+    rate = _rate(body.get("currency_rate"), currency, base_currency)
     paid = body.get("paid", False)
     if not isinstance(paid, bool):
         raise OrderInvalid("paid", "must be true or false")
     statuses = _statuses(body)
     columns = {
-        "ordered_at": _date(body.get("date")), "currency": currency, "total": total,
+        "ordered_at": _date(body.get("date")), "currency": currency, "currency_rate": rate, "total": total,
         "customer_name": name or None, "customer_phone": phone, "customer_email": email,
         "customer_address": _text(customer, "address", "customer.address", 255),
         "company_name": company.get("name"), "company_inn": company.get("inn"), "company_kpp": company.get("kpp"),
         "payment_method": _text(body, "payment_method", "payment_method", 255), "paid": int(paid),
         "shipping_method": delivery_method, "comment": _text(body, "comment", "comment", 3000, multiline=True),
     }
-    # without statuses the hash is what it always was: an order stored earlier and posted again is unchanged
-    content = json.dumps({"columns": columns, "items": items, **({"statuses": statuses} if statuses else {})},
+    # without statuses, a rate or units the hash is what it always was: an order stored earlier and posted again
+    # is unchanged (rate 1 is the rate every order had before rates were kept; lines carry a unit only when given)
+    hashed = {k: v for k, v in columns.items() if k != "currency_rate" or v != "1"}
+    content = json.dumps({"columns": hashed, "items": items, **({"statuses": statuses} if statuses else {})},
                          sort_keys=True, ensure_ascii=False)
     return ValidOrder(number, columns, items, hashlib.sha256(content.encode()).hexdigest(), statuses)
+
+
+def _rate(value, currency: str, base_currency: str) -> str:
+    """Units of the base currency per unit of the order's: 1 for the base currency itself; another currency
+    needs it, as 1C would otherwise read the amounts at rate 1."""
+    if value is None:
+        if currency != base_currency:
+            raise OrderInvalid("currency_rate", f"required for an order in {currency}: how many {base_currency} one "
+                                                f"{currency} is worth (1C counts in {base_currency})")
+        return "1"
+    rate = _decimal(value, "currency_rate")
+    if rate <= 0 or rate > MAX_RATE:
+        raise OrderInvalid("currency_rate", f"must be more than 0 and at most {MAX_RATE}, got {value}")
+    if rate != rate.quantize(Decimal(1).scaleb(-RATE_DECIMALS)):
+        raise OrderInvalid("currency_rate", f"at most {RATE_DECIMALS} decimals, got {value}")
+    if currency == base_currency and rate != 1:
+        raise OrderInvalid("currency_rate", f"must be 1 for an order in {base_currency}, the base currency, got {value}")
+    return _plain(rate)
+
+
+def _unit(value, where: str) -> dict:
+    """The line's unit of measure as store columns: an OKEI code and its short name (required for a code
+    core.units does not know); none given, none stored: the catalog's unit, else шт, goes to 1C."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise OrderInvalid(where, f'must be an object such as {{"code": "166", "name": "кг"}}, got {_json_type(value)}')
+    unit = _object(value, "unit", where, FIELDS["items[].unit"])
+    code = _text(unit, "code", f"{where}.code", 4, required=True)
+    if not OKEI_CODE.fullmatch(code):
+        raise OrderInvalid(f"{where}.code", f"{code!r} is not an OKEI code (3 or 4 digits: 796 for шт, 166 for кг)")
+    name = _text(unit, "name", f"{where}.name", 50, required=code not in OKEI) or OKEI[code].name
+    return {"unit_code": code, "unit_name": name}
 
 
 def _statuses(body: dict) -> dict:
@@ -173,7 +214,8 @@ def _items(value) -> list[dict]:
             raise OrderInvalid(f"{where}.discount", f"{money(discount)} is more than the line's {money(gross)}")
         items.append({"kind": kind, "offer_id": offer_id, "name": _text(item, "name", f"{where}.name", 255, required=True),
                       "quantity": _plain(quantity), "price": price, "discount": discount,
-                      "vat": _vat(item.get("vat"), f"{where}.vat"), "amount": gross - discount})
+                      "vat": _vat(item.get("vat"), f"{where}.vat"), "amount": gross - discount,
+                      **_unit(item.get("unit"), f"{where}.unit")})
     return items
 
 
@@ -318,12 +360,15 @@ def order_json(row: dict) -> dict:
         delivery = {"method": row["shipping_method"], "price": money(delivery_line["price"] if delivery_line else 0),
                     "vat": delivery_line["vat"] if delivery_line else None}
     return {
-        "number": row["number"], "date": row["ordered_at"], "currency": row["currency"], "total": money(row["total"]),
+        "number": row["number"], "date": row["ordered_at"], "currency": row["currency"],
+        "currency_rate": row["currency_rate"], "total": money(row["total"]),
         "customer": {"name": row["customer_name"], "phone": row["customer_phone"], "email": row["customer_email"],
                      "address": row["customer_address"], "company": company},
         "items": [{"offer_id": item["offer_id"], "type": item["kind"], "name": item["name"],
                    "quantity": item["quantity"], "price": money(item["price"]), "discount": money(item["discount"]),
-                   "vat": item["vat"], "amount": money(item["amount"])} for item in lines],
+                   "vat": item["vat"], "amount": money(item["amount"]),
+                   "unit": {"code": item["unit_code"], "name": item["unit_name"]} if item["unit_code"] else None}
+                  for item in lines],
         "delivery": delivery, "payment_method": row["payment_method"], "paid": bool(row["paid"]),
         "comment": row["comment"],
         "status": row["status"], "paid_at": row["paid_at"], "shipped_at": row["shipped_at"],

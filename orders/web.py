@@ -54,8 +54,9 @@ def create_order() -> Response:
     if request.method != "POST":
         raise ApiError(405, "use POST /api/orders to put an order in, GET /api/orders/<number> to read one",
                        headers={"Allow": "POST"})
-    order = validate_order(_json_body())
+    body = _json_body()
     with _store() as store:
+        order = validate_order(body, base_currency=store.base_currency())
         result = store.save_order(order.number, order.columns, order.items, order.content_hash, order.statuses)
         row = store.order(order.number)
     log.info("orders api: order %s %s (revision %s) from %s", order.number, result, row["revision"], request.remote_addr)

@@ -26,7 +26,7 @@ from core.clock import utc_now
 from store.bundles import BUNDLES_SCHEMA, COMPONENTS
 from store.database import Database, LibraryClaim, StoreError
 from store.images import IMAGE_CACHE_SCHEMA, ImageCacheRows
-from store.orders import ORDERS_SCHEMA, OrderBook
+from store.orders import ORDERS_ADDED_COLUMNS, ORDERS_SCHEMA, OrderBook
 from store.retailcrm import RETAILCRM_SCHEMA, PushedValues
 from store.runs import RUNS_SCHEMA, Run, RunLog
 
@@ -114,7 +114,7 @@ class CatalogStore(Database, RunLog, OrderBook, ImageCacheRows, PushedValues):
     SCHEMA = CATALOG_SCHEMA + RUNS_SCHEMA + IMAGE_CACHE_SCHEMA + ORDERS_SCHEMA + BUNDLES_SCHEMA + RETAILCRM_SCHEMA
     # products.tracking_type (MoySklad trackingType: mandatory marking) came after the table
     ADDED_COLUMNS = (("products", "tracking_type", "TEXT"), ("products", "from_offer", "INTEGER NOT NULL DEFAULT 0"),
-                     ("price_types", "currency", "TEXT"))
+                     ("price_types", "currency", "TEXT"), *ORDERS_ADDED_COLUMNS)
 
     @property
     def run_class(self):

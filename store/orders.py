@@ -12,7 +12,8 @@ from core.clock import moscow_now, utc_now
 
 ORDERS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
-    number TEXT NOT NULL PRIMARY KEY, ordered_at TEXT NOT NULL, currency TEXT NOT NULL, total INTEGER NOT NULL,
+    number TEXT NOT NULL PRIMARY KEY, ordered_at TEXT NOT NULL, currency TEXT NOT NULL,
+    currency_rate TEXT NOT NULL DEFAULT '1', total INTEGER NOT NULL,
     customer_name TEXT, customer_phone TEXT, customer_email TEXT, customer_address TEXT,
     company_name TEXT, company_inn TEXT, company_kpp TEXT, payment_method TEXT, paid INTEGER NOT NULL DEFAULT 0,
     shipping_method TEXT, comment TEXT,
@@ -25,7 +26,8 @@ CREATE INDEX IF NOT EXISTS orders_to_export ON orders (ordered_at, number)
 CREATE TABLE IF NOT EXISTS order_items (
     order_number TEXT NOT NULL, position INTEGER NOT NULL, kind TEXT NOT NULL, offer_id TEXT NOT NULL,
     name TEXT NOT NULL, quantity TEXT NOT NULL, price INTEGER NOT NULL, discount INTEGER NOT NULL DEFAULT 0,
-    vat TEXT, amount INTEGER NOT NULL, PRIMARY KEY (order_number, position)) WITHOUT ROWID;
+    vat TEXT, amount INTEGER NOT NULL, unit_code TEXT, unit_name TEXT,
+    PRIMARY KEY (order_number, position)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS order_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, order_number TEXT NOT NULL, at TEXT NOT NULL, source TEXT NOT NULL,
     field TEXT NOT NULL, old TEXT, new TEXT, detail TEXT);
@@ -38,11 +40,16 @@ CREATE TABLE IF NOT EXISTS order_query_items (
     query_id INTEGER NOT NULL, order_number TEXT NOT NULL, revision INTEGER NOT NULL,
     PRIMARY KEY (query_id, order_number)) WITHOUT ROWID;
 """
+# Columns that came after the tables (see Database.ADDED_COLUMNS): an order stored before rates were kept went
+# to 1C at rate 1, a line stored before units were kept had no unit of its own.
+ORDERS_ADDED_COLUMNS = (("orders", "currency_rate", "TEXT NOT NULL DEFAULT '1'"), ("order_items", "unit_code", "TEXT"),
+                        ("order_items", "unit_name", "TEXT"))
 # Order columns the shop owns (the API writes them) and those 1C / MoySklad owns (status documents).
-ORDER_COLUMNS = ("ordered_at", "currency", "total", "customer_name", "customer_phone", "customer_email",
+ORDER_COLUMNS = ("ordered_at", "currency", "currency_rate", "total", "customer_name", "customer_phone", "customer_email",
                  "customer_address", "company_name", "company_inn", "company_kpp", "payment_method", "paid",
                  "shipping_method", "comment")
-ORDER_ITEM_COLUMNS = ("kind", "offer_id", "name", "quantity", "price", "discount", "vat", "amount")
+# unit_code / unit_name: the unit the shop gave for the line, absent from a line without one
+ORDER_ITEM_COLUMNS = ("kind", "offer_id", "name", "quantity", "price", "discount", "vat", "amount", "unit_code", "unit_name")
 ORDER_STATUS_COLUMNS = ("status", "paid_at", "shipped_at", "posted", "deleted", "cancelled")
 # Of those, the ones the shop may set too (to tell 1C of a cancellation); the latest word, either side's, stands.
 ORDER_SHOP_STATUS_COLUMNS = ("status", "cancelled")
@@ -90,7 +97,7 @@ class OrderBook:
             old_items = self._order_items(number)
             changed = [c for c in columns if row[c] != order[c]]
             if [{c: item[c] for c in ORDER_ITEM_COLUMNS} for item in old_items] != \
-                    [{c: item[c] for c in ORDER_ITEM_COLUMNS} for item in items]:
+                    [{c: item.get(c) for c in ORDER_ITEM_COLUMNS} for item in items]:
                 changed.append("items")
             revision = row["revision"] + 1
             self.db.execute(
@@ -123,9 +130,34 @@ class OrderBook:
             self.db.conn.executemany("INSERT INTO order_query_items (query_id, order_number, revision) VALUES (?, ?, ?)",
                                      [(query_id, row["number"], row["revision"]) for row in rows])
             items = self._items_of([row["number"] for row in rows])  # the lines of the very revision recorded
+        units = self.catalog_units([item["offer_id"] for lines in items.values() for item in lines])
         for row in rows:
             row["items"] = items.get(row["number"], [])
+            row["catalog_units"] = {item["offer_id"]: units[item["offer_id"]] for item in row["items"]
+                                    if item["offer_id"] in units}
         return query_id, rows
+
+    def catalog_units(self, offer_ids: list[str]) -> dict[str, dict]:
+        """The unit (code, name, description) the catalog gives each of these goods, by the id an order line uses:
+        an offer's (its product's unit) or a product's, ``product#characteristic`` falling back to the product.
+        A good known to several sources takes a live card's unit before a removed one's."""
+        rows = self.db.query(
+            "SELECT w.value AS offer_id, u.code, u.name, u.description FROM json_each(?) w "
+            "JOIN (SELECT DISTINCT source FROM units) s "
+            "JOIN products p ON p.source = s.source AND p.id = coalesce("
+            "    (SELECT o.product_id FROM offers o WHERE o.source = s.source AND o.id = w.value),"
+            "    substr(w.value, 1, instr(w.value || '#', '#') - 1)) "
+            "JOIN units u ON u.source = p.source AND u.id = p.unit_id "
+            "ORDER BY p.removed DESC, s.source DESC", [json.dumps(sorted(set(offer_ids)))])
+        return {row.pop("offer_id"): row for row in rows}  # the last row of an id wins: live, then first source
+
+    def base_currency(self) -> str:
+        """The currency order amounts count in at rate 1: the catalog source's accounting currency (MoySklad's
+        company settings) when it names one by ISO code, else the rouble."""
+        for (value,) in self.db.execute("SELECT value FROM source_settings WHERE key = 'currency' ORDER BY source"):
+            if value and len(value) == 3 and value.isascii() and value.isalpha() and value.isupper():
+                return value
+        return "RUB"
 
     def confirm_order_query(self, session_id: int) -> int | None:
         """mode=success: the orders of the session's latest query, at the revision sent, become exported.
@@ -230,7 +262,7 @@ class OrderBook:
         self.db.conn.executemany(
             f"INSERT INTO order_items (order_number, position, {', '.join(ORDER_ITEM_COLUMNS)}) "
             f"VALUES (?, ?, {', '.join('?' * len(ORDER_ITEM_COLUMNS))})",
-            [(number, position, *(item[c] for c in ORDER_ITEM_COLUMNS)) for position, item in enumerate(items, 1)])
+            [(number, position, *(item.get(c) for c in ORDER_ITEM_COLUMNS)) for position, item in enumerate(items, 1)])
 
     def _order_history(self, number: str, at: str, source: str, field_name: str, old: str | None, new: str | None,
                        detail: str | None) -> None:

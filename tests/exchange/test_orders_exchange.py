@@ -16,9 +16,10 @@ from lxml import etree
 from core.clock import MOSCOW
 from core.settings import ApiSettings
 from exchange.orders import parse_status_document
-from tests.exchange.test_exchange import OneC, exchange_settings, sessions
-from tests.orders.test_orders import (XXE, child_text, children, order_document, order_payload, requisite, requisites,
-                                      status_document)
+from store import CatalogStore
+from tests.exchange.test_exchange import OneC, exchange_settings, fixture, sessions
+from tests.orders.test_orders import (KG, PIECES, XXE, assert_schema_valid, child_text, children, documents,
+                                      order_document, order_payload, requisite, requisites, status_document, units_sent)
 
 API_KEY = "test-api-key-0123456789abcdef"
 
@@ -63,11 +64,6 @@ class Sale(OneC):
         assert self.checkauth()[0] == "success"
         self.init()
         return self
-
-
-def documents(body: bytes) -> list:
-    root = etree.fromstring(body)
-    return children(root, "Документ") + [doc for c in children(root, "Контейнер") for doc in children(c, "Документ")]
 
 
 @pytest.fixture
@@ -481,6 +477,72 @@ def test_a_store_held_by_a_catalog_import_is_a_clear_refusal(tmp_path, serve, mo
     assert api.post(order_payload("A-2")).status_code == 201
     assert client.send("st.xml", status_document(order_document("A-1", **{"Статус заказа": "Собран"}))) == ["success"]
     assert api.order("A-1")["status"] == "Собран"
+
+
+# --- units of measure and currency rates ---------------------------------------------------------------
+
+def test_a_weighed_good_reaches_1c_in_kilograms_as_1c_s_catalog_has_it(tmp_path, serve):
+    """1C sends its catalog (a real export where «Барбарис (конфеты)» is sold by the kilogram); the shop sells
+    half a kilo of it: 1C must read 0.5 кг, not half a piece. A unit the shop gives wins over the catalog's."""
+    settings = sale_settings(tmp_path)
+    base = serve(settings)
+    OneC(base).exchange({"import.xml": fixture("django-cml-2.05", "import.xml")}, ["import.xml"])
+    api, line = Api(base), {"price": "420.00", "vat": 20}
+    weighed = api.post(order_payload("W-1", items=[
+        {**line, "offer_id": "3ac805a0-720d-11d9-ac6c-0080482454f7", "name": "Барбарис (конфеты)", "quantity": "0.5"},
+        {**line, "offer_id": "09fb7f4d-7e71-11d9-b798-505054503030", "name": "Калькулятор", "quantity": 1}]))
+    assert weighed.status_code == 201, weighed.text
+    client = Sale(base).login()
+    body = client.query().content
+    assert units_sent(body) == [("3ac805a0-720d-11d9-ac6c-0080482454f7", "кг", KG),
+                                ("09fb7f4d-7e71-11d9-b798-505054503030", "шт", PIECES), ("ORDER_DELIVERY", "шт", PIECES)]
+    [doc] = documents(body)
+    assert child_text(children(children(doc, "Товары")[0], "Товар")[0], "Количество") == "0.5"
+    assert_schema_valid(body, "2.08")
+    assert client.call("success") == ["success"]
+
+    posted = api.post(order_payload("W-2", items=[
+        {**line, "offer_id": "ac89d718-863a-11dd-a915-00112f3000a2", "name": "Бензин АИ-76, канистра", "quantity": 2,
+         "unit": {"code": "796", "name": "шт"}},
+        {**line, "offer_id": "shop-only-1", "name": "Лента атласная", "quantity": "2.5", "unit": {"code": "006"}}]))
+    assert posted.status_code == 201, posted.text
+    assert [item["unit"] for item in posted.json()["items"]] == [{"code": "796", "name": "шт"}, {"code": "006", "name": "м"}]
+    assert units_sent(Sale(base).login().query().content) == [
+        ("ac89d718-863a-11dd-a915-00112f3000a2", "шт", PIECES),  # the catalog says л: the shop sells canisters
+        ("shop-only-1", "м", {"Код": "006", "НаименованиеПолное": "Метр", "МеждународноеСокращение": "MTR"}),
+        ("ORDER_DELIVERY", "шт", PIECES)]
+
+
+def test_an_order_in_dollars_is_refused_without_its_rate_and_reaches_1c_with_it(base):
+    api = Api(base)
+    refused = api.post(order_payload("USD-1", currency="USD"))
+    assert (refused.status_code, refused.headers["Content-Type"]) == (400, "application/json")
+    assert refused.json()["field"] == "currency_rate" and "required for an order in USD" in refused.json()["error"]
+    assert api.get("USD-1").status_code == 404  # nothing stored: no document with dollars read as roubles
+    created = api.post(order_payload("USD-1", currency="USD", currency_rate="92.4575"))
+    assert (created.status_code, created.json()["currency"], created.json()["currency_rate"]) == (201, "USD", "92.4575")
+    assert api.post(order_payload("RUB-1")).json()["currency_rate"] == "1"
+    first = Sale(base).login()
+    sent = documents(first.query().content)
+    rates = {child_text(d, "Номер"): (child_text(d, "Валюта"), child_text(d, "Курс")) for d in sent}
+    assert rates == {"USD-1": ("USD", "92.4575"), "RUB-1": ("руб", "1")}
+    again = Sale(base).login().query().content  # not confirmed: sent again, at the rate stored with the order
+    assert {child_text(d, "Номер"): child_text(d, "Курс") for d in documents(again)} == {"USD-1": "92.4575", "RUB-1": "1"}
+    changed = api.post(order_payload("USD-1", currency="USD", currency_rate="93.1"))
+    assert (changed.json()["result"], changed.json()["history"][-1]["detail"]) == ("updated", "revision 2: currency_rate")
+
+
+def test_the_base_currency_is_the_one_moysklad_reported(tmp_path, serve):
+    """An account that keeps its books in tenge: a tenge order is at rate 1, a rouble order needs its rate."""
+    settings = sale_settings(tmp_path)
+    with CatalogStore(settings.store_path) as store, store.run("moysklad", "sync") as run:
+        run.set_setting("currency", "KZT")
+    api = Api(serve(settings))
+    refused = api.post(order_payload("R-1"))
+    assert (refused.status_code, refused.json()["field"]) == (400, "currency_rate")
+    assert "how many KZT one RUB is worth" in refused.json()["error"]
+    assert api.post(order_payload("K-1", currency="KZT")).json()["currency_rate"] == "1"
+    assert api.post(order_payload("R-1", currency_rate="0.1843")).status_code == 201
 
 
 def test_a_cyrillic_number_travels_in_urls(base):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -272,15 +273,20 @@ def paths(element, prefix: str = "") -> set[str]:
 def test_documents_are_valid_against_the_published_schemas(store, fmt, version):
     """The schema's namespace is put on (2.05 documents have none), the Bitrix format attributes and 3.1
     containers taken off, which no 2.x schema declares; everything else is validated as rendered."""
-    path = SHARED / "specs" / f"commerceml_{version}.xsd"
-    if not path.is_file():
-        pytest.skip(f"{path} is not present")
     put(store, order_payload("1"))
     put(store, order_payload("2", customer={"name": "Анна", "phone": "+79001112233", "address": "Тула"},
                              delivery={"method": "Самовывоз"}, comment=None, paid=False))
     put(store, order_payload("3", customer={"email": "ip@example.ru", "company": {"name": "ИП Иванов", "inn": "500100732259"}},
                              items=[{"offer_id": "x" * 80, "name": "😀 " + "я" * 253, "quantity": "1000000", "price": "999999.99"}]))
-    root = etree.fromstring(queried(store, fmt=fmt)[0])
+    assert_schema_valid(queried(store, fmt=fmt)[0], version)
+
+
+def assert_schema_valid(body: bytes, version: str) -> None:
+    """A query answer validated against the published schema of ``version``, made a 2.x document first."""
+    path = SHARED / "specs" / f"commerceml_{version}.xsd"
+    if not path.is_file():
+        pytest.skip(f"{path} is not present")
+    root = etree.fromstring(body)
     for name in FORMAT_ATTRIBUTES:
         del root.attrib[name]
     for container in children(root, "Контейнер"):
@@ -510,12 +516,132 @@ def test_order_json_round_trips_the_api_fields(store):
     assert shown["customer"] == {**payload["customer"]}
     assert [item["offer_id"] for item in shown["items"]] == [item["offer_id"] for item in payload["items"]]
     assert shown["items"][1] == {"offer_id": "c0ffee00-0000-4000-8000-000000000002", "type": "product", "name": "Сыр твёрдый, кг",
-                                 "quantity": "0.75", "price": "899.90", "discount": "0.00", "vat": "10", "amount": "674.93"}
+                                 "quantity": "0.75", "price": "899.90", "discount": "0.00", "vat": "10", "amount": "674.93",
+                                 "unit": None}
     assert shown["delivery"] == {"method": "Курьер по Москве", "price": "350.00", "vat": "20"}
     assert (shown["total"], shown["paid"], shown["status"], shown["posted"]) == ("4355.93", True, None, False)
     again = copy.deepcopy(payload)
     again["total"] = shown["total"]  # the total GET shows, POSTed back, is accepted and changes nothing
     assert validate_order(again).content_hash == validate_order(payload).content_hash
+
+
+# --- units of measure and currency rates --------------------------------------------------------------
+
+def units_sent(body: bytes) -> list[tuple]:
+    """Each line's БазоваяЕдиница of the first document: (Ид, text, attributes)."""
+    goods = children(children(documents(body)[0], "Товары")[0], "Товар")
+    units = [children(good, "БазоваяЕдиница")[0] for good in goods]
+    return [(child_text(good, "Ид"), unit.text, dict(unit.attrib)) for good, unit in zip(goods, units)]
+
+
+def documents(body: bytes) -> list:
+    """The Документ elements of a query answer, in or out of 3.1 containers."""
+    root = etree.fromstring(body)
+    return children(root, "Документ") + [doc for c in children(root, "Контейнер") for doc in children(c, "Документ")]
+
+
+KG = {"Код": "166", "НаименованиеПолное": "Килограмм", "МеждународноеСокращение": "KGM"}
+PIECES = {"Код": "796", "НаименованиеПолное": "Штука", "МеждународноеСокращение": "PCE"}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_a_line_counts_in_the_shops_unit_else_the_catalogs_else_pieces(store, fmt):
+    """MoySklad keeps units by id with their OKEI code, a CommerceML import by the code itself; a variant's unit
+    is its product's. What the shop says of a line wins; nothing known anywhere is шт."""
+    with store.run("moysklad", "sync") as run:
+        run.upsert("units", [{"id": "uom-kg", "name": "кг", "code": "166", "description": "Килограмм"},
+                             {"id": "uom-box", "name": "кор", "code": None, "description": "Коробка"}], ("source", "id"))
+        run.upsert_products([{"id": "cheese", "kind": "product", "name": "Сыр", "unit_id": "uom-kg"},
+                             {"id": "tea", "kind": "product", "name": "Чай", "unit_id": "uom-box"},
+                             {"id": "paint", "kind": "product", "name": "Краска", "unit_id": "uom-kg"}])
+        run.upsert_offers([{"id": "cheese-v1", "product_id": "cheese", "kind": "variant", "name": "Сыр, 45%"}])
+    with store.run("exchange", "import") as run:
+        run.upsert("units", [{"id": "006", "name": "м", "code": "006", "description": "Метр"}], ("source", "id"))
+        run.upsert_products([{"id": "cable", "kind": "product", "name": "Кабель", "unit_id": "006"}])
+    line = {"name": "Товар", "quantity": "0.5", "price": 100}
+    put(store, order_payload("U-1", items=[
+        {**line, "offer_id": "cheese-v1"}, {**line, "offer_id": "cable#black"}, {**line, "offer_id": "tea"},
+        {**line, "offer_id": "paint", "unit": {"code": "112"}},
+        {**line, "offer_id": "set-1", "unit": {"code": "704", "name": "набор"}},
+        {**line, "offer_id": "unknown"}], delivery={"price": 300}, total=None))
+    body, _ = queried(store, fmt=fmt)
+    assert units_sent(body) == [
+        ("cheese-v1", "кг", KG),
+        ("cable#black", "м", {"Код": "006", "НаименованиеПолное": "Метр", "МеждународноеСокращение": "MTR"}),
+        ("tea", "кор", {"НаименованиеПолное": "Коробка"}),
+        ("paint", "л", {"Код": "112", "НаименованиеПолное": "Литр", "МеждународноеСокращение": "LTR"}),
+        ("set-1", "набор", {"Код": "704"}), ("unknown", "шт", PIECES), ("ORDER_DELIVERY", "шт", PIECES)]
+    assert child_text(children(children(documents(body)[0], "Товары")[0], "Товар")[0], "Количество") == "0.5"
+    assert_schema_valid(body, "2.10")
+
+
+def test_an_order_in_another_currency_carries_its_rate_to_1c(store):
+    put(store, order_payload("USD-1", currency="USD", currency_rate="92.4575"))
+    put(store, order_payload("RUB-1", currency_rate=1))
+    body, _ = queried(store)
+    [rub, usd] = documents(body)  # same date: by number
+    assert (child_text(usd, "Валюта"), child_text(usd, "Курс")) == ("USD", "92.4575")
+    assert (child_text(rub, "Валюта"), child_text(rub, "Курс")) == ("руб", "1")
+    assert child_text(documents(queried(store, session=2)[0])[1], "Курс") == "92.4575"  # sent again, the same rate
+    assert order_json(store.order("USD-1"))["currency_rate"] == "92.4575"
+    for version in ("2.08", "2.09", "2.10"):
+        assert_schema_valid(body, version)
+
+
+def test_a_rate_of_1_and_no_units_hash_as_orders_always_did():
+    """An order stored before rates and units were kept, posted again unchanged, is no new revision."""
+    stored_earlier = "ca79ee0f81fcde1a0519227702d4826c6f766ddb9250e179516aaf8580145ac9"  # by the version before rates
+    assert validate_order(order_payload()).content_hash == stored_earlier
+    assert validate_order(order_payload(currency_rate="1.0")).content_hash == stored_earlier
+
+
+@pytest.mark.parametrize("change, field, words", [
+    ({"currency": "USD"}, "currency_rate", "required for an order in USD"),
+    ({"currency": "EUR", "currency_rate": 0}, "currency_rate", "more than 0"),
+    ({"currency": "EUR", "currency_rate": "-3"}, "currency_rate", "more than 0"),
+    ({"currency": "EUR", "currency_rate": "курс"}, "currency_rate", "not a number"),
+    ({"currency": "EUR", "currency_rate": "100.12345"}, "currency_rate", "at most 4 decimals"),
+    ({"currency_rate": "92.5"}, "currency_rate", "must be 1 for an order in RUB"),
+    ({"items": [{"offer_id": "a", "name": "b", "quantity": 1, "price": 1, "unit": "кг"}]}, "items[0].unit",
+     '{"code": "166", "name": "кг"}'),
+    ({"items": [{"offer_id": "a", "name": "b", "quantity": 1, "price": 1, "unit": {"code": "kg"}}]}, "items[0].unit.code",
+     "not an OKEI code"),
+    ({"items": [{"offer_id": "a", "name": "b", "quantity": 1, "price": 1, "unit": {"name": "кг"}}]}, "items[0].unit.code",
+     "required"),
+    ({"items": [{"offer_id": "a", "name": "b", "quantity": 1, "price": 1, "unit": {"code": "704"}}]}, "items[0].unit.name",
+     "required"),
+    ({"items": [{"offer_id": "a", "name": "b", "quantity": 1, "price": 1, "unit": {"code": "166", "okei": "166"}}]},
+     "items[0].unit.okei", "unknown field"),
+])
+def test_rates_and_units_are_refused_naming_the_field(change, field, words):
+    with pytest.raises(OrderInvalid) as error:
+        validate_order(order_payload(**change))
+    assert (error.value.field, words in error.value.problem) == (field, True), str(error.value)
+
+
+def test_the_base_currency_is_the_catalogs_when_it_names_one(store):
+    assert store.base_currency() == "RUB"
+    with store.run("moysklad", "sync") as run:
+        run.set_setting("currency", "KZT")
+    assert store.base_currency() == "KZT"
+    with pytest.raises(OrderInvalid, match="required for an order in RUB: how many KZT"):
+        validate_order(order_payload(), base_currency=store.base_currency())
+    assert validate_order(order_payload(currency="KZT"), base_currency="KZT").columns["currency_rate"] == "1"
+
+
+def test_a_store_from_before_rates_and_units_sends_its_orders_at_rate_1_in_pieces(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with CatalogStore(path) as store:
+        put(store, order_payload("OLD-1"))
+    with sqlite3.connect(path) as old:  # the columns the earlier version's tables lacked
+        for table, column in (("orders", "currency_rate"), ("order_items", "unit_code"), ("order_items", "unit_name")):
+            old.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    old.close()
+    with CatalogStore(path) as store:
+        body, _ = queried(store)
+    [doc] = documents(body)
+    assert child_text(doc, "Курс") == "1"
+    assert {text for _, text, _ in units_sent(body)} == {"шт"}
 
 
 # --- settings -----------------------------------------------------------------------------------------
