@@ -322,6 +322,11 @@ class Settings:
         return self.data_dir / "feeds"
 
     @property
+    def accounts_dir(self) -> Path:
+        """Where each account but the main one keeps its folder (store, feeds, pictures), named as the account."""
+        return self.instance_dir / "accounts"
+
+    @property
     def images_dir(self) -> Path:
         """Cached MoySklad pictures and the pictures 1C sends through the exchange."""
         return self.data_dir / "images"
@@ -343,7 +348,7 @@ class Settings:
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(Settings)}
         for account in self.accounts:
             views.append(AccountView(**{
-                **shared, "data_dir": self.data_dir / "accounts" / account.name, "moysklad": account.moysklad,
+                **shared, "data_dir": self.accounts_dir / account.name, "moysklad": account.moysklad,
                 "feeds": account.feeds, "webhooks": dataclasses.replace(self.webhooks, secret=account.webhook_secret),
                 "exchange": dataclasses.replace(self.exchange, password=""), "api": ApiSettings(), "accounts": (),
                 "account_name": account.name, "main_data_dir": self.data_dir}))

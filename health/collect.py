@@ -240,12 +240,30 @@ def _from_unix(seconds: float) -> dt.datetime:
 
 
 def setup_warnings(settings: Settings) -> list[str]:
-    """Settings that break what retailCRM reads although every build succeeds (the demo runs on this machine alone)."""
-    if settings.is_demo or (urlsplit(settings.public_url).hostname or "") not in LOOPBACK_HOSTS:
+    """Settings that break what retailCRM reads although every build succeeds (the demo runs on this machine alone),
+    and account folders the config no longer names."""
+    warnings = [] if settings.is_demo or (urlsplit(settings.public_url).hostname or "") not in LOOPBACK_HOSTS else [
+        f"public_url — {settings.public_url}: ссылки на фиды и картинки ведут на этот компьютер, и retailCRM не "
+        "может их открыть (картинки товаров не загрузятся). Задайте public_url (или SKLADBRIDGE_PUBLIC_URL) — "
+        "адрес, по которому сервис доступен из интернета, например https://feed.example.ru, и перезапустите сервис."]
+    for folder in unclaimed_account_folders(settings):
+        warnings.append(
+            f"Папка {folder} принадлежит аккаунту «{folder.name}», которого нет в accounts: конфигурации: его каталог "
+            "не синхронизируется, фиды и картинки не раздаются. Если аккаунт переименован, остановите сервис, удалите "
+            f"папку нового имени (если она уже создана) и переименуйте {folder.name} в новое имя — каталог, фиды и "
+            "картинки сохранятся без сборки с нуля. Если клиент ушёл, удалите папку: в ней его каталог с закупочными ценами.")
+    return warnings
+
+
+def unclaimed_account_folders(settings: Settings) -> list[Path]:
+    """Folders under the accounts folder that no configured account uses: an account renamed or removed in the
+    config leaves its catalog there, unsynced and unserved, and a renamed one starts again from nothing."""
+    try:
+        folders = sorted(path for path in settings.accounts_dir.iterdir() if path.is_dir())
+    except OSError:  # no accounts folder yet, or it cannot be read (the store checks say so)
         return []
-    return [f"public_url — {settings.public_url}: ссылки на фиды и картинки ведут на этот компьютер, и retailCRM не "
-            "может их открыть (картинки товаров не загрузятся). Задайте public_url (или SKLADBRIDGE_PUBLIC_URL) — "
-            "адрес, по которому сервис доступен из интернета, например https://feed.example.ru, и перезапустите сервис."]
+    claimed = {account.name for account in settings.accounts}
+    return [folder for folder in folders if folder.name not in claimed]
 
 
 def open_feed_warning(settings: Settings, feed: FeedSettings) -> str | None:

@@ -3,6 +3,8 @@ store, feeds and pictures, taking turns in one build pool, so one failing client
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import requests
 from lxml import etree
@@ -67,6 +69,29 @@ def test_each_account_has_its_own_store_feed_and_pictures(tmp_path, emulator_fac
         ("shop-a", "main", "fresh"), ("shop-b", "client-b", "fresh")}
     assert [a["name"] for a in health["accounts"]] == ["main", "client-b"]
     assert all(a["moysklad"]["credentials"] == "ok" for a in health["accounts"])
+
+
+def test_a_folder_left_by_a_renamed_account_is_named_on_the_page_with_what_to_do(tmp_path, emulator_factory, serve):
+    """Renaming client-b to client-c in the config started client-c from nothing and left client-b's catalog (with
+    its purchase prices) on disk, unsynced and unserved, without a word: the page now names the folder."""
+    first, second = emulator_factory(products=30, seed=1), emulator_factory(products=20, seed=2)
+    settings = dataclasses.replace(two_accounts(tmp_path, first, second), public_url="https://feeds.example")
+    from feeds.build import build_feed
+
+    for view in settings.every_account():
+        for feed in view.feeds:
+            build_feed(view, feed)
+    assert requests.get(serve(settings) + "/health.json", timeout=10).json()["warnings"] == []
+
+    renamed = dataclasses.replace(settings, accounts=(dataclasses.replace(settings.accounts[0], name="client-c"),))
+    base = serve(renamed)
+    folder = tmp_path / "data" / "accounts" / "client-b"
+    warnings = requests.get(base + "/health.json", timeout=10).json()["warnings"]
+    assert warnings == [next(w for w in warnings if w.startswith(f"Папка {folder} принадлежит аккаунту «client-b», "
+                                                                "которого нет в accounts: конфигурации"))]
+    assert "переименуйте client-b в новое имя" in warnings[0] and "Если клиент ушёл, удалите папку" in warnings[0]
+    assert f"Папка {folder} принадлежит аккаунту «client-b»" in requests.get(base + "/", timeout=10).text
+    assert (folder / "catalog.sqlite").exists()  # named, never touched
 
 
 def test_a_failing_account_does_not_hold_up_the_others(tmp_path, emulator_factory, serve):
