@@ -28,7 +28,7 @@ from store.database import Database, LibraryClaim, StoreError
 from store.images import IMAGE_CACHE_SCHEMA, ImageCacheRows
 from store.orders import ORDERS_ADDED_COLUMNS, ORDERS_SCHEMA, OrderBook
 from store.retailcrm import RETAILCRM_SCHEMA, PushedValues
-from store.runs import RUNS_SCHEMA, Run, RunLog
+from store.runs import RUNS_ADDED_COLUMNS, RUNS_SCHEMA, Run, RunLog
 
 READER_WAIT_MS = 5000  # opening a store another process is creating waits for it, as sqlite3's default timeout
 
@@ -114,7 +114,7 @@ class CatalogStore(Database, RunLog, OrderBook, ImageCacheRows, PushedValues):
     SCHEMA = CATALOG_SCHEMA + RUNS_SCHEMA + IMAGE_CACHE_SCHEMA + ORDERS_SCHEMA + BUNDLES_SCHEMA + RETAILCRM_SCHEMA
     # products.tracking_type (MoySklad trackingType: mandatory marking) came after the table
     ADDED_COLUMNS = (("products", "tracking_type", "TEXT"), ("products", "from_offer", "INTEGER NOT NULL DEFAULT 0"),
-                     ("price_types", "currency", "TEXT"), *ORDERS_ADDED_COLUMNS)
+                     ("price_types", "currency", "TEXT"), *ORDERS_ADDED_COLUMNS, *RUNS_ADDED_COLUMNS)
 
     @property
     def run_class(self):

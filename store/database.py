@@ -101,9 +101,13 @@ class Database:
                 # CREATEs as a writer and wait for that process's whole first run: wait for its creating only.
                 with locked(self._schema_lock):
                     if not self._schema_complete():
+                        tables = self._tables()
                         self.db.conn.executescript(self.SCHEMA)
-                        for table, column, declaration in self._missing_columns():
+                        added = self._missing_columns()
+                        for table, column, declaration in added:
                             self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                        if tables and hasattr(self, "fill_new_schema"):  # a file an earlier version wrote
+                            self.fill_new_schema(self._tables() - tables, {(table, column) for table, column, _ in added})
         except BaseException as exc:
             self.close()
             if isinstance(exc, (OSError, sqlite3.Error)):
@@ -126,8 +130,11 @@ class Database:
 
     def _schema_complete(self) -> bool:
         wanted = set(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", self.SCHEMA))
-        return wanted <= {name for (name,) in self.db.execute("SELECT name FROM sqlite_master")} \
-            and not self._missing_columns()
+        return wanted <= self._tables() and not self._missing_columns()
+
+    def _tables(self) -> set[str]:
+        """The names of the file's tables and indexes."""
+        return {name for (name,) in self.db.execute("SELECT name FROM sqlite_master")}
 
     def _missing_columns(self) -> list[tuple[str, str, str]]:
         """The ADDED_COLUMNS a store file created by an earlier version lacks."""

@@ -134,14 +134,9 @@ class PushedValues:
                                     [feed, offer_id]).fetchall())
 
     def push_totals(self, source: str) -> dict:
-        """Over every recorded push of a feed: runs, failures, requests, throttled answers, records sent,
-        offers not found, and the webhook-to-retailCRM latencies (count and sum) for metrics."""
-        row = self.db.execute(
-            "SELECT count(*), coalesce(sum(status IN ('failed', 'interrupted')), 0), coalesce(sum(requests), 0), "
-            "coalesce(sum(throttled), 0), coalesce(sum(retries), 0), "
-            "coalesce(sum(json_extract(counts, '$.offers')), 0), coalesce(sum(json_extract(counts, '$.records')), 0), "
-            "coalesce(sum(json_extract(counts, '$.not_found')), 0), count(json_extract(counts, '$.latency_seconds')), "
-            "coalesce(sum(json_extract(counts, '$.latency_seconds')), 0) FROM runs WHERE source = ? AND kind = 'push'",
-            [source]).fetchone()
-        return dict(zip(("runs", "failed", "requests", "throttled", "retries", "offers", "records", "not_found",
-                         "latency_count", "latency_sum"), row))
+        """Over every push of a feed: runs, failures, requests, throttled answers, records sent, offers not
+        found, and the webhook-to-retailCRM latencies (count and sum) for metrics."""
+        totals, counts = self.run_totals(source, "push"), self.counted_totals(source, "push")
+        summed = {key: counts.get(key, (0, 0))[0] for key in ("offers", "records", "not_found")}
+        latency_sum, latency_count = counts.get("latency_seconds", (0, 0))
+        return {**totals, **summed, "latency_count": latency_count, "latency_sum": latency_sum}

@@ -8,6 +8,7 @@ its row ``running``: whoever next takes the lock, or reads the health page, mark
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -23,13 +24,25 @@ CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, kind TEXT NOT NULL,
     mode TEXT, status TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
     counts TEXT, requests INTEGER, throttled INTEGER, retries INTEGER, error TEXT,
-    bookmark TEXT, pid INTEGER);
+    bookmark TEXT, pid INTEGER, number INTEGER);
+CREATE INDEX IF NOT EXISTS runs_by_source ON runs (source, kind, id);
+CREATE INDEX IF NOT EXISTS runs_running ON runs (source) WHERE status = 'running';
 CREATE TABLE IF NOT EXISTS skipped (
     run_id INTEGER NOT NULL, source TEXT NOT NULL, item_type TEXT, item_id TEXT,
     name TEXT, reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS skipped_by_run ON skipped (run_id);
+CREATE TABLE IF NOT EXISTS run_totals (
+    source TEXT NOT NULL, kind TEXT NOT NULL, runs INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0, throttled INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0,
+    counts TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (source, kind)) WITHOUT ROWID;
 """
+# runs.number (a run's place among its source's and kind's: build №3) came after the table.
+RUNS_ADDED_COLUMNS = (("runs", "number", "INTEGER"),)
 INTERRUPTED = "the run stopped without finishing (process killed or machine restarted); nothing of it was saved"
+# Runs of each source and kind kept in the log (the health page shows the latest few; the counters live in
+# run_totals): a service building every few minutes for a year would otherwise keep hundreds of thousands, and
+# the pages that read them grow slower with every one. The latest successful run is kept whatever its age.
+RUNS_KEPT = 1000
 
 
 @dataclass
@@ -57,6 +70,7 @@ class Run:
         self.skipped: list[dict] = []
         self.mode: str | None = None
         self.bookmark: str | None = None
+        self.kind: str | None = None  # what the run does for its source (sync, build, push, import)
 
     def skip(self, item_type: str, item_id: str | None, name: str | None, reason: str) -> None:
         """Record an item left out and why, for the operator."""
@@ -82,12 +96,14 @@ class RunLog:
         """
         with self._writer_lock(source):
             self._close_interrupted_runs(source)
-            with self.db.atomic():
-                run_id = self.db["runs"].insert(
-                    {"source": source, "kind": kind, "mode": mode, "status": "running",
-                     "started_at": utc_now(), "pid": os.getpid()}
-                ).last_pk
+            with self.db.atomic():  # writes first: a deferred transaction that read first could not write after another
+                run_id = self.db.execute(
+                    "INSERT INTO runs (source, kind, mode, status, started_at, pid, number) VALUES (?, ?, ?, 'running', ?, ?, "
+                    "coalesce((SELECT number FROM runs WHERE source = ? AND kind = ? ORDER BY id DESC LIMIT 1), 0) + 1)",
+                    [source, kind, mode, utc_now(), os.getpid(), source, kind]).lastrowid
+                self._add_to_totals(source, kind, runs=1)
             run = self.run_class(self, run_id, source)
+            run.kind = kind
             run.mode = mode  # kept unless the run itself says otherwise (a sync says full or incremental)
             try:
                 if one_transaction:
@@ -111,8 +127,57 @@ class RunLog:
              "requests": run.stats.requests, "throttled": run.stats.throttled, "retries": run.stats.retries,
              "error": error, "mode": run.mode, "bookmark": run.bookmark},
         )
+        self._add_to_totals(run.source, run.kind, failed=int(status != "ok"), requests=run.stats.requests,
+                            throttled=run.stats.throttled, retries=run.stats.retries, counts=run.stats.counts)
         if status == "ok":
             self._save_skipped(run)
+        self._forget_old_runs(run.source, run.kind)
+
+    def _add_to_totals(self, source: str, kind: str, *, runs: int = 0, failed: int = 0, requests: int = 0,
+                       throttled: int = 0, retries: int = 0, counts: dict | None = None) -> None:
+        """Count a run into its source's and kind's totals (metrics' counters), which outlive the runs forgotten.
+        Called after a write of the same transaction, which holds the write lock for its read."""
+        row = self.db.execute("SELECT counts FROM run_totals WHERE source = ? AND kind = ?", [source, kind]).fetchone()
+        summed = json.loads(row[0]) if row else {}
+        for key, value in (counts or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total, runs_with_it = summed.get(key, (0, 0))
+                summed[key] = (total + value, runs_with_it + 1)
+        self.db.execute(
+            "INSERT INTO run_totals (source, kind, runs, failed, requests, throttled, retries, counts) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, kind) DO UPDATE SET runs = runs + excluded.runs, "
+            "failed = failed + excluded.failed, requests = requests + excluded.requests, "
+            "throttled = throttled + excluded.throttled, retries = retries + excluded.retries, counts = excluded.counts",
+            [source, kind, runs, failed, requests or 0, throttled or 0, retries or 0, json.dumps(summed, ensure_ascii=False)])
+
+    def _forget_old_runs(self, source: str, kind: str) -> None:
+        """Delete the runs of a source and kind older than the latest RUNS_KEPT, and what they skipped, but
+        the latest successful one (the page says when the feed served now was built)."""
+        condition = ("source = ? AND kind = ? AND id < (SELECT id FROM runs WHERE source = ? AND kind = ? "
+                     "ORDER BY id DESC LIMIT 1 OFFSET ?) AND id IS NOT (SELECT max(id) FROM runs "
+                     "WHERE source = ? AND kind = ? AND status = 'ok')")
+        params = [source, kind, source, kind, RUNS_KEPT - 1, source, kind]
+        self.db.execute(f"DELETE FROM skipped WHERE run_id IN (SELECT id FROM runs WHERE {condition})", params)
+        self.db.execute(f"DELETE FROM runs WHERE {condition}", params)
+
+    def fill_new_schema(self, new_tables: set[str], added_columns: set[tuple[str, str]]) -> None:
+        """Derive the run numbers and totals a store written by an earlier version lacks from the runs it has."""
+        with self.db.atomic():
+            if ("runs", "number") in added_columns:
+                self.db.execute("UPDATE runs SET number = numbered.n FROM (SELECT id, row_number() OVER "
+                                "(PARTITION BY source, kind ORDER BY id) AS n FROM runs) AS numbered "
+                                "WHERE runs.id = numbered.id")
+            if "run_totals" in new_tables:
+                for source, kind in self.db.execute("SELECT DISTINCT source, kind FROM runs").fetchall():
+                    runs, failed, requests, throttled, retries = self.db.execute(
+                        "SELECT count(*), coalesce(sum(status IN ('failed', 'interrupted')), 0), coalesce(sum(requests), 0), "
+                        "coalesce(sum(throttled), 0), coalesce(sum(retries), 0) FROM runs WHERE source = ? AND kind = ?",
+                        [source, kind]).fetchone()
+                    summed = {key: (total, count) for key, total, count in self.db.execute(
+                        "SELECT key, sum(value), count(*) FROM runs, json_each(runs.counts) WHERE source = ? AND kind = ? "
+                        "AND json_each.type IN ('integer', 'real') GROUP BY key", [source, kind])}
+                    self.db.execute("INSERT OR REPLACE INTO run_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                    [source, kind, runs, failed, requests, throttled, retries, json.dumps(summed, ensure_ascii=False)])
 
     def _save_skipped(self, run: Run) -> None:
         if run.skipped:
@@ -141,8 +206,10 @@ class RunLog:
     def _close_interrupted_runs(self, source: str) -> None:
         """Runs still 'running' while we hold the lock died without finishing (kill -9, power loss)."""
         with self.db.atomic():
-            self.db.execute("UPDATE runs SET status='interrupted', finished_at=?, error=? WHERE source=? AND status='running'",
-                            [utc_now(), INTERRUPTED, source])
+            dead = self.db.execute("UPDATE runs SET status='interrupted', finished_at=?, error=? WHERE source=? AND "
+                                   "status='running' RETURNING kind", [utc_now(), INTERRUPTED, source]).fetchall()
+            for kind, count in collections.Counter(kind for (kind,) in dead).items():
+                self._add_to_totals(source, kind, failed=count)
 
     def last_run(self, source: str, kind: str | None = None, status: str | None = None) -> dict | None:
         where, params = ["source = ?"], [source]
@@ -169,16 +236,20 @@ class RunLog:
 
     def run_number(self, source: str, kind: str, run_id: int) -> int:
         """A run's place among the runs of its source and kind (a feed's build №3), whatever other sources ran."""
-        return self.db.execute("SELECT count(*) FROM runs WHERE source = ? AND kind = ? AND id <= ?",
-                               [source, kind, run_id]).fetchone()[0]
+        row = self.db.execute("SELECT number FROM runs WHERE id = ? AND source = ? AND kind = ?",
+                              [run_id, source, kind]).fetchone()
+        return row[0] if row else 0
 
     def run_totals(self, source: str, kind: str) -> dict:
-        """Runs, failures, API requests, 429s and retries over every recorded run (for metrics)."""
-        row = self.db.execute(
-            "SELECT count(*), coalesce(sum(status IN ('failed', 'interrupted')), 0), coalesce(sum(requests), 0), "
-            "coalesce(sum(throttled), 0), coalesce(sum(retries), 0) FROM runs WHERE source = ? AND kind = ?",
-            [source, kind]).fetchone()
+        """Runs started, failures, API requests, 429s and retries over every run ever recorded (for metrics)."""
+        row = self.db.execute("SELECT runs, failed, requests, throttled, retries FROM run_totals WHERE source = ? AND kind = ?",
+                              [source, kind]).fetchone() or (0, 0, 0, 0, 0)
         return dict(zip(("runs", "failed", "requests", "throttled", "retries"), row))
+
+    def counted_totals(self, source: str, kind: str) -> dict[str, list]:
+        """{count key: [sum, runs that counted it]} of the numeric counts of every run ever recorded."""
+        row = self.db.execute("SELECT counts FROM run_totals WHERE source = ? AND kind = ?", [source, kind]).fetchone()
+        return json.loads(row[0]) if row else {}
 
     def skipped_items(self, run_id: int) -> list[dict]:
         return list(self.db.query("SELECT item_type, item_id, name, reason FROM skipped WHERE run_id = ?", [run_id]))

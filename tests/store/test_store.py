@@ -231,3 +231,61 @@ def test_a_store_made_before_tracking_type_gains_the_column_and_keeps_its_rows(t
             run.upsert_products([{"id": "q", "kind": "product", "name": "Ботинки", "tracking_type": "SHOES"}])
         rows = {r["id"]: (r["name"], r["tracking_type"]) for r in store.db.query("SELECT * FROM products")}
     assert rows == {"p": ("Кроссовки", None), "q": ("Ботинки", "SHOES")}
+
+
+def test_the_run_log_keeps_the_latest_runs_and_counts_every_one(store, monkeypatch):
+    """A service building every few minutes recorded every run for ever, and the health page and /metrics summed
+    them all at every request: a year of one account's runs took them past 10 s. The log now keeps the latest
+    RUNS_KEPT of each source and kind (and the latest good one), while the totals and numbers count every run."""
+    monkeypatch.setattr("store.runs.RUNS_KEPT", 5)
+    with store.run("feed:shop", "build") as run:
+        run.stats.add("offers", 30)
+        run.stats.requests = 4
+    good = run.id
+    for attempt in range(7):
+        with pytest.raises(RuntimeError), store.run("feed:shop", "build") as run:
+            run.skip("offer", f"o{attempt}", "Чайник", "no price")
+            run.stats.requests = 1
+            raise RuntimeError("MoySklad went away")
+    with store.run("moysklad", "sync") as run:
+        pass
+
+    kept = [r["id"] for r in store.runs_of("feed:shop", "build", 100)]
+    assert len(kept) == 6 and kept[-1] == good  # the 5 latest failures and the build the feed was made by
+    assert store.last_run("feed:shop", "build", "ok")["counts"] == {"offers": 30}
+    assert [store.run_number("feed:shop", "build", run_id) for run_id in kept] == [8, 7, 6, 5, 4, 1]
+    skipped_of = {row[0] for row in store.db.execute("SELECT run_id FROM skipped")}
+    assert skipped_of == set(kept[:5])  # what the forgotten runs skipped went with them
+    totals = store.run_totals("feed:shop", "build")
+    assert (totals["runs"], totals["failed"], totals["requests"]) == (8, 7, 11)
+    assert store.counted_totals("feed:shop", "build") == {"offers": [30, 1], "skipped": [7, 7]}
+    assert store.run_totals("moysklad", "sync")["runs"] == 1
+    with store.run("feed:shop", "build") as run:
+        pass
+    assert store.run_number("feed:shop", "build", run.id) == 9
+
+
+def test_a_store_from_before_run_totals_numbers_its_runs_and_counts_them(tmp_path):
+    path = tmp_path / "catalog.sqlite"
+    with CatalogStore(path) as store:
+        for requests in (3, 5):
+            with store.run("retailcrm:shop", "push") as run:
+                run.stats.requests = requests
+                run.stats.add("records", requests * 10)
+        with pytest.raises(RuntimeError), store.run("retailcrm:shop", "push"):
+            raise RuntimeError("retailCRM is down")
+        with store.run("moysklad", "sync"):
+            pass
+        for statement in ("DROP TABLE run_totals", "DROP INDEX runs_by_source", "ALTER TABLE runs DROP COLUMN number"):
+            store.db.execute(statement)  # as an earlier version made the file
+        store.db.conn.commit()
+    with CatalogStore(path) as store:
+        ids = [r["id"] for r in store.runs_of("retailcrm:shop", "push", 10)]
+        assert [store.run_number("retailcrm:shop", "push", run_id) for run_id in ids] == [3, 2, 1]
+        assert store.push_totals("retailcrm:shop") | {"latency_sum": 0} == {
+            "runs": 3, "failed": 1, "requests": 8, "throttled": 0, "retries": 0, "offers": 0, "records": 80,
+            "not_found": 0, "latency_count": 0, "latency_sum": 0}
+        assert store.run_totals("moysklad", "sync")["runs"] == 1
+        with store.run("retailcrm:shop", "push"):
+            pass
+        assert store.run_totals("retailcrm:shop", "push")["runs"] == 4
