@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.account_context import working_for
 from core.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,8 @@ class BuildPool:
 
     def _run(self, work: Work) -> None:
         try:
-            work.run()
+            with working_for(work.account):
+                work.run()
         except Exception:  # a bug in one account's work must not stop the pool
             log.exception("%s work of account %s crashed", work.kind, work.account or "main")
         finally:

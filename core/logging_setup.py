@@ -1,4 +1,5 @@
-"""Log lines as operators and log shippers want them: text or JSON, with secrets scrubbed.
+"""Log lines as operators and log shippers want them: text or JSON, with secrets scrubbed, each made
+during an account's work naming that account (``account=client-b``; ``account=main`` for the main one).
 
 Secrets are never passed to a logger on purpose; the scrubber is the safety net for the day an
 exception text or a URL carries one anyway (a MoySklad error echoing a header, say).
@@ -10,11 +11,13 @@ import datetime as dt
 import json
 import logging
 import re
+from collections.abc import Callable
 from urllib.parse import unquote
 
-from core.settings import Settings, secret_values
+from core.account_context import current_account
+from core.settings import MAIN_ACCOUNT_LABEL, Settings, secret_values
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(account_field)s: %(message)s"
 # Secrets that travel in URLs: the exchange session id, feed tokens, the webhook secret.
 URL_SECRETS = (
     (re.compile(r"(sessid=)[^&\s\"]+"), r"\1***"),
@@ -35,6 +38,19 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     return text
 
 
+def _with_account(make_record: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """A record factory that also stamps each record with the account whose work made it ('' when none)."""
+
+    def make(*args, **kwargs) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        account = current_account()
+        record.account = MAIN_ACCOUNT_LABEL if account == "" else account or ""
+        return record
+
+    make.skladbridge = True
+    return make
+
+
 class ScrubbingFormatter(logging.Formatter):
     """Text lines, secrets scrubbed."""
 
@@ -43,6 +59,8 @@ class ScrubbingFormatter(logging.Formatter):
         self.secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
+        account = getattr(record, "account", "")
+        record.account_field = f" account={account}" if account else ""
         return scrub(super().format(record), self.secrets)
 
 
@@ -57,6 +75,8 @@ class JsonFormatter(ScrubbingFormatter):
             "message": record.getMessage(),
             "process": record.process,
         }
+        if getattr(record, "account", ""):
+            entry["account"] = record.account
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return scrub(json.dumps(entry, ensure_ascii=False), tuple(json.dumps(s)[1:-1] for s in self.secrets))
@@ -72,4 +92,6 @@ def configure_logging(settings: Settings) -> None:
         root.removeHandler(old)
     handler.skladbridge = True
     root.addHandler(handler)
+    if not getattr(logging.getLogRecordFactory(), "skladbridge", False):
+        logging.setLogRecordFactory(_with_account(logging.getLogRecordFactory()))
     root.setLevel(settings.log_level.upper())

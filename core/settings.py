@@ -539,10 +539,16 @@ def _set_retailcrm_keys(raw: dict, environ: typing.Mapping[str, str]) -> None:
             if not (isinstance(feed, dict) and isinstance(feed.get("retailcrm"), dict)):
                 continue
             name = feed.get("name") if isinstance(feed.get("name"), str) else ""
-            key = environ.get(f"{RETAILCRM_KEY_VARIABLE}_{_variable_suffix(name)}") or \
-                (environ.get(RETAILCRM_KEY_VARIABLE) if main else None)
+            key = next(filter(None, (environ.get(variable) for variable in retailcrm_key_variables(name, main))), None)
             if key:
                 feed["retailcrm"]["api_key"] = key
+
+
+def retailcrm_key_variables(feed: str, main: bool) -> tuple[str, ...]:
+    """The environment variables a feed's retailCRM key is read from, the first set one winning; RETAILCRM_API_KEY
+    only for a feed of the main account (``main``)."""
+    own = f"{RETAILCRM_KEY_VARIABLE}_{_variable_suffix(feed)}"
+    return (own, RETAILCRM_KEY_VARIABLE) if main else (own,)
 
 
 def _check(settings: Settings) -> None:
@@ -552,7 +558,7 @@ def _check(settings: Settings) -> None:
     _check_moysklad(settings.moysklad, "moysklad", credentials=bool(users),
                     needed_by=f"feed{'s' if len(settings.moysklad_feeds) > 1 else ''} {users} (source: moysklad)")
     seen: set[str] = set()
-    _check_feeds(settings.feeds, "feeds", seen)
+    _check_feeds(settings.feeds, "feeds", seen, main=True)
     names, suffixes = set(), {}
     secrets = {settings.webhooks.secret: "webhooks.secret"} if settings.webhooks.secret else {}
     _check_webhook_secret(settings.webhooks.secret, "webhooks.secret", "SKLADBRIDGE_WEBHOOK_SECRET", {})
@@ -582,7 +588,7 @@ def _check(settings: Settings) -> None:
             if feed.source != "moysklad":
                 raise ConfigError(f"{where}.feeds[{feed_index}].source: an account's feeds publish its MoySklad "
                                   "catalog (source: moysklad); exchange feeds belong to the main feeds list")
-        _check_feeds(account.feeds, f"{where}.feeds", seen)
+        _check_feeds(account.feeds, f"{where}.feeds", seen, main=False)
     _check_one_user_per_account(settings)
     _check_exchange(settings.exchange)
     _check_api(settings.api)
@@ -655,8 +661,9 @@ def _check_moysklad(ms: MoySkladSettings, where: str, credentials: bool, needed_
                           f"got {ms.stock_report_hours}")
 
 
-def _check_feeds(feeds: tuple[FeedSettings, ...], where_list: str, seen: set[str]) -> None:
-    """Each feed's options; names are unique across every account (they are the feed URLs)."""
+def _check_feeds(feeds: tuple[FeedSettings, ...], where_list: str, seen: set[str], main: bool) -> None:
+    """Each feed's options (of the main account's feeds when ``main``); names are unique across every account (they
+    are the feed URLs)."""
     for index, feed in enumerate(feeds):
         where = f"{where_list}[{index}]"
         if not NAME_PATTERN.match(feed.name):
@@ -685,10 +692,10 @@ def _check_feeds(feeds: tuple[FeedSettings, ...], where_list: str, seen: set[str
             if not param.attribute:
                 raise ConfigError(f"{where}.params[{param_index}].attribute: name the MoySklad attribute")
         if feed.retailcrm is not None:
-            _check_retailcrm(feed.retailcrm, f"{where}.retailcrm", feed.name, feed.stores)
+            _check_retailcrm(feed.retailcrm, f"{where}.retailcrm", retailcrm_key_variables(feed.name, main), feed.stores)
 
 
-def _check_retailcrm(crm: RetailCrmSettings, where: str, feed: str, counted: tuple[str, ...]) -> None:
+def _check_retailcrm(crm: RetailCrmSettings, where: str, key_variables: tuple[str, ...], counted: tuple[str, ...]) -> None:
     """A retailcrm section must say where to push (account, key, shop) and at least one thing to push, from the
     warehouses the feed counts (``counted``: its stores; none = all)."""
     if not crm.url.startswith(("https://", "http://")):
@@ -696,7 +703,7 @@ def _check_retailcrm(crm: RetailCrmSettings, where: str, feed: str, counted: tup
                           f"got {crm.url!r}")
     if not crm.api_key:
         raise ConfigError(f"{where}.api_key: set the retailCRM API key ({where}.api_key, or "
-                          f"{RETAILCRM_KEY_VARIABLE}_{_variable_suffix(feed)} or {RETAILCRM_KEY_VARIABLE})")
+                          f"{' or '.join(key_variables)})")
     if not crm.site:
         raise ConfigError(f"{where}.site: name the retailCRM shop (its symbolic code) this feed is loaded into")
     if not crm.stores and not crm.prices:
@@ -718,6 +725,11 @@ def _check_retailcrm(crm: RetailCrmSettings, where: str, feed: str, counted: tup
 def _variable_suffix(account: str) -> str:
     """An account name as environment variables spell it: shop-2 → SHOP_2."""
     return account.upper().replace("-", "_")
+
+
+def account_key(account: str, key: str) -> str:
+    """A config key as messages name it for an account ('' = the main one): ``accounts.<name>.<key>`` for another."""
+    return f"accounts.{account}.{key}" if account else key
 
 
 def token_variable(account: str) -> str:

@@ -9,6 +9,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from core.account_context import working_for
 from moysklad.errors import MoySkladError
 
 if TYPE_CHECKING:
@@ -40,7 +41,9 @@ def build_command(name: str | None, force: bool, no_sync: bool):
     for account, feed in feeds:
         click.echo(f"feed {feed.name} ({feed.source}{', account ' + account.account if account.account else ''}):", err=True)
         try:
-            result = build_feed(account, feed, force=force, sync=not no_sync, echo=lambda line: click.echo(line, err=True))
+            with working_for(account.account):
+                result = build_feed(account, feed, force=force, sync=not no_sync,
+                                    echo=lambda line: click.echo(line, err=True))
         except (BuildFailed, MoySkladError, StoreError) as exc:
             click.echo(f"  FAILED, {failure_outcome(account.feeds_dir, feed.name)}: {exc}", err=True)
             failed = True

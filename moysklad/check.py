@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from core.settings import DEFAULT_MOYSKLAD_URL, FeedSettings
+from core.settings import DEFAULT_MOYSKLAD_URL, FeedSettings, account_key, token_variable
 from moysklad.client import MoySkladClient
 from moysklad.errors import CredentialsRejected, MoySkladError, PermissionMissing, ServerFailure
 from moysklad.sync import ALL_ITEMS, STOCK_REPORT_FILTER, WITHOUT_STOCK
@@ -30,21 +30,23 @@ class CheckReport:
         return not self.problems
 
 
-def check_connection(client: MoySkladClient, feeds: Iterable[FeedSettings] = ()) -> CheckReport:
+def check_connection(client: MoySkladClient, feeds: Iterable[FeedSettings] = (), account: str = "") -> CheckReport:
     """Ask for a little of everything a sync needs and for the names the feeds use; stop early when
-    MoySklad does not answer at all or refuses the credentials."""
+    MoySklad does not answer at all or refuses the credentials. ``account`` ('' = the main one) names
+    the keys to fix."""
     report = CheckReport()
     report.facts.append(("API", f"{client.base_url} ({'token' if client.auth_kind == 'bearer' else 'login and password'})"))
     try:
         company = client.get("/context/companysettings")
     except CredentialsRejected as exc:
-        report.problems.append(str(exc))
+        report.problems.append(str(exc) + (f" For account {account}: {account_key(account, 'moysklad.token')} "
+                                           f"(or {token_variable(account)})." if account else ""))
         return report
     except PermissionMissing as exc:
         report.problems.append(f"company settings: {exc}")
         company = {}
     except MoySkladError as exc:
-        report.problems.append(unreachable(client.base_url, exc))
+        report.problems.append(unreachable(client.base_url, exc, account))
         return report
     report.facts.append(("credentials", "OK"))
 
@@ -103,8 +105,9 @@ def check_connection(client: MoySkladClient, feeds: Iterable[FeedSettings] = ())
     return report
 
 
-def unreachable(base_url: str, exc: MoySkladError) -> str:
-    """What to fix when the first request got no MoySklad answer: the host, the port or the path."""
+def unreachable(base_url: str, exc: MoySkladError, account: str = "") -> str:
+    """What to fix when the first request got no MoySklad answer: the host, the port or the path (the key of
+    ``account``, '' = the main one)."""
     parts = urlsplit(base_url)
     address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     text = str(exc)
@@ -122,7 +125,8 @@ def unreachable(base_url: str, exc: MoySkladError) -> str:
         advice = (f"the address must end in {API_PATH} (MoySklad's is {DEFAULT_MOYSKLAD_URL}); "
                   f"{base_url} has the path {parts.path or '/'}")
     else:
-        advice = (f"check moysklad.base_url (or MOYSKLAD_BASE_URL; MoySklad's is {DEFAULT_MOYSKLAD_URL}) "
+        variable = "" if account else "or MOYSKLAD_BASE_URL; "  # accounts[] take their address from the file only
+        advice = (f"check {account_key(account, 'moysklad.base_url')} ({variable}MoySklad's is {DEFAULT_MOYSKLAD_URL}) "
                   "and that this server may reach that host")
     return f"cannot reach MoySklad: {problem}: {advice}"
 

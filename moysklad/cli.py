@@ -9,6 +9,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from core.account_context import working_for
+from core.settings import MAIN_ACCOUNT_LABEL, account_key, token_variable
 from moysklad.errors import MoySkladError
 
 # Feature modules are imported by the commands that use them: `flask --app app` starts without loading them.
@@ -34,6 +36,16 @@ def _account(name: str):
     return views[name]
 
 
+def _which_account(name: str) -> str:
+    """The account a command is about and how to reach the others, when the instance serves several ('' otherwise)."""
+    accounts = [view.account for view in current_app.config["SETTINGS"].every_account()]
+    if len(accounts) == 1:
+        return ""
+    others = [other or MAIN_ACCOUNT_LABEL for other in accounts if other != name]
+    how = f"--account NAME, the {MAIN_ACCOUNT_LABEL} one without --account" if name else "--account NAME"
+    return f"account {name or MAIN_ACCOUNT_LABEL} (the others: {', '.join(others)}; name one with {how})"
+
+
 @moysklad_cli.command("check")
 @ACCOUNT_OPTION
 def check_command(account: str):
@@ -44,17 +56,21 @@ def check_command(account: str):
     from store import open_catalog
 
     settings = _account(account)
+    which = _which_account(account)
+    if which:
+        click.echo(f"Checking MoySklad for {which}.")
     ms = settings.moysklad
     if settings.is_demo:
         click.echo(settings.demo_notice)
     elif not ms.token and not (ms.login and ms.password):
-        click.echo("No MoySklad credentials are configured (moysklad.token or MOYSKLAD_TOKEN, or a login and "
-                   "password): no feed of this config reads the MoySklad API, so there is nothing to check.", err=True)
+        click.echo(f"No MoySklad credentials are configured ({account_key(account, 'moysklad.token')} or "
+                   f"{token_variable(account)}, or a login and password): no feed of this account reads the MoySklad "
+                   "API, so there is nothing to check.", err=True)
         sys.exit(1)
     quick = dataclasses.replace(ms, max_retries=0, connect_timeout=min(ms.connect_timeout, CHECK_CONNECT_TIMEOUT),
                                 read_timeout=min(ms.read_timeout, CHECK_READ_TIMEOUT))
-    with open_client(quick) as client:
-        report = check_connection(client, settings.feeds)
+    with working_for(account), open_client(quick) as client:
+        report = check_connection(client, settings.feeds, account)
         address = client_address(client)
     if report.account and settings.store_path.exists():
         with open_catalog(settings.store_path) as store:
@@ -66,10 +82,11 @@ def check_command(account: str):
         click.echo(f"  {label + ' ':.<{width}} {value}")
     for problem in report.problems:
         click.echo(f"  PROBLEM: {problem}", err=True)
+    of = f" of account {account or MAIN_ACCOUNT_LABEL}" if which else ""
     if not report.ok:
-        click.echo("MoySklad connection check failed: fix the problems above and run it again.", err=True)
+        click.echo(f"MoySklad connection check{of} failed: fix the problems above and run it again.", err=True)
         sys.exit(1)
-    click.echo("MoySklad connection OK" + (" (the DEMO emulator, not your account)." if settings.is_demo else "."))
+    click.echo(f"MoySklad connection{of} OK" + (" (the DEMO emulator, not your account)." if settings.is_demo else "."))
 
 
 @moysklad_cli.command("sync")
@@ -84,7 +101,7 @@ def sync_command(full: bool, account: str):
     settings = _account(account)
     ms = settings.moysklad
     try:
-        with open_client(ms) as client, open_catalog(settings.store_path) as store:
+        with working_for(account), open_client(ms) as client, open_catalog(settings.store_path) as store:
             result = sync_catalog(
                 client, store, full=full, overlap_minutes=ms.overlap_minutes, full_sync_hours=ms.full_sync_hours,
                 stock_report_hours=ms.stock_report_hours, progress=lambda stage, count, total=None: click.echo(f"  {stage}: {count}" + (f"/{total}" if total else ""),

@@ -18,7 +18,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
@@ -29,6 +28,7 @@ import urllib3
 from isal import isal_zlib  # inflates 4-5× faster than zlib: a full sync unpacks ~0.5 GB of JSON at 100,000 rows
 from requests.adapters import HTTPAdapter
 
+from core.account_context import AccountThreadPool
 from core.clock import MOSCOW
 from core.settings import MoySkladSettings
 from moysklad.errors import MoySkladError, RateLimited, TransportFailure, classify
@@ -275,7 +275,7 @@ class MoySkladClient:
             return
         offsets = iter(range(limit, size, limit))
         depth = self.settings.max_in_flight
-        with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="moysklad-page") as pool:
+        with AccountThreadPool(max_workers=depth, thread_name_prefix="moysklad-page") as pool:
             pending = deque()
 
             def submit(offset):

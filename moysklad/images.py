@@ -39,11 +39,12 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from core.account_context import AccountThreadPool
 from core.files import LockTaken, locked
 from core.pictures import MAX_PICTURE_BYTES, SIGNATURE_LENGTH, picture_kind
 from moysklad.client import MoySkladClient
@@ -275,7 +276,7 @@ def _exclusive(images_dir: Path) -> Iterator[None]:
 def _parallel(task: Callable, items: Iterable) -> Iterator:
     """Run ``task`` over items on a few threads, yielding results as they finish, with few queued."""
     items = iter(items)
-    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="moysklad-images") as pool:
+    with AccountThreadPool(max_workers=WORKERS, thread_name_prefix="moysklad-images") as pool:
         pending = {pool.submit(task, item) for item in itertools.islice(items, 2 * WORKERS)}
         try:
             while pending:

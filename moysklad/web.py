@@ -19,7 +19,9 @@ from collections import Counter
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
+from core.account_context import working_for
 from core.credentials import tokens_match
+from core.settings import Settings
 from core.mailbox import REBUILD, STOCK
 from core.request_body import read_limited
 
@@ -37,12 +39,18 @@ CATALOG_TYPES = frozenset({"product", "variant", "productfolder", "service", "bu
 @webhooks_bp.post("/webhooks/moysklad/<secret>")
 def moysklad_webhook(secret: str):
     """Answer at once; a catalog or stock change leaves a rebuild request for the scheduler."""
-    from moysklad.stock import report_moment
-
     settings = next((account for account in current_app.config["SETTINGS"].every_account()
                      if tokens_match(secret, account.webhooks.secret)), None)
     if settings is None:
         abort(404)
+    with working_for(settings.account):
+        return _take_webhook(settings)
+
+
+def _take_webhook(settings: Settings):
+    """The notes the webhook of the account ``settings`` asks for, left in the mailbox; the JSON answer."""
+    from moysklad.stock import report_moment
+
     received_at = time.time()
     body = read_limited(request, MAX_BODY_BYTES)
     if body is None:

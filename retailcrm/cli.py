@@ -9,6 +9,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from core.account_context import working_for
 from retailcrm.errors import RetailCrmError
 
 # Feature modules are imported by the commands that use them: `flask --app app` starts without loading them.
@@ -39,7 +40,8 @@ def check_command(feed_name: str | None):
     failed = False
     for account, feed in _pushing_feeds(feed_name):
         click.echo(f"feed {feed.name}:")
-        with RetailCrmClient(feed.retailcrm.url, feed.retailcrm.api_key, max_retries=2) as client:
+        crm = feed.retailcrm
+        with working_for(account.account), RetailCrmClient(crm.url, crm.api_key, max_retries=2) as client:
             report = check_feed(account, feed, client)
         width = max(len(label) for label, _ in report.facts) + 2
         for label, value in report.facts:
@@ -73,7 +75,8 @@ def push_command(feed_name: str | None, full: bool):
                 click.echo(f"  {'stock' if kind == 'store' else 'prices'}: {sent} of {total} offers", err=True)
 
         try:
-            result = push_feed(account, feed, full=full, progress=progress)
+            with working_for(account.account):
+                result = push_feed(account, feed, full=full, progress=progress)
         except (RetailCrmError, MappingError, StoreError) as exc:
             click.echo(f"  FAILED (what was accepted before stays recorded; the next push sends the rest): {exc}",
                        err=True)

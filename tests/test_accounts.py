@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.mailbox import REBUILD, Mailbox
 from core.settings import AccountSettings, ConfigError, FeedSettings, Settings, load_settings
-from emulator.harness import client_settings, wait_for
+from emulator.harness import EMULATOR_TOKEN, Gunicorn, client_settings, free_port, wait_for
+from emulator.retailcrm import RetailCrmEmulator
 from scheduler import start_scheduler
 from store import CatalogStore
 
@@ -196,6 +197,96 @@ def test_retailcrm_api_key_is_the_main_accounts_and_another_account_keeps_its_ow
     settings = load_settings(config, environ={"RETAILCRM_API_KEY": "main-key", "RETAILCRM_API_KEY_B2": "b2-key"})
     keys = {feed.name: feed.retailcrm.api_key for view in settings.every_account() for feed in view.feeds}
     assert keys == {"a": "main-key", "b1": "from-file-2", "b2": "b2-key"}
+
+
+def test_a_client_accounts_retailcrm_key_hint_names_only_the_variables_it_reads(tmp_path):
+    """RETAILCRM_API_KEY is the main account's: telling client b's operator to set it would send b nothing."""
+    config = tmp_path / "config.yaml"
+    crm = "retailcrm: {url: https://x.retailcrm.ru, site: s, stores: {main: all}}"
+    config.write_text(f"moysklad: {{token: t}}\nfeeds: [{{name: a}}]\n"
+                      f"accounts: [{{name: b, moysklad: {{token: t2}}, feeds: [{{name: b1, {crm}}}]}}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_settings(config, environ={})
+    assert str(error.value).endswith("accounts[0].feeds[0].retailcrm.api_key: set the retailCRM API key "
+                                     "(accounts[0].feeds[0].retailcrm.api_key, or RETAILCRM_API_KEY_B1)")
+    config.write_text(f"moysklad: {{token: t}}\nfeeds: [{{name: a, {crm}}}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"feeds\[0\]\.retailcrm\.api_key, or RETAILCRM_API_KEY_A or RETAILCRM_API_KEY\)"):
+        load_settings(config, environ={})
+
+
+def test_log_lines_of_an_accounts_sync_build_push_and_webhook_name_the_account(tmp_path, emulator_factory):
+    """An integrator reads one log for all clients: client b's MoySklad failing (its retries come from the threads
+    that fetch pages ahead), its build, its retailCRM push and its webhook say account=client-b; the main account's
+    say account=main; lines of no account's work say none."""
+    main_server, other_server = emulator_factory(products=20, seed=1), emulator_factory(products=60, seed=2)
+    other_server.faults.seed, other_server.faults.error_rate = 3, 0.3
+    crm = RetailCrmEmulator(api_key="rcrm-key-0123456789", sites=("shop",)).start()
+    hook = "client-b-hook-0123456789"
+    config = (f"data_dir: data\nmoysklad: {{base_url: {main_server.base_url}, token: {EMULATOR_TOKEN}}}\n"
+              "feeds: [{name: shop-a, pictures: none, interval_minutes: 0.05}]\n"
+              "accounts:\n  - name: client-b\n"
+              f"    moysklad: {{base_url: {other_server.base_url}, token: {EMULATOR_TOKEN}, page_size: 20, max_retries: 8, "
+              "retry_base_delay: 0.01, retry_max_delay: 0.05}\n"
+              f"    webhook_secret: {hook}\n"
+              "    feeds: [{name: shop-b, pictures: none, interval_minutes: 0.05, "
+              f"retailcrm: {{url: {crm.base_url}, site: shop, stores: {{main: all}}}}}}]\n")
+    server = Gunicorn(tmp_path, config, workers=1, environ={"RETAILCRM_API_KEY_SHOP_B": "rcrm-key-0123456789"})
+    try:
+        server.wait_ready()
+        wait_for(lambda: "retailcrm push #" in server.log() and server.build_lines("shop-a"), 60,
+                 "client b's push and the main account's build")
+        requests.post(f"{server.base}/webhooks/moysklad/{hook}",
+                      json={"events": [{"meta": {"type": "product"}, "action": "UPDATE"}]}, timeout=10)
+        server.stop()
+    finally:
+        crm.stop()
+        if server.process.poll() is None:
+            server.stop()
+    lines = server.log().splitlines()
+
+    def having(text: str) -> list[str]:
+        found = [line for line in lines if text in line]
+        assert found, f"no line with {text!r} in:\n" + "\n".join(lines[-40:])
+        return found
+
+    retries = having("; retry ")  # only client b's MoySklad fails
+    assert all(" account=client-b: " in line for line in retries)
+    for text in ("feed shop-b: build #", "retailcrm push #", "webhook POST /webhooks/moysklad/***"):
+        assert all(" account=client-b: " in line for line in having(text)), text
+    assert all(" account=main: " in line for line in having("feed shop-a: build #"))
+    assert all("account=" not in line for line in having("scheduler started in process"))
+    assert "rcrm-key-0123456789" not in server.log() and hook not in server.log()
+
+
+def test_moysklad_check_says_which_account_it_checked_and_where_that_accounts_keys_are(tmp_path, emulator):
+    from tests.moysklad.test_cli import flask
+
+    closed = f"http://127.0.0.1:{free_port()}/api/remap/1.2"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: data\nmoysklad: {{base_url: {emulator.base_url}}}\nfeeds: [{{name: a}}]\naccounts:\n"
+                      f"  - {{name: client-b, moysklad: {{base_url: {emulator.base_url}}}, feeds: [{{name: b}}]}}\n"
+                      f"  - {{name: client-c, moysklad: {{base_url: {closed}, token: c-token}}, feeds: [{{name: c}}]}}\n",
+                      encoding="utf-8")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MOYSKLAD_", "SKLADBRIDGE_"))}
+    env.update(SKLADBRIDGE_CONFIG=str(config), MOYSKLAD_TOKEN=EMULATOR_TOKEN, MOYSKLAD_TOKEN_CLIENT_B="revoked")
+
+    main = flask(env, "moysklad", "check")
+    assert main.returncode == 0, main.stderr
+    assert main.stdout.startswith("Checking MoySklad for account main (the others: client-b, client-c; name one with "
+                                  "--account NAME).\n")
+    assert main.stdout.endswith("MoySklad connection of account main OK.\n")
+
+    other = flask(env, "moysklad", "check", "--account", "client-b")
+    assert other.returncode == 1
+    assert other.stdout.startswith("Checking MoySklad for account client-b (the others: main, client-c; name one with "
+                                   "--account NAME, the main one without --account).\n")
+    assert "For account client-b: accounts.client-b.moysklad.token (or MOYSKLAD_TOKEN_CLIENT_B)." in other.stderr
+    assert "MoySklad connection check of account client-b failed" in other.stderr
+
+    unreachable = flask(env, "moysklad", "check", "--account", "client-c")
+    assert unreachable.returncode == 1
+    assert "check accounts.client-c.moysklad.base_url (MoySklad's is " in unreachable.stderr
+    assert "MOYSKLAD_BASE_URL" not in unreachable.stderr  # the main account's variable: client c's address is in the file
 
 
 def test_a_webhook_rebuilds_only_its_own_account(tmp_path, emulator_factory, serve):

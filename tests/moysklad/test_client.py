@@ -4,9 +4,13 @@ never more than ``max_retries`` times, and the error after giving up says what h
 
 import collections
 import datetime as dt
+import logging
 
 import pytest
 
+from core.account_context import working_for
+from core.logging_setup import configure_logging
+from core.settings import Settings
 from emulator.harness import client_settings
 from moysklad.client import MoySkladClient, request_cost
 from moysklad.errors import TransportFailure
@@ -64,3 +68,17 @@ def test_a_request_costs_what_moysklad_charges_a_user_that_day(day, assortment, 
     assert (request_cost("/entity/assortment", today), request_cost("/report/stock/all", today)) == (
         assortment, stock_report)
     assert request_cost("/report/stock/all/current", today) == assortment
+
+
+def test_retries_in_the_page_threads_are_logged_as_the_account_whose_sync_it_is(emulator, caplog):
+    """With 20 clients in one log, a failing MoySklad must be traceable to its client, also from the threads that
+    fetch pages ahead."""
+    configure_logging(Settings())  # the service's logging: its records name the account
+    emulator.faults.seed, emulator.faults.error_rate = 7, 0.3
+    settings = client_settings(emulator, page_size=20, max_retries=8, retry_base_delay=0.01, retry_max_delay=0.02)
+    with caplog.at_level(logging.WARNING, logger="moysklad.client"), working_for("client-b"), \
+            MoySkladClient(settings) as client:
+        rows = [row for page in client.iter_pages("/entity/assortment") for row in page["rows"]]
+    retries = [record for record in caplog.records if "; retry " in record.getMessage()]
+    assert len(rows) > settings.page_size and any(record.threadName.startswith("moysklad-page") for record in retries)
+    assert {record.account for record in retries} == {"client-b"}
