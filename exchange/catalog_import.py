@@ -461,7 +461,7 @@ def apply_summary(run: CatalogRun, summary: FileSummary, seen_since: int | None 
         run.stats.add(key, count)
     for table, rows in summary.references.items():
         if rows:
-            full = all([row.pop("full") for row in rows])
+            full = all([row.pop("full", True) for row in rows])  # True: a list outside any section, as 1C never sends
             write = run.replace_all if full else run.upsert
             run.stats.add(table, write(table, rows, ("source", "id")))
     if summary.units:

@@ -44,6 +44,7 @@ from exchange.cml import (
 
 # ИзмененияПакетаПредложений (2.08+, «для быстрой загрузки на сайт»): a changes-only package of prices and stock.
 CHANGES_PACKAGE = "ИзмененияПакетаПредложений"
+CHANGES_ONLY = "СодержитТолькоИзменения"
 SECTIONS = ("Классификатор", "Каталог", "ПакетПредложений", CHANGES_PACKAGE)
 # Only the end tags of these records reach Python; everything inside them stays in lxml until then.
 # Warehouses are read at the end of their list (Склады): a Склад also sits in every offer, as its stock.
@@ -121,8 +122,12 @@ def _good_kind(requisites: list[tuple[str, str]]) -> str:
 
 
 def _full(element) -> bool:
-    """СодержитТолькоИзменения absent or false: the section lists everything (1C's default)."""
-    return (element.get("СодержитТолькоИзменения") or "").strip().lower() != "true"
+    """СодержитТолькоИзменения absent or false: the section lists everything (1C's default). Schema 2.03 writes it as
+    the section's last child element, later ones as its attribute: read at the section's end, both are there."""
+    flag = element.get(CHANGES_ONLY)
+    if flag is None:
+        flag = text_of(next(element.iterchildren(f"{{*}}{CHANGES_ONLY}"), None))
+    return flag.strip().lower() != "true"
 
 
 def _vat(rates) -> tuple[float | None, int | None]:
@@ -371,6 +376,9 @@ class CatalogParser:
             self.full["ПакетПредложений"] = self.full.get("ПакетПредложений", False)
         else:
             self.full[section] = _full(element)
+        for rows in self.references.values():  # the section's price types and warehouses, read before its end
+            for row in rows:
+                row.setdefault("full", section != CHANGES_PACKAGE and self.full[section])
         self.listed.update(name for name in ("Товары", "Предложения") if name in fields)
         owner = text_of(fields_of(fields["Владелец"]).get("Наименование")) if "Владелец" in fields else ""
         if owner:
@@ -427,8 +435,7 @@ class CatalogParser:
             return True
         rows = self.references[table]
         extra = {"position": len(rows), "currency": text_of(fields.get("Валюта")) or None} if table == "price_types" else {}
-        rows.append({"id": item_id, "name": name, "external_code": item_id, "full": _full(element.getparent().getparent()),
-                     **extra})
+        rows.append({"id": item_id, "name": name, "external_code": item_id, **extra})  # "full": at the section's end
         return True
 
     def _unit_of_measure(self, element) -> bool:

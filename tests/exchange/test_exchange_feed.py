@@ -27,13 +27,14 @@ def offers_file(prices: dict[str, str]) -> str:
                            f"<Количество>5</Количество></Предложение>" for good, price in prices.items()))
 
 
-def one_c_exchange(base: str, prices: dict[str, str], finish: bool = True) -> None:
-    """1C sends a catalog and its prices and imports both; ``finish`` ends the session as 1C does."""
+def one_c_exchange(base: str, prices: dict[str, str], finish: bool = True, shape=str.encode) -> None:
+    """1C sends a catalog and its prices and imports both; ``finish`` ends the session as 1C does; ``shape`` makes
+    each document the bytes sent."""
     client = OneC(base)
     assert client.checkauth()[0] == "success"
     client.init()
-    files = {"import.xml": catalog([(good, f"Товар {good}") for good in prices]).encode(),
-             "offers.xml": offers_file(prices).encode()}
+    files = {"import.xml": shape(catalog([(good, f"Товар {good}") for good in prices])),
+             "offers.xml": shape(offers_file(prices))}
     for name, data in files.items():
         assert client.send(name, data) == ["success"]
         assert client.import_(name)[0] == ["success"]
@@ -155,3 +156,28 @@ def test_no_feed_is_built_between_two_files_of_one_full_catalog(shop, monkeypatc
     assert client.call("complete") == ["success"]
     wait_for(lambda: "Чайник новый" in served(base), 60, "the rebuild once the session is complete")
     assert seen == {"Y"} and activity(served(base), "mug") == "Y"
+
+
+def schema_2_03(document: str, changes_only: bool) -> bytes:
+    """The document as 1C's schema 2.03 writes it: СодержитТолькоИзменения as the section's last element."""
+    flag = f"<СодержитТолькоИзменения>{str(changes_only).lower()}</СодержитТолькоИзменения>"
+    for section in ("Каталог", "ПакетПредложений"):
+        document = document.replace(f'<{section} СодержитТолькоИзменения="false">', f"<{section}>")
+        document = document.replace(f"</{section}>", f"{flag}</{section}>")
+    return document.replace('ВерсияСхемы="2.07"', 'ВерсияСхемы="2.03"').encode()
+
+
+def test_a_2_03_package_of_changes_only_takes_nothing_off_sale(shop):
+    """Schema 2.03 says «changes only» with an element, not an attribute: read as a full package, it took every good
+    it did not list off sale in retailCRM."""
+    settings, app, base = shop
+    one_c_exchange(base, {"kettle": "990.00", "mug": "350.00"})
+    one_c_exchange(base, {"kettle": "1090.00"}, shape=lambda document: schema_2_03(document, changes_only=True))
+    run_build(settings, settings.feeds[0])
+    feed = served(base)
+    assert "<price>1090.00</price>" in feed
+    assert (activity(feed, "kettle"), activity(feed, "mug")) == ("Y", "Y")
+
+    one_c_exchange(base, {"kettle": "1190.00"}, shape=lambda document: schema_2_03(document, changes_only=False))
+    run_build(settings, settings.feeds[0])
+    assert (activity(served(base), "kettle"), activity(served(base), "mug")) == ("Y", "N")
