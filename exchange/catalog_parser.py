@@ -579,12 +579,18 @@ class CatalogParser:
         return None
 
     def _unit_id(self, fields: dict) -> str | None:
-        """The card's unit (its OKEI code); the first sight of a code adds it to the units."""
+        """The card's unit (its OKEI code); the first sight of a code adds it to the units. 1C 2.09+ writes the code
+        alone (<БазоваяЕдиница>796</БазоваяЕдиница>): a unit its classifier's ЕдиницыИзмерения lists, in this file
+        or an earlier one."""
         element = fields.get("БазоваяЕдиница")
-        code = (element.get("Код") or "").strip() if element is not None else ""
+        if element is None:
+            return None
+        code = (element.get("Код") or "").strip()
         if code in self.units:
             return code
-        unit = _unit(element) if element is not None else None
+        if not code and text_of(element).isdigit():
+            return text_of(element)
+        unit = _unit(element)
         if unit:
             self.units[unit["id"]] = unit
         return unit["id"] if unit else None

@@ -181,3 +181,21 @@ def test_a_2_03_package_of_changes_only_takes_nothing_off_sale(shop):
     one_c_exchange(base, {"kettle": "1190.00"}, shape=lambda document: schema_2_03(document, changes_only=False))
     run_build(settings, settings.feeds[0])
     assert (activity(served(base), "kettle"), activity(served(base), "mug")) == ("Y", "N")
+
+
+def units_by_code(document: str) -> bytes:
+    """The document as 1C 2.09+ writes units: listed in the classifier, each good naming its unit by code alone."""
+    units = ("<ЕдиницыИзмерения><ЕдиницаИзмерения><Ид>0cb615ec-0e44-11e4-ae1d-00155d003d10</Ид>"
+             "<НаименованиеКраткое>упа</НаименованиеКраткое><Код>778 </Код><НаименованиеПолное>Упаковка"
+             "</НаименованиеПолное></ЕдиницаИзмерения></ЕдиницыИзмерения>")
+    document = document.replace("</Группы></Классификатор>", f"</Группы>{units}</Классификатор>")
+    return document.replace("</Наименование></Товар>", "</Наименование><БазоваяЕдиница>778</БазоваяЕдиница></Товар>").encode()
+
+
+def test_a_unit_named_by_its_code_alone_reaches_the_feed(shop):
+    """<БазоваяЕдиница>778</БазоваяЕдиница> names a unit of the classifier's ЕдиницыИзмерения: goods sold by the pack
+    lost their unit, and retailCRM took them for pieces."""
+    settings, app, base = shop
+    one_c_exchange(base, {"kettle": "990.00"}, shape=units_by_code)
+    run_build(settings, settings.feeds[0])
+    assert '<unit code="pack" name="Упаковка" sym="упа"/>' in served(base)
