@@ -76,22 +76,42 @@ logger_class = ScrubbingLogger
 
 
 def _configured_secrets() -> tuple[str, ...]:
-    """The secrets of the configuration, for the access log; none when it does not load (on_starting says why)."""
-    from core.settings import ConfigError, load_settings, secret_values
+    """The secrets of the configuration, for the access log: the file's, else (a reload that does not load) those
+    of the configuration the workers keep serving; none when nothing loaded (on_starting says why)."""
+    from core.settings import ConfigError, load_settings, secret_values, settings_for_worker
 
     try:
         return secret_values(load_settings())
     except ConfigError:
-        return ()
+        held = settings_for_worker()
+        return secret_values(held) if held else ()
 
 
 def on_starting(server):
     """Read the configuration once in the master before any worker boots: a mistake is one line and exit 1
-    (wsgi.py does the same for a gunicorn started without this file)."""
-    from core.settings import ConfigError, load_settings, prepare_data_dirs
+    (wsgi.py does the same for a gunicorn started without this file). The workers serve what was read here."""
+    from core.settings import ConfigError, load_settings, prepare_data_dirs, serve_in_workers
 
     try:
-        prepare_data_dirs(load_settings())
+        settings = load_settings()
+        prepare_data_dirs(settings)
     except ConfigError as exc:
         print(f"skladbridge: config error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
+    serve_in_workers(settings)
+
+
+def on_reload(server):
+    """SIGHUP (systemctl reload): the new workers serve the edited configuration when it loads. When it does not,
+    the mistake is one line and they serve the one running before: a typo must not take feeds and 1C's exchange
+    down, as it did when the new workers failed to load and gunicorn halted."""
+    from core.settings import ConfigError, load_settings, prepare_data_dirs, serve_in_workers
+
+    try:
+        settings = load_settings()
+        prepare_data_dirs(settings)
+    except ConfigError as exc:
+        print(f"skladbridge: config error: {exc}; the reload keeps the configuration running before, "
+              "fix the file and reload again", file=sys.stderr, flush=True)
+        return
+    serve_in_workers(settings)

@@ -414,6 +414,21 @@ ACCOUNT_VARIABLES = ("MOYSKLAD_TOKEN", "MOYSKLAD_LOGIN", "MOYSKLAD_PASSWORD", "M
 ENVIRONMENT_ONLY = {"feeds": [{"name": "main", "source": "moysklad"}]}
 
 
+# The configuration the gunicorn master read and checked (gunicorn.conf.py), held for the workers it forks.
+_CHECKED_BY_MASTER: list[Settings] = []
+
+
+def serve_in_workers(settings: Settings) -> None:
+    """In the gunicorn master: the workers it forks from now on serve this checked configuration, so a reload
+    whose edited file does not load starts its workers on the last good one instead of taking the service down."""
+    _CHECKED_BY_MASTER[:] = [settings]
+
+
+def settings_for_worker() -> Settings | None:
+    """In a gunicorn worker, the configuration its master checked; None elsewhere (read the file then)."""
+    return _CHECKED_BY_MASTER[0] if _CHECKED_BY_MASTER else None
+
+
 def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Settings:
     """Read the config file (or the demo defaults when there is none) and apply the environment.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -146,3 +147,33 @@ def test_an_exchange_only_install_starts_and_exchanges_without_a_moysklad_sectio
     finally:
         server.stop()
     assert "no credentials" not in server.log() and "Traceback" not in server.log()
+
+
+def test_a_reload_with_a_typo_in_the_config_keeps_the_service_serving_and_a_good_one_applies(tmp_path):
+    """`systemctl reload` sends gunicorn SIGHUP. With a typo in the edited config the new workers failed to load and
+    gunicorn halted: feeds, webhooks and 1C's exchange went dark until the file was fixed. Now the mistake is one
+    line and the workers keep the configuration running; a config that loads is applied by the next reload."""
+    feeds = "feeds:\n  - name: shop\n    source: exchange\n    pictures: none\n"
+    config = f"data_dir: data\nexchange:\n  login: {LOGIN}\n"
+    server = Gunicorn(tmp_path, config + feeds, workers=2, deployed=True,
+                      environ={"EXCHANGE_PASSWORD": PASSWORD}).wait_ready(timeout=60)
+    try:
+        def feed_names() -> list[str]:
+            return [feed["name"] for feed in requests.get(server.base + "/health.json", timeout=10).json()["feeds"]]
+
+        assert feed_names() == ["shop"]
+        server.config.write_text(config + feeds.replace("feeds:", "feedz:"), encoding="utf-8")
+        workers = set(server.worker_pids())
+        os.kill(server.process.pid, signal.SIGHUP)
+        wait_for(lambda: server.worker_pids() and not workers & set(server.worker_pids()), 60, "new workers")
+        assert "skladbridge: config error: " in server.log() and "feedz: unknown key" in server.log()
+        assert "the reload keeps the configuration running before" in server.log()
+        assert server.process.poll() is None and feed_names() == ["shop"]
+        assert OneC(server.base).checkauth()[0] == "success"  # 1C's exchange too
+
+        server.config.write_text(config + feeds + "  - name: outlet\n    source: exchange\n    pictures: none\n",
+                                 encoding="utf-8")
+        os.kill(server.process.pid, signal.SIGHUP)
+        wait_for(lambda: feed_names() == ["shop", "outlet"], 60, "the edited config after the next reload")
+    finally:
+        server.stop()
