@@ -89,8 +89,10 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
             _check_names(settings, feed)
             try:
                 sync_result = _sync(client, settings, progress, full=full_sync)
-            except AccountMismatch:
-                _withdraw_other_account(settings)
+            except Exception as exc:
+                if isinstance(exc, AccountMismatch):
+                    _withdraw_other_account(settings)
+                _record_failed_at_sync(settings, feed, exc)
                 raise
             waiting = _pictures_waiting(settings, sync_result)
             if waiting <= PICTURES_BEFORE_PUBLISH:
@@ -106,6 +108,22 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
                     result.with_pictures = _publish(settings, feed, False, time.monotonic(), progress, mode=PICTURES_MODE)
         result.sync = sync_result
         return result
+
+
+# The mode of a build recorded as failed because the sync before it failed (the sync's run says why in detail).
+FAILED_AT_SYNC = "sync"
+
+
+def _record_failed_at_sync(settings: Settings, feed: FeedSettings, error: Exception) -> None:
+    """A build whose sync failed is still an attempt of this feed that did not publish: recorded as its failed build
+    (build №, metrics' build failures), with the sync's error."""
+    try:
+        with open_catalog(settings.store_path) as store, store.run(feed_source(feed), "build", FAILED_AT_SYNC):
+            raise error
+    except type(error):
+        pass
+    except StoreError as exc:  # the sync's own error is what the caller reports
+        log.warning("feed %s: the failed build was not recorded: %s", feed.name, exc)
 
 
 def _withdraw_other_account(settings: Settings) -> None:

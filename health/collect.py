@@ -18,7 +18,7 @@ from core.clock import MOSCOW
 from core.cron import crontab_trigger
 from core.russian import counted, grouped, plural
 from core.settings import MAIN_ACCOUNT_LABEL, FeedSettings, Settings, redacted, token_variable
-from feeds.build import PICTURES_MODE, feed_source
+from feeds.build import FAILED_AT_SYNC, PICTURES_MODE, feed_source
 from feeds.progress import read_progress
 from feeds.publish import feed_paths
 from retailcrm.push import push_source
@@ -429,12 +429,13 @@ def _push_summary(run: dict | None) -> dict | None:
 
 
 def _failed_attempt(last_build: dict | None, sync: dict | None, feed: FeedSettings) -> dict | None:
-    """The run that failed this feed's latest attempt: its build, or the MoySklad sync that preceded it."""
+    """The run that failed this feed's latest attempt: its build, or the MoySklad sync that preceded it (also when
+    the build is recorded as failed at its sync: the sync's run has the detail)."""
+    failed_sync = feed.source == "moysklad" and sync and sync["status"] in ("failed", "interrupted")
     if last_build and last_build["status"] in ("failed", "interrupted"):
-        return last_build
-    if feed.source == "moysklad" and sync and sync["status"] in ("failed", "interrupted"):
-        if last_build is None or sync["started_at"] >= last_build["started_at"]:
-            return sync
+        return sync if last_build["mode"] == FAILED_AT_SYNC and failed_sync else last_build
+    if failed_sync and (last_build is None or sync["started_at"] >= last_build["started_at"]):
+        return sync
     return None
 
 

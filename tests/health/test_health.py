@@ -287,6 +287,26 @@ def test_metrics_match_the_health_data(three_feeds):
     assert "broken" not in {s.labels.get("feed") for s in families["skladbridge_feed_offers"].samples}
 
 
+def test_a_build_that_fails_at_its_sync_counts_as_a_failed_build(tmp_path, emulator, serve):
+    """A revoked token or MoySklad down fails a build in its sync, before the build's own run: /metrics counted no
+    build and no failure for the feed, so an alert on skladbridge_feed_build_failures_total never fired for the
+    commonest failures. The page still explains it from the sync's run."""
+    from moysklad.errors import MoySkladError
+
+    settings = Settings(data_dir=tmp_path / "data", moysklad=client_settings(emulator, token="revoked-token"),
+                        feeds=(FeedSettings(name="main", pictures="none"),))
+    for _ in range(2):
+        with pytest.raises(MoySkladError):
+            build_feed(settings, settings.feeds[0])
+    base = serve(settings)
+    families = {f.name: f for f in text_string_to_metric_families(requests.get(base + "/metrics", timeout=10).text)}
+    counted = {sample.name: sample.value for name in ("skladbridge_feed_builds", "skladbridge_feed_build_failures")
+               for sample in families[name].samples if sample.labels.get("feed") == "main"}
+    assert counted == {"skladbridge_feed_builds_total": 2, "skladbridge_feed_build_failures_total": 2}
+    feed = requests.get(base + "/health.json", timeout=10).json()["feeds"][0]
+    assert feed["state"] == "failing" and feed["error"]["title"] == "МойСклад не принял токен или логин/пароль"
+
+
 def page_form(base: str, session: requests.Session, feed: str) -> str:
     html = session.get(base + "/", timeout=10).text
     return re.search(rf'action="/health/build/{feed}">\s*<input type="hidden" name="csrf" value="([^"]+)"', html).group(1)
