@@ -307,6 +307,16 @@ def test_a_build_that_fails_at_its_sync_counts_as_a_failed_build(tmp_path, emula
     assert feed["state"] == "failing" and feed["error"]["title"] == "МойСклад не принял токен или логин/пароль"
 
 
+def test_the_readme_names_every_series_as_metrics_serves_it(three_feeds):
+    """The README listed counters without the _total that Prometheus' text format gives them, and left some series
+    out: PromQL copied from it found nothing."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    served = {sample.name.removesuffix("_count").removesuffix("_sum") if family.type == "summary" else sample.name
+              for family in text_string_to_metric_families(requests.get(three_feeds[1] + "/metrics", timeout=10).text)
+              for sample in family.samples if not sample.name.endswith("_created")}
+    assert len(served) > 20 and {name for name in served if f"`{name}`" not in readme} == set()
+
+
 def page_form(base: str, session: requests.Session, feed: str) -> str:
     html = session.get(base + "/", timeout=10).text
     return re.search(rf'action="/health/build/{feed}">\s*<input type="hidden" name="csrf" value="([^"]+)"', html).group(1)
