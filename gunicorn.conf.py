@@ -12,6 +12,7 @@ import sys
 from gunicorn.glogging import Logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the config is read before --chdir applies
+from core.gunicorn_worker import environment_number  # noqa: E402
 from core.logging_setup import JsonFormatter, scrub  # noqa: E402
 
 bind = os.environ.get("SKLADBRIDGE_BIND", "127.0.0.1:8080")
@@ -21,8 +22,8 @@ bind = os.environ.get("SKLADBRIDGE_BIND", "127.0.0.1:8080")
 # exactly one of them runs the scheduler (the others take over within 30 s if it dies).
 # gthread with a deadline for the request head (core/gunicorn_worker.py): half-sent requests cannot hold the threads.
 worker_class = "core.gunicorn_worker.HeadDeadlineWorker"
-workers = int(os.environ.get("SKLADBRIDGE_WORKERS", "2"))
-threads = int(os.environ.get("SKLADBRIDGE_THREADS", "8"))
+workers = environment_number("SKLADBRIDGE_WORKERS", 2)
+threads = environment_number("SKLADBRIDGE_THREADS", 8)
 
 # With gthread the timeout is the worker's heartbeat, not a request limit: long uploads and feed
 # downloads are fine. A stuck worker is replaced after this long.

@@ -24,7 +24,24 @@ import time
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
-REQUEST_HEAD_SECONDS = float(os.environ.get("SKLADBRIDGE_REQUEST_HEAD_SECONDS", "15"))
+
+def environment_number(name: str, default: int | float, kind: type = int) -> int | float:
+    """A positive number from the environment variable ``name`` (``default`` when unset); one line naming the
+    variable and exit 1 when it is something else, where Python's ValueError made gunicorn print a traceback."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise SystemExit(f"skladbridge: config error: {name}={text!r} is not {what} above 0; fix or unset it")
+    return value
+
+
+REQUEST_HEAD_SECONDS = environment_number("SKLADBRIDGE_REQUEST_HEAD_SECONDS", 15.0, float)
 WATCH_INTERVAL = min(1.0, REQUEST_HEAD_SECONDS / 4)
 HEAD_PEEK_BYTES = 65536  # a request line and headers of any client seen (gunicorn's limits allow more, rarely met)
 # What the operator reads in 1C or MoySklad for each status gunicorn answers a request it refuses with.

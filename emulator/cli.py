@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from .protocol import STOCK_INTERVAL
@@ -71,8 +73,9 @@ def emulator_cli() -> None:
 def run_command(port, host, products, seed, latency_ms, error_rate, token, login, password, webhook_interval,
                 other_tokens) -> None:
     """Serve a seeded catalog until Ctrl+C."""
-    run(port=port, products=products, seed=seed, host=host, latency_ms=latency_ms, error_rate=error_rate,
-        token=token, login=login, password=password, webhook_interval=webhook_interval, other_tokens=other_tokens)
+    with _listening(host, port):
+        run(port=port, products=products, seed=seed, host=host, latency_ms=latency_ms, error_rate=error_rate,
+            token=token, login=login, password=password, webhook_interval=webhook_interval, other_tokens=other_tokens)
 
 
 @emulator_cli.command("retailcrm")
@@ -84,4 +87,20 @@ def run_command(port, host, products, seed, latency_ms, error_rate, token, login
 @click.option("--icml", type=click.Path(exists=True, dir_okay=False), help="Feed whose offers the first shop knows.")
 def retailcrm_command(port, host, api_key, sites, icml) -> None:
     """Serve a retailCRM account (stock and price uploads) until Ctrl+C."""
-    run_retailcrm(port=port, host=host, api_key=api_key, sites=sites, icml=icml)
+    from lxml import etree
+
+    try:
+        with _listening(host, port):
+            run_retailcrm(port=port, host=host, api_key=api_key, sites=sites, icml=icml)
+    except etree.XMLSyntaxError as exc:
+        raise click.ClickException(f"--icml {icml} is not an ICML (XML) file: {exc}") from None
+
+
+@contextlib.contextmanager
+def _listening(host: str, port: int):
+    """An address the emulator cannot listen on is one line naming --port, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                                   "choose another --port (or stop what listens there)") from None

@@ -177,3 +177,30 @@ def test_a_reload_with_a_typo_in_the_config_keeps_the_service_serving_and_a_good
         wait_for(lambda: feed_names() == ["shop", "outlet"], 60, "the edited config after the next reload")
     finally:
         server.stop()
+
+
+def test_a_mistyped_server_variable_or_a_busy_port_is_one_line_not_a_traceback(tmp_path):
+    """SKLADBRIDGE_WORKERS=two made gunicorn print «Failed to read config file» and a ValueError traceback without
+    naming the variable; an emulator on a busy port or given a broken --icml file ended in a traceback too."""
+    for variable, value, words in (("SKLADBRIDGE_WORKERS", "two", "is not a whole number above 0"),
+                                   ("SKLADBRIDGE_THREADS", "0", "is not a whole number above 0"),
+                                   ("SKLADBRIDGE_REQUEST_HEAD_SECONDS", "abc", "is not a number of seconds above 0")):
+        started = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                                 env={**CLEAN_ENV, variable: value, "SKLADBRIDGE_BIND": "127.0.0.1:1"},
+                                 capture_output=True, text=True, timeout=60)
+        assert started.returncode == 1 and "Traceback" not in started.stderr
+        assert started.stderr.strip() == f"skladbridge: config error: {variable}={value!r} {words}; fix or unset it"
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for command in (("emulator", "run", "--port", port), ("emulator", "retailcrm", "--port", port)):
+            busy = flask(tmp_path, *command)
+            assert busy.returncode == 1 and "Traceback" not in busy.stderr
+            assert f"Error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port" in busy.stderr
+    broken = tmp_path / "feed.xml"
+    broken.write_text("<yml_catalog><shop>", encoding="utf-8")
+    refused = flask(tmp_path, "emulator", "retailcrm", "--port", "0", "--icml", str(broken))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"Error: --icml {broken} is not an ICML (XML) file: " in refused.stderr
