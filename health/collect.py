@@ -64,6 +64,11 @@ class Advice:
     action: str
 
 
+STORE_UNREADABLE = Advice(
+    "Каталог аккаунта не открывается: фид не собирается",
+    "посмотрите текст ошибки ниже. Если файл catalog.sqlite повреждён или это не база SQLite, остановите сервис, "
+    "переместите файл (и файлы -wal, -shm рядом с ним) в сторону и запустите сервис: следующая сборка загрузит каталог "
+    "заново. Если не хватает прав или места на диске — исправьте это; опубликованный фид пока раздаётся прежний.")
 CREDENTIALS_REJECTED = Advice(
     "МойСклад не принял токен или логин/пароль",
     "Выпустите новый токен в МоёмСкладе (Настройки → Токены) и запишите его в {key} или в "
@@ -135,6 +140,7 @@ def collect(settings: Settings, now: dt.datetime | None = None, *, reveal_tokens
         except StoreError as exc:
             problems.append(f"каталог{' аккаунта ' + view.account if view.account else ''} не открывается: {exc}")
             account["store"] = {"ok": False, "path": str(view.store_path), "error": str(exc)}
+            feeds += [_feed_without_store(view, feed, now, reveal_tokens, str(exc)) for feed in view.feeds]
             continue
         with store:
             for source in ("moysklad", "exchange", *(feed_source(feed) for feed in view.feeds),
@@ -286,7 +292,6 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
     numbers = {run["id"]: newest - index for index, run in enumerate(history)}  # the feed's own build №, newest first
     last_ok = next((run for run in history if run["status"] == "ok"), None) or store.last_run(source, "build", "ok")
     last = history[0] if history else None
-    interval = schedule_interval_seconds(feed, now)
     error_run = _failed_attempt(last, last_sync, feed)
     attempt = error_run if error_run and error_run["kind"] == "sync" else last
     age = _age(last_ok["finished_at"], now) if last_ok else None
@@ -302,20 +307,10 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
     else:
         state = "fresh"
     counts = last_ok["counts"] if last_ok else {}
-    file = feed_paths(settings.feeds_dir, feed.name)["xml"]
-    token_part = (feed.token if reveal_tokens else "***") + "/" if feed.token else ""
     return {
-        "name": feed.name,
-        "account": settings.account or MAIN_ACCOUNT_LABEL,
-        "source": feed.source,
+        **_feed_card(settings, feed, now, reveal_tokens),
         "state": state,
         "state_text": STATE_TEXTS[state],
-        "url": f"{settings.public_url.rstrip('/')}/feeds/{token_part}{feed.name}.xml",
-        "open_warning": open_feed_warning(settings, feed),
-        "schedule": {"cron": feed.cron or None, "interval_seconds": round(interval),
-                     "text": f"по расписанию «{feed.cron}» (время сервера)" if feed.cron else every_text(interval)},
-        "stale_after_seconds": round(STALE_INTERVALS * interval),
-        "stale_after_text": duration_text(STALE_INTERVALS * interval),
         "next_run_at": _iso(next_run(feed, now, attempt)),  # the scheduler's own plan replaces it (_queue)
         "last_success": None if last_ok is None else {
             "run_id": last_ok["id"],
@@ -326,7 +321,6 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
             "guard": counts.get("guard"), "pictures_waiting": counts.get("pictures_waiting") or 0,
             "with_pictures": last_ok["mode"] == PICTURES_MODE,
         },
-        "file": {"exists": file.exists(), "size": _size(file)},
         "last_attempt": _attempt(attempt, numbers, store),
         "building": building,
         "progress": _progress(progress) if progress is not None else {},
@@ -340,6 +334,39 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
                     for run in reversed(history)],
         "retailcrm": _retailcrm(store, feed) if feed.retailcrm else None,
         "queue": None,  # its work in the build queue, filled in by _queue
+    }
+
+
+def _feed_card(settings: Settings, feed: FeedSettings, now: dt.datetime, reveal_tokens: bool) -> dict:
+    """What the page shows of a feed from its settings and its published file, whatever its store says."""
+    interval = schedule_interval_seconds(feed, now)
+    file = feed_paths(settings.feeds_dir, feed.name)["xml"]
+    token_part = (feed.token if reveal_tokens else "***") + "/" if feed.token else ""
+    return {
+        "name": feed.name,
+        "account": settings.account or MAIN_ACCOUNT_LABEL,
+        "source": feed.source,
+        "url": f"{settings.public_url.rstrip('/')}/feeds/{token_part}{feed.name}.xml",
+        "open_warning": open_feed_warning(settings, feed),
+        "schedule": {"cron": feed.cron or None, "interval_seconds": round(interval),
+                     "text": f"по расписанию «{feed.cron}» (время сервера)" if feed.cron else every_text(interval)},
+        "stale_after_seconds": round(STALE_INTERVALS * interval),
+        "stale_after_text": duration_text(STALE_INTERVALS * interval),
+        "file": {"exists": file.exists(), "size": _size(file)},
+    }
+
+
+def _feed_without_store(settings: Settings, feed: FeedSettings, now: dt.datetime, reveal_tokens: bool,
+                        error: str) -> dict:
+    """A feed of an account whose store does not open: failing, listed (a per-feed alert must not fall silent for
+    exactly the broken account), its counters left out rather than reported as zero."""
+    return {
+        **_feed_card(settings, feed, now, reveal_tokens),
+        "state": "failing", "state_text": STATE_TEXTS["failing"], "next_run_at": None, "last_success": None,
+        "last_attempt": None, "building": False, "progress": {}, "source_changed_at": None, "skipped": _skipped(None),
+        "error": {"run_id": None, "number": None, "kind": "store", "at": None, "text": error,
+                  "title": STORE_UNREADABLE.title, "action": STORE_UNREADABLE.action, "what": "Каталог"},
+        "totals": None, "history": [], "retailcrm": None, "queue": None,
     }
 
 

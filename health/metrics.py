@@ -28,6 +28,8 @@ class _HealthCollector:
     def collect(self):
         data = self.data
         yield _gauge("skladbridge_healthy", "1 when every feed is fresh and the store opens.", [((), int(data["ok"]))])
+        yield _gauge("skladbridge_store_ok", "1 when the account's catalog store opens.",
+                     [((account["name"],), int(account["store"]["ok"])) for account in data["accounts"]], ["account"])
         yield from self._feeds(data["feeds"])
         yield from self._moysklad([account for account in data["accounts"] if account["moysklad"]])
         if data.get("exchange"):
@@ -59,9 +61,10 @@ class _HealthCollector:
                      per_feed(lambda f: f["skipped"]["total"]), ["feed"])
         yield _gauge("skladbridge_feed_size_bytes", "Size of the published feed file.",
                      per_feed(lambda f: f["file"]["size"]), ["feed"])
-        yield _counter("skladbridge_feed_builds", "Builds started.", per_feed(lambda f: f["totals"]["runs"]), ["feed"])
+        yield _counter("skladbridge_feed_builds", "Builds started.", per_feed(lambda f: f["totals"] and f["totals"]["runs"]),
+                       ["feed"])
         yield _counter("skladbridge_feed_build_failures", "Builds that failed or were interrupted.",
-                       per_feed(lambda f: f["totals"]["failed"]), ["feed"])
+                       per_feed(lambda f: f["totals"] and f["totals"]["failed"]), ["feed"])
         yield from _HealthCollector._retailcrm([feed for feed in feeds if feed.get("retailcrm")])
 
     @staticmethod

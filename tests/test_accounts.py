@@ -95,6 +95,35 @@ def test_a_folder_left_by_a_renamed_account_is_named_on_the_page_with_what_to_do
     assert (folder / "catalog.sqlite").exists()  # named, never touched
 
 
+def test_an_account_whose_store_does_not_open_keeps_its_feeds_listed_as_failing(tmp_path, emulator_factory, serve):
+    """client-b's catalog.sqlite became unreadable: /healthz said so, but its feed vanished from /health.json and
+    /metrics, so a per-feed alert (feed_state fresh == 0) fell silent for exactly the broken account."""
+    settings = two_accounts(tmp_path, emulator_factory(products=30, seed=1), emulator_factory(products=20, seed=2))
+    from feeds.build import build_feed
+
+    for view in settings.every_account():
+        for feed in view.feeds:
+            build_feed(view, feed)
+    (tmp_path / "data" / "accounts" / "client-b" / "catalog.sqlite").write_text("not a database", encoding="utf-8")
+    base = serve(settings)
+
+    health = requests.get(base + "/health.json", timeout=10).json()
+    feeds = {feed["name"]: feed for feed in health["feeds"]}
+    assert feeds["shop-a"]["state"] == "fresh" and feeds["shop-b"]["state"] == "failing"
+    assert feeds["shop-b"]["error"]["title"] == "Каталог аккаунта не открывается: фид не собирается"
+    assert "file is not a database" in feeds["shop-b"]["error"]["text"] and feeds["shop-b"]["file"]["exists"]
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(requests.get(base + "/metrics", timeout=10).text)
+               for sample in family.samples}
+    assert samples[("skladbridge_store_ok", (("account", "client-b"),))] == 0
+    assert samples[("skladbridge_store_ok", (("account", "main"),))] == 1
+    assert samples[("skladbridge_feed_state", (("feed", "shop-b"), ("state", "failing")))] == 1
+    assert ("skladbridge_feed_builds_total", (("feed", "shop-b"),)) not in samples  # unknown, not reset to 0
+    assert samples[("skladbridge_feed_builds_total", (("feed", "shop-a"),))] == 1
+    page = requests.get(base + "/", timeout=10).text
+    assert "Каталог аккаунта не открывается: фид не собирается" in page and "Каталог: " in page
+
+
 def test_a_failing_account_does_not_hold_up_the_others(tmp_path, emulator_factory, serve):
     """Client B's MoySklad answers slowly and then rejects the token; client A's feed is built and
     served meanwhile, and the health page names B's problem."""
