@@ -16,7 +16,12 @@ CREATE TABLE IF NOT EXISTS exchange_sessions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, token_hash TEXT NOT NULL UNIQUE, client TEXT,
     started_at TEXT NOT NULL, finished_at TEXT, files TEXT, bytes INTEGER NOT NULL DEFAULT 0,
     result TEXT NOT NULL, error TEXT);
+CREATE TABLE IF NOT EXISTS exchange_totals (
+    id INTEGER PRIMARY KEY CHECK (id = 1), sessions INTEGER NOT NULL, failed INTEGER NOT NULL, bytes INTEGER NOT NULL);
 """
+# Sessions kept in the log (the page shows the latest few). 1C exchanging every few minutes leaves some 100,000 a
+# year, and /metrics summed them all at every scrape; older ones are folded into exchange_totals and deleted.
+SESSIONS_KEPT = 1000
 
 
 class ExchangeLog(Database):
@@ -30,7 +35,21 @@ class ExchangeLog(Database):
             session_id = self.db["exchange_sessions"].insert(
                 {"token_hash": token_hash, "client": client, "started_at": utc_now(), "result": "open"}
             ).last_pk
+            self._fold_old_sessions()
         return self.session(session_id)
+
+    def _fold_old_sessions(self) -> None:
+        """Count the sessions older than the latest SESSIONS_KEPT into exchange_totals and delete them."""
+        older = "FROM exchange_sessions WHERE id < (SELECT id FROM exchange_sessions ORDER BY id DESC LIMIT 1 OFFSET ?)"
+        sessions, failed, data = self.db.execute(
+            f"SELECT count(*), coalesce(sum(result = 'failed'), 0), coalesce(sum(bytes), 0) {older}",
+            [SESSIONS_KEPT - 1]).fetchone()
+        if not sessions:
+            return
+        self.db.execute("INSERT INTO exchange_totals VALUES (1, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                        "sessions = sessions + excluded.sessions, failed = failed + excluded.failed, "
+                        "bytes = bytes + excluded.bytes", [sessions, failed, data])
+        self.db.execute(f"DELETE {older}", [SESSIONS_KEPT - 1])
 
     def session(self, session_id: int) -> dict | None:
         rows = list(self.db.query("SELECT * FROM exchange_sessions WHERE id = ?", [session_id]))
@@ -48,9 +67,12 @@ class ExchangeLog(Database):
             self.db["exchange_sessions"].update(session_id, values)
 
     def totals(self) -> dict:
-        """Sessions, failed sessions and bytes received over the whole log (for metrics)."""
-        row = self.db.execute("SELECT count(*), coalesce(sum(result = 'failed'), 0), coalesce(sum(bytes), 0) "
-                              "FROM exchange_sessions").fetchone()
+        """Sessions, failed sessions and bytes received since the log began (for metrics): the sessions kept plus
+        those folded away."""
+        row = self.db.execute(
+            "SELECT count(*) + coalesce((SELECT sessions FROM exchange_totals), 0), "
+            "coalesce(sum(result = 'failed'), 0) + coalesce((SELECT failed FROM exchange_totals), 0), "
+            "coalesce(sum(bytes), 0) + coalesce((SELECT bytes FROM exchange_totals), 0) FROM exchange_sessions").fetchone()
         return dict(zip(("sessions", "failed", "bytes"), row))
 
     def recent(self, limit: int = 20) -> list[dict]:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from emulator.harness import ROOT
-from store import CatalogReader, CatalogStore, RenderReader, StoreBusy, StoreError, unpack_offer
+from store import CatalogReader, CatalogStore, ExchangeLog, RenderReader, StoreBusy, StoreError, unpack_offer
 
 
 def offer(offer_id, name="Чайник", **extra):
@@ -289,3 +289,15 @@ def test_a_store_from_before_run_totals_numbers_its_runs_and_counts_them(tmp_pat
         with store.run("retailcrm:shop", "push"):
             pass
         assert store.run_totals("retailcrm:shop", "push")["runs"] == 4
+
+
+def test_the_exchange_log_keeps_the_latest_sessions_and_counts_every_one(tmp_path, monkeypatch):
+    """1C exchanging every few minutes left some 100,000 sessions a year, all summed at every /metrics scrape."""
+    monkeypatch.setattr("store.exchange_log.SESSIONS_KEPT", 3)
+    with ExchangeLog(tmp_path / "exchange.sqlite") as log:
+        for number in range(5):
+            session = log.open_session(f"hash-{number}", "10.0.0.5")
+            log.update_session(session["id"], bytes=10, result="failed" if number == 0 else "success")
+        assert log.totals() == {"sessions": 5, "failed": 1, "bytes": 50}
+        assert [session["id"] for session in log.recent()] == [5, 4, 3]
+        assert log.session_by_token("hash-0") is None
