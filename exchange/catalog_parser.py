@@ -23,6 +23,7 @@ from pathlib import Path
 from lxml import etree
 
 from core.clock import utc_now
+from core.units import OKEI
 from exchange.cml import (
     DOCTYPE_REFUSED,
     LOCAL_NAMES,
@@ -168,10 +169,11 @@ def _unit(element) -> dict | None:
     code = (element.get("Код") or text_of(fields.get("Код"))).strip()
     if not code:
         return None
+    known = OKEI.get(code)  # UT 11 writes no short name: «шт», not the international «PCE», is what a shop shows
     full = (element.get("НаименованиеПолное") or text_of(fields.get("НаименованиеПолное"))).strip()
     short = (element.get("НаименованиеКраткое") or text_of(fields.get("НаименованиеКраткое")) or text_of(element)
-             or element.get("МеждународноеСокращение") or full or code).strip()
-    return {"id": code, "name": short, "code": code, "description": full or None}
+             or (known.name if known else "") or element.get("МеждународноеСокращение") or full or code).strip()
+    return {"id": code, "name": short, "code": code, "description": full or (known.full_name if known else None)}
 
 
 def _barcodes(element) -> str | None:

@@ -194,6 +194,10 @@ def test_ut11_a_good_with_the_status_attribute_deleted_is_off_sale(samples, stor
     published = {o.get("id") for o in etree.parse(str(tmp_path / "data" / "feeds" / "cml.xml")).iter("offer")}
     # archived as of the file's date (2019): longer ago than inactive_days, so it has dropped out of the feed
     assert deleted not in published and "bd8c4e15-18f9-11e7-80c2-0cc47ab29cd1" in published
+    # UT 11 names no short unit (Код="796 " НаименованиеПолное="Штука" МеждународноеСокращение="PCE"): the feed
+    # said sym="PCE"; OKEI's «шт» is what the shop shows
+    units = {etree.tostring(unit, encoding="unicode") for unit in etree.parse(str(tmp_path / "data" / "feeds" / "cml.xml")).iter("unit")}
+    assert units == {'<unit code="pcs" name="Штука" sym="шт"/>'}
 
 
 def test_a_service_stays_a_service_without_stock_when_its_offers_file_comes(samples, store, dirs, tmp_path):
