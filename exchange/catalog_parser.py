@@ -489,7 +489,8 @@ class CatalogParser:
         """The product card of a Товар, as CARD_COLUMNS."""
         unit = self._unit_id(fields)
         vat, vat_enabled = _vat(fields.get("СтавкиНалогов"))
-        weight = next((value for key, value in requisites if key == "Вес"), None)
+        # the «Вес» requisite (1C), else a <Вес> element of the good (some 2.10 exports)
+        weight = next((value for key, value in requisites if key == "Вес"), None) or text_of(fields.get("Вес"))
         return (product_id, kind, name, code, article, product_id, _first_group(fields),
                 text_of(fields.get("Описание")) or None, unit, vat, vat_enabled,
                 float(parse_decimal(weight, "вес")) if weight else None, archived, self.updated, 0)

@@ -392,6 +392,12 @@ def package(offers: str, changes_only: bool = False) -> str:
                     f'<Предложения>{offers}</Предложения></ПакетПредложений>')
 
 
+def test_a_weight_written_as_an_element_of_the_good_is_kept(store, dirs):
+    """Some 2.10 exports write <Вес> on the Товар itself, not as the «Вес» requisite: it was dropped."""
+    load(store, dirs, write(dirs, "import.xml", catalog([("kettle", "Чайник")], extra="<Вес>1,5</Вес>")))
+    assert rows(store, "SELECT weight FROM products WHERE id = 'kettle'") == [{"weight": 1.5}]
+
+
 def write(dirs, name: str, text: str, encoding: str = "utf-8") -> Path:
     path = dirs[0] / name
     path.write_bytes(text.encode(encoding))
