@@ -21,15 +21,17 @@ class Unit:
     code: str | None = None
     full_name: str | None = None
     international: str | None = None
+    retailcrm: str | None = None  # the unit's code in an ICML feed (pcs and meter as retailCRM's own example writes)
 
 
-PIECE = Unit("шт", "796", "Штука", "PCE")
+PIECE = Unit("шт", "796", "Штука", "PCE", "pcs")
 OKEI = {unit.code: unit for unit in (
-    PIECE, Unit("кг", "166", "Килограмм", "KGM"), Unit("г", "163", "Грамм", "GRM"), Unit("л", "112", "Литр", "LTR"),
-    Unit("мл", "111", "Миллилитр", "MLT"), Unit("м", "006", "Метр", "MTR"), Unit("м2", "055", "Квадратный метр", "MTK"),
-    Unit("м3", "113", "Кубический метр", "MTQ"), Unit("упак", "778", "Упаковка", "NMP"),
-    Unit("компл", "839", "Комплект", "SET"), Unit("пар", "715", "Пара (2 шт.)", "NPR"), Unit("ч", "356", "Час", "HUR"),
-    Unit("рул", "736", "Рулон", "NPL"),
+    PIECE, Unit("кг", "166", "Килограмм", "KGM", "kg"), Unit("г", "163", "Грамм", "GRM", "g"),
+    Unit("л", "112", "Литр", "LTR", "l"), Unit("мл", "111", "Миллилитр", "MLT", "ml"),
+    Unit("м", "006", "Метр", "MTR", "meter"), Unit("м2", "055", "Квадратный метр", "MTK", "m2"),
+    Unit("м3", "113", "Кубический метр", "MTQ", "m3"), Unit("упак", "778", "Упаковка", "NMP", "pack"),
+    Unit("компл", "839", "Комплект", "SET", "set"), Unit("пар", "715", "Пара (2 шт.)", "NPR", "pair"),
+    Unit("ч", "356", "Час", "HUR"), Unit("рул", "736", "Рулон", "NPL"),
 )}
 
 

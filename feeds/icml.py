@@ -34,6 +34,7 @@ from core.child_process import interleaved, preload, run_in_child
 from core.clock import MOSCOW
 from core.money import money
 from core.settings import FeedSettings
+from core.units import OKEI
 from feeds import markup_cache
 from store import CatalogReader, OfferRow, RenderReader, StoreError, unpack_offer
 
@@ -57,11 +58,8 @@ TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 ATTRIBUTE_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
                                    "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
 BARCODE = re.compile(r"[0-9A-Za-z]{1,255}")  # the whole value (fullmatch)
-# OKEI unit codes MoySklad uses → retailCRM unit codes.
-# OKEI code → retailCRM unit code; pcs and meter as retailCRM's own ICML example writes them
-# (fixtures/icml/retailcrm-doc-example-ru.xml)
-UNIT_CODES = {"796": "pcs", "166": "kg", "163": "g", "112": "l", "111": "ml", "006": "meter", "055": "m2",
-              "113": "m3", "778": "pack", "839": "set", "715": "pair"}
+# OKEI code → retailCRM unit code (core/units.py; pcs and meter as fixtures/icml/retailcrm-doc-example-ru.xml writes them)
+UNIT_CODES = {code: unit.retailcrm for code, unit in OKEI.items() if unit.retailcrm}
 PARAM_CODES = {"цвет": "color", "размер": "size", "вес": "weight", "артикул": "article", "материал": "material"}
 TRANSLIT = str.maketrans({
     "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z", "и": "i",
