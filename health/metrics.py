@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 FEED_STATES = ("fresh", "stale", "failing", "building", "pending")
+# Every per-feed series: feed names are unique across accounts, the account lets a dashboard group them by client.
+FEED_LABELS = ["feed", "account"]
 
 
 def render_metrics(data: dict) -> tuple[bytes, str]:
@@ -40,65 +42,69 @@ class _HealthCollector:
     @staticmethod
     def _feeds(feeds: list[dict]):
         def per_feed(pick):
-            return [((feed["name"],), value) for feed in feeds if (value := pick(feed)) is not None]
+            return [((feed["name"], feed["account"]), value) for feed in feeds if (value := pick(feed)) is not None]
 
         def success(key):
             return per_feed(lambda f: f["last_success"] and f["last_success"][key])
 
-        state = GaugeMetricFamily("skladbridge_feed_state", "1 for the feed's current state.", labels=["feed", "state"])
+        state = GaugeMetricFamily("skladbridge_feed_state", "1 for the feed's current state.",
+                                  labels=[*FEED_LABELS, "state"])
         for feed in feeds:
             for name in FEED_STATES:
-                state.add_metric([feed["name"], name], int(feed["state"] == name))
+                state.add_metric([feed["name"], feed["account"], name], int(feed["state"] == name))
         yield state
         yield _gauge("skladbridge_feed_last_success_timestamp_seconds", "When the feed was last published (Unix time).",
-                     per_feed(lambda f: f["last_success"] and _timestamp(f["last_success"]["finished_at"])), ["feed"])
+                     per_feed(lambda f: f["last_success"] and _timestamp(f["last_success"]["finished_at"])), FEED_LABELS)
         yield _gauge("skladbridge_feed_build_duration_seconds", "How long the last published build took (sync included).",
-                     success("seconds"), ["feed"])
-        yield _gauge("skladbridge_feed_offers", "Offers in the published feed.", success("offers"), ["feed"])
+                     success("seconds"), FEED_LABELS)
+        yield _gauge("skladbridge_feed_offers", "Offers in the published feed.", success("offers"), FEED_LABELS)
         yield _gauge("skladbridge_feed_active_offers", "Offers on sale (productActivity Y) in the published feed.",
-                     success("active"), ["feed"])
+                     success("active"), FEED_LABELS)
         yield _gauge("skladbridge_feed_skipped_offers", "Offers the last published build left out.",
-                     per_feed(lambda f: f["skipped"]["total"]), ["feed"])
+                     per_feed(lambda f: f["skipped"]["total"]), FEED_LABELS)
         yield _gauge("skladbridge_feed_size_bytes", "Size of the published feed file.",
-                     per_feed(lambda f: f["file"]["size"]), ["feed"])
+                     per_feed(lambda f: f["file"]["size"]), FEED_LABELS)
         yield _counter("skladbridge_feed_builds", "Builds started.", per_feed(lambda f: f["totals"] and f["totals"]["runs"]),
-                       ["feed"])
+                       FEED_LABELS)
         yield _counter("skladbridge_feed_build_failures", "Builds that failed or were interrupted.",
-                       per_feed(lambda f: f["totals"] and f["totals"]["failed"]), ["feed"])
+                       per_feed(lambda f: f["totals"] and f["totals"]["failed"]), FEED_LABELS)
         yield from _HealthCollector._retailcrm([feed for feed in feeds if feed.get("retailcrm")])
 
     @staticmethod
     def _retailcrm(feeds: list[dict]):
         def per_feed(pick):
-            return [((feed["name"],), value) for feed in feeds if (value := pick(feed["retailcrm"])) is not None]
+            return [((feed["name"], feed["account"]), value) for feed in feeds
+                    if (value := pick(feed["retailcrm"])) is not None]
 
         def total(key):
             return per_feed(lambda crm: crm["totals"][key])
 
         yield _counter("skladbridge_retailcrm_pushes", "Pushes of stock and prices to retailCRM started.",
-                       total("runs"), ["feed"])
+                       total("runs"), FEED_LABELS)
         yield _counter("skladbridge_retailcrm_push_failures", "Pushes to retailCRM that failed or were interrupted.",
-                       total("failed"), ["feed"])
+                       total("failed"), FEED_LABELS)
         yield _counter("skladbridge_retailcrm_pushed_records", "Warehouse and price values retailCRM accepted.",
-                       total("records"), ["feed"])
+                       total("records"), FEED_LABELS)
         yield _counter("skladbridge_retailcrm_pushed_offers", "Offers whose values retailCRM accepted (per push, summed).",
-                       total("offers"), ["feed"])
+                       total("offers"), FEED_LABELS)
         yield _counter("skladbridge_retailcrm_not_found", "Offers retailCRM answered as not found (per push, summed).",
-                       total("not_found"), ["feed"])
+                       total("not_found"), FEED_LABELS)
         yield _counter("skladbridge_retailcrm_requests", "Requests sent to the retailCRM API by pushes.",
-                       total("requests"), ["feed"])
+                       total("requests"), FEED_LABELS)
         yield _counter("skladbridge_retailcrm_throttled", "retailCRM answers 'Rate limit exceeded' (503/429).",
-                       total("throttled"), ["feed"])
+                       total("throttled"), FEED_LABELS)
         yield _gauge("skladbridge_retailcrm_waiting_offers", "Offers retailCRM does not know yet (until it loads the ICML).",
-                     per_feed(lambda crm: crm["waiting"]), ["feed"])
+                     per_feed(lambda crm: crm["waiting"]), FEED_LABELS)
         yield _gauge("skladbridge_retailcrm_last_push_timestamp_seconds", "When a push last succeeded (Unix time).",
-                     per_feed(lambda crm: crm["last_success"] and _timestamp(crm["last_success"]["finished_at"])), ["feed"])
+                     per_feed(lambda crm: crm["last_success"] and _timestamp(crm["last_success"]["finished_at"])),
+                     FEED_LABELS)
         latency = SummaryMetricFamily("skladbridge_retailcrm_webhook_latency_seconds",
                                       "From a MoySklad stock webhook received to its values accepted by retailCRM.",
-                                      labels=["feed"])
+                                      labels=FEED_LABELS)
         for feed in feeds:
             totals = feed["retailcrm"]["totals"]
-            latency.add_metric([feed["name"]], count_value=totals["latency_count"], sum_value=totals["latency_sum"])
+            latency.add_metric([feed["name"], feed["account"]], count_value=totals["latency_count"],
+                               sum_value=totals["latency_sum"])
         yield latency
 
     @staticmethod

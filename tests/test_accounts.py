@@ -117,9 +117,9 @@ def test_an_account_whose_store_does_not_open_keeps_its_feeds_listed_as_failing(
                for sample in family.samples}
     assert samples[("skladbridge_store_ok", (("account", "client-b"),))] == 0
     assert samples[("skladbridge_store_ok", (("account", "main"),))] == 1
-    assert samples[("skladbridge_feed_state", (("feed", "shop-b"), ("state", "failing")))] == 1
-    assert ("skladbridge_feed_builds_total", (("feed", "shop-b"),)) not in samples  # unknown, not reset to 0
-    assert samples[("skladbridge_feed_builds_total", (("feed", "shop-a"),))] == 1
+    assert samples[("skladbridge_feed_state", (("account", "client-b"), ("feed", "shop-b"), ("state", "failing")))] == 1
+    assert ("skladbridge_feed_builds_total", (("account", "client-b"), ("feed", "shop-b"))) not in samples  # not 0
+    assert samples[("skladbridge_feed_builds_total", (("account", "main"), ("feed", "shop-a")))] == 1
     page = requests.get(base + "/", timeout=10).text
     assert "Каталог аккаунта не открывается: фид не собирается" in page and "Каталог: " in page
 

@@ -96,7 +96,7 @@ def test_set_stock_reaches_retailcrm_through_the_stock_webhook_without_a_sync_or
     assert block["last_push"]["mode"] == "stock" and block["last_push"]["latency_seconds"] is not None
     assert block["last_stock_webhook"]["goods"] >= 1
     metrics = requests.get(running_app + "/metrics", timeout=10).text
-    assert 'skladbridge_retailcrm_webhook_latency_seconds_count{feed="main"} 1.0' in metrics
+    assert 'skladbridge_retailcrm_webhook_latency_seconds_count{account="main",feed="main"} 1.0' in metrics
 
 
 # --- the receiver -------------------------------------------------------------------------------------
