@@ -44,12 +44,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (status_bp, webhooks_bp, feeds_bp, exchange_bp, orders_api_bp):
         app.register_blueprint(blueprint)
 
-    from core.shards import shards_cli
     from feeds.cli import feeds_cli
     from moysklad.cli import moysklad_cli
     from retailcrm.cli import retailcrm_cli
 
-    for group in (moysklad_cli, feeds_cli, retailcrm_cli, shards_cli):  # `emulator`: pyproject.toml's flask.commands
+    for group in (moysklad_cli, feeds_cli, retailcrm_cli):  # `emulator`, `shards`: pyproject.toml's flask.commands
         app.cli.add_command(group)
     if settings.is_demo:
         app.logger.warning(settings.demo_notice)

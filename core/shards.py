@@ -103,11 +103,14 @@ def nginx_map_command(instances: tuple[str, ...]) -> None:
         config, _, env_file = where.partition(":")
         if not name or not config:
             raise click.UsageError(f"{argument!r}: write NAME=CONFIG or NAME=CONFIG:ENVFILE")
-        environ = {**os.environ, **(read_env_file(Path(env_file)) if env_file else {})}
         try:
+            environ = {**os.environ, **(read_env_file(Path(env_file)) if env_file else {})}
             settings[name] = load_settings(config, environ=environ)
-        except (ConfigError, OSError) as exc:
+        except ConfigError as exc:
             raise click.ClickException(f"instance {name}: {exc}") from None
+        except OSError as exc:  # the env file (or the config) cannot be read
+            raise click.ClickException(f"instance {name}: cannot read {exc.filename or where}: "
+                                       f"{exc.strerror or exc}") from None
     try:
         click.echo(nginx_map(shard_routes(settings)), nl=False)
     except ConfigError as exc:

@@ -143,3 +143,24 @@ def test_a_url_two_instances_claim_is_refused_naming_both(tmp_path):
     configs["b"] = dataclasses.replace(configs["b"], accel_redirect="/_skladbridge_data/")
     with pytest.raises(ConfigError, match=r"^instance b: accel_redirect \(/_skladbridge_data/\) .* leave accel_redirect unset"):
         shard_routes(configs)
+
+
+def test_the_map_is_printed_from_any_folder_reading_only_the_configs_it_names(tmp_path):
+    from tests.test_first_day import flask
+
+    good = tmp_path / "a.yaml"
+    good.write_text(instance_config("a", "https://api.moysklad.ru/api/remap/1.2", "https://feed.example.ru",
+                                    "feeds: [{name: main-a}]\n"), encoding="utf-8")
+    (tmp_path / "empty").mkdir()  # no config here: the local instance would be the demo
+    (tmp_path / "copied").mkdir()  # a copied example config still without its token
+    (tmp_path / "copied" / "config.yaml").write_text((ROOT / "config.example.yaml").read_text(encoding="utf-8"))
+    for folder in ("empty", "copied"):
+        printed = flask(tmp_path / folder, "shards", "nginx-map", f"a={good}")
+        assert printed.returncode == 0 and printed.stderr == "", printed.stderr
+        assert '"feed:main-a" a;' in printed.stdout and HOOK_A in printed.stdout
+        assert not (tmp_path / folder / "demo-data").exists() and not (tmp_path / folder / "data").exists()
+
+    missing = flask(tmp_path / "copied", "shards", "nginx-map", f"a={good}:{tmp_path / 'nonexist.env'}")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr
+    assert missing.stderr.splitlines() == [
+        f"Error: instance a: cannot read {tmp_path / 'nonexist.env'}: No such file or directory"]
