@@ -354,6 +354,12 @@ class Settings:
                 "account_name": account.name, "main_data_dir": self.data_dir}))
         return views
 
+    def account_named(self, name: str) -> Settings | None:
+        """The account a person names (``--account``): one of accounts[], or the main one by its page name ``main``
+        or by no name at all; None when none is so named."""
+        wanted = "" if name == MAIN_ACCOUNT_LABEL else name
+        return next((view for view in self.every_account() if view.account == wanted), None)
+
     def every_feed(self) -> Iterator[tuple[Settings, FeedSettings]]:
         """Every feed of every account, with its account's settings."""
         return ((view, feed) for view in self.every_account() for feed in view.feeds)

@@ -23,17 +23,18 @@ moysklad_cli = AppGroup("moysklad", help="Check the MoySklad connection and sync
 
 
 ACCOUNT_OPTION = click.option("--account", default="", metavar="NAME",
-                              help="One of accounts[] in the config; the main account when left out.")
+                              help=f"One of accounts[] in the config; the main account ({MAIN_ACCOUNT_LABEL}) when left out.")
 
 
 def _account(name: str):
     """The settings of the account named on the command line (exits 2 naming the known ones)."""
-    views = {view.account: view for view in current_app.config["SETTINGS"].every_account()}
-    if name not in views:
-        known = ", ".join(repr(n) if n else "(main)" for n in views)
+    settings = current_app.config["SETTINGS"]
+    view = settings.account_named(name)
+    if view is None:
+        known = ", ".join(other.account or MAIN_ACCOUNT_LABEL for other in settings.every_account())
         click.echo(f"No account named {name!r} (accounts: {known})", err=True)
         sys.exit(2)
-    return views[name]
+    return view
 
 
 def _which_account(name: str) -> str:
@@ -46,6 +47,19 @@ def _which_account(name: str) -> str:
     return f"account {name or MAIN_ACCOUNT_LABEL} (the others: {', '.join(others)}; name one with {how})"
 
 
+def _require_credentials(settings, doing: str) -> None:
+    """Exit 1 saying so when the account has no MoySklad credentials (an install fed by 1C alone): a request to
+    MoySklad could only be refused, after minutes of retries."""
+    ms = settings.moysklad
+    if settings.is_demo or ms.token or (ms.login and ms.password):
+        return
+    account = settings.account
+    click.echo(f"No MoySklad credentials are configured ({account_key(account, 'moysklad.token')} or "
+               f"{token_variable(account)}, or a login and password): no feed of this account reads the MoySklad "
+               f"API, so there is nothing to {doing}.", err=True)
+    sys.exit(1)
+
+
 @moysklad_cli.command("check")
 @ACCOUNT_OPTION
 def check_command(account: str):
@@ -56,17 +70,14 @@ def check_command(account: str):
     from store import open_catalog
 
     settings = _account(account)
+    account = settings.account
     which = _which_account(account)
     if which:
         click.echo(f"Checking MoySklad for {which}.")
     ms = settings.moysklad
     if settings.is_demo:
         click.echo(settings.demo_notice)
-    elif not ms.token and not (ms.login and ms.password):
-        click.echo(f"No MoySklad credentials are configured ({account_key(account, 'moysklad.token')} or "
-                   f"{token_variable(account)}, or a login and password): no feed of this account reads the MoySklad "
-                   "API, so there is nothing to check.", err=True)
-        sys.exit(1)
+    _require_credentials(settings, "check")
     quick = dataclasses.replace(ms, max_retries=0, connect_timeout=min(ms.connect_timeout, CHECK_CONNECT_TIMEOUT),
                                 read_timeout=min(ms.read_timeout, CHECK_READ_TIMEOUT))
     with working_for(account), open_client(quick) as client:
@@ -99,6 +110,8 @@ def sync_command(full: bool, account: str):
     from store import StoreError, open_catalog
 
     settings = _account(account)
+    account = settings.account
+    _require_credentials(settings, "sync")
     ms = settings.moysklad
     try:
         with working_for(account), open_client(ms) as client, open_catalog(settings.store_path) as store:

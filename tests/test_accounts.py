@@ -287,17 +287,23 @@ def test_log_lines_of_an_accounts_sync_build_push_and_webhook_name_the_account(t
     assert "rcrm-key-0123456789" not in server.log() and hook not in server.log()
 
 
+def cli_environment(tmp_path, config: str, **variables: str) -> dict:
+    """The environment of a command run against ``config`` with ``variables``, none of this shell's accounts."""
+    path = tmp_path / "config.yaml"
+    path.write_text(config, encoding="utf-8")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MOYSKLAD_", "SKLADBRIDGE_"))}
+    return {**env, "SKLADBRIDGE_CONFIG": str(path), **variables}
+
+
 def test_moysklad_check_says_which_account_it_checked_and_where_that_accounts_keys_are(tmp_path, emulator):
     from tests.moysklad.test_cli import flask
 
     closed = f"http://127.0.0.1:{free_port()}/api/remap/1.2"
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data_dir: data\nmoysklad: {{base_url: {emulator.base_url}}}\nfeeds: [{{name: a}}]\naccounts:\n"
-                      f"  - {{name: client-b, moysklad: {{base_url: {emulator.base_url}}}, feeds: [{{name: b}}]}}\n"
-                      f"  - {{name: client-c, moysklad: {{base_url: {closed}, token: c-token}}, feeds: [{{name: c}}]}}\n",
-                      encoding="utf-8")
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MOYSKLAD_", "SKLADBRIDGE_"))}
-    env.update(SKLADBRIDGE_CONFIG=str(config), MOYSKLAD_TOKEN=EMULATOR_TOKEN, MOYSKLAD_TOKEN_CLIENT_B="revoked")
+    env = cli_environment(
+        tmp_path, f"data_dir: data\nmoysklad: {{base_url: {emulator.base_url}}}\nfeeds: [{{name: a}}]\naccounts:\n"
+        f"  - {{name: client-b, moysklad: {{base_url: {emulator.base_url}}}, feeds: [{{name: b}}]}}\n"
+        f"  - {{name: client-c, moysklad: {{base_url: {closed}, token: c-token}}, feeds: [{{name: c}}]}}\n",
+        MOYSKLAD_TOKEN=EMULATOR_TOKEN, MOYSKLAD_TOKEN_CLIENT_B="revoked")
 
     main = flask(env, "moysklad", "check")
     assert main.returncode == 0, main.stderr
@@ -316,6 +322,29 @@ def test_moysklad_check_says_which_account_it_checked_and_where_that_accounts_ke
     assert unreachable.returncode == 1
     assert "check accounts.client-c.moysklad.base_url (MoySklad's is " in unreachable.stderr
     assert "MOYSKLAD_BASE_URL" not in unreachable.stderr  # the main account's variable: client c's address is in the file
+
+
+def test_the_main_account_is_named_main_on_the_command_line_as_on_the_pages(tmp_path, emulator):
+    """`--account main` was refused: «No account named 'main' (accounts: (main))», while the pages, the metrics and the
+    checks' own lines call it main."""
+    from tests.moysklad.test_cli import flask
+
+    env = cli_environment(
+        tmp_path, f"data_dir: data\nmoysklad: {{base_url: {emulator.base_url}, retry_base_delay: 0.05}}\n"
+        f"feeds: [{{name: a}}]\naccounts:\n"
+        f"  - {{name: client-b, moysklad: {{base_url: {emulator.base_url}}}, feeds: [{{name: b}}]}}\n",
+        MOYSKLAD_TOKEN=EMULATOR_TOKEN, MOYSKLAD_TOKEN_CLIENT_B="client-b-token")
+
+    check = flask(env, "moysklad", "check", "--account", "main")
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.startswith("Checking MoySklad for account main (the others: client-b; name one with "
+                                   "--account NAME).\n")
+    sync = flask(env, "moysklad", "sync", "--account", "main")
+    assert sync.returncode == 0, sync.stderr
+    assert (tmp_path / "data" / "catalog.sqlite").exists() and not (tmp_path / "data" / "accounts" / "client-b" / "catalog.sqlite").exists()
+
+    unknown = flask(env, "moysklad", "sync", "--account", "client-x")
+    assert unknown.returncode == 2 and unknown.stderr == "No account named 'client-x' (accounts: main, client-b)\n"
 
 
 def test_a_webhook_rebuilds_only_its_own_account(tmp_path, emulator_factory, serve):

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import requests
@@ -147,6 +148,21 @@ def test_an_exchange_only_install_starts_and_exchanges_without_a_moysklad_sectio
     finally:
         server.stop()
     assert "no credentials" not in server.log() and "Traceback" not in server.log()
+
+
+def test_moysklad_sync_of_an_install_fed_by_1c_alone_says_there_is_nothing_to_sync(tmp_path):
+    """With no MoySklad section the sync tried the real api.moysklad.ru without credentials, retrying some 25 s, where
+    `moysklad check` says at once that there is nothing to check."""
+    (tmp_path / "config.yaml").write_text("data_dir: data\nfeeds:\n  - name: shop\n    source: exchange\n",
+                                          encoding="utf-8")
+    for command, doing in (("check", "check"), ("sync", "sync")):
+        started = time.monotonic()
+        refused = flask(tmp_path, "moysklad", command)
+        assert refused.returncode == 1 and time.monotonic() - started < 15, refused.stderr
+        assert refused.stderr == ("No MoySklad credentials are configured (moysklad.token or MOYSKLAD_TOKEN, or a login "
+                                  "and password): no feed of this account reads the MoySklad API, so there is nothing "
+                                  f"to {doing}.\n")
+    assert not (tmp_path / "data" / "catalog.sqlite").exists()
 
 
 def test_a_reload_with_a_typo_in_the_config_keeps_the_service_serving_and_a_good_one_applies(tmp_path):
