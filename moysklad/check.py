@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from core.http_failures import unreachable_problem
 from core.settings import DEFAULT_MOYSKLAD_URL, FeedSettings, account_key, token_variable
 from moysklad.client import MoySkladClient
 from moysklad.errors import CredentialsRejected, MoySkladError, PermissionMissing, ServerFailure
@@ -109,18 +110,10 @@ def unreachable(base_url: str, exc: MoySkladError, account: str = "") -> str:
     """What to fix when the first request got no MoySklad answer: the host, the port or the path (the key of
     ``account``, '' = the main one)."""
     parts = urlsplit(base_url)
-    address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     text = str(exc)
     if isinstance(exc, ServerFailure):
         return f"MoySklad answered with a server error ({text}): it is usually down for a while; try again later"
-    if "connection refused" in text:
-        problem = f"{address} refuses connections (nothing listens there)"
-    elif "cannot resolve" in text:
-        problem = f"the host name {parts.hostname} does not resolve"
-    elif "timed out" in text:
-        problem = f"{address} did not answer in time"
-    else:
-        problem = f"{base_url} did not answer as MoySklad does ({text})"
+    problem = unreachable_problem(base_url, text) or f"{base_url} did not answer as MoySklad does ({text})"
     if not parts.path.rstrip("/").endswith(API_PATH):
         advice = (f"the address must end in {API_PATH} (MoySklad's is {DEFAULT_MOYSKLAD_URL}); "
                   f"{base_url} has the path {parts.path or '/'}")

@@ -30,6 +30,7 @@ from requests.adapters import HTTPAdapter
 
 from core.account_context import AccountThreadPool
 from core.clock import MOSCOW
+from core.http_failures import transport_reason
 from core.settings import MoySkladSettings
 from moysklad.errors import MoySkladError, RateLimited, TransportFailure, classify
 from moysklad.transform import NotAListAnswer
@@ -232,7 +233,7 @@ class MoySkladClient:
                     return received
                 error = classify(response.status_code, response.content, response.headers, api_path, url)
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                error = TransportFailure(f"no complete answer from MoySklad for {api_path}: {_reason(exc)}", url=url)
+                error = TransportFailure(f"no complete answer from MoySklad for {api_path}: {transport_reason(exc)}", url=url)
             except TransportFailure as exc:
                 error = exc
             if isinstance(error, RateLimited):
@@ -344,7 +345,7 @@ class MoySkladClient:
             except TransportFailure as exc:
                 reason = str(exc)
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                reason = f"the file of {path} did not arrive: {_reason(exc)}"
+                reason = f"the file of {path} did not arrive: {transport_reason(exc)}"
             if attempt >= self.settings.max_retries:
                 raise TransportFailure(f"{reason} (gave up after {attempt + 1} attempts)")
             self._back_off(reason, attempt + 1)
@@ -498,27 +499,6 @@ def _parse_array(stream, path: str, decoder: msgspec.json.Decoder) -> Iterator[l
 def _api_path(url: str, base_path: str) -> str:
     path = urlsplit(url).path
     return path[len(base_path):] if path.startswith(base_path) else path
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.ConnectionError):
-        text = str(exc).lower()
-        if "reset" in text:
-            return "connection reset"
-        if "refused" in text:
-            return "connection refused"
-        if "resolve" in text or "name or service not known" in text or "nodename nor servname" in text:
-            return "cannot resolve the host name"
-        if "timed out" in text:
-            return "timed out"
-        return "connection failed" if "max retries" in text else f"connection error ({str(exc)[:200]})"
-    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
-        return "answer truncated" if "IncompleteRead" in repr(exc) or "ncomplete" in str(exc) else f"connection broken ({str(exc)[:200]})"
-    if isinstance(exc, requests.exceptions.ContentDecodingError):
-        return "compressed answer is corrupt or truncated"
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _int(value) -> int | None:

@@ -7,11 +7,12 @@ exchange). Every problem names what is missing and what exists.
 
 from __future__ import annotations
 
-from core.settings import FeedSettings, Settings
+from core.http_failures import unreachable_problem
+from core.settings import FeedSettings, Settings, account_key
 from feeds.icml import default_price_type
 from moysklad.check import CheckReport
 from retailcrm.client import API_PREFIX, RetailCrmClient
-from retailcrm.errors import KeyRejected, RetailCrmError
+from retailcrm.errors import KeyRejected, RetailCrmError, TransportFailure
 from store import CatalogReader, StoreError
 
 # The methods a push calls: stock when it maps warehouses, prices when it maps price types. retailCRM lists a key's
@@ -31,7 +32,7 @@ def check_feed(settings: Settings, feed: FeedSettings, client: RetailCrmClient) 
         report.problems.append(str(exc))
         return report
     except RetailCrmError as exc:
-        report.problems.append(f"credentials: {exc}")
+        report.problems.append(unreachable(settings, feed, exc) or f"credentials: {exc}")
         return report
     report.facts.append(("API key", "accepted"))
     methods = credentials.get("credentials")
@@ -50,6 +51,16 @@ def check_feed(settings: Settings, feed: FeedSettings, client: RetailCrmClient) 
                          "retailcrm.prices")
     _default_price_type(report, feed, price_types, _catalog_names(report, settings, feed))
     return report
+
+
+def unreachable(settings: Settings, feed: FeedSettings, exc: Exception) -> str | None:
+    """What to fix when retailCRM did not answer at all (nothing listens, no such host, no answer in time): the
+    feed's retailcrm.url, named for its account; None for any other failure."""
+    problem = unreachable_problem(feed.retailcrm.url, str(exc)) if isinstance(exc, TransportFailure) else None
+    if problem is None:
+        return None
+    return (f"cannot reach retailCRM: {problem}: check {account_key(settings.account, f'feeds.{feed.name}.retailcrm.url')} "
+            "(the retailCRM account's address, e.g. https://shop.retailcrm.ru) and that this server may reach that host")
 
 
 def _codes(report: CheckReport, what: str, wanted: list[str], fetch, key: str) -> dict:

@@ -60,6 +60,7 @@ def check_command(feed_name: str | None):
 @click.option("--full", is_flag=True, help="Send every value, not only what changed since the last push.")
 def push_command(feed_name: str | None, full: bool):
     """Push FEED's stock and prices (every pushing feed's) to retailCRM: what changed, or everything with --full."""
+    from retailcrm.check import unreachable
     from retailcrm.push import MappingError, push_feed
     from store import StoreError
 
@@ -78,8 +79,8 @@ def push_command(feed_name: str | None, full: bool):
             with working_for(account.account):
                 result = push_feed(account, feed, full=full, progress=progress)
         except (RetailCrmError, MappingError, StoreError) as exc:
-            click.echo(f"  FAILED (what was accepted before stays recorded; the next push sends the rest): {exc}",
-                       err=True)
+            click.echo(f"  FAILED (what was accepted before stays recorded; the next push sends the rest): "
+                       f"{unreachable(account, feed, exc) or exc}", err=True)
             failed = True
             continue
         click.echo(f"  {result.mode} push #{result.run_id} done in {result.seconds:.1f}s: {result.offers} offers pushed "

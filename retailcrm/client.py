@@ -20,6 +20,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from core.http_failures import transport_reason
 from retailcrm.errors import RATE_WINDOW, RateLimited, RetailCrmError, TransportFailure, classify
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ class RetailCrmClient:
             except TransportFailure as exc:
                 error = exc
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                error = TransportFailure(f"no complete answer from retailCRM for {path}: {_reason(exc)}", path=path)
+                error = TransportFailure(f"no complete answer from retailCRM for {path}: {transport_reason(exc)}", path=path)
             if isinstance(error, RateLimited):
                 self._count("throttled")
             if not error.retriable or attempt >= self.max_retries:
@@ -247,11 +248,3 @@ def _decode(body: bytes, path: str) -> dict:
     if not isinstance(data, dict):
         raise TransportFailure(f"retailCRM answered {path} with something other than a JSON object", path=path)
     return data
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.ConnectionError) and "reset" in str(exc).lower():
-        return "connection reset"
-    return f"{type(exc).__name__}: {str(exc)[:200]}"

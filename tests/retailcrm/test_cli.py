@@ -2,7 +2,7 @@
 
 import os
 
-from emulator.harness import EMULATOR_TOKEN
+from emulator.harness import EMULATOR_TOKEN, free_port
 from tests.moysklad.test_cli import flask
 from tests.retailcrm.test_push import KEY, SITE, crm  # noqa: F401  (crm is a fixture)
 
@@ -115,3 +115,27 @@ def test_check_refuses_to_push_another_price_into_the_price_type_the_icml_file_f
     env = write_config(tmp_path, emulator, crm, prices="{base: Цена продажи, wholesale: Оптовая цена}")
     result = flask(env, "retailcrm", "check", "main")
     assert result.returncode == 0, result.stderr
+
+
+def test_an_address_where_nothing_listens_is_named_with_the_key_to_fix(tmp_path, emulator, crm):  # noqa: F811
+    """A wrong retailcrm.url printed the library's text cut mid-word («… Failed to establi (gave up after 3 attempts)»)
+    and named no key; MoySklad's check says which address refuses and which key to check."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = write_config(tmp_path, emulator, crm)
+    config = tmp_path / "config.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace(crm.base_url, closed) +
+                      f"accounts:\n  - name: client-b\n    moysklad: {{base_url: '{emulator.base_url}', token: other}}\n"
+                      f"    feeds: [{{name: shop-b, pictures: none, retailcrm: {{url: '{closed}', api_key: k, "
+                      f"site: {SITE}, stores: {{main: all}}}}}}]\n", encoding="utf-8")
+    refuses = f"cannot reach retailCRM: 127.0.0.1:{closed.rsplit(':', 1)[1]} refuses connections (nothing listens there)"
+    checked = flask(env, "retailcrm", "check")
+    assert checked.returncode == 1
+    assert f"  PROBLEM: {refuses}: check feeds.main.retailcrm.url (the retailCRM account's address" in checked.stderr
+    assert f"  PROBLEM: {refuses}: check accounts.client-b.feeds.shop-b.retailcrm.url (" in checked.stderr
+    assert "HTTPConnectionPool" not in checked.stderr
+
+    assert flask(env, "moysklad", "sync").returncode == 0
+    pushed = flask(env, "retailcrm", "push", "main")
+    assert pushed.returncode == 1 and "HTTPConnectionPool" not in pushed.stderr
+    assert f"FAILED (what was accepted before stays recorded; the next push sends the rest): {refuses}: check " \
+           "feeds.main.retailcrm.url (" in pushed.stderr
