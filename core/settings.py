@@ -448,7 +448,8 @@ def load_settings(path: str | os.PathLike | None = None, environ: typing.Mapping
         raw = _read_yaml(config_path)
         base_dir = config_path.resolve().parent
     elif explicit:
-        raise ConfigError(f"config file {config_path} does not exist (named by SKLADBRIDGE_CONFIG or --config)")
+        named = "" if path is not None else " (named by SKLADBRIDGE_CONFIG)"
+        raise ConfigError(f"config file {config_path} does not exist{named}")
     elif any(environ.get(variable) for variable in ACCOUNT_VARIABLES):
         raw, base_dir, config_path = copy.deepcopy(ENVIRONMENT_ONLY), Path.cwd(), None
     else:

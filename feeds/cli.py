@@ -33,9 +33,13 @@ def build_command(name: str | None, force: bool, no_sync: bool):
     settings = current_app.config["SETTINGS"]
     everything = list(settings.every_feed())
     feeds = [(account, feed) for account, feed in everything if name in (None, feed.name)]
+    if not everything:
+        config = settings.source_path or "config.yaml"
+        click.echo(f"No feed is configured: add one to {config}, e.g. `feeds: [{{name: main}}]` (source: moysklad, the "
+                   "default, or exchange for what 1C uploads)", err=True)
+        sys.exit(2)
     if not feeds:
-        known = ", ".join(feed.name for _, feed in everything) or "none configured"
-        click.echo(f"No feed named {name!r} (feeds: {known})", err=True)
+        click.echo(f"No feed named {name!r} (feeds: {', '.join(feed.name for _, feed in everything)})", err=True)
         sys.exit(2)
     failed = False
     for account, feed in feeds:

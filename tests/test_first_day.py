@@ -165,6 +165,23 @@ def test_moysklad_sync_of_an_install_fed_by_1c_alone_says_there_is_nothing_to_sy
     assert not (tmp_path / "data" / "catalog.sqlite").exists()
 
 
+def test_an_empty_config_or_a_missing_one_is_said_as_it_is(tmp_path):
+    """An empty config.yaml made `feeds build` say «No feed named None (feeds: none configured)»; a missing config
+    named a --config option there is not."""
+    (tmp_path / "config.yaml").write_text("", encoding="utf-8")
+    empty = flask(tmp_path, "feeds", "build")
+    assert empty.returncode == 2
+    assert empty.stderr == ("No feed is configured: add one to config.yaml, e.g. `feeds: [{name: main}]` "
+                            "(source: moysklad, the default, or exchange for what 1C uploads)\n")
+
+    missing = flask(tmp_path, "feeds", "build", SKLADBRIDGE_CONFIG=str(tmp_path / "nowhere.yaml"))
+    assert missing.returncode == 1
+    assert missing.stderr == (f"Error: config error: config file {tmp_path / 'nowhere.yaml'} does not exist "
+                              "(named by SKLADBRIDGE_CONFIG)\n")
+    named = flask(tmp_path, "shards", "nginx-map", f"a={tmp_path / 'nowhere.yaml'}")
+    assert named.stderr == f"Error: instance a: config file {tmp_path / 'nowhere.yaml'} does not exist\n"
+
+
 def test_a_reload_with_a_typo_in_the_config_keeps_the_service_serving_and_a_good_one_applies(tmp_path):
     """`systemctl reload` sends gunicorn SIGHUP. With a typo in the edited config the new workers failed to load and
     gunicorn halted: feeds, webhooks and 1C's exchange went dark until the file was fixed. Now the mistake is one
