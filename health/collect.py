@@ -104,7 +104,7 @@ ADVICE = (
      Advice("Ошибка в настройках фида",
             "Исправьте настройку фида, названную в тексте ошибки, в файле конфигурации и перезапустите сервис.")),
     (r"stopped without finishing|interrupted|service was stopping",
-     Advice("Сборка прервана: процесс сервиса был остановлен",
+     Advice("Сборка прервана: процесс был остановлен",
             "Ничего из прерванной сборки не сохранено; следующая сборка по расписанию выполнит её заново.")),
     (r"locked|another .* run is in progress|busy",
      Advice("Каталог был занят другой загрузкой",
@@ -407,7 +407,7 @@ def _progress(progress: dict) -> dict:
             "seconds_left": progress.get("seconds_left"), "started_at": progress.get("started_at"), "text": text}
 
 
-PUSH_INTERRUPTED = Advice("Отправка в retailCRM прервана: процесс сервиса был остановлен",
+PUSH_INTERRUPTED = Advice("Отправка в retailCRM прервана: процесс был остановлен",
                           "Принятое retailCRM сохранено; следующая отправка (после сборки или вебхука остатков) "
                           "пошлёт остальное.")
 PUSH_FAILED = Advice("Отправка в retailCRM завершилась ошибкой",

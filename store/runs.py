@@ -116,7 +116,7 @@ class RunLog:
                         self._finish(run, "ok", None)
             except BaseException as exc:
                 with self.db.atomic():
-                    self._finish(run, "interrupted" if _is_shutdown(exc) else "failed", _describe(exc))
+                    self._finish(run, "interrupted" if _is_shutdown(exc) else "failed", _describe(exc, one_transaction))
                     self._save_skipped(run)
                 raise
 
@@ -260,9 +260,13 @@ def _is_shutdown(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt) or (isinstance(exc, RuntimeError) and "interpreter shutdown" in str(exc))
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, one_transaction: bool) -> str:
+    """The error a run records: an interruption says what of the run was kept (one that commits as it goes keeps
+    what it finished)."""
     if _is_shutdown(exc):
-        return "the run was interrupted because the service was stopping; nothing of it was saved, the next run redoes it"
+        kept = ("nothing of it was saved, the next run redoes it" if one_transaction else
+                "what it finished before stays saved, the next run does the rest")
+        return f"the run was interrupted (Ctrl-C, or the service stopping); {kept}"
     return str(exc) or type(exc).__name__
 
 

@@ -464,7 +464,7 @@ def test_a_build_killed_mid_run_shows_as_interrupted_at_once(tmp_path, emulator,
     holder.wait()
     feed = requests.get(base + "/health.json", timeout=10).json()["feeds"][0]
     assert feed["building"] is False and feed["last_attempt"]["status"] == "interrupted"
-    assert feed["state"] == "failing" and feed["error"]["title"] == "Сборка прервана: процесс сервиса был остановлен"
+    assert feed["state"] == "failing" and feed["error"]["title"] == "Сборка прервана: процесс был остановлен"
 
 
 def test_a_feed_anyone_can_guess_is_flagged_until_it_has_a_token(tmp_path, emulator, serve):

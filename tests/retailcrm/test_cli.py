@@ -1,8 +1,12 @@
 """``flask --app app retailcrm check|push`` as an operator runs them: real processes, both emulators on loopback."""
 
 import os
+import signal
+import subprocess
+import sys
 
-from emulator.harness import EMULATOR_TOKEN, free_port
+from emulator.harness import EMULATOR_TOKEN, ROOT, free_port
+from store import CatalogStore
 from tests.moysklad.test_cli import flask
 from tests.retailcrm.test_push import KEY, SITE, crm  # noqa: F401  (crm is a fixture)
 
@@ -139,3 +143,26 @@ def test_an_address_where_nothing_listens_is_named_with_the_key_to_fix(tmp_path,
     assert pushed.returncode == 1 and "HTTPConnectionPool" not in pushed.stderr
     assert f"FAILED (what was accepted before stays recorded; the next push sends the rest): {refuses}: check " \
            "feeds.main.retailcrm.url (" in pushed.stderr
+
+
+def test_a_push_stopped_with_ctrl_c_records_that_what_retailcrm_accepted_stays(tmp_path, emulator_factory, crm):  # noqa: F811
+    """A push commits batch by batch, yet Ctrl-C recorded «interrupted because the service was stopping; nothing of it
+    was saved»: neither was true."""
+    env = write_config(tmp_path, emulator_factory(products=1200), crm)
+    assert flask(env, "feeds", "build", "main").returncode == 0
+    crm.load_icml(tmp_path / "data" / "feeds" / "main.xml", SITE)
+    crm.faults.latency_ms = 300
+    push = subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "retailcrm", "push", "main"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while " of " not in push.stderr.readline():  # the first batch was accepted
+            assert push.poll() is None
+        push.send_signal(signal.SIGINT)
+        push.communicate(timeout=60)
+    finally:
+        push.kill()
+    with CatalogStore(tmp_path / "data" / "catalog.sqlite") as store:
+        run = store.last_run("retailcrm:main", "push")
+    assert run["status"] == "interrupted"
+    assert run["error"] == ("the run was interrupted (Ctrl-C, or the service stopping); what it finished before stays "
+                            "saved, the next run does the rest")
