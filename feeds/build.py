@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from core.child_process import start_soon
 from core.settings import FeedSettings, Settings
-from feeds.icml import RenderError, RenderStats, render_icml, resolve_options
+from feeds.icml import RenderError, RenderStats, catalog_loaded, not_loaded, render_icml, resolve_options
 from feeds.progress import BuildProgress
 from feeds.publish import GuardRefused, PublishRefused, publish, remove_leftovers, withdraw
 from moysklad import images
@@ -110,6 +110,8 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
         return result
 
 
+# The guard count of a build refused because its catalog was never loaded: the page says it waits for the catalog.
+CATALOG_NOT_LOADED = "catalog not loaded"
 # The mode of a build recorded as failed because the sync before it failed (the sync's run says why in detail).
 FAILED_AT_SYNC = "sync"
 
@@ -214,6 +216,11 @@ def _publish(settings: Settings, feed: FeedSettings, force: bool, started: float
         try:
             with store.run(feed_source(feed), "build", "forced" if force else mode) as run:
                 remove_leftovers(feeds_dir, feed.name)
+                with CatalogReader(settings.store_path) as reader:
+                    if not catalog_loaded(reader, feed.source):  # --force too: an empty feed empties retailCRM
+                        run.stats.counts["guard"] = CATALOG_NOT_LOADED
+                        raise PublishRefused(f"{not_loaded(feed.source)}: not published, so retailCRM is not handed "
+                                             "a catalog without goods")
                 rendered: list[RenderStats] = []  # filled by write(), which publish() calls
 
                 def write(out) -> tuple[int, int]:

@@ -230,6 +230,19 @@ def default_price_type(price_types: list[dict]) -> str | None:
     return next(rouble, price_types[0]["id"] if price_types else None)
 
 
+def catalog_loaded(reader: CatalogReader, source: str) -> bool:
+    """Whether a sync (or 1C's upload) ever brought anything of the source's catalog: goods, price types or
+    warehouses. A feed or a push from a catalog never loaded would tell retailCRM there are no goods."""
+    return bool(reader.offer_count(source) or reader.price_types(source) or reader.warehouses(source))
+
+
+def not_loaded(source: str) -> str:
+    """What to tell a person when the source's catalog was never loaded, and what loads it."""
+    loads = ("run `flask --app app moysklad sync`" if source == "moysklad" else
+             "1C or MoySklad uploads it through the exchange, <public_url>/exchange/1c")
+    return f"the {source} catalog is not loaded yet ({loads})"
+
+
 def resolve_options(reader: CatalogReader, feed: FeedSettings, images_url: str, now: dt.datetime | None = None) -> RenderOptions:
     """Look up the configured price type and warehouses by name; a name that does not exist is an error."""
     source = feed.source

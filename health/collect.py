@@ -18,7 +18,7 @@ from core.clock import MOSCOW
 from core.cron import crontab_trigger
 from core.russian import counted, grouped, plural
 from core.settings import MAIN_ACCOUNT_LABEL, FeedSettings, Settings, redacted, token_variable
-from feeds.build import FAILED_AT_SYNC, PICTURES_MODE, feed_source
+from feeds.build import CATALOG_NOT_LOADED, FAILED_AT_SYNC, PICTURES_MODE, feed_source
 from feeds.progress import read_progress
 from feeds.publish import feed_paths
 from retailcrm.push import push_source
@@ -75,6 +75,11 @@ CREDENTIALS_REJECTED = Advice(
     "переменную {variable}, затем перезапустите сервис. Выпуск нового токена отзывает старый.")
 # Known failures, matched on the error text the run recorded (first match wins).
 ADVICE = (
+    (r"catalog is not loaded yet",
+     Advice("Каталог ещё не загружен: фид не опубликован",
+            "Фид из МоегоСклада публикуется после первой успешной синхронизации, фид из 1С — после первой выгрузки "
+            "каталога из 1С или МоегоСклада на адрес обмена /exchange/1c. Пустой фид не публикуется, чтобы retailCRM "
+            "не снял товары с продажи.")),
     (r"holds MoySklad account|holds the demo's",
      Advice("В этой папке данных каталог другого аккаунта МоегоСклада",
             "Один каталог — один аккаунт. Фиды этого каталога сняты с раздачи (файлы *.withdrawn), чтобы retailCRM "
@@ -298,7 +303,9 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
     changed = _changed_after(store, feed, last_ok)
     progress = read_progress(settings.data_dir, feed.name)
     building = progress is not None or bool(last and last["status"] == "running")
-    if error_run:
+    waiting_for_catalog = (error_run is not None and error_run is last and last_ok is None
+                           and last["counts"].get("guard") == CATALOG_NOT_LOADED)
+    if error_run and not waiting_for_catalog:
         state = "failing"
     elif last_ok is None:
         state = "building" if building else "pending"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from core.http_failures import unreachable_problem
 from core.settings import FeedSettings, Settings, account_key
-from feeds.icml import default_price_type
+from feeds.icml import catalog_loaded, default_price_type, not_loaded
 from moysklad.check import CheckReport
 from retailcrm.client import API_PREFIX, RetailCrmClient
 from retailcrm.errors import KeyRejected, RetailCrmError, TransportFailure
@@ -84,10 +84,11 @@ def _catalog_names(report: CheckReport, settings: Settings, feed: FeedSettings) 
     """The catalog must have every warehouse and price type name the config maps (once it has any); returns
     the price type a feed without price_type publishes ('' when unknown)."""
     crm, source = feed.retailcrm, feed.source
-    warehouses, price_types, default = [], [], ""
+    warehouses, price_types, default, loaded = [], [], "", False
     if settings.store_path.exists():
         try:
             with CatalogReader(settings.store_path) as reader:
+                loaded = catalog_loaded(reader, source)
                 warehouses = [row["name"] for row in reader.warehouses(source)]
                 rows = reader.price_types(source)
                 price_types = [row["name"] for row in rows]
@@ -95,10 +96,8 @@ def _catalog_names(report: CheckReport, settings: Settings, feed: FeedSettings) 
         except StoreError as exc:
             report.problems.append(f"the catalog store cannot be read: {exc}")
             return default
-    if not warehouses and not price_types:
-        command = "moysklad sync" if source == "moysklad" else "feeds build"
-        report.facts.append((f"{source} catalog", f"not loaded yet: names checked at the first push "
-                                                  f"(run `flask --app app {command}`)"))
+    if not loaded:
+        report.facts.append((f"{source} catalog", f"{not_loaded(source)}: names checked at the first push"))
         return default
     report.facts.append((f"{source} warehouses", ", ".join(warehouses) or "(none)"))
     report.facts.append((f"{source} price types", ", ".join(price_types) or "(none)"))

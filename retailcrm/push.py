@@ -31,7 +31,9 @@ from feeds.icml import (
     RenderError,
     RenderOptions,
     activity,
+    catalog_loaded,
     decimal,
+    not_loaded,
     offer_quantity,
     published_name,
     published_xml_id,
@@ -79,6 +81,14 @@ class PushResult:
     counts: dict = field(default_factory=dict)
 
 
+class CatalogNotLoaded(MappingError):
+    """The feed's catalog was never loaded (no sync, no upload from 1C): there is nothing to push yet."""
+
+    title = "Каталог ещё не загружен: в retailCRM нечего отправлять"
+    action = ("Отправка начнётся после первой синхронизации с МоимСкладом (или первой выгрузки каталога из 1С): "
+              "проверьте на этой странице, прошла ли она.")
+
+
 def push_source(feed: FeedSettings) -> str:
     """The runs-table source of a feed's pushes."""
     return f"retailcrm:{feed.name}"
@@ -105,6 +115,8 @@ def push_feed(settings: Settings, feed: FeedSettings, *, full: bool = False, off
             result = PushResult(run.id, feed.name, mode, counts=run.stats.counts)
             try:
                 with CatalogReader(settings.store_path) as reader:
+                    if not catalog_loaded(reader, feed.source):
+                        raise CatalogNotLoaded(f"feed {feed.name}: {not_loaded(feed.source)}; nothing was pushed")
                     options = resolve_options(reader, feed, settings.images_url)
                     passes = plan_passes(reader, feed, options)
                     if offer_ids is not None:  # a bundle's figures may follow any other good's

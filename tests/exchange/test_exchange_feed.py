@@ -90,6 +90,7 @@ def test_imports_without_complete_still_rebuild_once_the_exchange_is_quiet(shop)
 def test_a_feed_built_before_the_last_import_is_not_fresh(shop, monkeypatch):
     """Without a scheduler nothing rebuilds: the page must say the feed is outdated, not «свежий»."""
     settings, app, base = shop
+    one_c_exchange(base, {"kettle": "1490.00"})  # a catalog never loaded is not published at all
     run_build(settings, settings.feeds[0])
     one_c_exchange(base, {"kettle": "990.00"})
     monkeypatch.setattr("health.collect.CHANGE_GRACE_SECONDS", 0)

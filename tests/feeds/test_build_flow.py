@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import requests
 from lxml import etree
 
-from core.settings import FeedSettings, Settings
+from core.settings import FeedSettings, Settings, load_settings
 from emulator.harness import EMULATOR_TOKEN, ROOT, client_settings
 from feeds.build import PICTURES_BEFORE_PUBLISH, build_feed
 from feeds.progress import BuildProgress, read_progress
@@ -114,3 +115,26 @@ def test_one_build_of_a_feed_at_a_time_and_its_progress_is_seen_from_outside(tmp
     assert read_progress(data_dir, "main") is None  # the lock went with the build
     # the first and last figures of a step, and none in between within ECHO_EVERY seconds
     assert lines == ["  pictures: 0/400 (0%)", "  pictures: 400/400 (100%)"]
+
+
+def test_a_catalog_never_loaded_is_not_published_as_an_empty_feed(tmp_path, emulator, serve):
+    """`feeds build --no-sync` before any sync (or an exchange feed before 1C's first upload) published a feed of 0
+    offers with exit status 0: retailCRM, loading it, takes every good off sale. Refused, saying what loads the catalog;
+    the page shows the feed as not built yet, with why."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: data\nmoysklad: {{base_url: '{emulator.base_url}'}}\n"
+                      "feeds:\n  - {name: main, pictures: none}\n  - {name: shop, source: exchange, pictures: none}\n",
+                      encoding="utf-8")
+    env = {**os.environ, "SKLADBRIDGE_CONFIG": str(config), "MOYSKLAD_TOKEN": EMULATOR_TOKEN}
+    built = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "feeds", "build", "--no-sync"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert built.returncode == 1
+    assert ("  FAILED, nothing is published yet: the moysklad catalog is not loaded yet (run `flask --app app moysklad "
+            "sync`): not published, so retailCRM is not handed a catalog without goods") in built.stderr.splitlines()
+    assert ("  FAILED, nothing is published yet: the exchange catalog is not loaded yet (1C or MoySklad uploads it "
+            "through the exchange, <public_url>/exchange/1c): not published") in built.stderr
+    assert not list((tmp_path / "data" / "feeds").glob("*.xml"))
+
+    feeds = requests.get(serve(load_settings(config, environ=env)) + "/health.json", timeout=30).json()["feeds"]
+    for feed in feeds:
+        assert feed["state"] == "pending" and feed["error"]["title"] == "Каталог ещё не загружен: фид не опубликован"

@@ -166,3 +166,17 @@ def test_a_push_stopped_with_ctrl_c_records_that_what_retailcrm_accepted_stays(t
     assert run["status"] == "interrupted"
     assert run["error"] == ("the run was interrupted (Ctrl-C, or the service stopping); what it finished before stays "
                             "saved, the next run does the rest")
+
+
+def test_a_push_before_any_sync_says_the_catalog_is_not_loaded_yet(tmp_path, emulator, crm):  # noqa: F811
+    """It said «price type «Оптовая цена» does not exist in the moysklad catalog (known: none)», as if the name were
+    wrong; `retailcrm check` says the catalog is not loaded yet, and so does the push now, in the same words."""
+    env = write_config(tmp_path, emulator, crm)
+    not_loaded = "the moysklad catalog is not loaded yet (run `flask --app app moysklad sync`)"
+    checked = flask(env, "retailcrm", "check", "main")
+    assert f"{not_loaded}: names checked at the first push" in checked.stdout
+    pushed = flask(env, "retailcrm", "push", "main")
+    assert pushed.returncode == 1 and "known: none" not in pushed.stderr
+    assert f"FAILED (what was accepted before stays recorded; the next push sends the rest): feed main: {not_loaded}; " \
+           "nothing was pushed" in pushed.stderr
+    assert not any("upload" in path for path in crm.stats_snapshot()["by_path"])
