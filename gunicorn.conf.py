@@ -91,28 +91,27 @@ def _configured_secrets() -> tuple[str, ...]:
 def on_starting(server):
     """Read the configuration once in the master before any worker boots: a mistake is one line and exit 1
     (wsgi.py does the same for a gunicorn started without this file). The workers serve what was read here."""
-    from core.settings import ConfigError, load_settings, prepare_data_dirs, serve_in_workers
-
-    try:
-        settings = load_settings()
-        prepare_data_dirs(settings)
-    except ConfigError as exc:
-        print(f"skladbridge: config error: {exc}", file=sys.stderr, flush=True)
+    if not _serve_checked_config(""):
         sys.exit(1)
-    serve_in_workers(settings)
 
 
 def on_reload(server):
     """SIGHUP (systemctl reload): the new workers serve the edited configuration when it loads. When it does not,
     the mistake is one line and they serve the one running before: a typo must not take feeds and 1C's exchange
     down, as it did when the new workers failed to load and gunicorn halted."""
+    _serve_checked_config("; the reload keeps the configuration running before, fix the file and reload again")
+
+
+def _serve_checked_config(after_error: str) -> bool:
+    """Read and check the configuration in the master and hand it to the workers it forks next; False (the mistake
+    printed as one line, ``after_error`` appended) when it does not load."""
     from core.settings import ConfigError, load_settings, prepare_data_dirs, serve_in_workers
 
     try:
         settings = load_settings()
         prepare_data_dirs(settings)
     except ConfigError as exc:
-        print(f"skladbridge: config error: {exc}; the reload keeps the configuration running before, "
-              "fix the file and reload again", file=sys.stderr, flush=True)
-        return
+        print(f"skladbridge: config error: {exc}{after_error}", file=sys.stderr, flush=True)
+        return False
     serve_in_workers(settings)
+    return True

@@ -42,7 +42,7 @@ class _HealthCollector:
     @staticmethod
     def _feeds(feeds: list[dict]):
         def per_feed(pick):
-            return [((feed["name"], feed["account"]), value) for feed in feeds if (value := pick(feed)) is not None]
+            return _per_feed(feeds, pick)
 
         def success(key):
             return per_feed(lambda f: f["last_success"] and f["last_success"][key])
@@ -73,8 +73,7 @@ class _HealthCollector:
     @staticmethod
     def _retailcrm(feeds: list[dict]):
         def per_feed(pick):
-            return [((feed["name"], feed["account"]), value) for feed in feeds
-                    if (value := pick(feed["retailcrm"])) is not None]
+            return _per_feed(feeds, lambda feed: pick(feed["retailcrm"]))
 
         def total(key):
             return per_feed(lambda crm: crm["totals"][key])
@@ -161,6 +160,11 @@ class _HealthCollector:
         if last and last["seconds"] is not None:
             yield _gauge("skladbridge_exchange_last_import_duration_seconds", "How long the last file import took.",
                          [((), last["seconds"])])
+
+
+def _per_feed(feeds: list[dict], pick) -> list[tuple[tuple[str, str], float]]:
+    """(FEED_LABELS values, value) of each feed for which ``pick`` gives a value."""
+    return [((feed["name"], feed["account"]), value) for feed in feeds if (value := pick(feed)) is not None]
 
 
 def _family(kind, name: str, documentation: str, samples, labels: list[str] | None = None):
