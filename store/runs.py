@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, kind TEXT NOT NULL,
     mode TEXT, status TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
     counts TEXT, requests INTEGER, throttled INTEGER, retries INTEGER, error TEXT,
-    bookmark TEXT, pid INTEGER, number INTEGER);
+    bookmark TEXT, pid INTEGER, number INTEGER, commits_as_it_goes INTEGER);
 CREATE INDEX IF NOT EXISTS runs_by_source ON runs (source, kind, id);
 CREATE INDEX IF NOT EXISTS runs_running ON runs (source) WHERE status = 'running';
 CREATE TABLE IF NOT EXISTS skipped (
@@ -36,9 +36,11 @@ CREATE TABLE IF NOT EXISTS run_totals (
     requests INTEGER NOT NULL DEFAULT 0, throttled INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0,
     counts TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (source, kind)) WITHOUT ROWID;
 """
-# runs.number (a run's place among its source's and kind's: build №3) came after the table.
-RUNS_ADDED_COLUMNS = (("runs", "number", "INTEGER"),)
-INTERRUPTED = "the run stopped without finishing (process killed or machine restarted); nothing of it was saved"
+# runs.number (a run's place among its source's and kind's: build №3) and runs.commits_as_it_goes came after the table.
+RUNS_ADDED_COLUMNS = (("runs", "number", "INTEGER"), ("runs", "commits_as_it_goes", "INTEGER"))
+KILLED = "the run stopped without finishing (process killed or machine restarted); "
+INTERRUPTED = KILLED + "nothing of it was saved"
+INTERRUPTED_KEEPING = KILLED + "what it finished before stays saved, the next run does the rest"
 # Runs of each source and kind kept in the log (the health page shows the latest few; the counters live in
 # run_totals): a service building every few minutes for a year would otherwise keep hundreds of thousands, and
 # the pages that read them grow slower with every one. The latest successful run is kept whatever its age.
@@ -98,9 +100,10 @@ class RunLog:
             self._close_interrupted_runs(source)
             with self.db.atomic():  # writes first: a deferred transaction that read first could not write after another
                 run_id = self.db.execute(
-                    "INSERT INTO runs (source, kind, mode, status, started_at, pid, number) VALUES (?, ?, ?, 'running', ?, ?, "
+                    "INSERT INTO runs (source, kind, mode, status, started_at, pid, commits_as_it_goes, number) "
+                    "VALUES (?, ?, ?, 'running', ?, ?, ?, "
                     "coalesce((SELECT number FROM runs WHERE source = ? AND kind = ? ORDER BY id DESC LIMIT 1), 0) + 1)",
-                    [source, kind, mode, utc_now(), os.getpid(), source, kind]).lastrowid
+                    [source, kind, mode, utc_now(), os.getpid(), int(not one_transaction), source, kind]).lastrowid
                 self._add_to_totals(source, kind, runs=1)
             run = self.run_class(self, run_id, source)
             run.kind = kind
@@ -206,8 +209,10 @@ class RunLog:
     def _close_interrupted_runs(self, source: str) -> None:
         """Runs still 'running' while we hold the lock died without finishing (kill -9, power loss)."""
         with self.db.atomic():
-            dead = self.db.execute("UPDATE runs SET status='interrupted', finished_at=?, error=? WHERE source=? AND "
-                                   "status='running' RETURNING kind", [utc_now(), INTERRUPTED, source]).fetchall()
+            dead = self.db.execute("UPDATE runs SET status='interrupted', finished_at=?, "
+                                   "error = CASE WHEN commits_as_it_goes THEN ? ELSE ? END "
+                                   "WHERE source=? AND status='running' RETURNING kind",
+                                   [utc_now(), INTERRUPTED_KEEPING, INTERRUPTED, source]).fetchall()
             for kind, count in collections.Counter(kind for (kind,) in dead).items():
                 self._add_to_totals(source, kind, failed=count)
 

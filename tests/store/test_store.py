@@ -219,6 +219,23 @@ def test_a_killed_run_is_noticed_by_the_next_one(store, tmp_path):
     assert "process killed" in runs[1]["error"]
 
 
+def test_a_killed_run_that_commits_as_it_goes_is_recorded_as_keeping_what_it_finished(store):
+    """A push commits each batch retailCRM accepted; killed with -9 it was recorded as «nothing of it was saved»."""
+    script = (
+        "import os, store\n"
+        f"s = store.CatalogStore({str(store.path)!r})\n"
+        "with s.run('retailcrm:main', 'push', one_transaction=False) as run:\n"
+        "    s.record_pushed('main', [('offer-1', 'stock:main', '5')])\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", script], cwd=str(ROOT)).returncode == -9
+    store.settle_dead_runs("retailcrm:main")
+    run = store.last_run("retailcrm:main", "push")
+    assert run["status"] == "interrupted"
+    assert run["error"].endswith("what it finished before stays saved, the next run does the rest")
+    assert store.pushed_values("main", "offer-1") == {"stock:main": "5"}
+
+
 def test_a_store_made_before_tracking_type_gains_the_column_and_keeps_its_rows(tmp_path):
     path = tmp_path / "catalog.sqlite"
     with CatalogStore(path) as store:
