@@ -53,7 +53,10 @@ EVENT_TAGS = (ROOT_TAG, *SECTIONS, "Группа", "Свойство", "ТипЦ
 BATCH = 1000
 ROOT_ATTRIBUTES_KEPT = 20
 # Children found by local name in any namespace, matched by lxml in C (see exchange.cml.all_named)
-PICTURE, BARCODE, VAT_RATE, PROPERTY_VALUE, ID = "{*}Картинка", "{*}Штрихкод", "{*}СтавкаНалога", "{*}ЗначенияСвойства", "{*}Ид"
+PICTURE, VAT_RATE, PROPERTY_VALUE, ID = "{*}Картинка", "{*}СтавкаНалога", "{*}ЗначенияСвойства", "{*}Ид"
+# the schema's Штрихкод, and the ШтрихКод some exchange modules write
+BARCODE_NAMES = ("Штрихкод", "ШтрихКод")
+BARCODES = tuple(f"{{*}}{name}" for name in BARCODE_NAMES)
 PRICE, PRICE_TYPE_ID, PRICE_VALUE, WAREHOUSE = "{*}Цена", "{*}ИдТипаЦены", "{*}ЦенаЗаЕдиницу", "{*}Склад"
 WAREHOUSES = "{*}Склады"
 # Requisites not kept as attributes: picture captions, and the weight, which is a column of the card.
@@ -179,7 +182,7 @@ def _unit(element) -> dict | None:
 def _barcodes(element) -> str | None:
     """Barcodes as JSON in MoySklad's shape, [{"ean13": "..."}], which the ICML renderer reads."""
     codes = []
-    for barcode in element.iterchildren(BARCODE):
+    for barcode in element.iterchildren(*BARCODES):
         for value in (barcode.text or "").strip().replace(";", ",").split(","):
             value = value.strip()
             if value:
@@ -188,6 +191,10 @@ def _barcodes(element) -> str | None:
                 quoted = f'"{value}"' if digits else encode_basestring(value)
                 codes.append(f'{{"{kind}": {quoted}}}')
     return f"[{', '.join(codes)}]" if codes else None
+
+
+def _has_barcode(fields: dict) -> bool:
+    return any(name in fields for name in BARCODE_NAMES)
 
 
 def _characteristics(element) -> str:
@@ -472,7 +479,7 @@ class CatalogParser:
         except Malformed as exc:
             self._skip("product", item_id, name, str(exc))
             return True
-        barcodes = _barcodes(element) if "Штрихкод" in fields else None
+        barcodes = _barcodes(element) if _has_barcode(fields) else None
         characteristics = _characteristics(fields.get("ХарактеристикиТовара")) if characteristic else None
         (self.batch.variant_cards if characteristic else self.batch.products).append(card)
         self.batch.offer(GOOD_OFFER_COLUMNS, (item_id, product_id, kind, name, code,
@@ -532,11 +539,11 @@ class CatalogParser:
                self.updated]
         if "Артикул" in fields:
             row.append(text_of(fields["Артикул"]) or None)
-        if "Штрихкод" in fields:
+        if has_barcode := _has_barcode(fields):
             row.append(_barcodes(element))
         if "ХарактеристикиТовара" in fields:
             row.append(_characteristics(fields["ХарактеристикиТовара"]))
-        columns = _offer_columns("Артикул" in fields, "Штрихкод" in fields, "ХарактеристикиТовара" in fields)
+        columns = _offer_columns("Артикул" in fields, has_barcode, "ХарактеристикиТовара" in fields)
         self.batch.offer(columns, tuple(row))
         self.batch.missing_cards.append((product_id, "product", name, product_id, _first_group(fields),
                                          self._unit_id(fields), self.updated, 1))

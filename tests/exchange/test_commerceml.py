@@ -398,6 +398,16 @@ def test_a_weight_written_as_an_element_of_the_good_is_kept(store, dirs):
     assert rows(store, "SELECT weight FROM products WHERE id = 'kettle'") == [{"weight": 1.5}]
 
 
+def test_barcodes_spelt_shtrikhkod_with_a_capital_k_are_kept(store, dirs):
+    """Some exchange modules write <ШтрихКод> for the schema's <Штрихкод>, on goods and on offers: it was dropped."""
+    load(store, dirs, write(dirs, "import.xml", catalog([("kettle", "Чайник")], extra="<ШтрихКод>4600000000011</ШтрихКод>")))
+    load(store, dirs, write(dirs, "offers.xml", package(
+        "<Предложение><Ид>kettle#red</Ид><Наименование>Чайник красный</Наименование>"
+        "<ШтрихКод>CODE-7</ШтрихКод></Предложение>")))
+    barcodes = {r["id"]: json.loads(r["barcodes"]) for r in rows(store, "SELECT id, barcodes FROM offers")}
+    assert barcodes == {"kettle": [{"ean13": "4600000000011"}], "kettle#red": [{"code128": "CODE-7"}]}
+
+
 def write(dirs, name: str, text: str, encoding: str = "utf-8") -> Path:
     path = dirs[0] / name
     path.write_bytes(text.encode(encoding))
