@@ -293,8 +293,6 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
     """One feed: its state, the published file, the last attempt and its history."""
     source = feed_source(feed)
     history = store.runs_of(source, "build", HISTORY_BUILDS)
-    newest = store.run_number(source, "build", history[0]["id"]) if history else 0
-    numbers = {run["id"]: newest - index for index, run in enumerate(history)}  # the feed's own build №, newest first
     last_ok = next((run for run in history if run["status"] == "ok"), None) or store.last_run(source, "build", "ok")
     last = history[0] if history else None
     error_run = _failed_attempt(last, last_sync, feed)
@@ -321,21 +319,21 @@ def _feed(store: CatalogStore, settings: Settings, feed: FeedSettings, now: dt.d
         "next_run_at": _iso(next_run(feed, now, attempt)),  # the scheduler's own plan replaces it (_queue)
         "last_success": None if last_ok is None else {
             "run_id": last_ok["id"],
-            "number": numbers.get(last_ok["id"]) or store.run_number(source, "build", last_ok["id"]),
+            "number": last_ok["number"],
             "finished_at": last_ok["finished_at"], "age_seconds": round(age),
             "offers": counts.get("offers"), "active": counts.get("active"), "inactive": counts.get("inactive"),
             "categories": counts.get("categories"), "seconds": counts.get("build_seconds"),
             "guard": counts.get("guard"), "pictures_waiting": counts.get("pictures_waiting") or 0,
             "with_pictures": last_ok["mode"] == PICTURES_MODE,
         },
-        "last_attempt": _attempt(attempt, numbers, store),
+        "last_attempt": _attempt(attempt),
         "building": building,
         "progress": _progress(progress) if progress is not None else {},
         "source_changed_at": changed,
         "skipped": _skipped(last_ok),
-        "error": _error(error_run, numbers.get(error_run["id"]) if error_run else None, store, settings.account),
+        "error": _error(error_run, settings.account),
         "totals": store.run_totals(source, "build"),
-        "history": [{"run_id": run["id"], "number": numbers[run["id"]], "started_at": run["started_at"],
+        "history": [{"run_id": run["id"], "number": run["number"], "started_at": run["started_at"],
                      "status": run["status"], "seconds": run["counts"].get("build_seconds"),
                      "offers": run["counts"].get("offers")}
                     for run in reversed(history)],
@@ -389,13 +387,12 @@ def _changed_after(store: CatalogStore, feed: FeedSettings, build: dict | None) 
     return change["finished_at"] if change["kind"] == "import" or archived else None
 
 
-def _attempt(run: dict | None, numbers: dict[int, int], store: CatalogStore) -> dict | None:
+def _attempt(run: dict | None) -> dict | None:
     """The latest attempt to publish: the last build, or the MoySklad sync that failed after it (which
     stopped the next build before it had a run of its own)."""
     if run is None:
         return None
-    return {"run_id": run["id"], "number": numbers.get(run["id"]) or store.run_number(run["source"], run["kind"], run["id"]),
-            "kind": run["kind"], "status": run["status"], "started_at": run["started_at"],
+    return {"run_id": run["id"], "number": run["number"], "kind": run["kind"], "status": run["status"], "started_at": run["started_at"],
             "finished_at": run["finished_at"], "mode": run["mode"], "guard": run["counts"].get("guard")}
 
 
@@ -433,7 +430,7 @@ def _retailcrm(store: CatalogStore, feed: FeedSettings) -> dict:
     if failed:
         advice = failed["counts"].get("advice") or {}
         fallback = PUSH_INTERRUPTED if failed["status"] == "interrupted" else PUSH_FAILED
-        error = {"run_id": failed["id"], "number": store.run_number(source, "push", failed["id"]),
+        error = {"run_id": failed["id"], "number": failed["number"],
                  "at": failed["finished_at"] or failed["started_at"],
                  "text": failed["error"] or "", "title": advice.get("title") or fallback.title,
                  "action": advice.get("action") or fallback.action}
@@ -473,8 +470,8 @@ def _failed_attempt(last_build: dict | None, sync: dict | None, feed: FeedSettin
     return None
 
 
-def _error(run: dict | None, number: int | None, store: CatalogStore, account: str) -> dict | None:
-    """A failed run in plain words; ``number`` is its place among its own kind (build №3, sync №12)."""
+def _error(run: dict | None, account: str) -> dict | None:
+    """A failed run in plain words, with its place among its own kind (build №3, sync №12)."""
     if run is None:
         return None
     advice = advice_for(run["error"] or run["status"])
@@ -482,8 +479,7 @@ def _error(run: dict | None, number: int | None, store: CatalogStore, account: s
         key = f"moysklad.token аккаунта {account} (раздел accounts)" if account else "moysklad.token"
         advice = Advice(advice.title, advice.action.format(key=key, variable=token_variable(account)))
     what = "Синхронизация с МоимСкладом" if run["kind"] == "sync" else "Сборка"
-    return {"run_id": run["id"], "number": number or store.run_number(run["source"], run["kind"], run["id"]),
-            "kind": run["kind"], "at": run["finished_at"] or run["started_at"],
+    return {"run_id": run["id"], "number": run["number"], "kind": run["kind"], "at": run["finished_at"] or run["started_at"],
             "text": run["error"] or "", "title": advice.title, "action": advice.action, "what": what}
 
 
@@ -515,14 +511,14 @@ def _moysklad(store: CatalogStore, settings: Settings, last: dict | None) -> dic
     return {
         "base_url": "встроенный эмулятор (демо)" if settings.moysklad.emulator else settings.moysklad.base_url,
         "credentials": credentials,
-        "last_sync": _run_summary(last, store),
-        "last_successful_sync": _run_summary(last_ok, store),
+        "last_sync": _run_summary(last),
+        "last_successful_sync": _run_summary(last_ok),
         "bookmark": bookmark,  # MoySklad's Moscow wall-clock time, as the API filters take it
         "bookmark_at": _moscow_to_iso(bookmark),
         "catalog": store.counts("moysklad"),
         "totals": totals,
         "totals_text": _api_usage(totals["requests"], totals["throttled"], totals["retries"]),
-        "error": _error(last, None, store, settings.account) if last and last["status"] in ("failed", "interrupted") else None,
+        "error": _error(last, settings.account) if last and last["status"] in ("failed", "interrupted") else None,
     }
 
 
@@ -552,11 +548,11 @@ def _moscow_to_iso(moment: str | None) -> str | None:
         return None
 
 
-def _run_summary(run: dict | None, store: CatalogStore) -> dict | None:
+def _run_summary(run: dict | None) -> dict | None:
     if run is None:
         return None
     counts = run["counts"]
-    return {"run_id": run["id"], "number": store.run_number(run["source"], run["kind"], run["id"]),
+    return {"run_id": run["id"], "number": run["number"],
             "kind": run["kind"], "status": run["status"], "mode": run["mode"],
             "started_at": run["started_at"], "finished_at": run["finished_at"], "requests": run["requests"],
             "throttled": run["throttled"], "retries": run["retries"], "error": run["error"],
@@ -580,7 +576,7 @@ def _exchange(settings: Settings, store: CatalogStore) -> dict:
             "imports": store.run_totals("exchange", "import"), "catalog": store.counts("exchange"),
             "orders": store.orders_summary(),
             "last_import": None if last_import is None else {
-                **_run_summary(last_import, store), "seconds": _seconds(last_import)}}
+                **_run_summary(last_import), "seconds": _seconds(last_import)}}
 
 
 # Queries with orders in a row that 1C took and never confirmed (mode=success) before the page calls it a problem:
