@@ -169,8 +169,9 @@ def run_build(settings: Settings, feed: FeedSettings, sync: bool = True, force: 
               full_sync: bool = False) -> None:
     """One build, logged in one line; a failure leaves the previous file published and is never raised."""
     started = time.monotonic()
+    push = (lambda published: run_push(settings, feed)) if feed.retailcrm is not None else None
     try:
-        result = build_feed(settings, feed, sync=sync, force=force, full_sync=full_sync)
+        result = build_feed(settings, feed, sync=sync, force=force, full_sync=full_sync, on_published=push)
     except (BuildFailed, MoySkladError, StoreError) as exc:
         log.error("feed %s: build failed in %.1f s, %s: %s",
                   feed.name, time.monotonic() - started, failure_outcome(settings.feeds_dir, feed.name), exc)
@@ -181,8 +182,6 @@ def run_build(settings: Settings, feed: FeedSettings, sync: bool = True, force: 
         log.info("feed %s: build #%d published in %.1f s, %d offers%s", feed.name, result.number,
                  result.seconds, result.offers,
                  f"; build #{result.with_pictures.number} added the new pictures" if result.with_pictures else "")
-        if feed.retailcrm is not None:
-            run_push(settings, feed)
 
 
 def run_push(settings: Settings, feed: FeedSettings, offer_ids: list[str] | None = None,

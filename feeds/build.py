@@ -73,18 +73,23 @@ def sync_source(settings: Settings, progress=None) -> SyncResult:
 
 
 def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, sync: bool = True,
-               echo: Callable[[str], None] | None = None, full_sync: bool = False) -> BuildResult:
+               echo: Callable[[str], None] | None = None, full_sync: bool = False,
+               on_published: Callable[[BuildResult], None] | None = None) -> BuildResult:
     """Check the feed's names, sync (source moysklad, unless ``sync`` is false; whole when ``full_sync``), render
     and publish one feed.
 
     ``echo`` receives progress lines for a person (the command line); any process sees the progress
-    through :func:`feeds.progress.read_progress`.
+    through :func:`feeds.progress.read_progress`. ``on_published`` hears the first publication as soon as it is
+    out, before the minutes of picture downloads that may follow it (the retailCRM push goes then).
     """
+    published = on_published or (lambda result: None)
     started = time.monotonic()
     start_soon()  # the render's processes come from the fork server: have it ready by then
     with BuildProgress(settings.data_dir, feed.name, echo) as progress:
         if not (sync and feed.source == "moysklad"):
-            return _publish(settings, feed, force, started, progress)
+            result = _publish(settings, feed, force, started, progress)
+            published(result)
+            return result
         with open_client(settings.moysklad) as client:
             _check_names(settings, feed)
             try:
@@ -98,8 +103,10 @@ def build_feed(settings: Settings, feed: FeedSettings, *, force: bool = False, s
             if waiting <= PICTURES_BEFORE_PUBLISH:
                 _refresh_pictures(client, settings, sync_result, progress)
                 result = _publish(settings, feed, force, started, progress)
+                published(result)
             else:
                 result = _publish(settings, feed, force, started, progress, pictures_waiting=waiting)
+                published(result)
                 progress.note(f"  published build #{result.number} with {result.offers} offers; {waiting} new pictures "
                               "are fetched now and the feed is published again with them")
                 if not _refresh_pictures(client, settings, sync_result, progress):

@@ -426,6 +426,20 @@ def test_a_failing_push_after_a_build_leaves_the_build_published(tmp_path, emula
     assert feed_file(settings, "main").exists()
 
 
+def test_a_build_pushes_to_retailcrm_before_it_downloads_many_new_pictures(tmp_path, emulator_factory, crm):
+    """A first build (every picture new) pushed stock and prices only after minutes of picture downloads and the
+    second publication: retailCRM waited for pictures it does not get through the API."""
+    settings = pushing_settings(tmp_path, emulator_factory(products=250), crm)
+    main = dataclasses.replace(settings.feeds[0], pictures="cache")
+    settings = dataclasses.replace(settings, feeds=(main, *settings.feeds[1:]))
+    run_build(settings, main)
+    with open_catalog(settings.store_path) as store:
+        first, with_pictures = reversed(store.runs_of("feed:main", "build", 2))
+        push_run = store.last_run(push_source(main), "push")
+    assert with_pictures["mode"] == "pictures" and first["counts"]["pictures_waiting"] > 50
+    assert push_run["status"] == "ok" and first["id"] < push_run["id"] < with_pictures["id"]
+
+
 def test_an_exchange_feed_pushes_the_warehouses_and_price_types_of_the_commerceml_files(tmp_path, crm, shared_fixtures):
     from exchange.catalog_import import import_file
 
