@@ -84,11 +84,24 @@ def test_a_failed_session_stays_failed_when_it_is_swept(tmp_path, monkeypatch):
     assert (row["result"], row["error"]) == ("failed", "Файл import.xml: XML повреждён в строке 3") and row["finished_at"]
 
 
-def test_the_scheduler_sweeps_sessions_of_an_instance_with_an_exchange(tmp_path):
+def test_the_scheduler_sweeps_sessions_of_an_instance_with_an_exchange(tmp_path, monkeypatch):
+    """No 1C logs in again: the scheduler's own sweep logs the expired session and frees its folder."""
+    import datetime as dt
+
     from app import create_app
 
-    scheduler = start_scheduler(create_app(exchange_settings(tmp_path)), retry_seconds=None)
+    settings = exchange_settings(tmp_path)
+    with ExchangeLog(settings.exchange_log_path) as log:
+        session = open_session(log, settings.exchange_dir, "127.0.0.1")
+    (session.upload_dir / "import.xml").write_bytes(b"<x/>")
+    real = time.time
+    monkeypatch.setattr("exchange.sessions.time.time", lambda: real() + 24 * 3600)  # a day later: expired
+
+    scheduler = start_scheduler(create_app(settings), retry_seconds=None)
     try:
-        assert "exchange-sweep" in {job.id for job in scheduler.get_jobs()}
+        scheduler.get_job("exchange-sweep").modify(next_run_time=dt.datetime.now(dt.timezone.utc))  # its turn now
+        wait_for(lambda: not session.dir.exists(), 30, "the scheduler's sweep of the expired session")
     finally:
         scheduler.shutdown(wait=True)
+    with ExchangeLog(settings.exchange_log_path) as log:
+        assert log.session(session.id)["result"] == "expired"
