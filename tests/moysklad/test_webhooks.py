@@ -86,9 +86,14 @@ def test_the_vendor_stock_example_asks_for_a_rebuild(live_app, app_settings, sha
     assert app_settings.mailbox.note(REBUILD) is not None
 
 
+@pytest.mark.parametrize("action", ["CREATE", "DELETE"])
 @pytest.mark.parametrize("kind", ["variant", "productfolder", "service", "bundle"])
-def test_every_catalog_entity_asks_for_a_rebuild(live_app, kind):
-    assert post(hook_url(live_app), product_event("CREATE", kind)).json()["rebuild"] is True
+def test_every_catalog_entity_asks_for_a_rebuild(live_app, app_settings, kind, action):
+    """The note the scheduler acts on, not only the answer: a deletion of any of them needs the full sync (an
+    incremental one never sees what is gone)."""
+    assert post(hook_url(live_app), product_event(action, kind)).json() == {"ok": True, "rebuild": True, "stock": False}
+    note = app_settings.mailbox.note(REBUILD)
+    assert (note.payload["feeds"], note.payload["full"]) == (["main"], action == "DELETE")
 
 
 def test_changes_the_feeds_do_not_show_ask_for_nothing(live_app, app_settings):
