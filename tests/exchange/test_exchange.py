@@ -187,6 +187,8 @@ def test_the_php_alias_with_sessid_instead_of_a_cookie(tmp_path, serve):
     assert client.import_("import.xml")[0] == ["success"]
     assert client.import_("import.xml")[0] == ["success"]  # asked again: the same answer, no second import
     assert catalog(settings)["offers"] > 0
+    with CatalogStore(settings.store_path) as store:
+        assert [run["status"] for run in store.runs_of("exchange", "import", 10)] == ["ok"]  # one import, not two
 
 
 def test_init_echoes_a_version_and_honours_zip_no(tmp_path, serve):
