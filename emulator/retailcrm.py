@@ -426,10 +426,13 @@ class _Handler(QuietHandler):
             status = 503 if faults.outage else injected
             emulator._note(url.path, status)
             return self.send(status, _fault_page(status), "text/html")
-        # form fields and query both carry parameters; the key comes in the header or the query (RETAILCRM.md:22)
+        # form fields and query both carry parameters; the key comes in the X-API-KEY header or the apiKey
+        # parameter, GET or POST: "Authorization is performed by API-key, which is transmitted in GET|POST-parameter
+        # apiKey" (retailCRM's API rules, help.retailcrm.pro/Developers/ApiRules, docs.simla.com
+        # Developers/API/APIFeatures/APIRules); api-client-php lib/RetailCrm/Http/Client.php sends it in the POST body
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         params = {**query, **dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))}
-        key = self.headers.get("X-API-Key") or query.get("apiKey")  # header names are case-insensitive
+        key = self.headers.get("X-API-Key") or params.get("apiKey")  # header names are case-insensitive
         if not emulator.rate_window.admit(key or ""):
             emulator._note_rate_limited()
             emulator._note(url.path, 503)

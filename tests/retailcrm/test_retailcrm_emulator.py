@@ -67,11 +67,20 @@ def test_key_checks_answer_retailcrms_texts(crm):
     assert (missing.status_code, missing.json()) == (403, {"success": False, "errorMsg": '"apiKey" is missing.'})
     assert (wrong.status_code, wrong.json()) == (403, {"success": False, "errorMsg": 'Wrong "apiKey" value.'})
     assert by_query.json() == {"success": True, "sites": {"shop": {"code": "shop", "name": "shop"}}}
-    in_the_form = upload(crm, headers={}, apiKey=KEY, offers=offers_json("1"), site="shop")  # header or query only
-    assert (in_the_form.status_code, in_the_form.json()["errorMsg"]) == (403, '"apiKey" is missing.')
     crm.add_key("refs-only", methods={"/api/v5/reference/stores"})
     denied = upload(crm, headers={"X-API-Key": "refs-only"}, offers=offers_json("1"))
     assert (denied.status_code, denied.json()["errorMsg"]) == (403, "Access denied.")
+
+
+def test_the_key_may_come_as_a_post_parameter_as_retailcrms_api_rules_say(crm):
+    """retailCRM's API rules: the key "is transmitted in GET|POST-parameter apiKey" (or the X-API-KEY header); the old
+    official PHP client (api-client-php lib/RetailCrm/Http/Client.php) sends it in the POST body."""
+    crm.load_icml(b'<yml_catalog><shop><offers><offer id="1"/></offers></shop></yml_catalog>', "shop")
+    in_the_form = upload(crm, headers={}, apiKey=KEY, offers=offers_json("1", available=4), site="shop")
+    assert (in_the_form.status_code, in_the_form.json()["processedOffersCount"]) == (200, 1)
+    assert crm.stock("shop", "1") == {"main": {"available": 4}}
+    wrong = upload(crm, headers={}, apiKey="nope", offers=offers_json("1"), site="shop")
+    assert (wrong.status_code, wrong.json()["errorMsg"]) == (403, 'Wrong "apiKey" value.')
 
 
 def test_credentials_answer_on_both_paths_with_the_keys_methods_and_shops(crm):
