@@ -313,7 +313,13 @@ class RetailCrmEmulator(LoopbackServer):
 
     def _site(self, site: str | None, grant: KeyGrant) -> str:
         if not site:  # needed when offers are matched by externalId/xmlId, unique per shop (RETAILCRM.md:34-35, :45)
-            raise ApiError(400, "Parameter 'site' is missing")
+            # ... but only from a key that reaches several shops: "If API-key gives access to data of several stores,
+            # then in some API-methods additionally required specify symbolic code of store in GET|POST-parameter
+            # site" (retailCRM's API rules, help.retailcrm.pro/Developers/ApiRules); a key of one shop names it
+            reachable = [code for code in self.sites if grant.sites is None or code in grant.sites]
+            if len(reachable) != 1:
+                raise ApiError(400, "Parameter 'site' is missing")
+            return reachable[0]
         if site not in self.sites:
             raise ApiError(400, ENTITY_FORMAT, {"site": _unknown("Site", site)})
         if grant.sites is not None and site not in grant.sites:

@@ -144,13 +144,31 @@ def test_an_unknown_store_or_price_type_refuses_the_whole_batch(crm):
     assert crm.stock("shop", "1") == {} and crm.prices("shop", "1") == {}
 
 
-def test_offers_named_by_external_id_need_the_site_even_in_an_account_of_one_shop(crm):
-    """RETAILCRM.md:34-35, :45: site is needed when offers are matched by externalId/xmlId (unique per shop)."""
+def test_offers_named_by_external_id_need_the_site_only_from_a_key_that_reaches_several_shops(crm):
+    """RETAILCRM.md:34-35, :45: site is needed when offers are matched by externalId/xmlId (unique per shop), and
+    retailCRM's API rules say when: "If API-key gives access to data of several stores, then in some API-methods
+    additionally required specify symbolic code of store in GET|POST-parameter site"."""
     crm.load_icml(b'<yml_catalog><shop><offers><offer id="1"/></offers></shop></yml_catalog>', "shop")
-    stock = upload(crm, offers=offers_json("1"))
+    stock = upload(crm, offers=offers_json("1", available=2))  # an account of one shop: that shop
     prices = upload(crm, "/store/prices/upload", prices=json.dumps([{"externalId": "1", "prices": [{"code": "base", "price": 5}]}]))
-    assert [(a.status_code, a.json()["errorMsg"]) for a in (stock, prices)] == [(400, "Parameter 'site' is missing")] * 2
-    assert crm.stock("shop", "1") == {} and crm.prices("shop", "1") == {}
+    assert [(a.status_code, a.json()["processedOffersCount"]) for a in (stock, prices)] == [(200, 1)] * 2
+    assert crm.stock("shop", "1") == {"main": {"available": 2}} and crm.prices("shop", "1") == {"base": 5}
+
+
+def test_a_key_of_several_shops_must_name_the_site_and_a_key_limited_to_one_need_not():
+    crm = RetailCrmEmulator(api_key=KEY, sites=("shop", "other")).start()
+    try:
+        crm.load_icml(b'<yml_catalog><shop><offers><offer id="1"/></offers></shop></yml_catalog>', "shop")
+        stock = upload(crm, offers=offers_json("1"))
+        prices = upload(crm, "/store/prices/upload",
+                        prices=json.dumps([{"externalId": "1", "prices": [{"code": "base", "price": 5}]}]))
+        assert [(a.status_code, a.json()["errorMsg"]) for a in (stock, prices)] == [(400, "Parameter 'site' is missing")] * 2
+        assert crm.stock("shop", "1") == {} and crm.prices("shop", "1") == {}
+        crm.add_key("shop-only", sites={"shop"})
+        limited = upload(crm, offers=offers_json("1", available=6), headers={"X-API-Key": "shop-only"})
+        assert limited.json()["processedOffersCount"] == 1 and crm.stock("shop", "1") == {"main": {"available": 6}}
+    finally:
+        crm.stop()
 
 
 def test_an_upload_answers_processed_and_not_found_offers(crm):
@@ -175,7 +193,7 @@ def test_an_offer_named_by_retailcrms_own_id_needs_no_site():
         prices = json.dumps([{"id": offer_id, "prices": [{"code": "base", "price": 10}]}])
         assert upload(crm, "/store/prices/upload", prices=prices).json()["processedOffersCount"] == 1
         assert crm.stock("shop", "1") == {"main": {"available": 3}} and crm.prices("shop", "1") == {"base": 10}
-        by_external_id = upload(crm, offers=offers_json("1"))  # which shop's "1"? (even an account of one shop asks)
+        by_external_id = upload(crm, offers=offers_json("1"))  # which shop's "1"? (the key reaches two)
         assert by_external_id.status_code == 400 and by_external_id.json()["errorMsg"] == "Parameter 'site' is missing"
 
         crm.load_icml(b'<yml_catalog><shop><offers><offer id="2"/></offers></shop></yml_catalog>', "other")
