@@ -258,8 +258,15 @@ class RetailCrmEmulator(LoopbackServer):
         raise ApiError(404, "Not found")  # RETAILCRM.md:25
 
     def _credentials(self, path: str, params: dict, grant: KeyGrant) -> dict:
-        """Methods and shops of the key (api-client-go CredentialResponse; PHP ApiTest testCredentials)."""
-        methods = sorted(grant.methods | set(CREDENTIALS_PATHS) if grant.methods is not None else API_METHODS)
+        """Methods and shops of the key (api-client-go CredentialResponse; PHP ApiTest testCredentials).
+
+        retailCRM names the methods without the API version: "/api/integration-modules/{code}" (api-client-php
+        tests/src/ResourceGroup/ApiTest.php testCredentials), "/api/reference/payment-types", "/api/store/products"
+        (retailcrm/mg-transport-telegram src/routing_test.go, a /api/credentials answer).
+        """
+        paths = grant.methods | set(CREDENTIALS_PATHS) if grant.methods is not None else set(API_METHODS)
+        methods = sorted({"/api" + path[len(API_PREFIX):] if path.startswith(API_PREFIX + "/") else path
+                          for path in paths})
         body = {"success": True, "credentials": methods,
                 "siteAccess": "access_full" if grant.sites is None else "access_selective"}
         if grant.sites is not None:

@@ -16,8 +16,8 @@ from retailcrm.errors import KeyRejected, RetailCrmError, TransportFailure
 from store import CatalogReader, StoreError
 
 # The methods a push calls: stock when it maps warehouses, prices when it maps price types. retailCRM lists a key's
-# methods without the version ("/api/integration-modules/{code}" in api-client-php's ApiTest testCredentials), the
-# emulator with it: compared by their ends.
+# methods without the version ("/api/integration-modules/{code}" in api-client-php's ApiTest testCredentials), and so
+# does the emulator: compared by their ends, whichever prefix comes.
 STOCK_METHOD, PRICES_METHOD = "/store/inventories/upload", "/store/prices/upload"
 
 
