@@ -42,6 +42,7 @@ MISSING_KEY = '"apiKey" is missing.'
 WRONG_KEY = 'Wrong "apiKey" value.'
 ACCESS_DENIED = "Access denied."
 ENTITY_FORMAT = "Errors in the entity format"
+METHOD_NOT_FOUND = "Method not found"
 CREDENTIALS_PATHS = ("/api/credentials", API_PREFIX + "/credentials")  # api-client-go client.go; RETAILCRM.md:29
 INVENTORIES = API_PREFIX + "/store/inventories/upload"
 PRICES = API_PREFIX + "/store/prices/upload"
@@ -255,7 +256,9 @@ class RetailCrmEmulator(LoopbackServer):
             return self._upload_inventories, "POST"
         if path == PRICES:
             return self._upload_prices, "POST"
-        raise ApiError(404, "Not found")  # RETAILCRM.md:25
+        # a path that is no API method: 404 "Method not found" (api-client-go client_test.go TestGetRequest and
+        # TestPostRequest, /api/v5/fake-method); "Not found" (RETAILCRM.md:25) is an entity's answer, not a path's
+        raise ApiError(404, METHOD_NOT_FOUND)
 
     def _credentials(self, path: str, params: dict, grant: KeyGrant) -> dict:
         """Methods and shops of the key (api-client-go CredentialResponse; PHP ApiTest testCredentials).

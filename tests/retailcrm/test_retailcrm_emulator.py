@@ -83,6 +83,13 @@ def test_the_key_may_come_as_a_post_parameter_as_retailcrms_api_rules_say(crm):
     assert (wrong.status_code, wrong.json()["errorMsg"]) == (403, 'Wrong "apiKey" value.')
 
 
+def test_a_path_that_is_no_api_method_answers_method_not_found(crm):
+    """api-client-go client_test.go TestGetRequest/TestPostRequest: /api/v5/fake-method → 404 "Method not found"."""
+    for method in ("get", "post"):
+        answer = requests.request(method, crm.api_url + "/fake-method", headers=HEADERS, timeout=5)
+        assert (answer.status_code, answer.json()) == (404, {"success": False, "errorMsg": "Method not found"})
+
+
 def test_credentials_answer_on_both_paths_with_the_keys_methods_and_shops(crm):
     crm.add_key("shop-only", sites={"shop"}, methods={"/api/v5/store/inventories/upload"})
     for path in ("/api/credentials", "/api/v5/credentials"):
