@@ -102,6 +102,15 @@ def on_reload(server):
     _serve_checked_config("; the reload keeps the configuration running before, fix the file and reload again")
 
 
+def worker_exit(server, worker):
+    """In the worker, as it exits: the scheduler it runs stops cleanly (scheduler.stop_scheduler)."""
+    from scheduler import stop_scheduler
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        stop_scheduler(app)
+
+
 def _serve_checked_config(after_error: str) -> bool:
     """Read and check the configuration in the master and hand it to the workers it forks next; False (the mistake
     printed as one line, ``after_error`` appended) when it does not load."""

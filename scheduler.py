@@ -58,26 +58,47 @@ CRON_JITTER_SECONDS = 60
 def start_scheduler(app, *, retry_seconds: float | None = LOCK_RETRY_SECONDS) -> BackgroundScheduler | None:
     """Run the jobs here unless another process does; then wait in the background to take over."""
     settings: Settings = app.config["SETTINGS"]
+    stopping = app.extensions.setdefault("scheduler_stopping", threading.Event())
     lock = settings.mailbox.claim_reader()
     if lock is not None:
         return _run_jobs(app, settings, lock)
     log.info("process %d leaves the scheduler to process %s (holder of %s)", os.getpid(),
              lock_holder(settings.mailbox.lock_path), settings.mailbox.lock_path)
     if retry_seconds:
-        threading.Thread(target=_take_over_when_free, args=(app, settings, retry_seconds),
+        threading.Thread(target=_take_over_when_free, args=(app, settings, retry_seconds, stopping),
                          name="scheduler-takeover", daemon=True).start()
     return None
 
 
-def _take_over_when_free(app, settings: Settings, retry_seconds: float) -> None:
-    """Retry the lock until its holder exits (a gunicorn worker killed or recycled), then run the jobs."""
-    while True:
-        time.sleep(retry_seconds)
-        lock = settings.mailbox.claim_reader()
-        if lock is not None:
-            log.info("process %d takes over the scheduler", os.getpid())
-            _run_jobs(app, settings, lock)
-            return
+def _take_over_when_free(app, settings: Settings, retry_seconds: float, stopping: threading.Event) -> None:
+    """Retry the lock until its holder exits (a gunicorn worker killed or recycled), then run the jobs; never once
+    this process is stopping."""
+    while not stopping.wait(retry_seconds):
+        with _STARTING:
+            if stopping.is_set():
+                return
+            lock = settings.mailbox.claim_reader()
+            if lock is not None:
+                log.info("process %d takes over the scheduler", os.getpid())
+                _run_jobs(app, settings, lock)
+                return
+
+
+_STARTING = threading.Lock()  # a takeover starting the scheduler, or the process stopping it: one at a time
+
+
+def stop_scheduler(app) -> None:
+    """The process is exiting (a gunicorn worker stopped, restarted or reloaded): it takes nothing over from now
+    on, and when it runs the scheduler, nothing more is queued, the work still waiting is asked for again in the
+    mailbox (the next scheduler does it), the running builds end, and the lock is freed. Left to the interpreter's
+    exit instead, the scheduler kept firing into stopped thread pools (a traceback every 2 s while a build ran)
+    and the waiting work (a webhook's full rebuild after a deletion) was lost."""
+    with _STARTING:
+        app.extensions.setdefault("scheduler_stopping", threading.Event()).set()
+        running = app.extensions.get("scheduler")
+    if running is not None and running.running:
+        log.info("process %d stops the scheduler: the running builds finish first", os.getpid())
+        running.shutdown(wait=True)
 
 
 class BuildScheduler(BackgroundScheduler):
