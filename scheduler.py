@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 LOCK_RETRY_SECONDS = 30.0
 MAILBOX_POLL_SECONDS = 2.0
 SWEEP_SECONDS = 300
-MISFIRE_GRACE_SECONDS = 3600  # a run missed by up to an hour (a stalled process, a suspend) still happens, once
+# A run missed however long ago (a stalled process, a suspended machine, the clock set forward) still happens, once
+# (coalesce): a daily feed whose time passed during a suspend is built on resume, not skipped until the next day.
+MISFIRE_GRACE_SECONDS = None
 MAX_DEBOUNCE_FACTOR = 5  # a steady stream of webhooks still rebuilds after this many debounce periods
 # After a 1C import the exchange feeds are rebuilt once the exchange has sent nothing for this long (every
 # catalog request of a session puts the rebuild off: one full catalog may come as several files, and a

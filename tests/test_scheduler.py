@@ -171,3 +171,25 @@ def test_a_cron_feed_is_scheduled_by_its_crontab(two_feeds, monkeypatch):
                             (datetime(2024, 1, 6, 12, 0), datetime(2024, 1, 8, 6, 0))):  # Saturday: Monday
         late = next_run(after) - expected.replace(tzinfo=zone)
         assert timedelta(0) <= late <= timedelta(seconds=60), (after, next_run(after))
+
+
+def test_a_run_missed_by_hours_is_made_up_once(two_feeds, monkeypatch):
+    """A process stalled past a daily feed's time (a suspended VM, a paused container, the clock set forward) builds
+    it once when it runs again, however late, as config.example.yaml promises; it skipped the day when the run was
+    missed by more than an hour."""
+    from app import create_app
+
+    built = []
+    monkeypatch.setattr(scheduler_module, "build_feed", lambda settings, feed, **kwargs: built.append(feed.name)
+                        or BuildResult(run_id=1, feed=feed.name, published=True, offers=0))
+    daily = dataclasses.replace(two_feeds, feeds=(dataclasses.replace(two_feeds.feeds[0], interval_minutes=24 * 60),))
+    running = start_scheduler(create_app(daily), retry_seconds=None)
+    try:
+        wait_for(lambda: built == ["a"], 10, "the build at start-up")
+        missed = datetime.now(timezone.utc) - timedelta(hours=3)  # its time passed while the process stood still
+        running.get_job("feed:a").modify(next_run_time=missed)
+        wait_for(lambda: len(built) == 2, 10, "the missed run made up")
+        assert running.get_job("feed:a").next_run_time > missed + timedelta(hours=23)  # once, then on its schedule
+    finally:
+        running.shutdown(wait=True)
+    assert built == ["a", "a"]
