@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.base import BaseTrigger
 
 CRONTAB_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab's numbering
 WEEKDAY_PART = re.compile(r"(?:(\*)|(\w+)(?:-(\w+))?)(?:/(\d+))?")
 
 
-def crontab_trigger(expr: str, jitter: float | None = None) -> CronTrigger:
-    """A crontab expression read as cron does: APScheduler 3's from_crontab takes weekday 0 for Monday.
-    With ``jitter`` each run comes up to that many seconds after its time."""
-    from apscheduler.triggers.cron import CronTrigger  # APScheduler loads when a config has a cron, not at start-up
+def crontab_trigger(expr: str, jitter: float | None = None) -> BaseTrigger:
+    """A crontab expression read as cron does: APScheduler 3's from_crontab takes weekday 0 for Monday, and
+    wants both the day of month and the weekday to match where cron runs on a day matching either when both
+    are restricted (neither starts with ``*``). With ``jitter`` each run comes up to that many seconds after its time."""
+    from apscheduler.triggers.combining import OrTrigger  # APScheduler loads when a config has a cron, not at start-up
+    from apscheduler.triggers.cron import CronTrigger
 
     fields = expr.split()
     if len(fields) != 5:
         raise ValueError(f"{expr!r}: expected 5 fields (minute hour day month weekday), got {len(fields)}")
     minute, hour, day, month, weekdays = fields
-    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=_crontab_weekdays(weekdays),
-                       jitter=jitter)
+    on_days = partial(CronTrigger, minute=minute, hour=hour, month=month)
+    if day.startswith("*") or weekdays.startswith("*"):
+        return on_days(day=day, day_of_week=_crontab_weekdays(weekdays), jitter=jitter)
+    return OrTrigger([on_days(day=day), on_days(day_of_week=_crontab_weekdays(weekdays))], jitter=jitter)
 
 
 def _crontab_weekdays(field: str) -> str:

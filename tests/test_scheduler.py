@@ -147,6 +147,20 @@ def test_crontab_weekdays_count_from_sunday_as_cron_does(weekdays, expected):
     assert fired == set(expected) and (moment.hour, moment.minute) == (6, 15)
 
 
+def test_a_crontab_with_both_a_day_and_a_weekday_runs_on_either_as_cron_does():
+    """cron(8): when the day of month and the weekday are both restricted, a day matching either runs the job. APScheduler
+    wants both, so "the 13th and every Friday" ran on Fridays the 13th only: in 2024 once, in September."""
+    trigger = crontab_trigger("0 6 13 * 5")
+    moment, fired = datetime(2024, 1, 1, tzinfo=timezone.utc), []  # a Monday; the 13th is a Saturday
+    for _ in range(6):
+        moment = trigger.get_next_fire_time(None, moment + timedelta(minutes=1))
+        fired.append(moment.strftime("%d %a %H:%M"))
+    assert fired == ["05 Fri 06:00", "12 Fri 06:00", "13 Sat 06:00", "19 Fri 06:00", "26 Fri 06:00", "02 Fri 06:00"]
+    starred = crontab_trigger("0 6 */2 * 5")  # a field starting with * counts as unrestricted: both must match
+    assert starred.get_next_fire_time(None, datetime(2024, 1, 1, tzinfo=timezone.utc)).strftime("%d %a") == "05 Fri"
+    assert starred.get_next_fire_time(None, datetime(2024, 1, 6, tzinfo=timezone.utc)).strftime("%d %a") == "19 Fri"
+
+
 def test_a_cron_feed_is_scheduled_by_its_crontab(two_feeds, monkeypatch):
     from app import create_app
 
