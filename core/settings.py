@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime as dt
+import math
 import os
 import re
 import tempfile
@@ -76,6 +78,7 @@ SECRET_NAMES = ("token", "password", "secret", "key", "webhook_secret", "api_key
 RETAILCRM_KEY_VARIABLE = "RETAILCRM_API_KEY"
 ALL_WAREHOUSES = "all"
 MAX_CONCURRENT_BUILDS = 64
+MAX_INTERVAL_MINUTES = 525600  # a year: longer is a typo, and far longer overflowed the scheduler's dates at boot
 
 
 class ConfigError(ValueError):
@@ -705,11 +708,17 @@ def _check_feeds(feeds: tuple[FeedSettings, ...], where_list: str, seen: set[str
             raise ConfigError(f"{where}.dimension_attributes: name three attributes (length, width, height in cm)")
         if feed.cron:
             try:
-                crontab_trigger(feed.cron)
+                trigger = crontab_trigger(feed.cron)
             except ValueError as exc:
                 raise ConfigError(f"{where}.cron: {feed.cron!r} is not a crontab expression: {exc}") from None
+            if trigger.get_next_fire_time(None, dt.datetime.now(dt.timezone.utc)) is None:
+                raise ConfigError(f"{where}.cron: {feed.cron!r}: its time never comes (a day the month does not have), "
+                                  "so the feed would be built at start-up only")
         elif feed.interval_minutes < 0.01:
             raise ConfigError(f"{where}.interval_minutes: must be at least 0.01 (1 or more in production), or set cron")
+        elif feed.interval_minutes > MAX_INTERVAL_MINUTES:
+            raise ConfigError(f"{where}.interval_minutes: must be at most {MAX_INTERVAL_MINUTES} (a year), "
+                              f"got {feed.interval_minutes:g}")
         for param_index, param in enumerate(feed.params):
             if not param.attribute:
                 raise ConfigError(f"{where}.params[{param_index}].attribute: name the MoySklad attribute")
@@ -841,6 +850,8 @@ def _convert(hint, value, key: str):
             raise ConfigError(f"{key}: must be a number, got {value!r}") from None
         if hint is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{key}: must be a whole number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         if number < 0:
             raise ConfigError(f"{key}: must not be negative, got {value!r}")
         return number

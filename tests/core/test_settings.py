@@ -135,6 +135,26 @@ def test_config_errors_name_the_key_and_the_problem(tmp_path, text, key, problem
     assert "\n" not in str(error.value)  # one line
 
 
+@pytest.mark.parametrize("schedule, key, problem", [
+    ("cron: '0 6 31 2 *'", "feeds[0].cron", "never comes"),  # the 31st of February: only the start-up build
+    ("cron: '0 6 30 2 1-5'", None, None),  # the 30th of February or a weekday: runs on weekdays
+    ("interval_minutes: .inf", "feeds[0].interval_minutes", "must be a finite number"),
+    ("interval_minutes: .nan", "feeds[0].interval_minutes", "must be a finite number"),
+    ("interval_minutes: 1.0e+12", "feeds[0].interval_minutes", "at most 525600"),
+])
+def test_a_schedule_that_cannot_run_is_a_config_error_naming_its_key(tmp_path, schedule, key, problem):
+    """Such values passed the check, then crashed every gunicorn worker at boot (a traceback, "Worker failed to
+    boot") or left the feed built once at start-up and never again, with nothing said."""
+    path = write(tmp_path, f"moysklad: {{token: t}}\nfeeds:\n  - name: main\n    {schedule}\n")
+    if key is None:
+        assert load_settings(path, environ={}).feeds[0].cron
+        return
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+    assert str(error.value).startswith(f"{path}: {key}: ") and problem in str(error.value), error.value
+    assert "\n" not in str(error.value)
+
+
 def test_broken_yaml_is_reported_with_the_file_and_the_line(tmp_path):
     path = write(tmp_path, "log_level: INFO\nmoysklad:\n  token: t\n   base_url: x\n")
     with pytest.raises(ConfigError) as error:
