@@ -283,7 +283,8 @@ class MailboxPoller:
             return
         now, burst = time.time(), (note.kind, note.key)
         first = self.first_seen.setdefault(burst, note.posted_at)
-        if now - note.posted_at < quiet and now - first < longest:
+        # a note from the future was written before the clock was set back: due now, not once the clock is there again
+        if 0 <= now - note.posted_at < quiet and 0 <= now - first < longest:
             return
         if not self.mailbox.take(note):  # asked for again just now: the next poll sees the joined request
             return

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import threading
 import time
 
@@ -146,6 +147,23 @@ def test_a_burst_of_webhooks_makes_one_rebuild_after_the_debounce(app, live_app,
     finally:
         running.shutdown(wait=True)
 
+
+
+def test_a_webhook_asked_for_before_the_clock_was_set_back_does_not_wait_for_the_clock_to_catch_up(app, live_app,
+                                                                                                    app_settings):
+    """The debounce counts from the note's time: after the clock is set back (an NTP step at boot, an operator's fix)
+    a note written before reads as asked for in the future, and its rebuild waited until the clock got there again."""
+    assert post(hook_url(live_app), product_event()).json()["rebuild"] is True
+    note = app_settings.mailbox.note(REBUILD)
+    later = time.time() + 3600  # written an hour "later" than now: the clock has gone back an hour since
+    os.utime(note.path, (later, later))
+    running = start_scheduler(app, retry_seconds=None)
+    try:
+        wait_for(lambda: app_settings.mailbox.note(REBUILD) is None, 15, "the rebuild to be taken from the mailbox")
+        wait_for(lambda: len(builds(app_settings)) == 2 and all(b["status"] == "ok" for b in builds(app_settings)), 30,
+                 "the start-up build and the webhook's rebuild")
+    finally:
+        running.shutdown(wait=True)
 
 
 def syncs(settings: Settings) -> list[dict]:
