@@ -13,8 +13,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     SKLADBRIDGE_CONFIG=/etc/skladbridge/config.yaml \
     SKLADBRIDGE_DATA_DIR=/data \
-    SKLADBRIDGE_BIND=0.0.0.0:8080
+    SKLADBRIDGE_BIND=0.0.0.0:8080 \
+    TZ=Europe/Moscow
 
+# cron schedules and the health page follow TZ: the zone database makes a zone name work (slim images may lack it)
+RUN apt-get update -q && apt-get install -y -q --no-install-recommends tzdata && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --home-dir /app --shell /usr/sbin/nologin skladbridge \
     && mkdir -p /data /etc/skladbridge && chown skladbridge /data
 

@@ -25,6 +25,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from core.build_pool import QUEUE_FILE, SCHEDULED, BuildPool
+from core.clock import local_zone
 from core.cron import crontab_trigger
 from core.files import lock_holder, release
 from core.mailbox import BUILD, EXCHANGE, REBUILD, STOCK, Mailbox, Note, join_stock
@@ -124,7 +125,7 @@ def _run_jobs(app, settings: Settings, lock: IO) -> BackgroundScheduler:
     accounts = settings.every_account()
     pool = BuildPool(settings.build_pool_size, settings.instance_dir / QUEUE_FILE)
     scheduler = BuildScheduler(
-        pool, lock, executors={"default": ThreadPoolExecutor(1)},  # its jobs only queue work: quick
+        pool, lock, timezone=local_zone(), executors={"default": ThreadPoolExecutor(1)},  # its jobs only queue work: quick
         job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": MISFIRE_GRACE_SECONDS},
     )
     now = dt.datetime.now(dt.timezone.utc)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import logging
+
+log = logging.getLogger(__name__)
 
 MOSCOW = dt.timezone(dt.timedelta(hours=3), "MSK")
 
@@ -15,3 +19,19 @@ def utc_now() -> str:
 def moscow_now() -> dt.datetime:
     """Now on a Moscow wall clock without a zone: the time 1C and MoySklad write and read."""
     return dt.datetime.now(MOSCOW).replace(tzinfo=None)
+
+
+@functools.cache
+def local_zone() -> dt.tzinfo:
+    """The server's time zone, which crontab schedules follow: the zone TZ or /etc/localtime names (its summer time
+    included), else the offset the C library reads now (a POSIX TZ such as "MSK-3", which tzlocal refuses and
+    APScheduler took down every worker with)."""
+    import tzlocal  # APScheduler's own way to the local zone, installed with it
+
+    try:
+        return tzlocal.get_localzone()
+    except LookupError as exc:  # zoneinfo.ZoneInfoNotFoundError
+        zone = dt.datetime.now().astimezone().tzinfo
+        log.warning("the server's time zone is not a zone name (%s): schedules follow its offset now, %s; "
+                    "set TZ to a name such as Europe/Moscow", str(exc).splitlines()[0], zone)
+        return zone

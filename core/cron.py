@@ -6,6 +6,8 @@ import re
 from functools import partial
 from typing import TYPE_CHECKING
 
+from core.clock import local_zone
+
 if TYPE_CHECKING:
     from apscheduler.triggers.base import BaseTrigger
 
@@ -24,7 +26,7 @@ def crontab_trigger(expr: str, jitter: float | None = None) -> BaseTrigger:
     if len(fields) != 5:
         raise ValueError(f"{expr!r}: expected 5 fields (minute hour day month weekday), got {len(fields)}")
     minute, hour, day, month, weekdays = fields
-    on_days = partial(CronTrigger, minute=minute, hour=hour, month=month)
+    on_days = partial(CronTrigger, minute=minute, hour=hour, month=month, timezone=local_zone())
     if day.startswith("*") or weekdays.startswith("*"):
         return on_days(day=day, day_of_week=_crontab_weekdays(weekdays), jitter=jitter)
     return OrTrigger([on_days(day=day), on_days(day_of_week=_crontab_weekdays(weekdays))], jitter=jitter)

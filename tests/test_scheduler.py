@@ -4,6 +4,8 @@ import dataclasses
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 import scheduler as scheduler_module
 from core.cron import crontab_trigger
 from core.settings import FeedSettings, Settings
-from emulator.harness import client_settings, wait_for
+from emulator.harness import ROOT, client_settings, wait_for
 from feeds.build import BuildResult
 from scheduler import start_scheduler
 
@@ -185,6 +187,29 @@ def test_a_cron_feed_is_scheduled_by_its_crontab(two_feeds, monkeypatch):
                             (datetime(2024, 1, 6, 12, 0), datetime(2024, 1, 8, 6, 0))):  # Saturday: Monday
         late = next_run(after) - expected.replace(tzinfo=zone)
         assert timedelta(0) <= late <= timedelta(seconds=60), (after, next_run(after))
+
+
+def test_a_cron_feed_runs_on_a_server_whose_tz_is_a_posix_offset(tmp_path):
+    """TZ=MSK-3 (a POSIX zone, as old images set it) took down every worker at start-up: APScheduler asks tzlocal for
+    a zone name and got an exception. The schedule now follows the offset the C library reads, as cron does."""
+    script = (
+        "from pathlib import Path\n"
+        "from app import create_app\n"
+        "from core.settings import FeedSettings, Settings\n"
+        "from scheduler import start_scheduler\n"
+        f"settings = Settings(data_dir=Path({str(tmp_path / 'data')!r}), feeds=(FeedSettings(name='a', source='exchange', "
+        "cron='30 6 * * *'),), public_url='https://feeds.example')\n"
+        "running = start_scheduler(create_app(settings), retry_seconds=None)\n"
+        "print(running.get_job('feed:a').next_run_time.isoformat())\n"
+        "running.shutdown(wait=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "TZ": "MSK-3"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    next_run = datetime.fromisoformat(result.stdout.strip())
+    assert next_run.utcoffset() == timedelta(hours=3)
+    assert (next_run.hour, next_run.minute) == (6, 30) and next_run.second < 60
+    assert "set TZ to a name such as Europe/Moscow" in result.stderr
 
 
 def test_a_run_missed_by_hours_is_made_up_once(two_feeds, monkeypatch):
