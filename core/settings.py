@@ -119,6 +119,14 @@ class MoySkladSettings:
         return "bearer" if self.token else "basic"
 
 
+# Keys an earlier release took and this one does not, with what to write now: a config carried over from that
+# release names them so, not as a mere "unknown key".
+RETIRED_KEYS: dict[type, dict[str, str]] = {
+    MoySkladSettings: {"sync_interval_minutes": "MoySklad is synced before each build of a feed; remove it and set "
+                                                "the feeds' interval_minutes (or cron)"},
+}
+
+
 @dataclass(frozen=True)
 class ParamMapping:
     """A custom attribute published as ``<param name=… code=…>``."""
@@ -805,6 +813,9 @@ def _build(cls, raw, where: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_path"}
     unknown = sorted(set(raw) - set(fields))
+    retired = [name for name in unknown if name in RETIRED_KEYS.get(cls, {})]
+    if retired:
+        raise ConfigError(f"{_join(where, retired[0])}: no longer a setting: {RETIRED_KEYS[cls][retired[0]]}")
     if unknown:
         raise ConfigError(f"{_join(where, str(unknown[0]))}: unknown key (known keys: {', '.join(fields)})")
     values = {}

@@ -111,6 +111,10 @@ def test_an_unquoted_secret_that_yaml_reads_as_a_number_is_taken_as_written(tmp_
         ("moysklad: {}\nfeeds: [{name: main}]\n", "moysklad", "no credentials, needed by feed main (source: moysklad)"),
         ("feeds: [{name: a}, {name: b, source: exchange}, {name: c}]\n", "moysklad", "needed by feeds a, c"),
         ("moysklad: {token: t, page_sise: 10}\n", "moysklad.page_sise", "unknown key"),
+        # a key an earlier release took, in a config carried over from it: what to write now, not just "unknown key"
+        ("moysklad: {token: t, sync_interval_minutes: 15}\n", "moysklad.sync_interval_minutes",
+         "no longer a setting: MoySklad is synced before each build of a feed; remove it and set the feeds' "
+         "interval_minutes (or cron)"),
         ("moysklad: {token: t, max_in_flight: 9}\n", "moysklad.max_in_flight", "at most 5"),
         ("moysklad: {token: t, read_timeout: soon}\n", "moysklad.read_timeout", "must be a number"),
         ("moysklad: {token: t}\nfeeds: [{name: main, source: 1c}]\n", "feeds[0].source", "must be one of"),
