@@ -63,6 +63,8 @@ class ValidOrder:
     items: list[dict]
     content_hash: str
     statuses: dict
+    # the hash a release before dates were kept on Moscow wall clock gave it (its date with the offset as given), or None
+    earlier_hash: str | None = None
 
 
 def validate_order(payload, base_currency: str = "RUB") -> ValidOrder:
@@ -109,9 +111,15 @@ def validate_order(payload, base_currency: str = "RUB") -> ValidOrder:
     # without statuses, a rate or units the hash is what it always was: an order stored earlier and posted again
     # is unchanged (rate 1 is the rate every order had before rates were kept; lines carry a unit only when given)
     hashed = {k: v for k, v in columns.items() if k != "currency_rate" or v != "1"}
+    as_given = _date_as_given(body.get("date"))
+    earlier = _content_hash({**hashed, "ordered_at": as_given}, items, statuses) if as_given else None
+    return ValidOrder(number, columns, items, _content_hash(hashed, items, statuses), statuses, earlier)
+
+
+def _content_hash(hashed: dict, items: list[dict], statuses: dict) -> str:
     content = json.dumps({"columns": hashed, "items": items, **({"statuses": statuses} if statuses else {})},
                          sort_keys=True, ensure_ascii=False)
-    return ValidOrder(number, columns, items, hashlib.sha256(content.encode()).hexdigest(), statuses)
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def _rate(value, currency: str, base_currency: str) -> str:
@@ -317,6 +325,13 @@ def _vat(value, where: str) -> str | None:
         if rate is not None and rate.is_finite() and _plain(rate) in VAT_RATES:
             return _plain(rate)
     raise OrderInvalid(where, f"must be 'none' or one of {', '.join(VAT_RATES)}, got {value!r}")
+
+
+def _date_as_given(value) -> str | None:
+    """A date (already checked by :func:`_date`) with its offset, as releases before Moscow wall clock stored it;
+    None without an offset, which they stored as today."""
+    moment = dt.datetime.fromisoformat(value.strip()) if isinstance(value, str) else None
+    return moment.isoformat(timespec="seconds") if moment and moment.tzinfo else None
 
 
 def _date(value) -> str | None:

@@ -57,7 +57,8 @@ def create_order() -> Response:
     body = _json_body()
     with _store() as store:
         order = validate_order(body, base_currency=store.base_currency())
-        result = store.save_order(order.number, order.columns, order.items, order.content_hash, order.statuses)
+        result = store.save_order(order.number, order.columns, order.items, order.content_hash, order.statuses,
+                                  order.earlier_hash)
         row = store.order(order.number)
     log.info("orders api: order %s %s (revision %s) from %s", order.number, result, row["revision"], request.remote_addr)
     return _json({"result": result, **order_json(row)}, 201 if result == "created" else 200,

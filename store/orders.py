@@ -65,13 +65,14 @@ class OrderBook:
     """Orders (mixed into the catalog store, whose runs record status documents)."""
 
     def save_order(self, number: str, order: dict, items: list[dict], content_hash: str,
-                   statuses: dict | None = None) -> str:
+                   statuses: dict | None = None, earlier_hash: str | None = None) -> str:
         """Create or update an order from the shop in one transaction: 'created', 'updated' or 'unchanged'.
 
         The same content again changes nothing (a retried request is harmless). Changed content is a
         new revision, which the next ``type=sale&mode=query`` sends again; the statuses 1C reported
         stay as they are, but for those in ``statuses`` (columns of ORDER_SHOP_STATUS_COLUMNS), which
-        the shop sets. ``items`` includes the delivery line (kind ``delivery``).
+        the shop sets. ``items`` includes the delivery line (kind ``delivery``). ``earlier_hash``: the hash the
+        same content had in an earlier release, which an order it stored still carries: unchanged too.
         """
         statuses = statuses or {}
         if set(statuses) - set(ORDER_SHOP_STATUS_COLUMNS):  # a programming error: columns are named in the SQL below
@@ -92,7 +93,7 @@ class OrderBook:
                 self._replace_order_items(number, items)
                 self._order_history(number, now, "api", "created", None, "1", "revision 1")
                 return "created"
-            if row["content_hash"] == content_hash:
+            if row["content_hash"] in (content_hash, earlier_hash):
                 return "unchanged"
             old_items = self._order_items(number)
             changed = [c for c in columns if row[c] != order[c]]

@@ -60,7 +60,7 @@ def order_payload(number: str = "A-1001", **changes) -> dict:
 
 def put(store: CatalogStore, payload: dict) -> str:
     order = validate_order(json.loads(json.dumps(payload)))
-    return store.save_order(order.number, order.columns, order.items, order.content_hash)
+    return store.save_order(order.number, order.columns, order.items, order.content_hash, earlier_hash=order.earlier_hash)
 
 
 def children(element, name: str) -> list:
@@ -593,6 +593,31 @@ def test_a_rate_of_1_and_no_units_hash_as_orders_always_did():
     stored_earlier = "ca79ee0f81fcde1a0519227702d4826c6f766ddb9250e179516aaf8580145ac9"  # by the version before rates
     assert validate_order(order_payload()).content_hash == stored_earlier
     assert validate_order(order_payload(currency_rate="1.0")).content_hash == stored_earlier
+
+
+@pytest.mark.parametrize("date, stored_earlier", [
+    ("2024-05-01T12:30:00+03:00", "3ebad2ce520e92dbfb6fb36d3e60c0c53558578428246b3ef145d16985b3773e"),
+    ("2024-05-01T19:30:00Z", "a4edffcc9e2b579d8d5db4cf1ef50e674163566a4b115c104ea58b451ed6b5b8"),
+])
+def test_an_order_stored_with_its_offset_by_an_earlier_release_and_posted_again_unchanged_stays_as_1c_has_it(
+        tmp_path, date, stored_earlier):
+    """Releases before dates were kept on Moscow wall clock stored the date with the offset the shop gave and hashed
+    it so (the hashes are theirs). After an upgrade, the shop retrying such an order unchanged must not make it a new
+    revision that goes to 1C once more."""
+    path = tmp_path / "old.sqlite"
+    with CatalogStore(path) as store:
+        put(store, order_payload(date=date))
+    moment = dt.datetime.fromisoformat(date).isoformat(timespec="seconds")
+    with sqlite3.connect(path) as old:  # the row as the earlier release wrote it
+        old.execute("UPDATE orders SET ordered_at = ?, content_hash = ?", [moment, stored_earlier])
+    old.close()
+    with CatalogStore(path) as store:
+        queried(store)
+        store.confirm_order_query(1)
+        assert put(store, order_payload(date=date)) == "unchanged"
+        assert queried(store, session=2)[1] == []  # 1C has it at this revision already
+        assert store.order("A-1001")["revision"] == 1
+        assert put(store, order_payload(date=date, comment="Другой комментарий")) == "updated"  # a change still is one
 
 
 @pytest.mark.parametrize("change, field, words", [
