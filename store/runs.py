@@ -164,8 +164,11 @@ class RunLog:
         self.db.execute(f"DELETE FROM runs WHERE {condition}", params)
 
     def fill_new_schema(self, new_tables: set[str], added_columns: set[tuple[str, str]]) -> None:
-        """Derive the run numbers and totals a store written by an earlier version lacks from the runs it has."""
+        """Derive the run numbers, totals and ways of committing a store written by an earlier version lacks from the
+        runs it has."""
         with self.db.atomic():
+            if ("runs", "commits_as_it_goes") in added_columns:  # before it, retailCRM pushes alone committed as they went
+                self.db.execute("UPDATE runs SET commits_as_it_goes = (kind = 'push')")
             if ("runs", "number") in added_columns:
                 self.db.execute("UPDATE runs SET number = numbered.n FROM (SELECT id, row_number() OVER "
                                 "(PARTITION BY source, kind ORDER BY id) AS n FROM runs) AS numbered "

@@ -236,6 +236,29 @@ def test_a_killed_run_that_commits_as_it_goes_is_recorded_as_keeping_what_it_fin
     assert store.pushed_values("main", "offer-1") == {"stock:main": "5"}
 
 
+def test_a_push_an_earlier_version_left_running_is_recorded_as_keeping_what_it_finished(tmp_path):
+    """A push of a release before runs.commits_as_it_goes, killed (-9, or the restart of an upgrade cut short), was
+    settled by the upgraded service as «nothing of it was saved», though the batches retailCRM accepted were."""
+    path = tmp_path / "catalog.sqlite"
+    script = (
+        "import os, store\n"
+        f"s = store.CatalogStore({str(path)!r})\n"
+        "with s.run('retailcrm:main', 'push', one_transaction=False) as run:\n"
+        "    s.record_pushed('main', [('offer-1', 'stock:main', '5')])\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", script], cwd=str(ROOT)).returncode == -9
+    with sqlite3.connect(path) as old:  # as the earlier version made the file
+        old.execute("ALTER TABLE runs DROP COLUMN commits_as_it_goes")
+    old.close()
+    with CatalogStore(path) as store:
+        store.settle_dead_runs("retailcrm:main")
+        run = store.last_run("retailcrm:main", "push")
+        assert run["status"] == "interrupted"
+        assert run["error"].endswith("what it finished before stays saved, the next run does the rest")
+        assert store.pushed_values("main", "offer-1") == {"stock:main": "5"}
+
+
 def test_a_store_made_before_tracking_type_gains_the_column_and_keeps_its_rows(tmp_path):
     path = tmp_path / "catalog.sqlite"
     with CatalogStore(path) as store:
