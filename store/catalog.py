@@ -120,6 +120,17 @@ class CatalogStore(Database, RunLog, OrderBook, ImageCacheRows, PushedValues):
     def run_class(self):
         return CatalogRun
 
+    def fill_new_schema(self, new_tables: set[str], added_columns: set[tuple[str, str]]) -> None:
+        """What a store written by an earlier version lacks: see :meth:`RunLog.fill_new_schema`; and a store from
+        before products.from_offer is also from before a unit cost of 0 on a good with nothing in stock counted as
+        none (moysklad.transform): such costs become none, as the sync now stores them, not at the next whole
+        stock report (published, a 0 overwrites retailCRM's purchase price)."""
+        super().fill_new_schema(new_tables, added_columns)
+        if ("products", "from_offer") in added_columns:
+            with self.db.atomic():
+                self.db.execute("UPDATE offers SET cost = NULL WHERE cost = 0 AND (SELECT coalesce(sum(stock), 0) "
+                                "FROM stock WHERE stock.source = offers.source AND stock.offer_id = offers.id) <= 0")
+
     def setting(self, source: str, key: str) -> str | None:
         rows = list(self.db.query("SELECT value FROM source_settings WHERE source=? AND key=?", [source, key]))
         return rows[0]["value"] if rows else None

@@ -273,6 +273,27 @@ def test_a_store_made_before_tracking_type_gains_the_column_and_keeps_its_rows(t
     assert rows == {"p": ("Кроссовки", None), "q": ("Ботинки", "SHOES")}
 
 
+def test_a_store_from_before_a_cost_of_0_without_stock_counted_as_none_publishes_no_purchase_price_of_0(tmp_path):
+    """Releases before it stored MoySklad's unit cost of 0 for a good with nothing in stock (no batch left), and an
+    incremental sync after the upgrade does not read that cost again: the feed went on publishing
+    <purchasePrice>0.00</purchasePrice> (which overwrites retailCRM's) until the next whole stock report."""
+    path = tmp_path / "catalog.sqlite"
+    with CatalogStore(path) as store:
+        with store.run("moysklad", "sync") as run:
+            run.upsert_offers([offer("none-left", cost=0), offer("in-stock", cost=0), offer("costed", cost=12300),
+                               offer("sold-out-here", cost=0)])
+            run.upsert("stock", [{"offer_id": "in-stock", "warehouse_id": "w1", "stock": 3},
+                                 {"offer_id": "sold-out-here", "warehouse_id": "w1", "stock": 2},
+                                 {"offer_id": "sold-out-here", "warehouse_id": "w2", "stock": -2}],
+                       ("source", "offer_id", "warehouse_id"))
+        for table, column in (("products", "from_offer"), ("price_types", "currency")):
+            store.db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")  # as the earlier version made the file
+        store.db.conn.commit()
+    with CatalogStore(path) as store:
+        costs = dict(store.db.execute("SELECT id, cost FROM offers").fetchall())
+    assert costs == {"none-left": None, "in-stock": 0, "costed": 12300, "sold-out-here": None}
+
+
 def test_the_run_log_keeps_the_latest_runs_and_counts_every_one(store, monkeypatch):
     """A service building every few minutes recorded every run for ever, and the health page and /metrics summed
     them all at every request: a year of one account's runs took them past 10 s. The log now keeps the latest
