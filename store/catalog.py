@@ -124,8 +124,13 @@ class CatalogStore(Database, RunLog, OrderBook, ImageCacheRows, PushedValues):
         """What a store written by an earlier version lacks: see :meth:`RunLog.fill_new_schema`; and a store from
         before products.from_offer is also from before a unit cost of 0 on a good with nothing in stock counted as
         none (moysklad.transform): such costs become none, as the sync now stores them, not at the next whole
-        stock report (published, a 0 overwrites retailCRM's purchase price)."""
+        stock report (published, a 0 overwrites retailCRM's purchase price). A store from before
+        products.tracking_type has none: its next sync has no bookmark, so it reads the catalog whole (an
+        incremental one would leave unchanged goods unmarked until a full sync, never with full_sync_hours 0)."""
         super().fill_new_schema(new_tables, added_columns)
+        if ("products", "tracking_type") in added_columns:
+            with self.db.atomic():
+                self.db.execute("DELETE FROM source_settings WHERE key = 'bookmark'")
         if ("products", "from_offer") in added_columns:
             with self.db.atomic():
                 self.db.execute("UPDATE offers SET cost = NULL WHERE cost = 0 AND (SELECT coalesce(sum(stock), 0) "

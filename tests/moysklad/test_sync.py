@@ -237,6 +237,23 @@ def test_credentials_revoked_mid_run_fail_the_run_without_damage(emulator, store
     assert dump(store) == before
 
 
+def test_a_store_from_before_tracking_types_reads_the_catalog_whole_at_its_next_sync(emulator, tmp_path):
+    """products.tracking_type came after the table: a store an earlier version wrote has none, and an incremental
+    sync reads only what changed, so after an upgrade the feed left out every good under mandatory marking until
+    the next full sync (never with full_sync_hours 0). Its next sync reads the catalog whole, once."""
+    path = tmp_path / "catalog.sqlite"
+    with CatalogStore(path) as store:
+        run_sync(emulator, store)
+        store.db.execute("ALTER TABLE products DROP COLUMN tracking_type")  # as the earlier version made the file
+        store.db.conn.commit()
+    with CatalogStore(path) as store:
+        assert run_sync(emulator, store, full_sync_hours=0).mode == "full"
+        cards = {r["id"]: r["tracking_type"] for r in store.db.query("SELECT id, tracking_type FROM products")}
+        assert run_sync(emulator, store, full_sync_hours=0).mode == "incremental"
+    assert cards == {i.id: i.tracking_type for i in emulator.catalog.items.values() if i.kind in ("product", "bundle")} | {
+        i.id: None for i in emulator.catalog.items.values() if i.kind == "service"}
+
+
 def test_incremental_runs_read_only_what_changed_and_full_runs_notice_deletions(emulator, store):
     catalog = emulator.catalog
     first = run_sync(emulator, store)
