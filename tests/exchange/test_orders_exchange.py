@@ -387,9 +387,13 @@ def test_a_query_needs_a_login(base):
 # --- the JSON API ---------------------------------------------------------------------------------
 
 def test_the_api_is_off_without_a_key(tmp_path, serve):
-    base = serve(sale_settings(tmp_path, key=""))
-    response = Api(base).post(order_payload())
+    settings = sale_settings(tmp_path, key="")
+    base = serve(settings)
+    response = Api(base).post(order_payload("A-1"))
     assert response.status_code == 403 and "api.key" in response.json()["error"]
+    assert Api(base).get("A-1").status_code == 403  # not readable either
+    with CatalogStore(settings.store_path) as store:  # and refused before anything was stored
+        assert store.order("A-1") is None and store.orders_summary()["orders"] == 0
 
 
 def test_api_keys_are_checked_and_never_logged(base, caplog):
