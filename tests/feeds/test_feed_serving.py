@@ -81,11 +81,14 @@ def test_gzip_only_when_asked(tmp_path, emulator, serve):
 def test_a_feed_with_a_token_is_only_at_its_secret_url(tmp_path, emulator, serve):
     settings = feed_settings(tmp_path, emulator, token=TOKEN)
     base = serve(settings)
-    build_feed(settings, settings.feeds[0])
-    assert requests.get(f"{base}/feeds/{TOKEN}/main.xml", timeout=5).status_code == 200
-    assert requests.get(f"{base}/feeds/main.xml", timeout=5).status_code == 404
-    assert requests.get(f"{base}/feeds/{TOKEN[:-1]}x/main.xml", timeout=5).status_code == 404
-    assert requests.get(f"{base}/feeds/{TOKEN}/other.xml", timeout=5).status_code == 404
+    result = build_feed(settings, settings.feeds[0])
+    published = (settings.data_dir / "feeds" / "main.xml").read_bytes()
+    served = requests.get(f"{base}/feeds/{TOKEN}/main.xml", headers={"Accept-Encoding": "identity"}, timeout=5)
+    assert served.status_code == 200 and served.headers["Content-Type"] == "application/xml; charset=utf-8"
+    assert served.content == published and offer_count(served.content) == result.offers > 0
+    for url in (f"{base}/feeds/main.xml", f"{base}/feeds/{TOKEN[:-1]}x/main.xml", f"{base}/feeds/{TOKEN}/other.xml"):
+        refused = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=5)
+        assert refused.status_code == 404 and b"<offer" not in refused.content, url
 
 
 def test_readers_get_whole_files_while_the_feed_is_rebuilt(tmp_path, emulator_factory, serve):
