@@ -139,10 +139,11 @@ def test_gunicorn_facing_clients_keeps_threads_for_everything_but_downloads(tmp_
     """Four threads, at most two downloads: the others are told to retry, /healthz answers at once."""
     app = small_gunicorn(tmp_path, emulator_factory, "max_feed_downloads: 2\n", threads=4)
     try:
-        wait_for(lambda: requests.get(app.base + "/feeds/main.xml", timeout=10).status_code == 200, 300, "the first build")
+        wait_for(lambda: requests.get(app.base + "/healthz", timeout=10).status_code == 200, 300, "the first builds")
         stalled = hold_downloads(app.base, 100)
         try:
-            assert requests.get(app.base + "/healthz", timeout=10).status_code in (200, 503)
+            healthz = requests.get(app.base + "/healthz", timeout=10)
+            assert healthz.status_code == 200 and healthz.text.startswith("ok"), healthz.text
             busy = requests.get(app.base + "/feeds/main.xml", timeout=10)
             assert busy.status_code == 503 and busy.headers["Retry-After"] == "30"
             statuses = [connection.recv(64).split(b" ")[1] for connection in stalled]
