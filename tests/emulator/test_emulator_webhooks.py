@@ -198,6 +198,7 @@ def test_stock_webhooks_come_in_batches_with_a_report_url(emulator, receiver):
     subscribe(emulator, "webhookstock", url=receiver.url, stockType="stock", reportType="bystore")
     goods = [i for i in catalog.items.values() if i.operated and not i.archived][:2]
     store = catalog.stores[0]
+    before = {item.id: sum(item.stock[0::3]) for item in goods}  # all stores' stock, read before the change
     time.sleep(0.25)  # start at a batch boundary
     for item in goods:
         catalog.set_stock(item.id, store.id, stock=item.stock[0] + 7)
@@ -212,7 +213,7 @@ def test_stock_webhooks_come_in_batches_with_a_report_url(emulator, receiver):
         assert {row["assortmentId"] for row in rows} == {item.id for item in goods}
     current = {r["assortmentId"]: r["stock"] for r in requests.get(
         next(b["reportUrl"] for b in bodies if b["reportType"] == "all"), headers=AUTH).json()}
-    assert current == {item.id: sum(item.stock[0::3]) for item in goods}
+    assert current == {good: stock + 7 for good, stock in before.items()}
     catalog.set_stock(goods[0].id, store.id, reserve=1)  # only the reserve: stockType "stock" did not change
     time.sleep(0.5)
     assert len(receiver.requests) == 2
@@ -230,10 +231,12 @@ def test_control_endpoint_shows_webhooks_and_flushes_a_stock_batch(hourly, recei
     """Out of process (gunicorn e2e), /_emulator/webhooks is how a test sees and hurries the notifications."""
     srv = hourly
     subscribe(srv, "webhookstock", url=receiver.url, stockType="stock", reportType="all")
-    item = next(i for i in srv.catalog.items.values() if i.operated)
+    item = next(i for i in srv.catalog.items.values() if i.operated and not i.archived)
+    before = sum(item.stock[0::3])
     srv.catalog.set_stock(item.id, srv.catalog.stores[0].id, stock=item.stock[0] + 1)
     assert requests.post(srv.origin + "/_emulator/webhooks/flush").json() == {"queued": 1}
-    receiver.wait_for(1)
+    report_url = receiver.wait_for(1)[0]["reportUrl"]
+    assert {r["assortmentId"]: r["stock"] for r in requests.get(report_url, headers=AUTH).json()} == {item.id: before + 1}
     assert srv.webhooks.wait_idle()
     state = requests.get(srv.origin + "/_emulator/webhooks").json()
     assert len(state["webhookstock"]) == 1 and state["webhook"] == []
