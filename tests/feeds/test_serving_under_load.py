@@ -129,6 +129,8 @@ def test_healthz_answers_while_a_hundred_clients_hold_feed_downloads(site):
     try:
         assert requests.get(base + "/healthz", timeout=10).text.startswith("ok")
         assert requests.get(base + "/health.json", timeout=10).json()["ok"] is True
+        # and the clients were not turned away: each is being sent the feed, it just does not read it
+        assert [connection.recv(64).split(b" ")[1] for connection in stalled] == [b"200"] * 100
     finally:
         for connection in stalled:
             connection.close()
