@@ -256,7 +256,6 @@ def _publish(settings: Settings, feed: FeedSettings, force: bool, started: float
             raise BuildFailed(str(exc)) from exc
         except OSError as exc:  # a full disk, say: an operator's problem, not a crash (publish removed its temp files)
             raise BuildFailed(f"cannot write the feed file in {feeds_dir}: {exc}") from exc
-        number = store.run_number(feed_source(feed), "build", run.id)
     seconds = time.monotonic() - started
     log.info("feed %s built in %.1fs: %d offers (%d inactive), %d skipped, %d bytes%s", feed.name, seconds,
              stats.offers, stats.inactive, sum(stats.skipped.values()), published.size,
@@ -265,7 +264,7 @@ def _publish(settings: Settings, feed: FeedSettings, force: bool, started: float
     return BuildResult(run_id=run.id, feed=feed.name, published=True, offers=stats.offers,
                        skipped=dict(stats.skipped), size=published.size, seconds=seconds,
                        render_seconds=run.stats.counts["render_seconds"],
-                       guard=run.stats.counts["guard"], number=number, pictures_waiting=pictures_waiting)
+                       guard=run.stats.counts["guard"], number=run.number, pictures_waiting=pictures_waiting)
 
 
 def _record(run, stats: RenderStats) -> None:

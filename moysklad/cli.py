@@ -125,7 +125,7 @@ def sync_command(full: bool, account: str):
         sys.exit(1)
     counts = result.counts
     click.echo(
-        f"{result.mode} sync #{result.run_id} done in {result.seconds:.1f}s: "
+        f"{result.mode} sync #{result.number} done in {result.seconds:.1f}s: "
         f"{counts.get('products', 0)} products, {counts.get('variants', 0)} variants, "
         f"{counts.get('services', 0)} services, {counts.get('bundles', 0)} bundles, "
         f"{counts.get('categories', 0)} groups; {counts.get('skipped', 0)} skipped; "

@@ -43,6 +43,7 @@ class StockUpdate:
     throttled: int
     retries: int
     seconds: float
+    number: int = 0  # the update's own number among the stock runs, as the health page shows it
 
 
 def report_moment(report_url) -> str | None:
@@ -75,7 +76,7 @@ def apply_stock_changes(client: MoySkladClient, store: CatalogStore, changed_sin
                          offer_ids=sorted(changed) if changed is not None else None,
                          rows=sum(v for k, v in run.stats.counts.items() if k.endswith("_rows")),
                          requests=run.stats.requests, throttled=run.stats.throttled, retries=run.stats.retries,
-                         seconds=time.monotonic() - started)
+                         seconds=time.monotonic() - started, number=run.number)
     log.info("moysklad stock #%d (%s since %s) in %.1f s: %d goods changed, %d rows; %d requests",
-             update.run_id, update.mode, since or "-", update.seconds, len(changed or ()), update.rows, update.requests)
+             update.number, update.mode, since or "-", update.seconds, len(changed or ()), update.rows, update.requests)
     return update

@@ -106,6 +106,7 @@ class SyncResult:
     bookmark: str
     changed_since: str | None = None  # what this run asked for (None: everything)
     units: int = 0  # what the requests cost of MoySklad's budget (45 units / 3 s)
+    number: int = 0  # the sync's own number (sync №6), as the health page shows it
 
 
 def sync_catalog(
@@ -166,10 +167,10 @@ def sync_catalog(
         run_id=run.id, mode=mode, counts=dict(run.stats.counts), requests=run.stats.requests,
         throttled=run.stats.throttled, retries=run.stats.retries,
         seconds=time.monotonic() - started, bookmark=bookmark, changed_since=changed_since,
-        units=client.units - before[3],
+        units=client.units - before[3], number=run.number,
     )
     log.info("moysklad sync #%d (%s) in %.1f s: %s; %d requests, %d throttled (429), %d retries",
-             result.run_id, mode, result.seconds, result.counts, result.requests, result.throttled, result.retries)
+             result.number, mode, result.seconds, result.counts, result.requests, result.throttled, result.retries)
     return result
 
 

@@ -83,7 +83,7 @@ def push_command(feed_name: str | None, full: bool):
                        f"{unreachable(account, feed, exc) or exc}", err=True)
             failed = True
             continue
-        click.echo(f"  {result.mode} push #{result.run_id} done in {result.seconds:.1f}s: {result.offers} offers pushed "
+        click.echo(f"  {result.mode} push #{result.number} done in {result.seconds:.1f}s: {result.offers} offers pushed "
                    f"({result.records} values) in {result.batches} batches; {result.not_found} not found in retailCRM "
                    f"({result.waiting} waiting for it to load the feed); {result.requests} requests, "
                    f"{result.throttled} throttled (503), {result.retries} retried")

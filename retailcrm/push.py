@@ -78,6 +78,7 @@ class PushResult:
     retries: int = 0
     seconds: float = 0.0
     latency_seconds: float | None = None  # stock webhook received → its last value accepted by retailCRM
+    number: int = 0  # the feed's own push number (push №4), as the health page shows it
     counts: dict = field(default_factory=dict)
 
 
@@ -112,7 +113,7 @@ def push_feed(settings: Settings, feed: FeedSettings, *, full: bool = False, off
         with open_catalog(settings.store_path) as store, \
                 store.run(push_source(feed), "push", mode, one_transaction=False) as run:
             run.mode = mode
-            result = PushResult(run.id, feed.name, mode, counts=run.stats.counts)
+            result = PushResult(run.id, feed.name, mode, counts=run.stats.counts, number=run.number)
             try:
                 with CatalogReader(settings.store_path) as reader:
                     if not catalog_loaded(reader, feed.source):
@@ -149,7 +150,7 @@ def push_feed(settings: Settings, feed: FeedSettings, *, full: bool = False, off
         if own_client:
             client.close()
     log.info("retailcrm push #%d of feed %s (%s) in %.1f s: %d offers, %d values in %d batches; %d not found, "
-             "%d waiting; %d requests, %d throttled, %d retries%s", result.run_id, feed.name, mode, result.seconds,
+             "%d waiting; %d requests, %d throttled, %d retries%s", result.number, feed.name, mode, result.seconds,
              result.offers, result.records, result.batches, result.not_found, result.waiting, result.requests,
              result.throttled, result.retries,
              f"; {result.latency_seconds:.1f} s from the stock webhook" if result.latency_seconds is not None else "")

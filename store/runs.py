@@ -73,6 +73,7 @@ class Run:
         self.mode: str | None = None
         self.bookmark: str | None = None
         self.kind: str | None = None  # what the run does for its source (sync, build, push, import)
+        self.number = 0  # its place among its source's and kind's runs (sync №6), unlike the id every source shares
 
     def skip(self, item_type: str, item_id: str | None, name: str | None, reason: str) -> None:
         """Record an item left out and why, for the operator."""
@@ -99,14 +100,15 @@ class RunLog:
         with self._writer_lock(source):
             self._close_interrupted_runs(source)
             with self.db.atomic():  # writes first: a deferred transaction that read first could not write after another
-                run_id = self.db.execute(
+                run_id, number = self.db.execute(
                     "INSERT INTO runs (source, kind, mode, status, started_at, pid, commits_as_it_goes, number) "
                     "VALUES (?, ?, ?, 'running', ?, ?, ?, "
-                    "coalesce((SELECT number FROM runs WHERE source = ? AND kind = ? ORDER BY id DESC LIMIT 1), 0) + 1)",
-                    [source, kind, mode, utc_now(), os.getpid(), int(not one_transaction), source, kind]).lastrowid
+                    "coalesce((SELECT number FROM runs WHERE source = ? AND kind = ? ORDER BY id DESC LIMIT 1), 0) + 1) "
+                    "RETURNING id, number",
+                    [source, kind, mode, utc_now(), os.getpid(), int(not one_transaction), source, kind]).fetchone()
                 self._add_to_totals(source, kind, runs=1)
             run = self.run_class(self, run_id, source)
-            run.kind = kind
+            run.kind, run.number = kind, number
             run.mode = mode  # kept unless the run itself says otherwise (a sync says full or incremental)
             try:
                 if one_transaction:
@@ -241,12 +243,6 @@ class RunLog:
         """The latest runs of one source and kind, newest first (the health page's history)."""
         rows = self.db.query("SELECT * FROM runs WHERE source = ? AND kind = ? ORDER BY id DESC LIMIT ?", [source, kind, limit])
         return [_decode_run(r) for r in rows]
-
-    def run_number(self, source: str, kind: str, run_id: int) -> int:
-        """A run's place among the runs of its source and kind (a feed's build №3), whatever other sources ran."""
-        row = self.db.execute("SELECT number FROM runs WHERE id = ? AND source = ? AND kind = ?",
-                              [run_id, source, kind]).fetchone()
-        return row[0] if row else 0
 
     def run_totals(self, source: str, kind: str) -> dict:
         """Runs started, failures, API requests, 429s and retries over every run ever recorded (for metrics)."""

@@ -158,6 +158,18 @@ def test_sync_prints_a_summary(tmp_path, emulator):
     store.close()
 
 
+def test_a_sync_is_numbered_in_the_log_as_on_the_health_page(tmp_path, emulator):
+    """After a build the log and the command said «sync #4» for the page's «синхронизация №2»: the run's id, which
+    every source's runs share, where the page counts syncs alone."""
+    _, env = write_config(tmp_path, emulator)
+    assert flask(env, "feeds", "build").returncode == 0  # sync №1 and build №1
+    result = flask(env, "moysklad", "sync")
+    assert result.returncode == 0, result.stderr
+    assert "sync #2 done" in result.stdout and "moysklad sync #2 (" in result.stderr
+    with CatalogStore(tmp_path / "data" / "catalog.sqlite") as store:
+        assert store.last_run("moysklad", "sync")["number"] == 2
+
+
 def test_a_sync_killed_mid_run_loses_nothing_and_the_next_run_recovers(tmp_path, emulator):
     store = CatalogStore(tmp_path / "data" / "catalog.sqlite")
     run_sync(emulator, store)

@@ -311,10 +311,11 @@ def test_the_run_log_keeps_the_latest_runs_and_counts_every_one(store, monkeypat
     with store.run("moysklad", "sync") as run:
         pass
 
-    kept = [r["id"] for r in store.runs_of("feed:shop", "build", 100)]
+    kept_runs = store.runs_of("feed:shop", "build", 100)
+    kept = [r["id"] for r in kept_runs]
     assert len(kept) == 6 and kept[-1] == good  # the 5 latest failures and the build the feed was made by
     assert store.last_run("feed:shop", "build", "ok")["counts"] == {"offers": 30}
-    assert [store.run_number("feed:shop", "build", run_id) for run_id in kept] == [8, 7, 6, 5, 4, 1]
+    assert [r["number"] for r in kept_runs] == [8, 7, 6, 5, 4, 1]
     skipped_of = {row[0] for row in store.db.execute("SELECT run_id FROM skipped")}
     assert skipped_of == set(kept[:5])  # what the forgotten runs skipped went with them
     totals = store.run_totals("feed:shop", "build")
@@ -323,7 +324,7 @@ def test_the_run_log_keeps_the_latest_runs_and_counts_every_one(store, monkeypat
     assert store.run_totals("moysklad", "sync")["runs"] == 1
     with store.run("feed:shop", "build") as run:
         pass
-    assert store.run_number("feed:shop", "build", run.id) == 9
+    assert run.number == 9 and store.last_run("feed:shop", "build")["number"] == 9
 
 
 def test_a_store_from_before_run_totals_numbers_its_runs_and_counts_them(tmp_path):
@@ -341,8 +342,7 @@ def test_a_store_from_before_run_totals_numbers_its_runs_and_counts_them(tmp_pat
             store.db.execute(statement)  # as an earlier version made the file
         store.db.conn.commit()
     with CatalogStore(path) as store:
-        ids = [r["id"] for r in store.runs_of("retailcrm:shop", "push", 10)]
-        assert [store.run_number("retailcrm:shop", "push", run_id) for run_id in ids] == [3, 2, 1]
+        assert [r["number"] for r in store.runs_of("retailcrm:shop", "push", 10)] == [3, 2, 1]
         assert store.push_totals("retailcrm:shop") | {"latency_sum": 0} == {
             "runs": 3, "failed": 1, "requests": 8, "throttled": 0, "retries": 0, "offers": 0, "records": 80,
             "not_found": 0, "latency_count": 0, "latency_sum": 0}
