@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ def local_zone() -> dt.tzinfo:
 
     try:
         return tzlocal.get_localzone()
-    except LookupError as exc:  # zoneinfo.ZoneInfoNotFoundError
-        zone = dt.datetime.now().astimezone().tzinfo
-        log.warning("the server's time zone is not a zone name (%s): schedules follow its offset now, %s; "
-                    "set TZ to a name such as Europe/Moscow", str(exc).splitlines()[0], zone)
-        return zone
+    except LookupError:  # zoneinfo.ZoneInfoNotFoundError
+        now = dt.datetime.now().astimezone()
+        log.warning("the server's time zone (TZ=%s) is not a zone name: schedules follow its offset now, UTC%s; "
+                    "set TZ to a name such as Europe/Moscow", os.environ.get("TZ", ""), now.strftime("%z"))
+        return now.tzinfo
