@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,9 @@ WEEKDAY_PART = re.compile(r"(?:(\*)|(\w+)(?:-(\w+))?)(?:/(\d+))?")
 def crontab_trigger(expr: str, jitter: float | None = None) -> BaseTrigger:
     """A crontab expression read as cron does: APScheduler 3's from_crontab takes weekday 0 for Monday, and
     wants both the day of month and the weekday to match where cron runs on a day matching either when both
-    are restricted (neither starts with ``*``). With ``jitter`` each run comes up to that many seconds after its time."""
+    are restricted (neither starts with ``*``). With ``jitter`` each run comes up to that many seconds after its time,
+    at most a quarter of the shortest gap between the schedule's runs (an every-minute schedule would otherwise drift
+    by whole runs)."""
     from apscheduler.triggers.combining import OrTrigger  # APScheduler loads when a config has a cron, not at start-up
     from apscheduler.triggers.cron import CronTrigger
 
@@ -28,8 +31,25 @@ def crontab_trigger(expr: str, jitter: float | None = None) -> BaseTrigger:
     minute, hour, day, month, weekdays = fields
     on_days = partial(CronTrigger, minute=minute, hour=hour, month=month, timezone=local_zone())
     if day.startswith("*") or weekdays.startswith("*"):
-        return on_days(day=day, day_of_week=_crontab_weekdays(weekdays), jitter=jitter)
-    return OrTrigger([on_days(day=day), on_days(day_of_week=_crontab_weekdays(weekdays))], jitter=jitter)
+        trigger = on_days(day=day, day_of_week=_crontab_weekdays(weekdays))
+    else:
+        trigger = OrTrigger([on_days(day=day), on_days(day_of_week=_crontab_weekdays(weekdays))])
+    if jitter:
+        trigger.jitter = min(jitter, _shortest_gap(trigger) / 4)
+    return trigger
+
+
+def _shortest_gap(trigger: BaseTrigger, runs: int = 8) -> float:
+    """Seconds between the closest two of the schedule's next runs (a day when it has fewer than two)."""
+    moment = datetime.now(timezone.utc)
+    times = []
+    for _ in range(runs):
+        moment = trigger.get_next_fire_time(None, moment)
+        if moment is None:
+            break
+        times.append(moment)
+        moment += timedelta(seconds=1)
+    return min(((later - earlier).total_seconds() for earlier, later in zip(times, times[1:])), default=86400.0)
 
 
 def _crontab_weekdays(field: str) -> str:

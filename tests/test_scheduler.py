@@ -189,6 +189,25 @@ def test_a_cron_feed_is_scheduled_by_its_crontab(two_feeds, monkeypatch):
         assert timedelta(0) <= late <= timedelta(seconds=60), (after, next_run(after))
 
 
+def test_an_every_minute_cron_feed_runs_within_a_quarter_minute_of_each_minute(two_feeds):
+    """Each cron run comes up to a minute late (so many feeds do not fall due at once); for «* * * * *» that let a
+    run drift into the next one's minute, and the page showed the feed stale between two late runs."""
+    from app import create_app
+
+    settings = dataclasses.replace(two_feeds, feeds=(dataclasses.replace(two_feeds.feeds[0], cron="* * * * *"),))
+    running = start_scheduler(create_app(settings), retry_seconds=None)
+    try:
+        trigger = running.get_job("feed:a").trigger
+    finally:
+        running.shutdown(wait=True)
+    minute = datetime(2024, 1, 8, 10, 0, tzinfo=trigger.timezone)
+    lateness = [(trigger.get_next_fire_time(None, minute + timedelta(minutes=n, seconds=1)) -
+                 (minute + timedelta(minutes=n + 1))).total_seconds() for n in range(40)]
+    assert all(0 <= late <= 15 for late in lateness), lateness
+    daily = crontab_trigger("0 6 * * *", jitter=60)  # the minute's spread stays for longer schedules
+    assert daily.jitter == 60
+
+
 def test_a_cron_feed_runs_on_a_server_whose_tz_is_a_posix_offset(tmp_path):
     """TZ=MSK-3 (a POSIX zone, as old images set it) took down every worker at start-up: APScheduler asks tzlocal for
     a zone name and got an exception. The schedule now follows the offset the C library reads, as cron does."""
