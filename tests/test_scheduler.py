@@ -163,17 +163,22 @@ def test_a_crontab_with_both_a_day_and_a_weekday_runs_on_either_as_cron_does():
     assert starred.get_next_fire_time(None, datetime(2024, 1, 6, tzinfo=timezone.utc)).strftime("%d %a") == "19 Fri"
 
 
-def test_a_cron_feed_is_scheduled_by_its_crontab(two_feeds, monkeypatch):
+def scheduled_trigger(two_feeds: Settings, cron: str):
+    """The trigger the scheduler gives feed a on this crontab: what decides when it is built."""
     from app import create_app
 
-    monkeypatch.setattr(scheduler_module, "build_feed",
-                        lambda settings, feed, **kwargs: BuildResult(run_id=1, feed=feed.name, published=True, offers=0))
-    settings = dataclasses.replace(two_feeds, feeds=(dataclasses.replace(two_feeds.feeds[0], cron="*/30 6-22 * * 1-5"),))
+    settings = dataclasses.replace(two_feeds, feeds=(dataclasses.replace(two_feeds.feeds[0], cron=cron),))
     running = start_scheduler(create_app(settings), retry_seconds=None)
     try:
-        trigger = running.get_job("feed:a").trigger
+        return running.get_job("feed:a").trigger
     finally:
         running.shutdown(wait=True)
+
+
+def test_a_cron_feed_is_scheduled_by_its_crontab(two_feeds, monkeypatch):
+    monkeypatch.setattr(scheduler_module, "build_feed",
+                        lambda settings, feed, **kwargs: BuildResult(run_id=1, feed=feed.name, published=True, offers=0))
+    trigger = scheduled_trigger(two_feeds, "*/30 6-22 * * 1-5")
     zone = trigger.timezone  # the server's local time, as cron reads it
 
     def next_run(after: datetime) -> datetime:
@@ -192,14 +197,7 @@ def test_a_cron_feed_is_scheduled_by_its_crontab(two_feeds, monkeypatch):
 def test_an_every_minute_cron_feed_runs_within_a_quarter_minute_of_each_minute(two_feeds):
     """Each cron run comes up to a minute late (so many feeds do not fall due at once); for «* * * * *» that let a
     run drift into the next one's minute, and the page showed the feed stale between two late runs."""
-    from app import create_app
-
-    settings = dataclasses.replace(two_feeds, feeds=(dataclasses.replace(two_feeds.feeds[0], cron="* * * * *"),))
-    running = start_scheduler(create_app(settings), retry_seconds=None)
-    try:
-        trigger = running.get_job("feed:a").trigger
-    finally:
-        running.shutdown(wait=True)
+    trigger = scheduled_trigger(two_feeds, "* * * * *")
     minute = datetime(2024, 1, 8, 10, 0, tzinfo=trigger.timezone)
     lateness = [(trigger.get_next_fire_time(None, minute + timedelta(minutes=n, seconds=1)) -
                  (minute + timedelta(minutes=n + 1))).total_seconds() for n in range(40)]
