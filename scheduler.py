@@ -61,7 +61,7 @@ CRON_JITTER_SECONDS = 60
 def start_scheduler(app, *, retry_seconds: float | None = LOCK_RETRY_SECONDS) -> BackgroundScheduler | None:
     """Run the jobs here unless another process does; then wait in the background to take over."""
     settings: Settings = app.config["SETTINGS"]
-    stopping = app.extensions.setdefault("scheduler_stopping", threading.Event())
+    stopping = _stopping(app)
     lock = settings.mailbox.claim_reader()
     if lock is not None:
         return _run_jobs(app, settings, lock)
@@ -90,6 +90,11 @@ def _take_over_when_free(app, settings: Settings, retry_seconds: float, stopping
 _STARTING = threading.Lock()  # a takeover starting the scheduler, or the process stopping it: one at a time
 
 
+def _stopping(app) -> threading.Event:
+    """Set once the process stops: a scheduler that would take over from now on does not."""
+    return app.extensions.setdefault("scheduler_stopping", threading.Event())
+
+
 def stop_scheduler(app) -> None:
     """The process is exiting (a gunicorn worker stopped, restarted or reloaded): it takes nothing over from now
     on, and when it runs the scheduler, nothing more is queued, the work still waiting is asked for again in the
@@ -97,7 +102,7 @@ def stop_scheduler(app) -> None:
     exit instead, the scheduler kept firing into stopped thread pools (a traceback every 2 s while a build ran)
     and the waiting work (a webhook's full rebuild after a deletion) was lost."""
     with _STARTING:
-        app.extensions.setdefault("scheduler_stopping", threading.Event()).set()
+        _stopping(app).set()
         running = app.extensions.get("scheduler")
     if running is not None and running.running:
         log.info("process %d stops the scheduler: the running builds finish first", os.getpid())

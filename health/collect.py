@@ -395,7 +395,8 @@ def _attempt(run: dict | None) -> dict | None:
     stopped the next build before it had a run of its own)."""
     if run is None:
         return None
-    return {"run_id": run["id"], "number": run["number"], "kind": run["kind"], "status": run["status"], "started_at": run["started_at"],
+    return {"run_id": run["id"], "number": run["number"], "kind": run["kind"], "status": run["status"],
+            "started_at": run["started_at"],
             "finished_at": run["finished_at"], "mode": run["mode"], "guard": run["counts"].get("guard")}
 
 
@@ -482,7 +483,8 @@ def _error(run: dict | None, account: str) -> dict | None:
         key = f"moysklad.token аккаунта {account} (раздел accounts)" if account else "moysklad.token"
         advice = Advice(advice.title, advice.action.format(key=key, variable=token_variable(account)))
     what = "Синхронизация с МоимСкладом" if run["kind"] == "sync" else "Сборка"
-    return {"run_id": run["id"], "number": run["number"], "kind": run["kind"], "at": run["finished_at"] or run["started_at"],
+    return {"run_id": run["id"], "number": run["number"], "kind": run["kind"],
+            "at": run["finished_at"] or run["started_at"],
             "text": run["error"] or "", "title": advice.title, "action": advice.action, "what": what}
 
 

@@ -219,16 +219,21 @@ def test_a_killed_run_is_noticed_by_the_next_one(store, tmp_path):
     assert "process killed" in runs[1]["error"]
 
 
-def test_a_killed_run_that_commits_as_it_goes_is_recorded_as_keeping_what_it_finished(store):
-    """A push commits each batch retailCRM accepted; killed with -9 it was recorded as «nothing of it was saved»."""
+def kill_a_push_after_its_first_batch(path) -> None:
+    """A push in a process of its own, killed with -9 once retailCRM accepted (and it saved) one value."""
     script = (
         "import os, store\n"
-        f"s = store.CatalogStore({str(store.path)!r})\n"
+        f"s = store.CatalogStore({str(path)!r})\n"
         "with s.run('retailcrm:main', 'push', one_transaction=False) as run:\n"
         "    s.record_pushed('main', [('offer-1', 'stock:main', '5')])\n"
         "    os.kill(os.getpid(), 9)\n"
     )
     assert subprocess.run([sys.executable, "-c", script], cwd=str(ROOT)).returncode == -9
+
+
+def test_a_killed_run_that_commits_as_it_goes_is_recorded_as_keeping_what_it_finished(store):
+    """A push commits each batch retailCRM accepted; killed with -9 it was recorded as «nothing of it was saved»."""
+    kill_a_push_after_its_first_batch(store.path)
     store.settle_dead_runs("retailcrm:main")
     run = store.last_run("retailcrm:main", "push")
     assert run["status"] == "interrupted"
@@ -240,14 +245,7 @@ def test_a_push_an_earlier_version_left_running_is_recorded_as_keeping_what_it_f
     """A push of a release before runs.commits_as_it_goes, killed (-9, or the restart of an upgrade cut short), was
     settled by the upgraded service as «nothing of it was saved», though the batches retailCRM accepted were."""
     path = tmp_path / "catalog.sqlite"
-    script = (
-        "import os, store\n"
-        f"s = store.CatalogStore({str(path)!r})\n"
-        "with s.run('retailcrm:main', 'push', one_transaction=False) as run:\n"
-        "    s.record_pushed('main', [('offer-1', 'stock:main', '5')])\n"
-        "    os.kill(os.getpid(), 9)\n"
-    )
-    assert subprocess.run([sys.executable, "-c", script], cwd=str(ROOT)).returncode == -9
+    kill_a_push_after_its_first_batch(path)
     with sqlite3.connect(path) as old:  # as the earlier version made the file
         old.execute("ALTER TABLE runs DROP COLUMN commits_as_it_goes")
     old.close()
